@@ -1,0 +1,225 @@
+"""The one optimizer base every adamkit optimizer derives from.
+
+It is thin on purpose: it validates arguments, creates state lazily (with torch's state names,
+so checkpoints move between torch.optim and adamkit), groups a parameter group's tensors into
+buckets by device and dtype, and hands each bucket to the algorithm's update rule on the chosen
+execution path. The math lives in the rules (``adam.py``, ``radam.py``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, overload
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._core import Bucket, Hyper, Rule, real_view
+from ._paths import PATHS
+from ._validation import check_group, scalar_value
+
+__all__ = ["AdamFamily", "ParamsT", "step_dtype"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+
+_EXECUTION_KEYS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def step_dtype() -> torch.dtype:
+    # torch keeps `step` as a CPU float32 tensor (float64 when that is the default dtype).
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _param_label(group: dict[str, Any], index: int) -> str:
+    names = group.get("param_names")
+    return f"parameter {names[index]!r}" if names else f"parameter #{index}"
+
+
+class AdamFamily(Optimizer):
+    """Base class: validation, lazy state, device/dtype buckets, dispatch to a rule.
+
+    Subclasses set :attr:`_rule` (the pure update function), list their per-parameter state
+    tensors in :meth:`_moment_keys` and any scalar state in :attr:`_scalar_keys`.
+    """
+
+    _rule: ClassVar[Rule]
+    #: State entries that are 0-d scalars (never viewed as real, never bucketed by shape).
+    _scalar_keys: ClassVar[tuple[str, ...]] = ()
+    #: Group values a loaded checkpoint may not change (AdamW stays decoupled).
+    _pinned_group_values: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        check_group(defaults, type(self).__name__)
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------------------- groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (as torch does), validating its hyperparameters first.
+
+        A parameter listed twice, in this group or across groups, is an error: torch only
+        warns for a duplicate inside one group, and the duplicate would be stepped twice.
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        index = len(self.param_groups)
+        where = f"param group {index}: "
+        merged = {**self.defaults, **param_group}
+        check_group(merged, type(self).__name__, where)
+
+        params = param_group.get("params")
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(f"{where}params must be an ordered collection (list), not a set")
+        elif params is None:
+            raise ValueError(f"{where}a param group needs a 'params' entry")
+        params = list(params)
+        param_group["params"] = params
+        seen: dict[int, int] = {}
+        for i, p in enumerate(params):
+            t = p[1] if isinstance(p, tuple) and len(p) == 2 else p
+            if not isinstance(t, Tensor):
+                raise TypeError(
+                    f"{where}can only optimize Tensors, but params[{i}] is {type(t).__name__}"
+                )
+            if id(t) in seen:
+                raise ValueError(
+                    f"{where}parameter given twice: params[{i}] is the same tensor as "
+                    f"params[{seen[id(t)]}]"
+                )
+            seen[id(t)] = i
+        for g, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError(
+                        f"{where}parameter given twice: params[{seen[id(p)]}] is already in "
+                        f"param group {g}"
+                    )
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------------------------ state
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load optimizer state (torch's schema; torch.optim checkpoints load unchanged).
+
+        Hyperparameters come from the checkpoint, as in torch. The execution settings
+        (``foreach``, ``fused``, ``capturable``, ``differentiable``) describe how to run on
+        this machine, not the math, so the live optimizer keeps its own. Keys a checkpoint
+        lacks (an older torch's) take this optimizer's defaults. If the loaded groups fail
+        validation, the optimizer is left exactly as it was.
+        """
+        before = (self.state, self.param_groups)
+        execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        try:
+            for index, (group, ex) in enumerate(zip(self.param_groups, execution, strict=True)):
+                for key, value in self.defaults.items():
+                    group.setdefault(key, value)
+                group.update(ex)
+                group.update(self._pinned_group_values)
+                check_group(group, type(self).__name__, f"loaded param group {index}: ")
+        except Exception:
+            self.state, self.param_groups = before
+            raise
+
+    def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """Names of the state tensors shaped like the parameter, in the rule's order."""
+        raise NotImplementedError
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = {"step": torch.tensor(0.0, dtype=step_dtype())}
+        for key in self._moment_keys(group):
+            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _hyper(self, group: dict[str, Any]) -> Hyper:
+        beta1, beta2 = group["betas"]
+        return Hyper(
+            lr=scalar_value(group["lr"]),
+            beta1=scalar_value(beta1),
+            beta2=scalar_value(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            maximize=group.get("maximize", False),
+            decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+            amsgrad=group.get("amsgrad", False),
+            momentum_decay=float(group.get("momentum_decay", 0.0)),
+        )
+
+    def execution_path(self, group: dict[str, Any] | None = None) -> str:
+        """The execution path ``step()`` uses for ``group`` (default: the first group)."""
+        group = self.param_groups[0] if group is None else group
+        return "forloop" if group.get("foreach") is False else "foreach"
+
+    # ------------------------------------------------------------------------------- step
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step.
+
+        Args:
+            closure: optional callable that re-evaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        moment_keys = self._moment_keys(group)
+        params: list[Tensor] = []
+        for i, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"adamkit.{type(self).__name__} does not support sparse gradients "
+                    f"({_param_label(group, i)} has one); use torch.optim.SparseAdam, or "
+                    "nn.Embedding(sparse=False)"
+                )
+            state = self.state[p]
+            if len(state) == 0:
+                state.update(self._init_state(p, group))
+            params.append(p)
+        if not params:
+            return
+
+        hyper = self._hyper(group)
+        path = PATHS[self.execution_path(group)]
+        rule = type(self)._rule
+        if path.name == "forloop":
+            # One parameter at a time: temporaries never exceed one parameter's size.
+            for p in params:
+                rule(path, self._bucket([p], moment_keys), hyper)
+        else:
+            for bucket_params in _by_device_and_dtype(params).values():
+                rule(path, self._bucket(bucket_params, moment_keys), hyper)
+
+    def _bucket(self, params: list[Tensor], moment_keys: tuple[str, ...]) -> Bucket:
+        states = [self.state[p] for p in params]
+        bucket = Bucket(
+            params=[real_view(p) for p in params],
+            grads=[real_view(p.grad) for p in params if p.grad is not None],
+            steps=[s["step"] for s in states],
+        )
+        for key in moment_keys:
+            bucket.state[key] = [real_view(s[key]) for s in states]
+        for key in self._scalar_keys:
+            bucket.state[key] = [s[key] for s in states]
+        return bucket
+
+
+def _by_device_and_dtype(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
+    buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for p in params:
+        buckets.setdefault((p.device, p.dtype), []).append(p)
+    return buckets
+

@@ -1,0 +1,96 @@
+"""The shared core of every Adam-family update rule.
+
+A rule is a pure function ``rule(ops, bucket, hyper) -> None``: it reads gradients and state from
+``bucket``, writes the new parameters and state into it, and does all tensor work through
+``ops`` (an execution path, see :mod:`adamkit.optim._paths`). The pieces below are the steps all
+the variants share; each algorithm's module composes them and adds the one term it changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._paths import Tensors, TensorOps
+
+__all__ = [
+    "Bucket",
+    "Hyper",
+    "Rule",
+    "bias_corrections",
+    "prepare_grads",
+    "real_view",
+    "update_moments",
+]
+
+
+@dataclass
+class Bucket:
+    """Tensors of one parameter group that share a device and dtype, in matching order.
+
+    Complex tensors arrive already viewed as real (``torch.view_as_real``), so a rule only ever
+    sees real tensors: each complex number is updated as the pair (re, im), as torch does.
+    """
+
+    params: Tensors
+    grads: Tensors
+    steps: Tensors
+    state: dict[str, Tensors] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A parameter group's hyperparameters for one step, as plain Python numbers."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    maximize: bool = False
+    decoupled_weight_decay: bool = False
+    amsgrad: bool = False
+    momentum_decay: float = 0.0
+
+
+Rule = Callable[[TensorOps, Bucket, Hyper], None]
+
+
+def prepare_grads(ops: TensorOps, bucket: Bucket, h: Hyper) -> Tensors:
+    """Return the gradients the moments see: sign for ``maximize``, then weight decay.
+
+    Coupled weight decay (Adam, the seed's L2 penalty) adds ``weight_decay * param`` to the
+    gradient, so it passes through the moments and is rescaled by the adaptive denominator.
+    Decoupled weight decay (AdamW, Loshchilov & Hutter 2019) shrinks the parameter directly by
+    ``lr * weight_decay``, before the adaptive step, exactly where torch applies it.
+    The caller's ``.grad`` tensors are never modified.
+    """
+    grads = ops.neg(bucket.grads) if h.maximize else bucket.grads
+    if h.weight_decay != 0:
+        if h.decoupled_weight_decay:
+            ops.mul_(bucket.params, 1 - h.lr * h.weight_decay)
+        else:
+            grads = ops.add(grads, bucket.params, alpha=h.weight_decay)
+    return grads
+
+
+def update_moments(
+    ops: TensorOps, exp_avg: Tensors, exp_avg_sq: Tensors, grads: Tensors, h: Hyper
+) -> None:
+    """m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2 (in place)."""
+    ops.lerp_(exp_avg, grads, 1 - h.beta1)
+    ops.mul_(exp_avg_sq, h.beta2)
+    ops.addcmul_(exp_avg_sq, grads, grads, 1 - h.beta2)
+
+
+def bias_corrections(beta: float, steps: list[float]) -> list[float]:
+    """``1 - beta**t`` for each tensor's step count ``t`` (Python float64, as torch)."""
+    return [1 - beta**t for t in steps]
+
+
+def real_view(t: Tensor) -> Tensor:
+    """View a complex tensor as real pairs; return a real tensor unchanged."""
+    return torch.view_as_real(t) if t.is_complex() else t

@@ -1,0 +1,97 @@
+"""Argument checks at the boundary. Every message names the argument and the value it got."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_group", "scalar_value"]
+
+
+def scalar_value(value: float | Tensor) -> float:
+    """The Python float held by a hyperparameter given as a number or a 1-element Tensor."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def _number(name: str, value: Any, where: str) -> float:
+    """Check that ``value`` is a real number (or a 1-element real Tensor) and return it."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{where}Tensor {name} must have exactly 1 element, got shape {tuple(value.shape)}"
+            )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{where}{name} must be a real number, got a {value.dtype} Tensor")
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{where}{name} must be a float or a 1-element Tensor, "
+            f"got {type(value).__name__}: {value!r}"
+        )
+    return float(value)
+
+
+def _non_negative(name: str, value: Any, where: str, label: str) -> None:
+    x = _number(name, value, where)
+    if not (math.isfinite(x) and x >= 0.0):
+        raise ValueError(
+            f"{where}Invalid {label}: {name}={value!r} (expected a finite number >= 0)"
+        )
+
+
+def _flag(name: str, value: Any, where: str, allow_none: bool = False) -> None:
+    if isinstance(value, bool) or (allow_none and value is None):
+        return
+    expected = "True, False or None" if allow_none else "True or False"
+    raise TypeError(f"{where}{name} must be {expected}, got {type(value).__name__}: {value!r}")
+
+
+def _betas(value: Any, where: str) -> None:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{where}betas must be a pair (beta1, beta2), got {value!r}")
+    for i, beta in enumerate(value):
+        b = _number(f"betas[{i}]", beta, where)
+        if not 0.0 <= b < 1.0:  # also rejects NaN
+            raise ValueError(
+                f"{where}Invalid beta parameter at index {i}: betas[{i}]={beta!r} "
+                "(expected 0 <= beta < 1)"
+            )
+
+
+# Execution settings accepted as in torch, with the values this release cannot honour yet.
+_UNSUPPORTED = {
+    "fused": "a fused kernel is not implemented yet; leave fused=None (the multi-tensor "
+    "foreach path is the default)",
+    "capturable": "CUDA-graph capture is not implemented yet",
+    "differentiable": "differentiating through the optimizer step is not implemented yet",
+}
+
+
+def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> None:
+    """Validate the hyperparameters and flags in a parameter group (or the defaults).
+
+    ``where`` prefixes every message, for example ``"param group 1: "``.
+    """
+    _non_negative("lr", group["lr"], where, "learning rate")
+    _non_negative("eps", group["eps"], where, "epsilon value")
+    _non_negative("weight_decay", group["weight_decay"], where, "weight_decay value")
+    _betas(group["betas"], where)
+    if "momentum_decay" in group:
+        _non_negative("momentum_decay", group["momentum_decay"], where, "momentum_decay value")
+    for flag in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable", "differentiable"):
+        if flag in group:
+            _flag(flag, group[flag], where)
+    for flag in ("foreach", "fused"):
+        if flag in group:
+            _flag(flag, group[flag], where, allow_none=True)
+    if group.get("fused") and group.get("foreach"):
+        raise ValueError(f"{where}fused=True and foreach=True cannot be set together")
+    for flag, why in _UNSUPPORTED.items():
+        if group.get(flag):
+            raise NotImplementedError(
+                f"{where}{flag}=True is not supported yet by adamkit.{optimizer}: {why}"
+            )

@@ -1,0 +1,181 @@
+"""Adam, AdamW and AMSGrad: one rule, three sets of flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from ._base import AdamFamily, ParamsT
+from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
+from ._paths import TensorOps
+
+__all__ = ["Adam", "AdamW", "adam_rule"]
+
+
+def adam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
+    """One Adam step (Kingma & Ba 2015, Algorithm 1), with torch's eps placement.
+
+    ``theta <- theta - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``;
+    AMSGrad (Reddi et al. 2018) uses ``max(v_max, v)`` in place of ``v``.
+    """
+    steps = ops.count_step(b.steps)
+    grads = prepare_grads(ops, b, h)
+    exp_avg, exp_avg_sq = b.state["exp_avg"], b.state["exp_avg_sq"]
+    update_moments(ops, exp_avg, exp_avg_sq, grads, h)
+    del grads
+    if h.amsgrad:
+        ops.maximum_(b.state["max_exp_avg_sq"], exp_avg_sq)
+        exp_avg_sq = b.state["max_exp_avg_sq"]
+
+    denom = ops.sqrt(exp_avg_sq)
+    ops.div_(denom, [bc**0.5 for bc in bias_corrections(h.beta2, steps)])
+    ops.add_scalar_(denom, h.eps)
+    ops.addcdiv_(b.params, exp_avg, denom, [-h.lr / bc for bc in bias_corrections(h.beta1, steps)])
+
+
+class Adam(AdamFamily):
+    r"""Adam: adaptive moment estimation, a drop-in for :class:`torch.optim.Adam`.
+
+    .. math::
+        g_t &= \pm\nabla f(\theta_{t-1}) \; [+\, \lambda\theta_{t-1}] \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+        \hat v_t &= \max(\hat v_{t-1}, v_t) \text{ if amsgrad else } v_t \\
+        \theta_t &= \theta_{t-1} - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    :math:`\gamma` is ``lr``, :math:`(\beta_1, \beta_2)` are ``betas``, :math:`\epsilon` is
+    ``eps``, :math:`\lambda` is ``weight_decay``. With ``decoupled_weight_decay=True`` the
+    :math:`\lambda\theta` term leaves the gradient and the parameter is instead multiplied by
+    :math:`1-\gamma\lambda` before the step (that is :class:`AdamW`).
+
+    Args:
+        params: parameters, ``named_parameters()``, or a list of param-group dicts.
+        lr: learning rate, a float or a 1-element Tensor (default 1e-3).
+        betas: decay rates of the first and second moment (default (0.9, 0.999)).
+        eps: added to the denominator for stability (default 1e-8).
+        weight_decay: L2 penalty added to the gradient (default 0).
+        amsgrad: use the running maximum of the second moment (default False).
+        foreach: ``None``/``True``: the multi-tensor path; ``False``: one tensor at a time.
+        maximize: maximize the objective instead of minimizing it (default False).
+        capturable, differentiable, fused: accepted as in torch; ``True`` is not
+            supported yet and raises ``NotImplementedError`` naming the setting.
+        decoupled_weight_decay: apply weight decay as AdamW does (default False).
+
+    Example:
+        >>> import torch, adamkit
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = adamkit.Adam(model.parameters(), lr=1e-2)
+        >>> loss = model(torch.ones(4, 3)).pow(2).mean()
+        >>> loss.backward(); opt.step(); opt.zero_grad()
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+        Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018 (AMSGrad).
+
+    Warning:
+        Conventions differ between libraries. Here, as in torch, ``eps`` is added to
+        :math:`\sqrt{v_t}/\sqrt{1-\beta_2^t}` (the bias-corrected root), not inside the root
+        (optax's ``eps_root``) and not to the uncorrected :math:`\sqrt{v_t}` (the paper's
+        "efficient" form, TensorFlow's epsilon-hat). ``weight_decay`` is the coupled L2 term;
+        in Keras and optax ``adamw`` decay is also multiplied by the learning rate, as in
+        :class:`AdamW` here.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults: dict[str, Any] = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, list) else betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+
+    _rule = staticmethod(adam_rule)
+
+    def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        if group["amsgrad"]:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return ("exp_avg", "exp_avg_sq")
+
+
+class AdamW(Adam):
+    r"""AdamW: Adam with decoupled weight decay, a drop-in for :class:`torch.optim.AdamW`.
+
+    .. math::
+        \theta_{t-1}' &= (1 - \gamma\lambda)\,\theta_{t-1} \\
+        \theta_t &= \theta_{t-1}' - \frac{\gamma}{1-\beta_1^t}\,
+            \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    with :math:`m_t, \hat v_t` as in :class:`Adam` computed from the raw gradient. Arguments
+    are those of :class:`Adam`; ``weight_decay`` defaults to 1e-2 as in torch.
+
+    Example:
+        >>> import torch, adamkit
+        >>> opt = adamkit.AdamW(torch.nn.Linear(3, 1).parameters(), lr=1e-3, weight_decay=0.1)
+
+    References:
+        Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+
+    Warning:
+        The decay is :math:`\gamma\lambda` per step, so it follows the learning-rate schedule
+        (torch's convention). The paper's schedule multiplier :math:`\eta_t` times a fixed
+        :math:`\lambda` is what you get with a scheduler; to decay by a fixed amount
+        independent of ``lr``, scale ``weight_decay`` by ``1 / lr``.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch.
+    _pinned_group_values = {"decoupled_weight_decay": True}
