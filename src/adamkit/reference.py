@@ -1,0 +1,279 @@
+r"""The Adam family in plain NumPy, float64, one small function per algorithm: the oracle.
+
+Each function takes the parameter, its gradient and the previous state, and returns the new
+parameter and the new state; nothing is modified in place. The state dictionaries use torch's
+names (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``mu_product``, ``exp_inf``),
+and the hyperparameters use the optimizers' argument names, so a test can drive an
+:mod:`adamkit` optimizer and its reference twin from one table of keyword arguments.
+
+The functions read like the papers, but follow torch's conventions where a paper leaves room
+(where ``eps`` sits, the RAdam threshold, NAdam's momentum schedule), because torch is what
+users compare against; each docstring says which.
+
+Complex parameters are treated as torch treats them: each complex number is a pair of reals
+(``torch.view_as_real``), so the second moment is kept per component.
+
+Example (the seed's from-scratch exercise, corrected: minimise :math:`m^2 - 2m + 1`)::
+
+    >>> import numpy as np
+    >>> from adamkit import reference
+    >>> w, state = np.array(0.0), None
+    >>> for _ in range(2000):
+    ...     w, state = reference.adam(w, 2 * w - 2, state, lr=0.01)
+    >>> round(float(w), 6)
+    1.0
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["REFERENCES", "State", "adam", "adamax", "adamw", "nadam", "radam", "rectification"]
+
+Array: TypeAlias = NDArray[np.float64]
+State: TypeAlias = dict[str, Any]
+Step: TypeAlias = Callable[..., tuple[Array, State]]
+
+
+def _real_pairs(fn: Step) -> Step:
+    """Run ``fn`` on float64 arrays; complex inputs become (re, im) pairs and come back complex."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        theta: ArrayLike, grad: ArrayLike, state: State | None = None, **hyper: Any
+    ) -> tuple[Array, State]:
+        theta_arr, grad_arr = np.asarray(theta), np.asarray(grad)
+        is_complex = np.iscomplexobj(theta_arr)
+
+        def real(x: Any) -> Array:
+            x = np.asarray(x)
+            if np.iscomplexobj(x):
+                return np.stack([x.real, x.imag], axis=-1).astype(np.float64)
+            return x.astype(np.float64)
+
+        def back(x: Array) -> Any:
+            return np.asarray(x[..., 0] + 1j * x[..., 1]) if is_complex else x
+
+        if state is not None:
+            state = {k: real(v) if k not in ("step", "mu_product") else v for k, v in state.items()}
+        new_theta, new_state = fn(real(theta_arr), real(grad_arr), state, **hyper)
+        if is_complex:
+            new_state = {
+                k: back(v) if k not in ("step", "mu_product") else v for k, v in new_state.items()
+            }
+        return back(new_theta), new_state
+
+    return wrapper
+
+
+def _zeros(theta: Array, *keys: str) -> State:
+    return {"step": 0, **{k: np.zeros_like(theta) for k in keys}}
+
+
+def _gradient(
+    theta: Array, grad: Array, lr: float, weight_decay: float, maximize: bool, decoupled: bool
+) -> tuple[Array, Array]:
+    """Sign for ``maximize``, then weight decay: L2 into the gradient, or decoupled shrinkage."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            theta = theta * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * theta
+    return theta, g
+
+
+@_real_pairs
+def adam(
+    theta: Array,
+    grad: Array,
+    state: State | None = None,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+) -> tuple[Array, State]:
+    r"""Adam (Kingma & Ba 2015, Algorithm 1); AMSGrad (Reddi et al. 2018) with ``amsgrad``.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+        \theta_t = \theta_{t-1} - \gamma \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
+
+    with :math:`\hat m_t = m_t / (1-\beta_1^t)`, :math:`\hat v_t = v_t / (1-\beta_2^t)`
+    (AMSGrad: the running maximum of :math:`v_t`, then corrected). ``eps`` is added to the
+    bias-corrected root, as in torch.
+    """
+    beta1, beta2 = betas
+    s = state or _zeros(theta, "exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if amsgrad else []))
+    t = s["step"] + 1
+    theta, g = _gradient(theta, grad, lr, weight_decay, maximize, decoupled_weight_decay)
+    m = beta1 * s["exp_avg"] + (1 - beta1) * g
+    v = beta2 * s["exp_avg_sq"] + (1 - beta2) * g * g
+    new: State = {"step": t, "exp_avg": m, "exp_avg_sq": v}
+    if amsgrad:
+        v = new["max_exp_avg_sq"] = np.maximum(s["max_exp_avg_sq"], v)
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    return theta - lr * m_hat / (np.sqrt(v_hat) + eps), new
+
+
+def adamw(
+    theta: ArrayLike,
+    grad: ArrayLike,
+    state: State | None = None,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""AdamW (Loshchilov & Hutter 2019): :func:`adam` after
+    :math:`\theta \leftarrow (1-\gamma\lambda)\theta`."""
+    return adam(
+        theta,
+        grad,
+        state,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=True,
+    )
+
+
+def rectification(t: int, beta2: float) -> float | None:
+    r"""RAdam's :math:`r_t`, or ``None`` while :math:`\rho_t \le 5` (Liu et al. 2020, eq. 5-6)."""
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+    if rho_t <= 5:
+        return None
+    return math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+
+
+@_real_pairs
+def radam(
+    theta: Array,
+    grad: Array,
+    state: State | None = None,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""RAdam (Liu et al. 2020, Algorithm 2).
+
+    .. math::
+        \theta_t = \theta_{t-1} - \gamma\, r_t\, \hat m_t\, \frac{\sqrt{1-\beta_2^t}}{\sqrt{v_t}
+        + \epsilon} \text{ if } \rho_t > 5, \text{ else } \theta_{t-1} - \gamma \hat m_t
+
+    ``eps`` is added to the uncorrected :math:`\sqrt{v_t}`, as in torch.
+    """
+    beta1, beta2 = betas
+    s = state or _zeros(theta, "exp_avg", "exp_avg_sq")
+    t = s["step"] + 1
+    theta, g = _gradient(theta, grad, lr, weight_decay, maximize, decoupled_weight_decay)
+    m = beta1 * s["exp_avg"] + (1 - beta1) * g
+    v = beta2 * s["exp_avg_sq"] + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**t)
+    r = rectification(t, beta2)
+    if r is None:
+        theta = theta - lr * m_hat
+    else:
+        theta = theta - lr * r * m_hat * np.sqrt(1 - beta2**t) / (np.sqrt(v) + eps)
+    return theta, {"step": t, "exp_avg": m, "exp_avg_sq": v}
+
+
+@_real_pairs
+def nadam(
+    theta: Array,
+    grad: Array,
+    state: State | None = None,
+    *,
+    lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""NAdam (Dozat 2016, Algorithm 2) with torch's momentum schedule.
+
+    .. math::
+        \mu_t = \beta_1 (1 - \tfrac12 0.96^{t\psi}), \quad \Pi_t = \textstyle\prod_{i \le t}\mu_i,
+        \quad \theta_t = \theta_{t-1} - \gamma \Big[\frac{1-\mu_t}{1-\Pi_t} g_t
+        + \frac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}} m_t\Big] \Big/ (\sqrt{\hat v_t} + \epsilon)
+    """
+    beta1, beta2 = betas
+    s = state or {**_zeros(theta, "exp_avg", "exp_avg_sq"), "mu_product": 1.0}
+    t = s["step"] + 1
+    theta, g = _gradient(theta, grad, lr, weight_decay, maximize, decoupled_weight_decay)
+    m = beta1 * s["exp_avg"] + (1 - beta1) * g
+    v = beta2 * s["exp_avg_sq"] + (1 - beta2) * g * g
+    mu = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+    mu_product = float(s["mu_product"]) * mu
+    denom = np.sqrt(v / (1 - beta2**t)) + eps
+    theta = (
+        theta
+        - lr * (1 - mu) / (1 - mu_product) * g / denom
+        - lr * mu_next / (1 - mu_product * mu_next) * m / denom
+    )
+    return theta, {"step": t, "exp_avg": m, "exp_avg_sq": v, "mu_product": mu_product}
+
+
+@_real_pairs
+def adamax(
+    theta: Array,
+    grad: Array,
+    state: State | None = None,
+    *,
+    lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""Adamax (Kingma & Ba 2015, Algorithm 2): the infinity norm in place of :math:`v_t`.
+
+    .. math::
+        u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon), \quad
+        \theta_t = \theta_{t-1} - \frac{\gamma}{1-\beta_1^t} \frac{m_t}{u_t}
+
+    The paper has no ``eps``; torch puts it inside the max, and so does this reference.
+    """
+    beta1, beta2 = betas
+    s = state or _zeros(theta, "exp_avg", "exp_inf")
+    t = s["step"] + 1
+    theta, g = _gradient(theta, grad, lr, weight_decay, maximize, False)
+    m = beta1 * s["exp_avg"] + (1 - beta1) * g
+    u = np.maximum(beta2 * s["exp_inf"], np.abs(g) + eps)
+    return theta - lr / (1 - beta1**t) * m / u, {"step": t, "exp_avg": m, "exp_inf": u}
+
+
+#: The reference step for each adamkit optimizer, by class name.
+REFERENCES: dict[str, Step] = {
+    "Adam": adam,
+    "AdamW": adamw,
+    "RAdam": radam,
+    "NAdam": nadam,
+    "Adamax": adamax,
+}

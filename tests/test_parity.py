@@ -1,0 +1,221 @@
+"""Every case of the registry equals torch.optim and the NumPy reference over many steps,
+parameters and state included.
+
+Tolerances (elementwise ``|a - b| <= atol + rtol * |b|``):
+
+* against torch.optim, fp64: rtol = atol = 1e-12; fp32: rtol = atol = 1e-6. adamkit's foreach
+  path issues the same operations as torch's and is in practice bit-identical; the tolerance
+  covers torch's own for-loop RAdam/NAdam, which order their products differently from its
+  foreach path (and from ours).
+* against the reference (float64 NumPy): fp64: 1e-10 (NAdam: 1e-8, because torch and adamkit keep
+  ``mu_product`` in float32); fp32: rtol = atol = 2e-5 after 200 steps (float32 rounding of the
+  parameter, about 6e-8 relative per step, accumulates).
+* bf16 / fp16 against torch: rtol = atol = 1e-2 (one bf16 ulp at 1.0 is 7.8e-3), and against
+  the reference only over the first 10 steps, with rtol = atol = 3e-2 and 5e-3: after that a
+  low-precision parameter can no longer absorb a 1e-3 update, so it legitimately stalls where
+  float64 moves on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from .problems import clone, grad_stream, make_params, set_grads
+from .registry import ALGORITHMS, CASES, Case, params
+
+STEPS = 200
+TORCH_TOL = {
+    torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+    torch.float32: {"rtol": 1e-6, "atol": 1e-6},
+    torch.bfloat16: {"rtol": 1e-2, "atol": 1e-2},
+    torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+    torch.complex128: {"rtol": 1e-12, "atol": 1e-12},
+    torch.complex64: {"rtol": 1e-6, "atol": 1e-6},
+}
+REF_TOL = {
+    torch.float64: {"rtol": 1e-10, "atol": 1e-10},
+    torch.float32: {"rtol": 2e-5, "atol": 2e-5},
+    torch.complex128: {"rtol": 1e-10, "atol": 1e-10},
+    torch.complex64: {"rtol": 2e-5, "atol": 2e-5},
+    torch.bfloat16: {"rtol": 3e-2, "atol": 3e-2},
+    torch.float16: {"rtol": 5e-3, "atol": 5e-3},
+}
+NADAM_FP64_REF_TOL = {"rtol": 1e-8, "atol": 1e-8}
+
+
+def run_twins(case: Case, dtype: torch.dtype, steps: int = STEPS, **extra: Any) -> tuple[Any, ...]:
+    ours_p = make_params(dtype)
+    theirs_p = clone(ours_p)
+    kwargs = {**case.kwargs, **extra}
+    ours = case.ours(ours_p, **kwargs)
+    # Compare like with like: adamkit's default (foreach=None) is the foreach path, while
+    # torch's default on the CPU is its for-loop.
+    theirs = case.torch(theirs_p, **{"foreach": ours.execution_path() == "foreach", **kwargs})
+    for grads in grad_stream(ours_p, steps):
+        set_grads(ours_p, grads)
+        set_grads(theirs_p, grads)
+        ours.step()
+        theirs.step()
+    return ours, theirs, ours_p, theirs_p
+
+
+def assert_optimizers_equal(
+    ours: torch.optim.Optimizer,
+    theirs: torch.optim.Optimizer,
+    ours_p: list[torch.Tensor],
+    theirs_p: list[torch.Tensor],
+    **tol: float,
+) -> None:
+    for i, (a, b) in enumerate(zip(ours_p, theirs_p, strict=True)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"param {i}: {m}")
+        sa, sb = ours.state[a], theirs.state[b]
+        assert sorted(sa) == sorted(sb), f"param {i}: state keys {sorted(sa)} != {sorted(sb)}"
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype, f"param {i} {key}: dtype"
+            torch.testing.assert_close(
+                sa[key], sb[key], **tol, msg=lambda m, i=i, k=key: f"param {i} {k}: {m}"
+            )
+
+
+@params()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_matches_torch(case: Case, dtype: torch.dtype) -> None:
+    assert_optimizers_equal(*run_twins(case, dtype), **TORCH_TOL[dtype])
+
+
+def reference_run(
+    case: Case, dtype: torch.dtype, steps: int
+) -> tuple[torch.optim.Optimizer, list[torch.Tensor], list[np.ndarray], list[Any]]:
+    ps = make_params(dtype)
+    opt = case.ours(ps, **case.kwargs)
+    as_numpy = (lambda t: t.detach().to(torch.complex128).numpy()) if dtype.is_complex else (
+        lambda t: t.detach().double().numpy()
+    )
+    thetas = [as_numpy(p).copy() for p in ps]
+    states: list[Any] = [None] * len(ps)
+    for grads in grad_stream(ps, steps):
+        set_grads(ps, grads)
+        opt.step()
+        for i, g in enumerate(grads):
+            if g is not None:
+                thetas[i], states[i] = case.reference(
+                    thetas[i], as_numpy(g), states[i], **case.math_kwargs()
+                )
+    return opt, ps, thetas, states
+
+
+def assert_matches_reference(
+    opt: torch.optim.Optimizer,
+    ps: list[torch.Tensor],
+    thetas: list[np.ndarray],
+    states: list[Any],
+    **tol: float,
+) -> None:
+    for i, (p, theta, ref_state) in enumerate(zip(ps, thetas, states, strict=True)):
+        wide = torch.complex128 if p.is_complex() else torch.float64
+        torch.testing.assert_close(
+            p.detach().to(wide), torch.as_tensor(theta), **tol, msg=lambda m, i=i: f"param {i}: {m}"
+        )
+        state = opt.state[p]
+        assert sorted(state) == sorted(ref_state), f"param {i}: {sorted(state)} != {sorted(ref_state)}"
+        for key, expected in ref_state.items():
+            got = state[key].detach()
+            got = got.to(torch.complex128 if got.is_complex() else torch.float64)
+            torch.testing.assert_close(
+                got, torch.as_tensor(expected, dtype=got.dtype), **tol,
+                msg=lambda m, i=i, k=key: f"param {i} {k}: {m}",
+            )
+
+
+@params()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_matches_reference(case: Case, dtype: torch.dtype) -> None:
+    tol = REF_TOL[dtype]
+    if case.name == "NAdam" and dtype == torch.float64:
+        tol = NADAM_FP64_REF_TOL
+    assert_matches_reference(*reference_run(case, dtype, STEPS), **tol)
+
+
+LOW_PRECISION_CASES = [c for c in CASES if not c.kwargs.get("maximize")]
+
+
+@params(LOW_PRECISION_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_matches_torch(case: Case, dtype: torch.dtype) -> None:
+    ours, theirs, ours_p, theirs_p = run_twins(case, dtype)
+    assert all(p.dtype == dtype for p in ours_p)
+    assert all(s.dtype == dtype for p in ours_p for k, s in ours.state[p].items() if k not in ("step", "mu_product"))
+    assert_optimizers_equal(ours, theirs, ours_p, theirs_p, **TORCH_TOL[dtype])
+
+
+@params(LOW_PRECISION_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_matches_reference_early(case: Case, dtype: torch.dtype) -> None:
+    if dtype == torch.float16 and case.name == "Adamax":
+        pytest.skip("fp16 cannot hold Adamax's eps=1e-8 inside the max (torch behaves the same)")
+    assert_matches_reference(*reference_run(case, dtype, 10), **REF_TOL[dtype])
+
+
+COMPLEX_CASES = [c for c in CASES if c.kwargs.get("maximize") or c.kwargs.get("weight_decay")][::2]
+
+
+@params(COMPLEX_CASES)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+def test_complex_matches_torch_and_reference(case: Case, dtype: torch.dtype) -> None:
+    assert_optimizers_equal(*run_twins(case, dtype, steps=50), **TORCH_TOL[dtype])
+    tol = REF_TOL[dtype]
+    if case.name == "NAdam" and dtype == torch.complex128:
+        tol = NADAM_FP64_REF_TOL
+    assert_matches_reference(*reference_run(case, dtype, 50), **tol)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("foreach", [True, False])
+def test_mixed_devices_dtypes_in_one_group(name: str, foreach: bool) -> None:
+    """One group holding fp32, fp64 and complex params is split into buckets correctly."""
+    make = [
+        lambda: torch.randn(3, 4),
+        lambda: torch.randn(5, dtype=torch.float64),
+        lambda: torch.randn(2, 2, dtype=torch.complex64),
+        lambda: torch.randn(6),
+    ]
+    torch.manual_seed(3)
+    ours_p = [f().requires_grad_() for f in make]
+    theirs_p = clone(ours_p)
+    case = Case(name, {"foreach": foreach, "weight_decay": 0.05})
+    ours = case.ours(ours_p, **case.kwargs)
+    theirs = case.torch(theirs_p, **case.kwargs)
+    for _ in range(30):
+        grads = [torch.randn_like(p) for p in ours_p]
+        set_grads(ours_p, grads)
+        set_grads(theirs_p, grads)
+        ours.step()
+        theirs.step()
+    assert_optimizers_equal(ours, theirs, ours_p, theirs_p, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_tensor_lr_matches_float_lr(name: str) -> None:
+    """``lr`` given as a 1-element Tensor behaves as the float (torch's for-loop semantics),
+    also on the foreach path, where torch raises unless capturable=True."""
+    case = Case(name, {"foreach": False})
+    ours, theirs, ours_p, theirs_p = run_twins(case, torch.float32, steps=40, lr=torch.tensor(0.01))
+    assert_optimizers_equal(ours, theirs, ours_p, theirs_p, rtol=1e-6, atol=1e-6)
+    lr = torch.tensor(0.01)
+    opt, ps, thetas, states = reference_run(Case(name, {"foreach": True, "lr": lr}), torch.float64, 40)
+    assert_matches_reference(opt, ps, thetas, states, **NADAM_FP64_REF_TOL)
+    _, float_ps, _, _ = reference_run(Case(name, {"foreach": True, "lr": float(lr)}), torch.float64, 40)
+    for a, b in zip(ps, float_ps, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_paths_are_bit_identical_where_torch_is() -> None:
+    """Our foreach path issues torch's foreach operations: equal bit for bit, not just close."""
+    for name in ALGORITHMS:
+        ours, theirs, ours_p, theirs_p = run_twins(Case(name, {"foreach": True}), torch.float32)
+        for a, b in zip(ours_p, theirs_p, strict=True):
+            assert torch.equal(a, b), name
