@@ -1,0 +1,131 @@
+"""torch.optim checkpoints load into adamkit and the reverse; training continues as if the
+original optimizer had gone on. State uses torch's schema and key names."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from .problems import clone, grad_stream, make_params, set_grads
+from .registry import ALGORITHMS, CASES, Case, params
+from .test_parity import assert_optimizers_equal
+
+TORCH_STATE_KEYS = {
+    "Adam": {"step", "exp_avg", "exp_avg_sq"},
+    "AdamW": {"step", "exp_avg", "exp_avg_sq"},
+    "RAdam": {"step", "exp_avg", "exp_avg_sq"},
+    "NAdam": {"step", "exp_avg", "exp_avg_sq", "mu_product"},
+    "Adamax": {"step", "exp_avg", "exp_inf"},
+}
+# One case per algorithm and flag set that changes the state (amsgrad), on both paths.
+EXCHANGE_CASES = [c for c in CASES if not c.kwargs.get("maximize") and "lr" not in c.kwargs]
+
+
+def _through_bytes(state_dict: dict) -> dict:
+    """What torch.save + torch.load(weights_only=True) gives back: a real file round trip."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@params(EXCHANGE_CASES)
+@pytest.mark.parametrize("direction", ["torch_to_adamkit", "adamkit_to_torch"])
+def test_checkpoint_exchange_continues_exactly(case: Case, direction: str) -> None:
+    first, second = (case.torch, case.ours) if direction == "torch_to_adamkit" else (case.ours, case.torch)
+    foreach = case.kwargs.get("foreach", True)
+    kwargs = {**case.kwargs, "foreach": foreach}
+    ps = make_params(torch.float32)
+    original = first(ps, **kwargs)
+    stream = list(grad_stream(ps, 60))
+    for grads in stream[:30]:
+        set_grads(ps, grads)
+        original.step()
+    checkpoint = _through_bytes(original.state_dict())
+
+    resumed_p = clone(ps)
+    resumed = second(resumed_p, **kwargs)
+    resumed.load_state_dict(checkpoint)
+    for grads in stream[30:]:
+        set_grads(ps, grads)
+        set_grads(resumed_p, grads)
+        original.step()
+        resumed.step()
+    assert_optimizers_equal(resumed, original, resumed_p, ps, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
+    if amsgrad and name not in ("Adam", "AdamW"):
+        pytest.skip("amsgrad is an Adam/AdamW flag")
+    case = Case(name, {"amsgrad": True} if amsgrad else {})
+    ps, qs = make_params(), make_params()
+    ours, theirs = case.ours(ps, **case.kwargs), case.torch(qs, **case.kwargs)
+    for grads in grad_stream(ps, 3, skip=False):
+        set_grads(ps, grads)
+        set_grads(qs, grads)
+        ours.step()
+        theirs.step()
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert set(a) == set(b) == {"state", "param_groups"}
+    assert sorted(a["param_groups"][0]) == sorted(b["param_groups"][0])
+    assert set(a["state"]) == set(b["state"])
+    expected = TORCH_STATE_KEYS[name] | ({"max_exp_avg_sq"} if amsgrad else set())
+    for index, entry in a["state"].items():
+        assert set(entry) == set(b["state"][index]) == expected
+        for key, value in entry.items():
+            other = b["state"][index][key]
+            assert (value.dtype, value.device, value.shape) == (other.dtype, other.device, other.shape)
+
+
+def test_named_parameters_are_kept_in_state_dict() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1))
+    import adamkit
+
+    opt = adamkit.AdamW(model.named_parameters())
+    assert opt.state_dict()["param_groups"][0]["param_names"] == [
+        "0.weight", "0.bias", "2.weight", "2.bias"
+    ]
+
+
+def test_adamw_stays_decoupled_after_loading_an_adam_checkpoint() -> None:
+    import adamkit
+
+    ps = make_params()
+    torch_adam = torch.optim.Adam(ps, weight_decay=0.1)
+    opt = adamkit.AdamW(clone(ps), weight_decay=0.1)
+    opt.load_state_dict(torch_adam.state_dict())
+    assert opt.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_loading_keeps_the_live_execution_settings() -> None:
+    import adamkit
+
+    ps = make_params()
+    gpu_style = torch.optim.Adam(ps, foreach=False)
+    state = gpu_style.state_dict()
+    state["param_groups"][0]["fused"] = True  # as saved by a fused (GPU) torch run
+    opt = adamkit.Adam(clone(ps), foreach=True)
+    opt.load_state_dict(state)
+    assert opt.param_groups[0]["fused"] is None and opt.param_groups[0]["foreach"] is True
+
+
+def test_failed_load_leaves_the_optimizer_unchanged() -> None:
+    import adamkit
+
+    ps = make_params()
+    opt = adamkit.Adam(ps, lr=0.01)
+    for grads in grad_stream(ps, 3):
+        set_grads(ps, grads)
+        opt.step()
+    before = {k: v.clone() for k, v in opt.state[ps[0]].items()}
+    bad = opt.state_dict()
+    bad = {"state": bad["state"], "param_groups": [dict(bad["param_groups"][0], lr=-1.0)]}
+    with pytest.raises(ValueError, match=r"loaded param group 0: Invalid learning rate: lr=-1\.0"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["lr"] == 0.01
+    for key, value in opt.state[ps[0]].items():
+        assert torch.equal(value, before[key])

@@ -1,0 +1,166 @@
+"""Hand-computed first steps on tiny tensors, special cases that must coincide, and convergence.
+
+Hand computation for the shared problem: p0 = [1, -2], g1 = [0.5, 0.1], g2 = [-0.2, 0.3],
+lr = 0.1, betas = (0.9, 0.999), eps = 1e-8.
+  step 1: m = 0.1 g1 = [0.05, 0.01]; v = 0.001 g1^2 = [2.5e-4, 1e-5]; m_hat = g1; sqrt(v_hat) = |g1|
+  step 2: m = 0.9 m + 0.1 g2 = [0.025, 0.039]; v = 0.999 v + 0.001 g2^2 = [2.8975e-4, 9.999e-5]
+          1 - 0.9^2 = 0.19, 1 - 0.999^2 = 0.001999
+          m_hat = [0.131578947368421, 0.205263157894737]
+          sqrt(v_hat) = sqrt([0.144947473736868, 0.050020010005003]) = [0.380719692, 0.223651536]
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import adamkit
+
+from .registry import ALGORITHMS
+
+G1, G2 = [0.5, 0.1], [-0.2, 0.3]
+
+
+def two_steps(opt_cls: type, foreach: bool, **kwargs: float) -> list[list[float]]:
+    p = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    opt = opt_cls([p], lr=0.1, foreach=foreach, **kwargs)
+    seen = []
+    for g in (G1, G2):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        seen.append(p.detach().tolist())
+    return seen
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adam_by_hand(foreach: bool) -> None:
+    step1, step2 = two_steps(adamkit.Adam, foreach)
+    # p1 = p0 - 0.1 * g1 / (|g1| + 1e-8)
+    assert step1 == pytest.approx([0.900000002, -2.0999999900000001], abs=1e-15)
+    # p2 = p1 - 0.1 * m_hat / (sqrt(v_hat) + 1e-8)
+    assert step2 == pytest.approx([0.8654394172, -2.1917781019], abs=1e-9)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adamw_by_hand(foreach: bool) -> None:
+    step1, _ = two_steps(adamkit.AdamW, foreach, weight_decay=0.5)
+    # p0 * (1 - 0.1 * 0.5) first, then the Adam step: [0.95 - 0.099999998, -1.9 - 0.099999990]
+    assert step1 == pytest.approx([0.850000002, -1.99999999], abs=1e-15)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adam_coupled_l2_by_hand(foreach: bool) -> None:
+    step1, _ = two_steps(adamkit.Adam, foreach, weight_decay=0.5)
+    # g = g1 + 0.5 p0 = [1.0, -0.9]: the first step is lr * sign(g), whatever the decay size
+    assert step1 == pytest.approx([0.9000000010, -1.9000000011], abs=1e-9)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_radam_by_hand(foreach: bool) -> None:
+    step1, step2 = two_steps(adamkit.RAdam, foreach)
+    # rho_1, rho_2 <= 5: p -= lr * m_hat (momentum SGD)
+    assert step1 == pytest.approx([0.95, -2.01], abs=1e-15)
+    assert step2 == pytest.approx([0.9368421052631579, -2.0305263157894737], abs=1e-15)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_adamax_by_hand(foreach: bool) -> None:
+    step1, step2 = two_steps(adamkit.Adamax, foreach)
+    assert step1 == pytest.approx([0.900000002, -2.0999999900000001], abs=1e-15)
+    # u2 = max(0.999 * 0.50000001, 0.20000001) = 0.49950000999; max(0.0999000099, 0.30000001)
+    assert step2 == pytest.approx(
+        [0.900000002 - 0.1 * 0.131578947368421 / 0.49950000999,
+         -2.09999999 - 0.1 * 0.205263157894737 / 0.30000001], abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_nadam_by_hand(foreach: bool) -> None:
+    step1, _ = two_steps(adamkit.NAdam, foreach)
+    mu1 = 0.9 * (1 - 0.5 * 0.96**0.004)  # 0.4508171...
+    mu2 = 0.9 * (1 - 0.5 * 0.96**0.008)
+    # step 1: m = 0.1 g, sqrt(v_hat) = |g|; p -= lr [(1-mu1)/(1-mu1) g + mu2/(1-mu1 mu2) 0.1 g]/|g|
+    coef = 1 + mu2 * 0.1 / (1 - mu1 * mu2)
+    assert step1 == pytest.approx([1 - 0.1 * coef, -2 - 0.1 * coef], abs=1e-7)
+
+
+def test_rectification_schedule() -> None:
+    # beta2 = 0.999: rho_inf = 1999; 0.999^5 = 0.99500999, so rho_5 = 1999 - 10 * 0.99500999 /
+    # 0.00499001 = 4.9960; 0.999^6 = 0.99401498, rho_6 = 1999 - 12 * 0.99401498 / 0.00598502
+    # = 5.9942 -> the first rectified step is 6
+    assert adamkit.rectification(5, 0.999)[1] is None
+    rho6, r6 = adamkit.rectification(6, 0.999)
+    assert rho6 == pytest.approx(5.99416, abs=1e-4)
+    assert r6 == pytest.approx(math.sqrt(1.99416 * 3.99416 * 1999 / (1995 * 1997 * 5.99416)), rel=1e-4)
+    assert adamkit.rectification(10**6, 0.999)[1] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_adam_with_beta1_zero_is_bias_corrected_rmsprop() -> None:
+    torch.manual_seed(0)
+    p = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone()
+    v = torch.zeros_like(q)
+    opt = adamkit.Adam([p], lr=0.01, betas=(0.0, 0.99))
+    for t in range(1, 50):
+        g = torch.randn(6, dtype=torch.float64)
+        p.grad = g
+        opt.step()
+        v = 0.99 * v + 0.01 * g * g
+        q -= 0.01 * g / ((v / (1 - 0.99**t)).sqrt() + 1e-8)
+    torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-12)
+
+
+def test_radam_before_rectification_is_momentum_sgd() -> None:
+    """The first 5 RAdam steps are SGD with (dampened, bias-corrected) momentum."""
+    torch.manual_seed(0)
+    p = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone()
+    m = torch.zeros_like(q)
+    radam = adamkit.RAdam([p], lr=0.01)
+    for t in range(1, 6):
+        g = torch.randn(6, dtype=torch.float64)
+        p.grad = g
+        radam.step()
+        m = 0.9 * m + 0.1 * g
+        q -= 0.01 * m / (1 - 0.9**t)
+        torch.testing.assert_close(p.detach(), q, rtol=1e-14, atol=1e-14)
+
+
+# lr per algorithm for Rosenbrock: RAdam's first steps are raw momentum SGD, so it needs a small
+# lr and a shorter beta2 to rectify early (see the RAdam docstring warning).
+ROSENBROCK = {
+    "Adam": {"lr": 0.02},
+    "AdamW": {"lr": 0.02, "weight_decay": 0.0},
+    "RAdam": {"lr": 0.005, "betas": (0.9, 0.99)},
+    "NAdam": {"lr": 0.02},
+    "Adamax": {"lr": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("foreach", [True, False])
+def test_converges_on_a_parabola(name: str, foreach: bool) -> None:
+    x = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    opt = getattr(adamkit, name)([x], lr=0.1, foreach=foreach, weight_decay=0.0)
+    for _ in range(1000):
+        opt.zero_grad()
+        ((x - target) ** 2).sum().backward()
+        opt.step()
+    torch.testing.assert_close(x.detach(), target, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_converges_on_rosenbrock(name: str) -> None:
+    xy = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = getattr(adamkit, name)([xy], **ROSENBROCK[name])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5000)
+    for _ in range(5000):
+        opt.zero_grad()
+        x, y = xy
+        ((1 - x) ** 2 + 100 * (y - x * x) ** 2).backward()
+        opt.step()
+        schedule.step()
+    torch.testing.assert_close(xy.detach(), torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0)
