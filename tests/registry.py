@@ -61,9 +61,13 @@ def _cases() -> list[Case]:
     cases: list[Case] = []
     foreach = [{"foreach": True}, {"foreach": False}]
     maximize = [{}, {"maximize": True}]
-    for fe, mx, wd, ams in itertools.product(foreach, maximize, WEIGHT_DECAY, [{}, {"amsgrad": True}]):
+    for fe, mx, wd, ams in itertools.product(
+        foreach, maximize, WEIGHT_DECAY, [{}, {"amsgrad": True}]
+    ):
         cases.append(Case("Adam", {**fe, **mx, **wd, **ams}))
-    for fe, mx, ams, wd in itertools.product(foreach, maximize, [{}, {"amsgrad": True}], [{}, {"weight_decay": 0.3}]):
+    for fe, mx, ams, wd in itertools.product(
+        foreach, maximize, [{}, {"amsgrad": True}], [{}, {"weight_decay": 0.3}]
+    ):
         cases.append(Case("AdamW", {**fe, **mx, **ams, **wd}))
     for fe, mx, wd in itertools.product(foreach, maximize, WEIGHT_DECAY):
         cases.append(Case("RAdam", {**fe, **mx, **wd}))
@@ -73,7 +77,9 @@ def _cases() -> list[Case]:
     for name, fe in itertools.product(["Adam", "AdamW", "RAdam", "NAdam", "Adamax"], foreach):
         cases.append(Case(name, {**fe, **ODD}))
     cases.append(Case("NAdam", {"momentum_decay": 0.02}))
-    cases.append(Case("Adam", {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1, **ODD}))
+    cases.append(
+        Case("Adam", {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1, **ODD})
+    )
     return cases
 
 

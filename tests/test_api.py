@@ -22,7 +22,11 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"lr": "0.1"}, TypeError, r"lr must be a float or a 1-element Tensor, got str: '0.1'"),
     ({"lr": None}, TypeError, r"lr must be a float .* got NoneType"),
     ({"lr": True}, TypeError, r"lr must be a float .* got bool"),
-    ({"lr": torch.tensor([0.1, 0.2])}, ValueError, r"Tensor lr must have exactly 1 element, got shape \(2,\)"),
+    (
+        {"lr": torch.tensor([0.1, 0.2])},
+        ValueError,
+        r"Tensor lr must have exactly 1 element, got shape \(2,\)",
+    ),
     ({"lr": torch.tensor(-0.1)}, ValueError, r"Invalid learning rate: lr=tensor\(-0\.1000\)"),
     ({"eps": -1e-8}, ValueError, r"Invalid epsilon value: eps=-1e-08"),
     ({"eps": math.nan}, ValueError, r"Invalid epsilon value: eps=nan"),
@@ -53,7 +57,10 @@ def _accepts(name: str, kwarg: str) -> bool:
 
 
 BAD_ARGUMENT_CASES = [
-    (name, *row) for name in ALGORITHMS for row in BAD_ARGUMENTS if all(_accepts(name, k) for k in row[0])
+    (name, *row)
+    for name in ALGORITHMS
+    for row in BAD_ARGUMENTS
+    if all(_accepts(name, k) for k in row[0])
 ]
 
 
@@ -84,9 +91,14 @@ def test_structural_errors(name: str) -> None:
     p, q = make_params()[:2]
     with pytest.raises(ValueError, match="empty parameter list"):
         cls([])
-    with pytest.raises(ValueError, match=r"parameter given twice: params\[1\] is the same tensor as params\[0\]"):
+    with pytest.raises(
+        ValueError, match=r"parameter given twice: params\[1\] is the same tensor as params\[0\]"
+    ):
         cls([p, p])
-    with pytest.raises(ValueError, match=r"param group 1: parameter given twice: params\[0\] is already in param group 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"param group 1: parameter given twice: params\[0\] is already in param group 0",
+    ):
         cls([{"params": [p, q]}, {"params": [p]}])
     with pytest.raises(TypeError, match=r"can only optimize Tensors, but params\[1\] is str"):
         cls([p, "weight"])
@@ -101,7 +113,9 @@ def test_sparse_gradients_are_rejected_with_the_parameter_named(name: str) -> No
     emb = torch.nn.Embedding(10, 3, sparse=True)
     opt = getattr(adamkit, name)(emb.named_parameters())
     emb(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(RuntimeError, match=r"does not support sparse gradients \(parameter 'weight'"):
+    with pytest.raises(
+        RuntimeError, match=r"does not support sparse gradients \(parameter 'weight'"
+    ):
         opt.step()
 
 

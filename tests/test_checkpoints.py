@@ -34,7 +34,9 @@ def _through_bytes(state_dict: dict) -> dict:
 @params(EXCHANGE_CASES)
 @pytest.mark.parametrize("direction", ["torch_to_adamkit", "adamkit_to_torch"])
 def test_checkpoint_exchange_continues_exactly(case: Case, direction: str) -> None:
-    first, second = (case.torch, case.ours) if direction == "torch_to_adamkit" else (case.ours, case.torch)
+    first, second = (
+        (case.torch, case.ours) if direction == "torch_to_adamkit" else (case.ours, case.torch)
+    )
     foreach = case.kwargs.get("foreach", True)
     kwargs = {**case.kwargs, "foreach": foreach}
     ps = make_params(torch.float32)
@@ -78,7 +80,11 @@ def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
         assert set(entry) == set(b["state"][index]) == expected
         for key, value in entry.items():
             other = b["state"][index][key]
-            assert (value.dtype, value.device, value.shape) == (other.dtype, other.device, other.shape)
+            assert (value.dtype, value.device, value.shape) == (
+                other.dtype,
+                other.device,
+                other.shape,
+            )
 
 
 def test_named_parameters_are_kept_in_state_dict() -> None:
@@ -87,7 +93,10 @@ def test_named_parameters_are_kept_in_state_dict() -> None:
 
     opt = adamkit.AdamW(model.named_parameters())
     assert opt.state_dict()["param_groups"][0]["param_names"] == [
-        "0.weight", "0.bias", "2.weight", "2.bias"
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
     ]
 
 

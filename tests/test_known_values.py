@@ -71,8 +71,11 @@ def test_adamax_by_hand(foreach: bool) -> None:
     assert step1 == pytest.approx([0.900000002, -2.0999999900000001], abs=1e-15)
     # u2 = max(0.999 * 0.50000001, 0.20000001) = 0.49950000999; max(0.0999000099, 0.30000001)
     assert step2 == pytest.approx(
-        [0.900000002 - 0.1 * 0.131578947368421 / 0.49950000999,
-         -2.09999999 - 0.1 * 0.205263157894737 / 0.30000001], abs=1e-12
+        [
+            0.900000002 - 0.1 * 0.131578947368421 / 0.49950000999,
+            -2.09999999 - 0.1 * 0.205263157894737 / 0.30000001,
+        ],
+        abs=1e-12,
     )
 
 
@@ -93,7 +96,9 @@ def test_rectification_schedule() -> None:
     assert adamkit.rectification(5, 0.999)[1] is None
     rho6, r6 = adamkit.rectification(6, 0.999)
     assert rho6 == pytest.approx(5.99416, abs=1e-4)
-    assert r6 == pytest.approx(math.sqrt(1.99416 * 3.99416 * 1999 / (1995 * 1997 * 5.99416)), rel=1e-4)
+    assert r6 == pytest.approx(
+        math.sqrt(1.99416 * 3.99416 * 1999 / (1995 * 1997 * 5.99416)), rel=1e-4
+    )
     assert adamkit.rectification(10**6, 0.999)[1] == pytest.approx(1.0, abs=1e-12)
 
 

@@ -92,8 +92,10 @@ def reference_run(
 ) -> tuple[torch.optim.Optimizer, list[torch.Tensor], list[np.ndarray], list[Any]]:
     ps = make_params(dtype)
     opt = case.ours(ps, **case.kwargs)
-    as_numpy = (lambda t: t.detach().to(torch.complex128).numpy()) if dtype.is_complex else (
-        lambda t: t.detach().double().numpy()
+    as_numpy = (
+        (lambda t: t.detach().to(torch.complex128).numpy())
+        if dtype.is_complex
+        else (lambda t: t.detach().double().numpy())
     )
     thetas = [as_numpy(p).copy() for p in ps]
     states: list[Any] = [None] * len(ps)
@@ -121,12 +123,16 @@ def assert_matches_reference(
             p.detach().to(wide), torch.as_tensor(theta), **tol, msg=lambda m, i=i: f"param {i}: {m}"
         )
         state = opt.state[p]
-        assert sorted(state) == sorted(ref_state), f"param {i}: {sorted(state)} != {sorted(ref_state)}"
+        assert sorted(state) == sorted(ref_state), (
+            f"param {i}: {sorted(state)} != {sorted(ref_state)}"
+        )
         for key, expected in ref_state.items():
             got = state[key].detach()
             got = got.to(torch.complex128 if got.is_complex() else torch.float64)
             torch.testing.assert_close(
-                got, torch.as_tensor(expected, dtype=got.dtype), **tol,
+                got,
+                torch.as_tensor(expected, dtype=got.dtype),
+                **tol,
                 msg=lambda m, i=i, k=key: f"param {i} {k}: {m}",
             )
 
@@ -148,7 +154,12 @@ LOW_PRECISION_CASES = [c for c in CASES if not c.kwargs.get("maximize")]
 def test_low_precision_matches_torch(case: Case, dtype: torch.dtype) -> None:
     ours, theirs, ours_p, theirs_p = run_twins(case, dtype)
     assert all(p.dtype == dtype for p in ours_p)
-    assert all(s.dtype == dtype for p in ours_p for k, s in ours.state[p].items() if k not in ("step", "mu_product"))
+    assert all(
+        s.dtype == dtype
+        for p in ours_p
+        for k, s in ours.state[p].items()
+        if k not in ("step", "mu_product")
+    )
     assert_optimizers_equal(ours, theirs, ours_p, theirs_p, **TORCH_TOL[dtype])
 
 
@@ -206,9 +217,13 @@ def test_tensor_lr_matches_float_lr(name: str) -> None:
     ours, theirs, ours_p, theirs_p = run_twins(case, torch.float32, steps=40, lr=torch.tensor(0.01))
     assert_optimizers_equal(ours, theirs, ours_p, theirs_p, rtol=1e-6, atol=1e-6)
     lr = torch.tensor(0.01)
-    opt, ps, thetas, states = reference_run(Case(name, {"foreach": True, "lr": lr}), torch.float64, 40)
+    opt, ps, thetas, states = reference_run(
+        Case(name, {"foreach": True, "lr": lr}), torch.float64, 40
+    )
     assert_matches_reference(opt, ps, thetas, states, **NADAM_FP64_REF_TOL)
-    _, float_ps, _, _ = reference_run(Case(name, {"foreach": True, "lr": float(lr)}), torch.float64, 40)
+    _, float_ps, _, _ = reference_run(
+        Case(name, {"foreach": True, "lr": float(lr)}), torch.float64, 40
+    )
     for a, b in zip(ps, float_ps, strict=True):
         assert torch.equal(a, b)
 
@@ -216,6 +231,6 @@ def test_tensor_lr_matches_float_lr(name: str) -> None:
 def test_paths_are_bit_identical_where_torch_is() -> None:
     """Our foreach path issues torch's foreach operations: equal bit for bit, not just close."""
     for name in ALGORITHMS:
-        ours, theirs, ours_p, theirs_p = run_twins(Case(name, {"foreach": True}), torch.float32)
+        _, _, ours_p, theirs_p = run_twins(Case(name, {"foreach": True}), torch.float32)
         for a, b in zip(ours_p, theirs_p, strict=True):
             assert torch.equal(a, b), name

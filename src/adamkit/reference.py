@@ -52,10 +52,10 @@ def _real_pairs(fn: Step) -> Step:
         is_complex = np.iscomplexobj(theta_arr)
 
         def real(x: Any) -> Array:
-            x = np.asarray(x)
-            if np.iscomplexobj(x):
-                return np.stack([x.real, x.imag], axis=-1).astype(np.float64)
-            return x.astype(np.float64)
+            arr: NDArray[Any] = np.asarray(x)
+            if np.iscomplexobj(arr):
+                arr = np.stack([arr.real, arr.imag], axis=-1)
+            return arr.astype(np.float64)
 
         def back(x: Array) -> Any:
             return np.asarray(x[..., 0] + 1j * x[..., 1]) if is_complex else x

@@ -217,9 +217,10 @@ class AdamFamily(Optimizer):
         return bucket
 
 
-def _by_device_and_dtype(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
+def _by_device_and_dtype(
+    params: list[Tensor],
+) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
     buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for p in params:
         buckets.setdefault((p.device, p.dtype), []).append(p)
     return buckets
-

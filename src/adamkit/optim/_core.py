@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._paths import Tensors, TensorOps
+from ._paths import TensorOps, Tensors
 
 __all__ = [
     "Bucket",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -114,7 +114,7 @@ class Adam(AdamFamily):
         }
         super().__init__(params, defaults)
 
-    _rule = staticmethod(adam_rule)
+    _rule = adam_rule
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         if group["amsgrad"]:
@@ -178,4 +178,4 @@ class AdamW(Adam):
         )
 
     # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch.
-    _pinned_group_values = {"decoupled_weight_decay": True}
+    _pinned_group_values: ClassVar[dict[str, Any]] = {"decoupled_weight_decay": True}

@@ -24,7 +24,9 @@ def adamax_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     ops.add_scalar_(norm, h.eps)
     ops.maximum_(exp_inf, norm)  # u_t = max(beta2 u_{t-1}, |g_t| + eps)
     del norm
-    ops.addcdiv_(b.params, exp_avg, exp_inf, [-h.lr / bc for bc in bias_corrections(h.beta1, steps)])
+    ops.addcdiv_(
+        b.params, exp_avg, exp_inf, [-h.lr / bc for bc in bias_corrections(h.beta1, steps)]
+    )
 
 
 class Adamax(AdamFamily):
@@ -81,7 +83,7 @@ class Adamax(AdamFamily):
         }
         super().__init__(params, defaults)
 
-    _rule = staticmethod(adamax_rule)
+    _rule = adamax_rule
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_inf")

@@ -17,7 +17,7 @@ __all__ = ["NAdam", "momentum_schedule", "nadam_rule"]
 def momentum_schedule(step: float, beta1: float, momentum_decay: float) -> float:
     r""":math:`\mu_t = \beta_1 (1 - \tfrac12 \cdot 0.96^{t\psi})` (Dozat 2016, with :math:`\psi`
     = ``momentum_decay``)."""
-    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    return beta1 * (1.0 - 0.5 * float(0.96 ** (step * momentum_decay)))
 
 
 def nadam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -116,7 +116,7 @@ class NAdam(AdamFamily):
         }
         super().__init__(params, defaults)
 
-    _rule = staticmethod(nadam_rule)
+    _rule = nadam_rule
     _scalar_keys = ("mu_product",)
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:

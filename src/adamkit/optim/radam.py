@@ -127,7 +127,7 @@ class RAdam(AdamFamily):
         }
         super().__init__(params, defaults)
 
-    _rule = staticmethod(radam_rule)
+    _rule = radam_rule
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` (set up, then run the seed tour) and
+# `make test` (set up, then lint, type-check and run the whole test suite).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.adamkit-installed
+
+.PHONY: demo test lint pytest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned to the CPU build this machine kind keeps on disk: adamkit's own
+	# requirement (torch>=2.4) is then already met and pip never fetches a multi-GB CUDA wheel.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/adamkit tour --out adamkit-tour
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2
+
+test: lint pytest
+
+clean:
+	rm -rf $(VENV) adamkit-tour .pytest_cache .mypy_cache .ruff_cache

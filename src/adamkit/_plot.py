@@ -1,0 +1,76 @@
+"""Small plotting helpers: curves to a PNG file (matplotlib, no display) and to the terminal."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["save_curves", "text_chart"]
+
+Series = tuple[Sequence[float], Sequence[float]]
+
+
+def save_curves(
+    path: str | Path,
+    curves: Mapping[str, Series],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+    markers: bool = False,
+) -> Path:
+    """Plot named ``(x, y)`` curves on one axes and write them to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works on machines without a display
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, (x, y) in curves.items():
+        ax.plot(list(x), list(y), marker="o" if markers else None, markersize=4, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def text_chart(values: Sequence[float], *, height: int = 6, label: str = "") -> str:
+    """A compact block chart of ``values`` for the terminal, one column per value."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return f"{label} (no finite values)"
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    # The smallest value still gets a sliver, so every column shows.
+    levels = [
+        1 + round((v - lo) / span * (height * 8 - 1)) if math.isfinite(v) else 0 for v in values
+    ]
+    rows = []
+    for row in range(height, 0, -1):
+        line = ""
+        for level in levels:
+            fill = level - (row - 1) * 8
+            line += _BLOCKS[max(0, min(8, fill))] * 2
+        prefix = (
+            f"{hi:>10.4g} |"
+            if row == height
+            else (f"{lo:>10.4g} |" if row == 1 else " " * 11 + "|")
+        )
+        rows.append(prefix + line)
+    head = f"{label}\n" if label else ""
+    return head + "\n".join(rows)
