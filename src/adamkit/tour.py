@@ -226,58 +226,57 @@ def _lr_trace(
     return lrs
 
 
+def _show_lrs(lrs: list[float], label: str) -> None:
+    print(text_chart(lrs, label=label))
+    print("  lr:", ", ".join(f"{v:.4g}" for v in lrs))
+
+
 def section_learning_rates(out: Path) -> None:
     _heading(
         5, "Learning-rate schedules, plotted  (seed: 'learning rate', 'scheduler', 'change lr')"
     )
-    lambda_lrs = _lr_trace(100, lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.67**e))
-    mult_lrs = _lr_trace(
-        100, lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda e: 0.69)
-    )
-    epochs = range(10)
-    print(text_chart(lambda_lrs, label="LambdaLR(lr_lambda=0.67**epoch), lr=100"))
-    print("  lr:", ", ".join(f"{v:.4g}" for v in lambda_lrs))
-    save_curves(
-        out / "lambda_lr.png",
-        {"LambdaLR": (epochs, lambda_lrs)},
-        title="adamkit.Adam(lr=100) + LambdaLR(0.67 ** epoch)",
-        xlabel="epoch",
-        ylabel="lr",
-        markers=True,
-    )
-    print(text_chart(mult_lrs, label="MultiplicativeLR(lr_lambda=0.69), lr=100"))
-    print("  lr:", ", ".join(f"{v:.4g}" for v in mult_lrs))
-    save_curves(
-        out / "multiplicative_lr.png",
-        {"MultiplicativeLR": (epochs, mult_lrs)},
-        title="adamkit.Adam(lr=100) + MultiplicativeLR(0.69 per epoch)",
-        xlabel="epoch",
-        ylabel="lr",
-        markers=True,
-    )
+    schedules = torch.optim.lr_scheduler
+    lambda_lrs = _lr_trace(100, lambda o: schedules.LambdaLR(o, lambda e: 0.67**e))
+    mult_lrs = _lr_trace(100, lambda o: schedules.MultiplicativeLR(o, lambda e: 0.69))
     # Changing the lr: the seed restarts with lr=120 and a multiplicative schedule; we also
     # change it by hand mid-run. MultiplicativeLR multiplies whatever lr the group holds, so the
     # hand-set value carries on decaying from the new level.
-    restart = _lr_trace(120, lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda e: 0.69))
+    restart = _lr_trace(120, lambda o: schedules.MultiplicativeLR(o, lambda e: 0.69))
     by_hand = _lr_trace(
-        100,
-        lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda e: 0.69),
-        change_at=(5, 50.0),
+        100, lambda o: schedules.MultiplicativeLR(o, lambda e: 0.69), change_at=(5, 50.0)
     )
-    print(text_chart(by_hand, label="MultiplicativeLR(0.69) with lr set to 50 by hand at epoch 5"))
-    print("  lr:", ", ".join(f"{v:.4g}" for v in by_hand))
-    save_curves(
-        out / "change_lr.png",
-        {
-            "LambdaLR from lr=100": (epochs, lambda_lrs),
-            "MultiplicativeLR from lr=120": (epochs, restart),
-            "MultiplicativeLR, set to 50 at epoch 5": (epochs, by_hand),
-        },
-        title="Changing the learning rate",
-        xlabel="epoch",
-        ylabel="lr",
-        markers=True,
-    )
+    epochs = range(10)
+    figures = [
+        (
+            "lambda_lr.png",
+            "adamkit.Adam(lr=100) + LambdaLR(0.67 ** epoch)",
+            {"LambdaLR(lr_lambda=0.67**epoch), lr=100": lambda_lrs},
+        ),
+        (
+            "multiplicative_lr.png",
+            "adamkit.Adam(lr=100) + MultiplicativeLR(0.69 per epoch)",
+            {"MultiplicativeLR(lr_lambda=0.69), lr=100": mult_lrs},
+        ),
+        (
+            "change_lr.png",
+            "Changing the learning rate",
+            {
+                "LambdaLR from lr=100": lambda_lrs,
+                "MultiplicativeLR from lr=120": restart,
+                "MultiplicativeLR, set to 50 by hand at epoch 5": by_hand,
+            },
+        ),
+    ]
+    for filename, title, curves in figures:
+        _show_lrs(list(curves.values())[-1], list(curves)[-1])
+        save_curves(
+            out / filename,
+            {label: (epochs, lrs) for label, lrs in curves.items()},
+            title=title,
+            xlabel="epoch",
+            ylabel="lr",
+            markers=True,
+        )
 
 
 def run_tour(out: str | Path = "adamkit-tour") -> Path:
