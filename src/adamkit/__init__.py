@@ -1,11 +1,28 @@
 """adamkit: the Adam family of optimizers for PyTorch.
 
 Drop-in replacements for ``torch.optim.Adam``, ``AdamW``, ``RAdam``, ``NAdam`` and ``Adamax``,
-proven equal to torch and to a NumPy reference (:mod:`adamkit.reference`).
+proven equal to torch and to a NumPy reference (:mod:`adamkit.reference`), and learning-rate
+schedules that compose and resume exactly (:mod:`adamkit.schedules`, :class:`Scheduler`).
 """
 
+from . import schedules
 from .optim import Adam, Adamax, AdamW, NAdam, RAdam, rectification
+from .schedules import Scheduler, get_lr, plot_schedule, scale_lr, set_lr
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "__version__", "rectification"]
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "Scheduler",
+    "__version__",
+    "get_lr",
+    "plot_schedule",
+    "rectification",
+    "scale_lr",
+    "schedules",
+    "set_lr",
+]

@@ -49,28 +49,50 @@ def save_curves(
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
-def text_chart(values: Sequence[float], *, height: int = 6, label: str = "") -> str:
-    """A compact block chart of ``values`` for the terminal, one column per value."""
+def text_chart(
+    values: Sequence[float],
+    *,
+    height: int = 6,
+    label: str = "",
+    width: int | None = None,
+    x_range: tuple[int, int] | None = None,
+) -> str:
+    """A compact block chart of ``values`` for the terminal, one column per value.
+
+    With ``width``, longer series are sampled at ``width`` evenly spaced points (first and last
+    included). ``x_range`` labels the two ends of the x axis.
+    """
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return f"{label} (no finite values)"
-    lo, hi = min(finite), max(finite)
+    lo, hi = min(finite), max(finite)  # of every value, before any sampling
+    cell = 2
+    if width is not None and len(values) > width > 1:
+        last = len(values) - 1
+        values = [values[round(i * last / (width - 1))] for i in range(width)]
+        cell = 1
     span = (hi - lo) or 1.0
     # The smallest value still gets a sliver, so every column shows.
     levels = [
-        1 + round((v - lo) / span * (height * 8 - 1)) if math.isfinite(v) else 0 for v in values
+        1 + round(min(1.0, (v - lo) / span) * (height * 8 - 1)) if math.isfinite(v) else 0
+        for v in values
     ]
     rows = []
     for row in range(height, 0, -1):
         line = ""
         for level in levels:
             fill = level - (row - 1) * 8
-            line += _BLOCKS[max(0, min(8, fill))] * 2
+            line += _BLOCKS[max(0, min(8, fill))] * cell
         prefix = (
             f"{hi:>10.4g} |"
             if row == height
             else (f"{lo:>10.4g} |" if row == 1 else " " * 11 + "|")
         )
         rows.append(prefix + line)
+    if x_range is not None:
+        left, right = str(x_range[0]), str(x_range[1])
+        span_width = len(levels) * cell
+        rows.append(" " * 11 + "+" + "-" * span_width)
+        rows.append(" " * 12 + left + right.rjust(span_width - len(left)))
     head = f"{label}\n" if label else ""
     return head + "\n".join(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -26,7 +27,60 @@ def _parser() -> argparse.ArgumentParser:
         default="adamkit-tour",
         help="folder for the PNG plots (default: %(default)s)",
     )
+    schedule = commands.add_parser(
+        "schedule",
+        help="plot learning-rate schedules given as specs",
+        description=(
+            "Plot one or more schedules to a PNG and print a terminal chart of each. A SPEC joins "
+            "pieces with '+', for example 'warmup(200) + cosine(1800, floor=0.1)'. Pieces: "
+            + ", ".join(f"{name}({', '.join(_arguments(cls))})" for name, cls in _schedules())
+            + ". lambda and multiplicative take an expression of the step t, such as "
+            "'lambda(0.67 ** t)'."
+        ),
+    )
+    schedule.add_argument("specs", nargs="+", metavar="SPEC", help="a schedule spec (quote it)")
+    schedule.add_argument(
+        "--lr", type=float, default=1.0, help="base lr the multipliers scale (default: 1)"
+    )
+    schedule.add_argument(
+        "--steps", type=int, default=None, help="steps to draw (default: the longest schedule)"
+    )
+    schedule.add_argument(
+        "-o", "--out", default="schedule.png", help="PNG file to write (default: %(default)s)"
+    )
+    schedule.add_argument("--log", action="store_true", help="log scale for the lr axis")
+    schedule.add_argument("--title", default=None, help="plot title")
     return parser
+
+
+def _schedules() -> list[tuple[str, type]]:
+    from .schedules import SCHEDULES
+
+    return list(SCHEDULES.items())
+
+
+def _arguments(cls: type) -> list[str]:
+    import inspect
+
+    return [
+        name if p.default is inspect.Parameter.empty else f"{name}={p.default!r}"
+        for name, p in inspect.signature(cls).parameters.items()
+    ]
+
+
+def _schedule_command(args: argparse.Namespace) -> int:
+    from .schedules import SpecError, parse, plot_schedule
+
+    try:
+        schedules = [parse(spec) for spec in args.specs]
+        path = plot_schedule(
+            schedules, args.out, lr=args.lr, steps=args.steps, title=args.title, logy=args.log
+        )
+    except (SpecError, ValueError) as error:
+        print(f"adamkit schedule: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,5 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_tour(args.out)
         return 0
+    if args.command == "schedule":
+        return _schedule_command(args)
     parser.print_help()
     return 2

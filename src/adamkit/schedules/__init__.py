@@ -12,6 +12,7 @@
 """
 
 from ._expr import Expr
+from ._lr import get_lr, scale_lr, set_lr
 from ._pieces import (
     WSD,
     Constant,
@@ -22,14 +23,16 @@ from ._pieces import (
     Join,
     Lambda,
     Linear,
-    MultiStep,
     Multiplicative,
+    MultiStep,
     OneCycle,
     Polynomial,
     Schedule,
     StepDecay,
     Warmup,
 )
+from ._plot import plot_schedule
+from ._scheduler import Scheduler
 from ._spec import SCHEDULES, SpecError, parse
 
 __all__ = [
@@ -49,8 +52,13 @@ __all__ = [
     "OneCycle",
     "Polynomial",
     "Schedule",
+    "Scheduler",
     "SpecError",
     "StepDecay",
     "Warmup",
+    "get_lr",
     "parse",
+    "plot_schedule",
+    "scale_lr",
+    "set_lr",
 ]

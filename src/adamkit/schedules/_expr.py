@@ -71,9 +71,7 @@ def _compile(node: ast.AST) -> Evaluator:
         if node.id in CONSTANTS:
             constant = CONSTANTS[node.id]
             return lambda t: constant
-        raise ExprError(
-            f"unknown name {node.id!r}: use t (the step), pi, e or a number", node
-        )
+        raise ExprError(f"unknown name {node.id!r}: use t (the step), pi, e or a number", node)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         op, left, right = _BINARY[type(node.op)], _compile(node.left), _compile(node.right)
         return lambda t: op(left(t), right(t))
@@ -83,7 +81,8 @@ def _compile(node: ast.AST) -> Evaluator:
         return lambda t: sign * inner(t)
     if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
         first = _compile(node.left)
-        rest = [(_COMPARE[type(op)], _compile(c)) for op, c in zip(node.ops, node.comparators)]
+        pairs = zip(node.ops, node.comparators, strict=True)
+        rest = [(_COMPARE[type(op)], _compile(c)) for op, c in pairs]
 
         def compare(t: int) -> bool:
             left = first(t)

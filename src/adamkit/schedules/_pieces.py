@@ -54,7 +54,9 @@ def _check_number(
 ) -> None:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if not is_number or not math.isfinite(value) or not (low <= value <= high):
-        bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+        bound = f"{'>' if open_low else '>='} {low}" + (
+            f" and <= {high}" if high < math.inf else ""
+        )
         raise ValueError(f"{piece}: {name}={value!r} is invalid (expected a finite number {bound})")
     if open_low and value == low:
         raise ValueError(f"{piece}: {name}={value!r} is invalid (expected a number > {low})")
@@ -208,10 +210,11 @@ class Linear(Schedule):
 
 @dataclass(frozen=True, repr=False)
 class Cosine(Schedule):
-    """Cosine decay to ``floor``: ``m(t) = floor + (1 - floor) * (1 + cos(pi * min(t, T) / T)) / 2``.
+    """Cosine decay to ``floor``.
 
-    torch's ``CosineAnnealingLR`` with ``eta_min = floor * base_lr``, up to ``T``; past ``T``
-    torch's curve rises again (it is periodic) while this one stays at ``floor``.
+    ``m(t) = floor + (1 - floor) * (1 + cos(pi * min(t, T) / T)) / 2``. This is torch's
+    ``CosineAnnealingLR`` with ``eta_min = floor * base_lr`` up to ``T``; past ``T`` torch's curve
+    rises again (it is periodic) while this one stays at ``floor``.
     """
 
     spec_name: ClassVar[str] = "cosine"
@@ -309,8 +312,8 @@ class MultiStep(Schedule):
     steps: int | None = None
 
     def __post_init__(self) -> None:
-        milestones = self.milestones
-        if not isinstance(milestones, Sequence) or isinstance(milestones, str):
+        milestones: object = self.milestones  # checked: a spec or a caller may pass anything
+        if not isinstance(milestones, list | tuple):
             raise ValueError(f"multistep: milestones={milestones!r} is invalid (expected a list)")
         for m in milestones:
             _check_int("multistep", "milestones", m, 0)
@@ -325,7 +328,7 @@ class MultiStep(Schedule):
 
 @dataclass(frozen=True, repr=False)
 class Polynomial(Schedule):
-    """``m(t) = end + (1 - end) * (1 - min(t, T) / T) ** power``: torch's ``PolynomialLR`` (end=0)."""
+    """``m(t) = end + (1 - end) * (1 - min(t, T) / T) ** power``: torch's ``PolynomialLR``."""
 
     spec_name: ClassVar[str] = "polynomial"
     steps: int
@@ -338,7 +341,8 @@ class Polynomial(Schedule):
         _check_number("polynomial", "end", self.end, 0.0)
 
     def _at(self, t: int) -> float:
-        return self.end + (1 - self.end) * (1.0 - _bounded(t, self.steps) / self.steps) ** self.power
+        remaining: float = 1.0 - _bounded(t, self.steps) / self.steps
+        return self.end + (1 - self.end) * remaining**self.power
 
 
 @dataclass(frozen=True, repr=False)
@@ -389,7 +393,9 @@ class OneCycle(Schedule):
         _check_number("one_cycle", "final_div_factor", self.final_div_factor, 0.0, open_low=True)
         _check_choice("one_cycle", "anneal", self.anneal, ("cos", "linear"))
         if not isinstance(self.three_phase, bool):
-            raise ValueError(f"one_cycle: three_phase={self.three_phase!r} is invalid (expected a bool)")
+            raise ValueError(
+                f"one_cycle: three_phase={self.three_phase!r} is invalid (expected a bool)"
+            )
 
     def _phases(self) -> list[tuple[float, float, float]]:
         """(end_step, start_value, end_value) per phase, with torch's float boundaries."""

@@ -30,8 +30,8 @@ from ._pieces import (
     Join,
     Lambda,
     Linear,
-    MultiStep,
     Multiplicative,
+    MultiStep,
     OneCycle,
     Polynomial,
     Schedule,
@@ -103,7 +103,7 @@ def parse(spec: str) -> Schedule:
         ) from None
     nodes = _terms(tree.body, spec)
     pieces = [_piece(node, spec) for node in nodes]
-    for piece, node in zip(pieces[:-1], nodes[:-1]):
+    for piece, node in zip(pieces[:-1], nodes[:-1], strict=False):
         if piece.length is None:
             raise SpecError(
                 f"{piece.spec_name}() has no end, so nothing can follow it; give it steps=N",
@@ -175,7 +175,9 @@ def _piece(node: ast.expr, spec: str) -> Schedule:
     try:
         return cls(*args, **kwargs)
     except (TypeError, ValueError) as error:
-        raise SpecError(str(error), spec, *_where(_argument_node(node, names, str(error)))) from None
+        raise SpecError(
+            str(error), spec, *_where(_argument_node(node, names, str(error)))
+        ) from None
 
 
 def _argument_node(call: ast.Call, names: list[str], message: str) -> ast.AST:
@@ -192,9 +194,9 @@ def _argument_node(call: ast.Call, names: list[str], message: str) -> ast.AST:
 
 def _value(piece: str, arg: str, node: ast.expr, spec: str) -> Any:
     if (piece, arg) in _EXPRESSION_ARGS:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            if piece == "multiplicative":
-                return node.value
+        constant = isinstance(node, ast.Constant) and isinstance(node.value, int | float)
+        if constant and piece == "multiplicative":  # a constant factor has a closed form
+            return node.value  # type: ignore[attr-defined]
         try:
             return Expr(node)
         except ExprError as error:
