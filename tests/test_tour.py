@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .artifacts import assert_real_png, run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -21,23 +21,9 @@ TOUR_PLOTS = {
 }
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def _assert_real_png(path: Path) -> None:
-    import matplotlib.image
-
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
-    pixels = matplotlib.image.imread(path)
-    assert pixels.shape[0] > 200 and pixels.shape[1] > 300
-    assert pixels[..., :3].std() > 0.05, f"{path.name} looks blank"
-
-
 def test_tour_runs_every_seed_section_and_writes_its_plots(tmp_path: Path) -> None:
     out = tmp_path / "plots"
-    result = _run([sys.executable, "-m", "adamkit", "tour", "--out", str(out)], tmp_path)
+    result = run([sys.executable, "-m", "adamkit", "tour", "--out", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     for section in range(1, 6):
@@ -52,21 +38,21 @@ def test_tour_runs_every_seed_section_and_writes_its_plots(tmp_path: Path) -> No
     assert abs(a - 2.4785694) < 0.05 and abs(b - 7.3256989) < 0.05
     assert {p.name for p in out.glob("*.png")} == TOUR_PLOTS
     for png in out.glob("*.png"):
-        _assert_real_png(png)
+        assert_real_png(png)
 
 
 def test_cli_help_and_version(tmp_path: Path) -> None:
-    result = _run([sys.executable, "-m", "adamkit", "--version"], tmp_path)
+    result = run([sys.executable, "-m", "adamkit", "--version"], tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("adamkit ")
-    result = _run([sys.executable, "-m", "adamkit"], tmp_path)
+    result = run([sys.executable, "-m", "adamkit"], tmp_path)
     assert result.returncode == 2 and "tour" in result.stdout
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(script: Path, tmp_path: Path) -> None:
     png = tmp_path / "plot.png"
-    result = _run([sys.executable, str(script), str(png)], tmp_path)
+    result = run([sys.executable, str(script), str(png)], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip()
     if "plt.savefig" in script.read_text():
-        _assert_real_png(png)
+        assert_real_png(png)

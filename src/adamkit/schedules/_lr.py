@@ -31,7 +31,12 @@ def _select(optimizer: Optimizer, groups: GroupSelector, where: str) -> list[int
     count = len(optimizer.param_groups)
     if groups is None:
         return list(range(count))
-    chosen = [groups] if isinstance(groups, int | str) else list(groups)
+    if isinstance(groups, int | str):
+        chosen: list[object] = [groups]
+    elif isinstance(groups, list | tuple):
+        chosen = list(groups)
+    else:
+        raise TypeError(f"{where}: a group is chosen by index or name, got {groups!r}")
     indices = []
     for key in chosen:
         if isinstance(key, bool) or not isinstance(key, int | str):

@@ -342,7 +342,7 @@ class Polynomial(Schedule):
 
     def _at(self, t: int) -> float:
         remaining: float = 1.0 - _bounded(t, self.steps) / self.steps
-        return self.end + (1 - self.end) * remaining**self.power
+        return self.end + (1 - self.end) * float(remaining**self.power)
 
 
 @dataclass(frozen=True, repr=False)

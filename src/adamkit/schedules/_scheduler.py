@@ -145,17 +145,17 @@ class Scheduler(LRScheduler):
             )
         return value
 
-    def _compute(self) -> list[float]:
+    def _compute(self, step: int) -> list[float]:
         lrs = []
         for i, group in enumerate(self.optimizer.param_groups):
             if "initial_lr" not in group:  # a group added after the scheduler was created
                 group["initial_lr"] = _number(group["lr"])
-            lrs.append(_number(group["initial_lr"]) * self.multiplier(i))
+            lrs.append(_number(group["initial_lr"]) * self.multiplier(i, step))
         return lrs
 
     def get_lr(self) -> list[float | torch.Tensor]:
         """The lr of every group at the current step, from the closed form."""
-        return list(self._compute())
+        return list(self._compute(self.last_epoch))
 
     _get_closed_form_lr = get_lr
 
@@ -171,13 +171,14 @@ class Scheduler(LRScheduler):
         if epoch is None and not initial and self.skip_with_optimizer and not stepped:
             self.skipped += 1
             return
+        step = self.last_epoch + 1 if epoch is None else int(epoch)
+        self._apply(step)  # raises before changing anything if a multiplier is bad
         self._seen_optimizer_steps = self._optimizer_steps
-        self.last_epoch = self.last_epoch + 1 if epoch is None else int(epoch)
-        self._apply()
+        self.last_epoch = step
 
-    def _apply(self) -> None:
-        lrs = self._compute()  # computed first: a bad multiplier changes nothing
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=False):
+    def _apply(self, step: int) -> None:
+        lrs = self._compute(step)  # computed first: a bad multiplier changes nothing
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             _write(group, "lr", lr)
         self.sync_base_lrs()
         self._last_lr = [
@@ -241,18 +242,18 @@ class Scheduler(LRScheduler):
                     f"Scheduler.load_state_dict: the checkpoint was made with schedule {saved} "
                     f"but this scheduler has {ours}; pass strict=False to load it anyway"
                 )
-        old = [(g["initial_lr"], g["lr"]) for g in groups]
-        previous = (self.last_epoch, self._step_count, self.skipped)
+        old = [(_number(g["initial_lr"]), _number(g["lr"])) for g in groups]
         try:
-            for group, base in zip(groups, base_lrs, strict=False):
+            for group, base in zip(groups, base_lrs, strict=True):
                 _write(group, "initial_lr", float(base))
-            self.last_epoch = last_epoch
-            self._step_count = int(state_dict.get("_step_count", last_epoch + 1))
-            self.skipped = int(state_dict.get("skipped", 0))
-            self._seen_optimizer_steps = self._optimizer_steps
-            self._apply()
+            self._apply(last_epoch)
         except Exception:
-            for group, (base, lr) in zip(groups, old, strict=False):
-                group["initial_lr"], group["lr"] = base, lr
-            self.last_epoch, self._step_count, self.skipped = previous
+            for group, (base, lr) in zip(groups, old, strict=True):
+                _write(group, "initial_lr", base)
+                _write(group, "lr", lr)
+            self.sync_base_lrs()
             raise
+        self.last_epoch = last_epoch
+        self._step_count = int(state_dict.get("_step_count", last_epoch + 1))
+        self.skipped = int(state_dict.get("skipped", 0))
+        self._seen_optimizer_steps = self._optimizer_steps
