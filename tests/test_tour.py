@@ -18,6 +18,7 @@ TOUR_PLOTS = {
     "lambda_lr.png",
     "multiplicative_lr.png",
     "change_lr.png",
+    "warmup_schedules.png",
 }
 
 

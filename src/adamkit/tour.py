@@ -4,12 +4,14 @@
 2. The from-scratch NumPy rule on ``m^2 - 2m + 1``, corrected (and the seed's bug shown).
 3. RAdam on the same regression, with its rectification switching on.
 4. Coupled L2 weight decay (Adam) against decoupled decay (AdamW).
-5. The seed's learning-rate plots: ``LambdaLR(0.67**epoch)``, ``MultiplicativeLR(0.69)`` and
-   changing the learning rate mid-run, written as PNG files.
+5. The seed's learning-rate plots, ``LambdaLR(0.67**epoch)`` and ``MultiplicativeLR(0.69)``, as
+   adamkit schedules (checked against torch's schedulers), changing the learning rate mid-run
+   with ``adamkit.set_lr``, and warmup + cosine / WSD / inverse-sqrt / one-cycle, as PNG files.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from . import reference
 from ._plot import save_curves, text_chart
 from .optim import Adam, AdamW, RAdam, rectification
+from .schedules import Scheduler, get_lr, plot_schedule, set_lr
 
 __all__ = ["run_tour"]
 
@@ -207,7 +211,7 @@ def section_weight_decay(out: Path) -> None:
 
 def _lr_trace(
     lr: float,
-    make_scheduler: Callable[[torch.optim.Optimizer], object],
+    make_scheduler: Callable[[torch.optim.Optimizer], LRScheduler],
     epochs: int = 10,
     change_at: tuple[int, float] | None = None,
 ) -> list[float]:
@@ -218,65 +222,71 @@ def _lr_trace(
     lrs = []
     for epoch in range(epochs):
         if change_at is not None and epoch == change_at[0]:
-            for group in optimizer.param_groups:  # by hand, mid-run
-                group["lr"] = change_at[1]
+            set_lr(optimizer, change_at[1])  # by hand, mid-run
         optimizer.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-        scheduler.step()  # type: ignore[attr-defined]
+        lrs.append(get_lr(optimizer)[0])
+        scheduler.step()
     return lrs
 
 
-def _show_lrs(lrs: list[float], label: str) -> None:
-    print(text_chart(lrs, label=label))
-    print("  lr:", ", ".join(f"{v:.4g}" for v in lrs))
+def _compare_with_torch(name: str, ours: list[float], theirs: list[float]) -> None:
+    worst = max(abs(a - b) / abs(b) for a, b in zip(ours, theirs, strict=True))
+    verdict = "bit-identical" if ours == theirs else f"max relative difference {worst:.1e}"
+    print(f"  vs torch.optim.lr_scheduler.{name} on the same loop: {verdict}")
 
 
 def section_learning_rates(out: Path) -> None:
     _heading(
         5, "Learning-rate schedules, plotted  (seed: 'learning rate', 'scheduler', 'change lr')"
     )
-    schedules = torch.optim.lr_scheduler
-    lambda_lrs = _lr_trace(100, lambda o: schedules.LambdaLR(o, lambda e: 0.67**e))
-    mult_lrs = _lr_trace(100, lambda o: schedules.MultiplicativeLR(o, lambda e: 0.69))
-    # Changing the lr: the seed restarts with lr=120 and a multiplicative schedule; we also
-    # change it by hand mid-run. MultiplicativeLR multiplies whatever lr the group holds, so the
-    # hand-set value carries on decaying from the new level.
-    restart = _lr_trace(120, lambda o: schedules.MultiplicativeLR(o, lambda e: 0.69))
-    by_hand = _lr_trace(
-        100, lambda o: schedules.MultiplicativeLR(o, lambda e: 0.69), change_at=(5, 50.0)
-    )
-    epochs = range(10)
-    figures = [
-        (
-            "lambda_lr.png",
-            "adamkit.Adam(lr=100) + LambdaLR(0.67 ** epoch)",
-            {"LambdaLR(lr_lambda=0.67**epoch), lr=100": lambda_lrs},
-        ),
-        (
-            "multiplicative_lr.png",
-            "adamkit.Adam(lr=100) + MultiplicativeLR(0.69 per epoch)",
-            {"MultiplicativeLR(lr_lambda=0.69), lr=100": mult_lrs},
-        ),
-        (
-            "change_lr.png",
-            "Changing the learning rate",
-            {
-                "LambdaLR from lr=100": lambda_lrs,
-                "MultiplicativeLR from lr=120": restart,
-                "MultiplicativeLR, set to 50 by hand at epoch 5": by_hand,
-            },
-        ),
+    torch_lr = torch.optim.lr_scheduler
+    # The seed's two schedules as adamkit specs, driven by adamkit.Scheduler on a real optimizer.
+    seed_schedules = [
+        ("lambda_lr.png", "lambda(0.67 ** epoch)", "LambdaLR", lambda e: 0.67**e),
+        ("multiplicative_lr.png", "multiplicative(0.69)", "MultiplicativeLR", lambda e: 0.69),
     ]
-    for filename, title, curves in figures:
-        _show_lrs(list(curves.values())[-1], list(curves)[-1])
-        save_curves(
-            out / filename,
-            {label: (epochs, lrs) for label, lrs in curves.items()},
-            title=title,
-            xlabel="epoch",
-            ylabel="lr",
-            markers=True,
-        )
+    traces = {}
+    for filename, spec, torch_name, fn in seed_schedules:
+        print(f"\nadamkit.Adam(lr=100) + adamkit.Scheduler(optimizer, {spec!r}):")
+        lrs = _lr_trace(100, functools.partial(Scheduler, schedule=spec))
+        torch_scheduler = functools.partial(getattr(torch_lr, torch_name), lr_lambda=fn)
+        _compare_with_torch(torch_name, lrs, _lr_trace(100, torch_scheduler))
+        plot_schedule(spec, out / filename, lr=100, steps=10, title=f"{spec}, lr=100")
+        traces[spec] = lrs
+
+    # Changing the learning rate: the seed restarts with lr=120; we also set it by hand at
+    # epoch 5 with adamkit.set_lr. The Scheduler is rebased, so the schedule carries on from 50.
+    restart = _lr_trace(120, lambda o: Scheduler(o, "multiplicative(0.69)"))
+    by_hand = _lr_trace(100, lambda o: Scheduler(o, "multiplicative(0.69)"), change_at=(5, 50.0))
+    print("\nChanging the learning rate by hand: adamkit.set_lr(optimizer, 50) at epoch 5")
+    print(text_chart(by_hand, label="multiplicative(0.69) from lr=100, set to 50 at epoch 5"))
+    print("  lr:", ", ".join(f"{v:.4g}" for v in by_hand))
+    save_curves(
+        out / "change_lr.png",
+        {
+            "lambda(0.67 ** epoch) from lr=100": (range(10), traces["lambda(0.67 ** epoch)"]),
+            "multiplicative(0.69) from lr=120": (range(10), restart),
+            "multiplicative(0.69), set_lr(50) at epoch 5": (range(10), by_hand),
+        },
+        title="Changing the learning rate",
+        xlabel="epoch",
+        ylabel="lr",
+        markers=True,
+    )
+
+    # Beyond the seed: the schedules used to train transformers, as one-line specs.
+    print("\nWarmup and decay schedules (lr 3e-4, 2000 steps):")
+    plot_schedule(
+        [
+            "warmup(200) + cosine(1800, floor=0.1)",
+            "wsd(200, 1400, 400, floor=0.1)",
+            "warmup(200) + inverse_sqrt(200)",
+            "one_cycle(2000)",
+        ],
+        out / "warmup_schedules.png",
+        lr=3e-4,
+        steps=2000,
+    )
 
 
 def run_tour(out: str | Path = "adamkit-tour") -> Path:
