@@ -39,7 +39,7 @@ class Case:
         return {
             k: float(v) if isinstance(v, torch.Tensor) else v
             for k, v in self.kwargs.items()
-            if k not in ("foreach",)
+            if k not in ("foreach", "fused")
         }
 
     @property
@@ -59,7 +59,8 @@ ODD = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6}
 
 def _cases() -> list[Case]:
     cases: list[Case] = []
-    foreach = [{"foreach": True}, {"foreach": False}]
+    # The three execution paths: multi-tensor, one tensor at a time, and the fused kernel.
+    foreach = [{"foreach": True}, {"foreach": False}, {"fused": True}]
     maximize = [{}, {"maximize": True}]
     for fe, mx, wd, ams in itertools.product(
         foreach, maximize, WEIGHT_DECAY, [{}, {"amsgrad": True}]
@@ -76,10 +77,14 @@ def _cases() -> list[Case]:
         cases.append(Case("Adamax", {**fe, **mx, **wd}))
     for name, fe in itertools.product(["Adam", "AdamW", "RAdam", "NAdam", "Adamax"], foreach):
         cases.append(Case(name, {**fe, **ODD}))
-    cases.append(Case("NAdam", {"momentum_decay": 0.02}))
-    cases.append(
-        Case("Adam", {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1, **ODD})
-    )
+    for fe in foreach:
+        cases.append(Case("NAdam", {**fe, "momentum_decay": 0.02}))
+        cases.append(
+            Case(
+                "Adam",
+                {**fe, "amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1, **ODD},
+            )
+        )
     return cases
 
 

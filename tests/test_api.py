@@ -41,7 +41,8 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"betas": ("a", 0.9)}, TypeError, r"betas\[0\] must be a float .* got str"),
     ({"maximize": "yes"}, TypeError, r"maximize must be True or False, got str: 'yes'"),
     ({"foreach": 1}, TypeError, r"foreach must be True, False or None, got int: 1"),
-    ({"fused": True}, NotImplementedError, r"fused=True is not supported yet by adamkit\.\w+"),
+    ({"fused": True, "foreach": True}, ValueError, r"fused=True and foreach=True cannot be set"),
+    ({"fused": "yes"}, TypeError, r"fused must be True, False or None, got str: 'yes'"),
     ({"capturable": True}, NotImplementedError, r"capturable=True is not supported yet"),
     ({"differentiable": True}, NotImplementedError, r"differentiable=True is not supported yet"),
     ({"amsgrad": 1}, TypeError, r"amsgrad must be True or False, got int: 1"),
@@ -207,11 +208,29 @@ def test_grad_scaler_skips_steps_with_inf(name: str) -> None:
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
-def test_execution_path_selection() -> None:
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_execution_path_selection(name: str) -> None:
     p = make_params()[0]
-    assert adamkit.Adam([p]).execution_path() == "foreach"
-    assert adamkit.Adam([p], foreach=True).execution_path() == "foreach"
-    assert adamkit.Adam([p], foreach=False).execution_path() == "forloop"
+    make = getattr(adamkit, name)
+    assert make([p]).execution_path() == "fused"  # the kernel builds on every test machine
+    assert make([p], fused=True).execution_path() == "fused"
+    assert make([p], fused=True, foreach=False).execution_path() == "fused"
+    assert make([p], foreach=True).execution_path() == "foreach"
+    assert make([p], fused=False).execution_path() == "foreach"
+    assert make([p], foreach=False).execution_path() == "forloop"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_fused_true_refuses_what_the_kernel_cannot_take(name: str) -> None:
+    p = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+    p.grad = torch.ones_like(p)
+    opt = getattr(adamkit, name)([p], fused=True)
+    with pytest.raises(RuntimeError, match=r"fused=True\): the fused kernel supports float32"):
+        opt.step()
+    assert torch.equal(p, torch.zeros(4, dtype=torch.bfloat16))
+    default = getattr(adamkit, name)([p])  # fused=None: bf16 falls back to the foreach path
+    default.step()
+    assert not torch.equal(p, torch.zeros(4, dtype=torch.bfloat16))
 
 
 def test_public_surface() -> None:
@@ -229,7 +248,12 @@ def test_defaults_are_torchs(name: str) -> None:
 
     ours = inspect.signature(getattr(adamkit, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
-    assert list(ours) == list(theirs)
+    # torch has no fused RAdam, NAdam or Adamax; adamkit adds `fused` last, keyword-only.
+    extra = [] if "fused" in theirs else ["fused"]
+    assert list(ours) == list(theirs) + extra
+    if extra:
+        assert ours["fused"].default is None
+        assert ours["fused"].kind == inspect.Parameter.KEYWORD_ONLY
     for key, param in theirs.items():
         assert ours[key].default == param.default, key
         assert ours[key].kind == param.kind, key

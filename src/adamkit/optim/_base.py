@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._core import Bucket, Hyper, Rule, real_view
+from ._fused import fused_step, fused_unsupported, kernel_available
 from ._paths import PATHS
 from ._validation import check_group, scalar_value
 
@@ -45,6 +46,9 @@ class AdamFamily(Optimizer):
     """
 
     _rule: ClassVar[Rule]
+    #: The fused kernel's name for this algorithm, and the state it keeps beside ``exp_avg``.
+    _fused_algorithm: ClassVar[str]
+    _fused_second_key: ClassVar[str] = "exp_avg_sq"
     #: State entries that are 0-d scalars (never viewed as real, never bucketed by shape).
     _scalar_keys: ClassVar[tuple[str, ...]] = ()
     #: Group values a loaded checkpoint may not change (AdamW stays decoupled).
@@ -53,6 +57,14 @@ class AdamFamily(Optimizer):
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         check_group(defaults, type(self).__name__)
         super().__init__(params, defaults)
+        if any(g.get("fused") for g in self.param_groups) and not kernel_available():
+            from ..kernels import unavailable_reason
+
+            raise RuntimeError(
+                f"adamkit.{type(self).__name__}(fused=True): the fused CPU kernel is "
+                f"unavailable ({unavailable_reason()}); leave fused=None to use the "
+                "multi-tensor path"
+            )
 
     # ----------------------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -148,9 +160,18 @@ class AdamFamily(Optimizer):
         )
 
     def execution_path(self, group: dict[str, Any] | None = None) -> str:
-        """The execution path ``step()`` uses for ``group`` (default: the first group)."""
+        """The execution path ``step()`` uses for ``group`` (default: the first group).
+
+        ``"fused"`` with ``fused=True``, or by default (``fused=None, foreach=None``) where the
+        kernel could be built; ``"forloop"`` with ``foreach=False``; ``"foreach"`` otherwise.
+        On the fused path, buckets the kernel cannot take (a GPU, bf16) run on ``"foreach"``,
+        unless ``fused=True`` was asked for explicitly, which then raises.
+        """
         group = self.param_groups[0] if group is None else group
-        return "forloop" if group.get("foreach") is False else "foreach"
+        fused, foreach = group.get("fused"), group.get("foreach")
+        if fused or (fused is None and foreach is None and kernel_available()):
+            return "fused"
+        return "forloop" if foreach is False else "foreach"
 
     # ------------------------------------------------------------------------------- step
     @overload
@@ -193,8 +214,23 @@ class AdamFamily(Optimizer):
             return
 
         hyper = self._hyper(group)
-        path = PATHS[self.execution_path(group)]
         rule = type(self)._rule
+        path_name = self.execution_path(group)
+        if path_name == "fused":
+            for bucket_params in _by_device_and_dtype(params).values():
+                bucket = self._bucket(bucket_params, moment_keys)
+                reason = fused_unsupported(bucket)
+                if reason is None:
+                    fused_step(type(self)._fused_algorithm, bucket, hyper, self._fused_second_key)
+                elif group.get("fused"):
+                    raise RuntimeError(
+                        f"adamkit.{type(self).__name__}(fused=True): {reason}; leave "
+                        "fused=None to fall back to the multi-tensor path"
+                    )
+                else:
+                    rule(PATHS["foreach"], bucket, hyper)
+            return
+        path = PATHS[path_name]
         if path.name == "forloop":
             # One parameter at a time: temporaries never exceed one parameter's size.
             for p in params:

@@ -64,8 +64,6 @@ def _betas(value: Any, where: str) -> None:
 
 # Execution settings accepted as in torch, with the values this release cannot honour yet.
 _UNSUPPORTED = {
-    "fused": "a fused kernel is not implemented yet; leave fused=None (the multi-tensor "
-    "foreach path is the default)",
     "capturable": "CUDA-graph capture is not implemented yet",
     "differentiable": "differentiating through the optimizer step is not implemented yet",
 }

@@ -57,10 +57,13 @@ class Adam(AdamFamily):
         eps: added to the denominator for stability (default 1e-8).
         weight_decay: L2 penalty added to the gradient (default 0).
         amsgrad: use the running maximum of the second moment (default False).
-        foreach: ``None``/``True``: the multi-tensor path; ``False``: one tensor at a time.
+        foreach: ``True``: the multi-tensor path; ``False``: one tensor at a time.
         maximize: maximize the objective instead of minimizing it (default False).
-        capturable, differentiable, fused: accepted as in torch; ``True`` is not
-            supported yet and raises ``NotImplementedError`` naming the setting.
+        fused: ``True``: the fused kernel (one pass over memory; fp32/fp64 CPU tensors, an
+            error otherwise). ``None`` (default, with ``foreach=None``): fused where it
+            applies, the multi-tensor path elsewhere. ``False``: never fused.
+        capturable, differentiable: accepted as in torch; ``True`` is not supported yet and
+            raises ``NotImplementedError`` naming the setting.
         decoupled_weight_decay: apply weight decay as AdamW does (default False).
 
     Example:
@@ -115,6 +118,7 @@ class Adam(AdamFamily):
         super().__init__(params, defaults)
 
     _rule = adam_rule
+    _fused_algorithm = "adam"
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         if group["amsgrad"]:

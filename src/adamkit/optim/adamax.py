@@ -42,7 +42,8 @@ class Adamax(AdamFamily):
     decoupled form). The state :math:`u_t` is saved as ``exp_inf``.
 
     Args:
-        params, lr, betas, eps, weight_decay, foreach, maximize, capturable, differentiable:
+        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable,
+        differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
 
     Example:
@@ -70,6 +71,7 @@ class Adamax(AdamFamily):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -80,10 +82,13 @@ class Adamax(AdamFamily):
             "maximize": maximize,
             "differentiable": differentiable,
             "capturable": capturable,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
     _rule = adamax_rule
+    _fused_algorithm = "adamax"
+    _fused_second_key = "exp_inf"
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_inf")

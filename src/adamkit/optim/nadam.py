@@ -68,7 +68,8 @@ class NAdam(AdamFamily):
     ``momentum_decay``, :math:`\epsilon` is ``eps``; weight decay as in :class:`adamkit.RAdam`.
 
     Args:
-        params, lr, betas, eps, weight_decay, foreach, maximize, capturable, differentiable:
+        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable,
+        differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
         momentum_decay: :math:`\psi` in the momentum schedule (default 4e-3).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay, i.e. NAdamW
@@ -101,6 +102,7 @@ class NAdam(AdamFamily):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -113,10 +115,12 @@ class NAdam(AdamFamily):
             "foreach": foreach,
             "capturable": capturable,
             "differentiable": differentiable,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
     _rule = nadam_rule
+    _fused_algorithm = "nadam"
     _scalar_keys = ("mu_product",)
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:

@@ -82,7 +82,8 @@ class RAdam(AdamFamily):
     :math:`\theta` by :math:`1-\gamma\lambda` first (RAdamW).
 
     Args:
-        params, lr, betas, eps, weight_decay, foreach, maximize, capturable, differentiable:
+        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable,
+        differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay (default False).
 
@@ -113,6 +114,7 @@ class RAdam(AdamFamily):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -124,10 +126,12 @@ class RAdam(AdamFamily):
             "capturable": capturable,
             "decoupled_weight_decay": decoupled_weight_decay,
             "differentiable": differentiable,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
     _rule = radam_rule
+    _fused_algorithm = "radam"
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
