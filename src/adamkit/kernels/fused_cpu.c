@@ -83,67 +83,63 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
     return s;
 }
 
-/* Call loop_<SUFFIX> with `kind`, `maximize` and `decay` as literal constants. */
-#define CALL(SUFFIX, K, MX, D, ARGS) loop_##SUFFIX ARGS_PREPEND(K, MX, D, ARGS)
-#define ARGS_PREPEND(K, MX, D, ARGS) (K, MX, D, UNPACK ARGS)
-#define UNPACK(...) __VA_ARGS__
-#define BY_DECAY(SUFFIX, K, MX, D, ARGS)                                                        \
-    switch (D) {                                                                                \
-    case 0: CALL(SUFFIX, K, MX, 0, ARGS); break;                                                \
-    case 1: CALL(SUFFIX, K, MX, 1, ARGS); break;                                                \
-    default: CALL(SUFFIX, K, MX, 2, ARGS); break;                                               \
-    }
-#define BY_SIGN(SUFFIX, K, MX, D, ARGS)                                                         \
-    if (MX) { BY_DECAY(SUFFIX, K, 1, D, ARGS) } else { BY_DECAY(SUFFIX, K, 0, D, ARGS) }
-#define SPECIALIZE(SUFFIX, KIND, MX, D, ARGS)                                                   \
-    switch (KIND) {                                                                             \
-    case K_ADAM: BY_SIGN(SUFFIX, K_ADAM, MX, D, ARGS) break;                                    \
-    case K_AMSGRAD: BY_SIGN(SUFFIX, K_AMSGRAD, MX, D, ARGS) break;                              \
-    case K_RADAM: BY_SIGN(SUFFIX, K_RADAM, MX, D, ARGS) break;                                  \
-    case K_RADAM_PLAIN: BY_SIGN(SUFFIX, K_RADAM_PLAIN, MX, D, ARGS) break;                      \
-    case K_NADAM: BY_SIGN(SUFFIX, K_NADAM, MX, D, ARGS) break;                                  \
-    default: BY_SIGN(SUFFIX, K_ADAMAX, MX, D, ARGS) break;                                      \
-    }
+/* Element loops: one per (update kind, weight decay mode, dtype), each a straight line the
+ * compiler vectorises. `decay` is 0 (none), 1 (coupled L2: g += wd p) or 2 (decoupled:
+ * p *= 1 - lr wd); `sign` is -1 for maximize (exact: -1 * g == -g). The maxima are written as
+ * `a > b ? a : b` so a NaN second moment propagates as in torch. */
+#define HEAD(T, DECAY)                                                                          \
+    T grad = sign * g[i], param = p[i];                                                         \
+    if (DECAY == 1) grad += wd * param;                                                         \
+    if (DECAY == 2) param *= shrink;                                                            \
+    T mi = m[i] + one_minus_beta1 * (grad - m[i]);                                              \
+    m[i] = mi;
+#define SECOND(T) T vi = beta2 * v[i] + one_minus_beta2 * grad * grad; v[i] = vi;
 
-/* Element loops. `kind` picks the update, `maximize` and `decay` (0 none, 1 coupled L2,
- * 2 decoupled) the gradient's sign and weight decay. Each is a compile-time constant at every
- * call in dispatch_*(), so the compiler emits one branch-free, vectorised loop per combination. */
+#define BODY_ADAM(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi / (SQRT(vi) / b + eps);
+#define BODY_AMSGRAD(T, SQRT, FABS)                                                             \
+    SECOND(T) T old = vmax[i], top = old > vi ? old : vi;                                       \
+    vmax[i] = top;                                                                              \
+    p[i] = param - a * mi / (SQRT(top) / b + eps);
+#define BODY_RADAM(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
+#define BODY_RADAM_PLAIN(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi;
+#define BODY_NADAM(T, SQRT, FABS)                                                               \
+    SECOND(T) T denom = SQRT(vi) / b + eps;                                                     \
+    p[i] = param - a * grad / denom - c * mi / denom;
+#define BODY_ADAMAX(T, SQRT, FABS)                                                              \
+    T u = beta2 * v[i], norm = FABS(grad) + eps;                                                \
+    u = u > norm ? u : norm;                                                                    \
+    v[i] = u;                                                                                   \
+    p[i] = param - a * mi / u;
+
+#define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, DECAY)                                         \
+    static void loop_##SUFFIX##_##KIND##_##DECAY(                                               \
+        T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
+        T c, int64_t n, T *restrict p, const T *restrict g, T *restrict m, T *restrict v,       \
+        T *restrict vmax) {                                                                     \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)vmax, (void)one_minus_beta2, (void)eps; \
+        for (int64_t i = 0; i < n; i++) {                                                       \
+            HEAD(T, DECAY)                                                                      \
+            BODY_##KIND(T, SQRT, FABS)                                                          \
+        }                                                                                       \
+    }
+#define DEFINE_KIND(SUFFIX, T, SQRT, FABS, KIND)                                                \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 0)                                                 \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 1)                                                 \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 2)
+#define CASE_KIND(SUFFIX, KIND, DECAY, ARGS)                                                    \
+    case K_##KIND:                                                                              \
+        if (DECAY == 0) loop_##SUFFIX##_##KIND##_0 ARGS;                                        \
+        else if (DECAY == 1) loop_##SUFFIX##_##KIND##_1 ARGS;                                   \
+        else loop_##SUFFIX##_##KIND##_2 ARGS;                                                   \
+        break;
 
 #define DEFINE_STEP(SUFFIX, T, SQRT, FABS)                                                       \
-    static inline __attribute__((always_inline)) void loop_##SUFFIX(                            \
-        const int kind, const int maximize, const int decay, T shrink, T one_minus_beta1,       \
-        T beta2, T one_minus_beta2, T eps, T wd, T a, T b, T c, int64_t n, T *restrict p,        \
-        const T *restrict g, T *restrict m, T *restrict v, T *restrict vmax) {                  \
-        for (int64_t i = 0; i < n; i++) {                                                       \
-            T grad = maximize ? -g[i] : g[i];                                                   \
-            T param = p[i];                                                                     \
-            if (decay == 1) grad += wd * param;                                                 \
-            if (decay == 2) param *= shrink;                                                    \
-            T mi = m[i] + one_minus_beta1 * (grad - m[i]);                                      \
-            m[i] = mi;                                                                          \
-            if (kind == K_ADAMAX) {                                                             \
-                T u = beta2 * v[i], norm = FABS(grad) + eps;                                    \
-                u = u > norm ? u : norm;                                                        \
-                v[i] = u;                                                                       \
-                p[i] = param - a * mi / u;                                                      \
-            } else {                                                                            \
-                T vi = beta2 * v[i] + one_minus_beta2 * grad * grad;                            \
-                v[i] = vi;                                                                      \
-                if (kind == K_AMSGRAD) {                                                        \
-                    vi = vmax[i] > vi ? vmax[i] : vi;                                           \
-                    vmax[i] = vi;                                                               \
-                }                                                                               \
-                if (kind == K_ADAM || kind == K_AMSGRAD)                                        \
-                    p[i] = param - a * mi / (SQRT(vi) / b + eps);                               \
-                if (kind == K_RADAM) p[i] = param - a * mi / (SQRT(vi) + eps);                  \
-                if (kind == K_RADAM_PLAIN) p[i] = param - a * mi;                               \
-                if (kind == K_NADAM) {                                                          \
-                    T denom = SQRT(vi) / b + eps;                                               \
-                    p[i] = param - a * grad / denom - c * mi / denom;                           \
-                }                                                                               \
-            }                                                                                   \
-        }                                                                                       \
-    }                                                                                           \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, ADAM)                                                    \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, AMSGRAD)                                                 \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, RADAM)                                                   \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, RADAM_PLAIN)                                             \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, NADAM)                                                   \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, ADAMAX)                                                  \
                                                                                                 \
     /* Scalars derived from the hyperparameters are computed in double and rounded once, as  \
      * torch passes Python floats (1 - beta2 = 0.001 exactly, not 1 - (float)0.999). */       \
@@ -151,12 +147,29 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
                                   double eps, double wd, const scalars_t *s, int64_t n, T *p,   \
                                   const T *g, T *m, T *v, T *vmax) {                            \
         const int decay = wd == 0 ? 0 : (flags & DECOUPLED ? 2 : 1);                            \
-        const T a = (T)s->a, b = (T)s->b, c = (T)s->c;                                          \
+        const T sign = flags & MAXIMIZE ? (T)-1 : (T)1;                                         \
         const T shrink = (T)(1.0 - lr * wd), one_minus_beta1 = (T)(1.0 - beta1);               \
         const T one_minus_beta2 = (T)(1.0 - beta2);                                             \
-        SPECIALIZE(SUFFIX, kind, flags & MAXIMIZE, decay,                                       \
-                   (shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, a, b, c, \
-                    n, p, g, m, v, vmax))                                                       \
+        switch (kind) {                                                                         \
+            CASE_KIND(SUFFIX, ADAM, decay,                                                      \
+                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
+                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+            CASE_KIND(SUFFIX, AMSGRAD, decay,                                                   \
+                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
+                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+            CASE_KIND(SUFFIX, RADAM, decay,                                                     \
+                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
+                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+            CASE_KIND(SUFFIX, RADAM_PLAIN, decay,                                               \
+                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
+                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+            CASE_KIND(SUFFIX, NADAM, decay,                                                     \
+                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
+                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+            CASE_KIND(SUFFIX, ADAMAX, decay,                                                    \
+                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
+                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+        }                                                                                       \
     }                                                                                           \
                                                                                                 \
     int adamkit_fused_step_##SUFFIX(int algo, int flags, double lr, double beta1, double beta2, \

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._core import Bucket, Hyper, Rule, real_view
-from ._fused import fused_step, fused_unsupported, kernel_available
+from ._fused import FusedPlan, fused_unsupported, kernel_available
 from ._paths import PATHS
 from ._validation import check_group, scalar_value
 
@@ -122,6 +122,7 @@ class AdamFamily(Optimizer):
         validation, the optimizer is left exactly as it was.
         """
         before = (self.state, self.param_groups)
+        self.__dict__.pop("_fused_plans", None)  # the state tensors are about to be replaced
         execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
         try:
@@ -197,10 +198,12 @@ class AdamFamily(Optimizer):
     def _step_group(self, group: dict[str, Any]) -> None:
         moment_keys = self._moment_keys(group)
         params: list[Tensor] = []
+        grads: list[Tensor] = []
         for i, p in enumerate(group["params"]):
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     f"adamkit.{type(self).__name__} does not support sparse gradients "
                     f"({_param_label(group, i)} has one); use torch.optim.SparseAdam, or "
@@ -210,6 +213,7 @@ class AdamFamily(Optimizer):
             if len(state) == 0:
                 state.update(self._init_state(p, group))
             params.append(p)
+            grads.append(grad)
         if not params:
             return
 
@@ -217,18 +221,7 @@ class AdamFamily(Optimizer):
         rule = type(self)._rule
         path_name = self.execution_path(group)
         if path_name == "fused":
-            for bucket_params in _by_device_and_dtype(params).values():
-                bucket = self._bucket(bucket_params, moment_keys)
-                reason = fused_unsupported(bucket)
-                if reason is None:
-                    fused_step(type(self)._fused_algorithm, bucket, hyper, self._fused_second_key)
-                elif group.get("fused"):
-                    raise RuntimeError(
-                        f"adamkit.{type(self).__name__}(fused=True): {reason}; leave "
-                        "fused=None to fall back to the multi-tensor path"
-                    )
-                else:
-                    rule(PATHS["foreach"], bucket, hyper)
+            self._step_fused(group, params, grads, hyper, moment_keys)
             return
         path = PATHS[path_name]
         if path.name == "forloop":
@@ -238,6 +231,66 @@ class AdamFamily(Optimizer):
         else:
             for bucket_params in _by_device_and_dtype(params).values():
                 rule(path, self._bucket(bucket_params, moment_keys), hyper)
+
+    def _step_fused(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        hyper: Hyper,
+        moment_keys: tuple[str, ...],
+    ) -> None:
+        """Step ``params`` with the fused kernel, one call per (device, dtype) bucket; a bucket
+        it cannot take runs on the foreach path (or raises, when ``fused=True`` was asked)."""
+        plans = self.__dict__.setdefault("_fused_plans", {})
+        key = tuple(map(id, params))
+        grad_of = dict(zip(key, grads, strict=True))
+        cached = plans.get(id(group))
+        if cached is None or cached[0] != key:
+            entries = []
+            for bucket_params in _by_device_and_dtype(params).values():
+                bucket = self._bucket(bucket_params, moment_keys)
+                reason = fused_unsupported(bucket)
+                plan = None
+                if reason is None:
+                    plan = FusedPlan(
+                        type(self)._fused_algorithm,
+                        bucket,
+                        self._fused_second_key,
+                        hyper.amsgrad,
+                        bucket_params[0].dtype,
+                    )
+                entries.append((bucket_params, plan, reason))
+            cached = plans[id(group)] = (key, entries)
+        for bucket_params, plan, reason in cached[1]:
+            if plan is not None and not plan.matches(bucket_params):
+                # A parameter's storage moved (p.data = ...): plan this group again next time.
+                plans.pop(id(group), None)
+                bucket = self._bucket(bucket_params, moment_keys)
+                reason = fused_unsupported(bucket)
+                plan = (
+                    None
+                    if reason
+                    else FusedPlan(
+                        type(self)._fused_algorithm,
+                        bucket,
+                        self._fused_second_key,
+                        hyper.amsgrad,
+                        bucket_params[0].dtype,
+                    )
+                )
+            if plan is not None:
+                pointers = plan.grad_pointers([grad_of[id(p)] for p in bucket_params])
+                if not isinstance(pointers, str):
+                    plan.run(pointers, hyper)
+                    continue
+                reason = pointers
+            if group.get("fused"):
+                raise RuntimeError(
+                    f"adamkit.{type(self).__name__}(fused=True): {reason}; leave "
+                    "fused=None to fall back to the multi-tensor path"
+                )
+            type(self)._rule(PATHS["foreach"], self._bucket(bucket_params, moment_keys), hyper)
 
     def _bucket(self, params: list[Tensor], moment_keys: tuple[str, ...]) -> Bucket:
         states = [self.state[p] for p in params]

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..kernels import fused_library, unavailable_reason
 from ._core import Bucket, Hyper
 
-__all__ = ["ALGORITHMS", "fused_step", "fused_unsupported", "kernel_available"]
+__all__ = ["ALGORITHMS", "FusedPlan", "fused_unsupported", "kernel_available"]
 
 #: The kernel's algorithm codes (``enum`` in fused_cpu.c).
 ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
@@ -54,48 +54,87 @@ def _pointers(tensors: list[Tensor]) -> array[int]:
     return array("Q", [t.data_ptr() for t in tensors])
 
 
-def fused_step(algorithm: str, bucket: Bucket, h: Hyper, second_key: str) -> None:
-    """Step every tensor of ``bucket`` with the fused kernel (check :func:`fused_unsupported`)."""
-    library = fused_library()
-    assert library is not None  # fused_unsupported() said it was available
-    kernel = (
-        library.adamkit_fused_step_f32
-        if bucket.params[0].dtype == torch.float32
-        else library.adamkit_fused_step_f64
-    )
-    flags = (
-        (_MAXIMIZE if h.maximize else 0)
-        | (_DECOUPLED if h.decoupled_weight_decay else 0)
-        | (_AMSGRAD if h.amsgrad else 0)
-        | (_STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0)
-    )
-    # Keep every array alive until the call returns: the kernel reads their addresses.
-    numels = array("q", [p.numel() for p in bucket.params])
-    arrays = [
-        _pointers(bucket.params),
-        _pointers(bucket.grads),
-        _pointers(bucket.state["exp_avg"]),
-        _pointers(bucket.state[second_key]),
-    ]
-    maxes = _pointers(bucket.state["max_exp_avg_sq"]) if h.amsgrad else None
-    steps = _pointers(bucket.steps)
-    mu_products = _pointers(bucket.state["mu_product"]) if "mu_product" in bucket.state else None
-    status = kernel(
-        ALGORITHMS[algorithm],
-        flags,
-        h.lr,
-        h.beta1,
-        h.beta2,
-        h.eps,
-        h.weight_decay,
-        h.momentum_decay,
-        len(bucket.params),
-        numels.buffer_info()[0],
-        *(a.buffer_info()[0] for a in arrays),
-        maxes.buffer_info()[0] if maxes is not None else None,
-        steps.buffer_info()[0],
-        mu_products.buffer_info()[0] if mu_products is not None else None,
-        torch.get_num_threads(),
-    )
-    if status != 0:
-        raise MemoryError("the fused kernel could not allocate its per-tensor scalars")
+class FusedPlan:
+    """The kernel's view of one bucket, built once and reused while the bucket stays the same.
+
+    Building a bucket (real views, checks, pointer arrays) costs about as much Python per tensor
+    as the update itself costs the kernel for small tensors, so the pointers to parameters,
+    state and step counters are kept (with references to their tensors, so the memory stays
+    valid). Each step only reads the gradients' pointers and checks that no parameter's storage
+    moved. :meth:`AdamFamily.load_state_dict` drops the plans, since it replaces the state.
+    """
+
+    def __init__(
+        self,
+        algorithm: str,
+        bucket: Bucket,
+        second_key: str,
+        amsgrad: bool,
+        param_dtype: torch.dtype,
+    ) -> None:
+        self.algorithm = ALGORITHMS[algorithm]
+        self.bucket = bucket  # keeps every tensor below alive
+        self.dtype = bucket.params[0].dtype
+        self.grad_dtype = param_dtype  # complex parameters are stepped as real pairs
+        self.step_f64 = bucket.steps[0].dtype == torch.float64
+        self.numels = array("q", [p.numel() for p in bucket.params])
+        self.params = _pointers(bucket.params)
+        self.exp_avgs = _pointers(bucket.state["exp_avg"])
+        self.seconds = _pointers(bucket.state[second_key])
+        self.maxes = _pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
+        self.steps = _pointers(bucket.steps)
+        state = bucket.state
+        self.mu_products = _pointers(state["mu_product"]) if "mu_product" in state else None
+
+    def matches(self, params: list[Tensor]) -> bool:
+        """Whether ``params`` are still the tensors, at the addresses, this plan was built for."""
+        return self.params == array("Q", [p.data_ptr() for p in params])
+
+    def grad_pointers(self, grads: list[Tensor]) -> array[int] | str:
+        """The gradients' addresses, or why the kernel cannot read them."""
+        dtype = self.grad_dtype
+        for g in grads:
+            if g.dtype is not dtype or not g.is_contiguous() or not g.is_cpu:
+                return "the fused kernel needs contiguous CPU gradients of the parameter's dtype"
+        return array("Q", [g.data_ptr() for g in grads])
+
+    def run(self, grads: array[int], h: Hyper) -> None:
+        library = fused_library()
+        assert library is not None  # a plan is only built where the kernel is available
+        kernel = (
+            library.adamkit_fused_step_f32
+            if self.dtype == torch.float32
+            else library.adamkit_fused_step_f64
+        )
+        flags = (
+            (_MAXIMIZE if h.maximize else 0)
+            | (_DECOUPLED if h.decoupled_weight_decay else 0)
+            | (_AMSGRAD if h.amsgrad else 0)
+            | (_STEP_F64 if self.step_f64 else 0)
+        )
+        status = kernel(
+            self.algorithm,
+            flags,
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.eps,
+            h.weight_decay,
+            h.momentum_decay,
+            len(self.numels),
+            _address(self.numels),
+            _address(self.params),
+            _address(grads),
+            _address(self.exp_avgs),
+            _address(self.seconds),
+            _address(self.maxes),
+            _address(self.steps),
+            _address(self.mu_products),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("the fused kernel could not allocate its per-tensor scalars")
+
+
+def _address(values: array[int] | None) -> int | None:
+    return values.buffer_info()[0] if values is not None and len(values) else None
