@@ -7,10 +7,12 @@ import subprocess
 from pathlib import Path
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a command with a file-only matplotlib backend, capturing its output."""
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with a file-only matplotlib backend (and ``env`` added), capturing output."""
+    full_env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
 
 
 def assert_real_png(path: Path) -> None:
