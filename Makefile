@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adamkit-installed
 
-.PHONY: demo test lint pytest clean
+.PHONY: demo test lint pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,19 @@ demo: $(STAMP)
 	$(BIN)/adamkit tour --out adamkit-tour
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
 test: lint pytest
+
+# Step time of every algorithm against torch (for-loop, foreach, fused) and a C bandwidth
+# ceiling, interleaved, medians; writes its section of BENCHMARKS.md. About 6 minutes, 2 cores;
+# run it on an otherwise idle machine.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_step.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) adamkit-tour .pytest_cache .mypy_cache .ruff_cache
