@@ -10,7 +10,7 @@ import torch
 
 from .problems import clone, grad_stream, make_params, set_grads
 from .registry import ALGORITHMS, CASES, Case, params
-from .test_parity import assert_optimizers_equal
+from .test_parity import assert_optimizers_equal, torch_tolerance
 
 TORCH_STATE_KEYS = {
     "Adam": {"step", "exp_avg", "exp_avg_sq"},
@@ -59,7 +59,9 @@ def test_checkpoint_exchange_continues_exactly(case: Case, direction: str) -> No
         set_grads(resumed_p, grads)
         original.step()
         resumed.step()
-    assert_optimizers_equal(resumed, original, resumed_p, ps, rtol=1e-6, atol=1e-6)
+    assert_optimizers_equal(
+        resumed, original, resumed_p, ps, **torch_tolerance(case, torch.float32)
+    )
 
 
 @pytest.mark.parametrize(

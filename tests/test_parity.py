@@ -7,6 +7,11 @@ Tolerances (elementwise ``|a - b| <= atol + rtol * |b|``):
   path issues the same operations as torch's and is in practice bit-identical; the tolerance
   covers torch's own for-loop RAdam/NAdam, which order their products differently from its
   foreach path (and from ours).
+* the fused kernel against torch (whose foreach path it is compared with), fp32: rtol = atol =
+  5e-6. The kernel rounds in its own order (NAdam's update is one division, ``(a g + c m) /
+  denom``, where torch's two ``addcdiv_`` take two); measured up to 2e-6 after 200 steps.
+  fp64 keeps 1e-12, and against the reference the fused path meets the same tolerances as the
+  eager ones.
 * against the reference (float64 NumPy): fp64: 1e-10 (NAdam: 1e-8, because torch and adamkit keep
   ``mu_product`` in float32); fp32: rtol = atol = 2e-5 after 200 steps (float32 rounding of the
   parameter, about 6e-8 relative per step, accumulates).
@@ -45,6 +50,14 @@ REF_TOL = {
     torch.float16: {"rtol": 5e-3, "atol": 5e-3},
 }
 NADAM_FP64_REF_TOL = {"rtol": 1e-8, "atol": 1e-8}
+FUSED_FP32_TORCH_TOL = {"rtol": 5e-6, "atol": 5e-6}
+
+
+def torch_tolerance(case: Case, dtype: torch.dtype) -> dict[str, float]:
+    """The tolerance against torch for ``case`` in ``dtype`` (see the module docstring)."""
+    if case.kwargs.get("fused") and dtype in (torch.float32, torch.complex64):
+        return FUSED_FP32_TORCH_TOL
+    return TORCH_TOL[dtype]
 
 
 def run_twins(case: Case, dtype: torch.dtype, steps: int = STEPS, **extra: Any) -> tuple[Any, ...]:
@@ -87,7 +100,7 @@ def assert_optimizers_equal(
 @params()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_matches_torch(case: Case, dtype: torch.dtype) -> None:
-    assert_optimizers_equal(*run_twins(case, dtype), **TORCH_TOL[dtype])
+    assert_optimizers_equal(*run_twins(case, dtype), **torch_tolerance(case, dtype))
 
 
 def reference_run(
@@ -182,7 +195,7 @@ COMPLEX_CASES = [c for c in CASES if c.kwargs.get("maximize") or c.kwargs.get("w
 @params(COMPLEX_CASES)
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
 def test_complex_matches_torch_and_reference(case: Case, dtype: torch.dtype) -> None:
-    assert_optimizers_equal(*run_twins(case, dtype, steps=50), **TORCH_TOL[dtype])
+    assert_optimizers_equal(*run_twins(case, dtype, steps=50), **torch_tolerance(case, dtype))
     tol = REF_TOL[dtype]
     if case.name == "NAdam" and dtype == torch.complex128:
         tol = NADAM_FP64_REF_TOL
@@ -211,7 +224,7 @@ def test_mixed_devices_dtypes_in_one_group(name: str, path: dict[str, bool]) -> 
         set_grads(theirs_p, grads)
         ours.step()
         theirs.step()
-    assert_optimizers_equal(ours, theirs, ours_p, theirs_p, rtol=1e-6, atol=1e-6)
+    assert_optimizers_equal(ours, theirs, ours_p, theirs_p, **torch_tolerance(case, torch.float32))
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -102,9 +102,10 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
     p[i] = param - a * mi / (SQRT(top) / b + eps);
 #define BODY_RADAM(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
 #define BODY_RADAM_PLAIN(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi;
+/* One division where torch's two addcdiv_ take two: NAdam would otherwise be compute-bound. */
 #define BODY_NADAM(T, SQRT, FABS)                                                               \
     SECOND(T) T denom = SQRT(vi) / b + eps;                                                     \
-    p[i] = param - a * grad / denom - c * mi / denom;
+    p[i] = param - (a * grad + c * mi) / denom;
 #define BODY_ADAMAX(T, SQRT, FABS)                                                              \
     T u = beta2 * v[i], norm = FABS(grad) + eps;                                                \
     u = u > norm ? u : norm;                                                                    \
