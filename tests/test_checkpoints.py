@@ -8,6 +8,8 @@ import io
 import pytest
 import torch
 
+import adamkit
+
 from .problems import clone, grad_stream, make_params, set_grads
 from .registry import ALGORITHMS, CASES, Case, params
 from .test_parity import assert_optimizers_equal, torch_tolerance
@@ -77,7 +79,9 @@ def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
         ours.step()
         theirs.step()
     a, b = ours.state_dict(), theirs.state_dict()
-    assert set(a) == set(b) == {"state", "param_groups"}
+    assert set(b) == {"state", "param_groups"}
+    assert set(a) == {"state", "param_groups", "adamkit"}  # the format entry torch ignores
+    assert a["adamkit"] == {"format": 1, "version": adamkit.__version__}
     # adamkit's RAdam, NAdam and Adamax also have `fused`, which torch's lack; torch's load
     # ignores a key it does not know.
     extra = set() if "fused" in b["param_groups"][0] else {"fused"}

@@ -6,7 +6,7 @@ schedules that compose and resume exactly (:mod:`adamkit.schedules`, :class:`Sch
 """
 
 from . import schedules
-from .optim import Adam, Adamax, AdamW, NAdam, RAdam, rectification
+from .optim import Adam, Adamax, AdamW, LoadReport, NAdam, RAdam, rectification
 from .schedules import Scheduler, get_lr, plot_schedule, scale_lr, set_lr
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "LoadReport",
     "NAdam",
     "RAdam",
     "Scheduler",

@@ -8,13 +8,14 @@ execution path. The math lives in the rules (``adam.py``, ``radam.py``, ...).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, overload
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare
 from ._core import Bucket, Hyper, Rule, real_view
 from ._fused import FusedPlan, fused_unsupported, kernel_available
 from ._paths import PATHS
@@ -112,20 +113,49 @@ class AdamFamily(Optimizer):
         super().add_param_group(param_group)
 
     # ------------------------------------------------------------------------------ state
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state dict, plus ``"adamkit": {"format", "version"}``.
+
+        torch.optim ignores the extra entry, so the checkpoint still loads there.
+        """
+        from .. import __version__
+
+        state = super().state_dict()
+        state["adamkit"] = {"format": STATE_FORMAT, "version": __version__}
+        return state
+
+    def load_state_dict(  # type: ignore[override]
+        self, state_dict: dict[str, Any], strict: bool = True
+    ) -> LoadReport:
         """Load optimizer state (torch's schema; torch.optim checkpoints load unchanged).
+
+        When the checkpoint and this optimizer both carry parameter names (built from
+        ``named_parameters()``), state is matched by name: with ``strict`` (default) a missing,
+        unexpected or misfitting name is an error that lists them; with ``strict=False`` what
+        matches is loaded and the rest is returned in the :class:`LoadReport`. Without names,
+        state is matched by position as in torch, after checking group sizes, state shapes and
+        keys. A checkpoint in a newer adamkit state format is refused.
 
         Hyperparameters come from the checkpoint, as in torch. The execution settings
         (``foreach``, ``fused``, ``capturable``, ``differentiable``) describe how to run on
         this machine, not the math, so the live optimizer keeps its own. Keys a checkpoint
-        lacks (an older torch's) take this optimizer's defaults. If the loaded groups fail
-        validation, the optimizer is left exactly as it was.
+        lacks (an older torch's) take this optimizer's defaults. If loading fails for any
+        reason, the optimizer is left exactly as it was.
         """
+        from .. import __version__
+
+        check_format(state_dict, __version__)
+
+        def needed(saved_group: Mapping[str, Any]) -> tuple[str, ...]:
+            group = {**self.defaults, **saved_group}
+            return ("step", *self._moment_keys(group), *self._scalar_keys)
+
+        positional, report = prepare(state_dict, self.param_groups, needed, strict)
         before = (self.state, self.param_groups)
         self.__dict__.pop("_fused_plans", None)  # the state tensors are about to be replaced
         execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in self.param_groups]
-        super().load_state_dict(state_dict)
         try:
+            super().load_state_dict(positional)
             for index, (group, ex) in enumerate(zip(self.param_groups, execution, strict=True)):
                 for key, value in self.defaults.items():
                     group.setdefault(key, value)
@@ -135,6 +165,7 @@ class AdamFamily(Optimizer):
         except Exception:
             self.state, self.param_groups = before
             raise
+        return report
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the state tensors shaped like the parameter, in the rule's order."""

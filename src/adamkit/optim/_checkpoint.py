@@ -1,0 +1,202 @@
+"""Checking a state dict before it is loaded: format version, parameter names, shapes.
+
+torch loads optimizer state by position and checks nothing but the number of parameters per
+group (pytorch issues #1489, #34660): a checkpoint saved with parameters in another order, or
+from a changed model, loads silently into the wrong tensors. Here every check runs before the
+optimizer is touched, so a refused checkpoint changes nothing:
+
+* the ``"adamkit"`` entry (format version) is read, and a format newer than this release's is
+  refused; checkpoints without it (torch.optim's, or adamkit's before formats) load as format 1;
+* when both the checkpoint and the optimizer know their parameters' names (``param_names``,
+  saved by torch >= 2.6 when the optimizer was built from ``named_parameters()``), state is
+  matched by name, and ``strict`` decides what a missing, unexpected or mismatched name means;
+* otherwise state is matched by position, as torch does, but group sizes, state shapes and the
+  state keys the algorithm needs are checked first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+__all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare"]
+
+#: The optimizer state format this release writes (``state_dict()["adamkit"]["format"]``).
+STATE_FORMAT = 1
+_SCALAR_KEYS = ("step", "mu_product")
+_SHOWN = 8
+
+
+class LoadReport(NamedTuple):
+    """What ``load_state_dict(..., strict=False)`` could not load, by parameter name."""
+
+    missing: list[str]  # parameters of this optimizer the checkpoint has no state for
+    unexpected: list[str]  # parameters in the checkpoint this optimizer does not have
+    mismatched: list[str]  # present in both, but the saved state does not fit the parameter
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def check_format(state_dict: Any, version: str) -> None:
+    """Refuse anything that is not an optimizer state dict this release can read."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            "load_state_dict: expected a dict with 'state' and 'param_groups', got "
+            f"{type(state_dict).__name__}"
+        )
+    missing = [k for k in ("state", "param_groups") if k not in state_dict]
+    if missing:
+        raise ValueError(f"load_state_dict: not an optimizer state dict (no {missing} entry)")
+    if not isinstance(state_dict["state"], Mapping):
+        raise TypeError("load_state_dict: 'state' must be a dict of per-parameter state")
+    groups = state_dict["param_groups"]
+    if not isinstance(groups, list) or not all(
+        isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise TypeError("load_state_dict: 'param_groups' must be a list of dicts with 'params'")
+    meta = state_dict.get("adamkit")
+    if meta is None:
+        return  # torch.optim's checkpoints, and adamkit's from before formats: format 1
+    fmt = meta.get("format") if isinstance(meta, Mapping) else None
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise ValueError(f"load_state_dict: malformed 'adamkit' entry {meta!r}")
+    if fmt > STATE_FORMAT:
+        raise ValueError(
+            f"load_state_dict: this checkpoint was written by adamkit {meta.get('version', '?')} "
+            f"in state format {fmt}; adamkit {version} reads formats up to {STATE_FORMAT}. "
+            "Upgrade adamkit to load it."
+        )
+
+
+def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
+    """Why a parameter's saved state cannot belong to ``param``, or None when it fits."""
+    if not isinstance(entry, Mapping):
+        return f"its state is a {type(entry).__name__}, not a dict"
+    if not entry:
+        return None  # never stepped: nothing to fit
+    absent = [k for k in needed if k not in entry]
+    if absent:
+        return (
+            f"its state lacks {absent} (it has {sorted(entry)}): a checkpoint of another optimizer?"
+        )
+    for key, value in entry.items():
+        if not isinstance(value, Tensor):
+            continue
+        if key in _SCALAR_KEYS:
+            if value.numel() != 1:
+                return f"state {key!r} should hold one number, it has shape {tuple(value.shape)}"
+            continue
+        if tuple(value.shape) != tuple(param.shape):
+            return (
+                f"state {key!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+            )
+        if value.is_complex() != param.is_complex() or not (
+            value.is_floating_point() or value.is_complex()
+        ):
+            return f"state {key!r} is {value.dtype}, which cannot hold a {param.dtype} parameter's"
+    return None
+
+
+def prepare(
+    state_dict: Mapping[str, Any],
+    groups: list[dict[str, Any]],
+    needed: Callable[[Mapping[str, Any]], Sequence[str]],
+    strict: bool,
+) -> tuple[dict[str, Any], LoadReport]:
+    """Check ``state_dict`` against the optimizer's ``groups`` and return it in torch's
+    positional layout for this optimizer, with the report of what was left out.
+
+    ``needed(saved_group)`` lists the state keys a stepped parameter of that group must have.
+    Raises (and so changes nothing) on anything that would load state into the wrong place.
+    """
+    saved_groups = state_dict["param_groups"]
+    saved_state = state_dict["state"]
+    if len(saved_groups) != len(groups):
+        raise ValueError(
+            f"load_state_dict: the checkpoint has {len(saved_groups)} param groups, this "
+            f"optimizer {len(groups)}"
+        )
+    named = all(g.get("param_names") is not None for g in [*groups, *saved_groups])
+    if named:
+        return _by_name(state_dict, groups, needed, strict)
+    for i, (group, saved) in enumerate(zip(groups, saved_groups, strict=True)):
+        if len(group["params"]) != len(saved["params"]):
+            raise ValueError(
+                f"load_state_dict: param group {i} of the checkpoint has {len(saved['params'])} "
+                f"parameters, this optimizer's {len(group['params'])}"
+            )
+        for position, (param, saved_id) in enumerate(
+            zip(group["params"], saved["params"], strict=True)
+        ):
+            if saved_id in saved_state:
+                why = _misfit(param, saved_state[saved_id], needed(saved))
+                if why:
+                    raise ValueError(
+                        f"load_state_dict: parameter #{position} of param group {i} does not "
+                        f"match the checkpoint: {why}. Without parameter names, state is "
+                        "matched by position: build the optimizer from named_parameters() "
+                        "to match by name."
+                    )
+    return dict(state_dict), LoadReport([], [], [])
+
+
+def _by_name(
+    state_dict: Mapping[str, Any],
+    groups: list[dict[str, Any]],
+    needed: Callable[[Mapping[str, Any]], Sequence[str]],
+    strict: bool,
+) -> tuple[dict[str, Any], LoadReport]:
+    saved_state = state_dict["state"]
+    saved: dict[str, tuple[Any, Mapping[str, Any]]] = {}  # name -> (saved id, its group)
+    for group in state_dict["param_groups"]:
+        names, ids = group["param_names"], group["params"]
+        if len(names) != len(ids):
+            raise ValueError("load_state_dict: a saved group's param_names and params differ")
+        for name, saved_id in zip(names, ids, strict=True):
+            if name in saved:
+                raise ValueError(f"load_state_dict: the checkpoint names {name!r} twice")
+            saved[name] = (saved_id, group)
+    current = [name for g in groups for name in g["param_names"]]
+    missing = [n for n in current if n not in saved]
+    unexpected = [n for n in saved if n not in set(current)]
+    mismatched, reasons = [], []
+    params = {n: p for g in groups for n, p in zip(g["param_names"], g["params"], strict=True)}
+    for name in current:
+        if name in saved and saved[name][0] in saved_state:
+            saved_id, group = saved[name]
+            why = _misfit(params[name], saved_state[saved_id], needed(group))
+            if why:
+                mismatched.append(name)
+                reasons.append(f"{name!r}: {why}")
+    if strict and (missing or unexpected or mismatched):
+        problems = []
+        if missing:
+            problems.append(f"missing from the checkpoint: {_listing(missing)}")
+        if unexpected:
+            problems.append(f"not in this optimizer: {_listing(unexpected)}")
+        if mismatched:
+            problems.append("not matching: " + "; ".join(reasons[:_SHOWN]))
+        raise ValueError(
+            "load_state_dict: the checkpoint's parameters do not match this optimizer's by "
+            "name (" + " | ".join(problems) + "); pass strict=False to load what matches"
+        )
+    # Rewrite in torch's positional layout for this optimizer: ids 0..n-1 in group order.
+    state: dict[int, Any] = {}
+    new_groups = []
+    index = 0
+    for group, saved_group in zip(groups, state_dict["param_groups"], strict=True):
+        ids = []
+        for name in group["param_names"]:
+            if name in saved and name not in mismatched and saved[name][0] in saved_state:
+                state[index] = saved_state[saved[name][0]]
+            ids.append(index)
+            index += 1
+        new_groups.append({**saved_group, "params": ids, "param_names": list(group["param_names"])})
+    return {**state_dict, "state": state, "param_groups": new_groups}, LoadReport(
+        missing, unexpected, mismatched
+    )
