@@ -1,0 +1,237 @@
+"""Loading checkpoints safely: by parameter name, with shape and key checks, atomically, and
+across state format versions (tests/data/format<N>/ holds files written by each format)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import adamkit
+from adamkit.optim import STATE_FORMAT
+
+from .registry import ALGORITHMS
+
+DATA = Path(__file__).with_name("data")
+
+
+def _model(hidden: int = 4, extra: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, 2)]
+    if extra:
+        layers.append(nn.Linear(2, 2))
+    return nn.Sequential(*layers)
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
+    for step in range(steps):
+        g = torch.Generator().manual_seed(seed + step)
+        x = torch.randn(8, 3, generator=g)
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+
+
+def _snapshot(optimizer: torch.optim.Optimizer) -> Any:
+    """Every state tensor and group value, copied, keyed by parameter identity."""
+    state = {id(p): copy.deepcopy(s) for p, s in optimizer.state.items()}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return (
+        state,
+        copy.deepcopy(groups),
+        [[id(p) for p in g["params"]] for g in optimizer.param_groups],
+    )
+
+
+def _assert_unchanged(optimizer: torch.optim.Optimizer, before: Any) -> None:
+    state, groups, ids = _snapshot(optimizer)
+    assert ids == before[2] and groups == before[1]
+    assert state.keys() == before[0].keys()
+    for key, entry in state.items():
+        assert entry.keys() == before[0][key].keys()
+        for name, value in entry.items():
+            assert torch.equal(value, before[0][key][name]), name
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_state_follows_names_when_the_order_changes(name: str) -> None:
+    model = _model()
+    saved_opt = getattr(adamkit, name)(model.named_parameters(), lr=0.01)
+    _train(model, saved_opt, 5)
+    checkpoint = copy.deepcopy(saved_opt.state_dict())
+
+    # The same parameters listed in reverse: torch would load each state into the wrong tensor.
+    reordered = getattr(adamkit, name)(list(model.named_parameters())[::-1], lr=0.01)
+    report = reordered.load_state_dict(checkpoint)
+    assert report == adamkit.LoadReport([], [], [])
+    for p in model.parameters():
+        for key, value in saved_opt.state[p].items():
+            assert torch.equal(reordered.state[p][key], value), key
+
+
+def test_strict_names_list_what_is_missing_and_unexpected() -> None:
+    model = _model()
+    opt = adamkit.AdamW(model.named_parameters(), lr=0.01)
+    _train(model, opt, 3)
+    checkpoint = copy.deepcopy(opt.state_dict())
+
+    bigger = _model(extra=True)
+    target = adamkit.AdamW(bigger.named_parameters(), lr=0.01)
+    before = _snapshot(target)
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: '3.weight', '3.bias'"):
+        target.load_state_dict(checkpoint)
+    _assert_unchanged(target, before)
+
+    report = target.load_state_dict(checkpoint, strict=False)
+    assert report.missing == ["3.weight", "3.bias"] and not report.unexpected
+    assert len(target.state[bigger[3].weight]) == 0  # fresh, stepped from zero later
+    for (n, p), q in zip(model.named_parameters(), bigger.parameters(), strict=False):
+        assert torch.equal(target.state[q]["exp_avg"], opt.state[p]["exp_avg"]), n
+
+    smaller = adamkit.AdamW(list(model.named_parameters())[:2], lr=0.01)
+    with pytest.raises(ValueError, match=r"not in this optimizer: '2.weight', '2.bias'"):
+        smaller.load_state_dict(checkpoint)
+    assert smaller.load_state_dict(checkpoint, strict=False).unexpected == ["2.weight", "2.bias"]
+
+
+def test_shape_mismatch_by_name_is_named() -> None:
+    model = _model(hidden=4)
+    opt = adamkit.Adam(model.named_parameters())
+    _train(model, opt, 2)
+    checkpoint = copy.deepcopy(opt.state_dict())
+    wider = _model(hidden=5)
+    target = adamkit.Adam(wider.named_parameters())
+    before = _snapshot(target)
+    with pytest.raises(
+        ValueError,
+        match=r"not matching: '0.weight': state 'exp_avg' has shape \(4, 3\), the parameter "
+        r"\(5, 3\)",
+    ):
+        target.load_state_dict(checkpoint)
+    _assert_unchanged(target, before)
+    report = target.load_state_dict(checkpoint, strict=False)
+    assert report.mismatched == ["0.weight", "0.bias", "2.weight"]
+    assert torch.equal(target.state[wider[2].bias]["exp_avg"], opt.state[model[2].bias]["exp_avg"])
+
+
+def test_without_names_position_is_checked() -> None:
+    a, b = torch.zeros(4, 3, requires_grad=True), torch.zeros(5, requires_grad=True)
+    opt = adamkit.Adam([a, b])
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+    checkpoint = copy.deepcopy(opt.state_dict())
+    swapped = adamkit.Adam(
+        [torch.zeros(5, requires_grad=True), torch.zeros(4, 3, requires_grad=True)]
+    )
+    before = _snapshot(swapped)
+    with pytest.raises(
+        ValueError,
+        match=r"parameter #0 of param group 0 does not match the checkpoint: state 'exp_avg' "
+        r"has shape \(4, 3\), the parameter \(5,\).*named_parameters\(\)",
+    ):
+        swapped.load_state_dict(checkpoint)
+    _assert_unchanged(swapped, before)
+    with pytest.raises(
+        ValueError, match=r"param group 0 of the checkpoint has 2 parameters, this optimizer's 1"
+    ):
+        adamkit.Adam([torch.zeros(1, requires_grad=True)]).load_state_dict(checkpoint)
+    with pytest.raises(ValueError, match=r"the checkpoint has 1 param groups, this optimizer 2"):
+        adamkit.Adam([{"params": [a]}, {"params": [b]}]).load_state_dict(checkpoint)
+
+
+def test_another_optimizers_checkpoint_is_refused() -> None:
+    p = torch.zeros(3, requires_grad=True)
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(3)
+    sgd.step()
+    opt = adamkit.Adam([p])
+    with pytest.raises(
+        ValueError, match=r"lacks \['step', 'exp_avg', 'exp_avg_sq'\] .*another optimizer"
+    ):
+        opt.load_state_dict(sgd.state_dict())
+
+
+BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], str]] = [
+    (lambda sd: [sd], TypeError, r"expected a dict with 'state' and 'param_groups', got list"),
+    (lambda sd: {"state": sd["state"]}, ValueError, r"no \['param_groups'\] entry"),
+    (lambda sd: {**sd, "state": []}, TypeError, r"'state' must be a dict"),
+    (lambda sd: {**sd, "param_groups": [{"lr": 1}]}, TypeError, r"list of dicts with 'params'"),
+    (
+        lambda sd: {**sd, "adamkit": {"format": STATE_FORMAT + 1, "version": "9.0"}},
+        ValueError,
+        rf"written by adamkit 9.0 in state format {STATE_FORMAT + 1}; adamkit .* reads formats "
+        rf"up to {STATE_FORMAT}\. Upgrade adamkit",
+    ),
+    (lambda sd: {**sd, "adamkit": {"format": "1"}}, ValueError, r"malformed 'adamkit' entry"),
+    (
+        lambda sd: {**sd, "param_groups": [{**sd["param_groups"][0], "lr": -1.0}]},
+        ValueError,
+        r"loaded param group 0: Invalid learning rate: lr=-1.0",
+    ),
+    (
+        lambda sd: {**sd, "state": {0: {**sd["state"][0], "exp_avg": torch.zeros(7)}}},
+        ValueError,
+        r"state 'exp_avg' has shape \(7,\)",
+    ),
+    (
+        lambda sd: {**sd, "state": {0: {**sd["state"][0], "step": torch.zeros(2)}}},
+        ValueError,
+        r"state 'step' should hold one number",
+    ),
+    (
+        lambda sd: {
+            **sd,
+            "state": {0: {**sd["state"][0], "exp_avg": torch.zeros(3, dtype=torch.int64)}},
+        },
+        ValueError,
+        r"state 'exp_avg' is torch.int64",
+    ),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "error", "message"), BAD_STATE_DICTS)
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_a_failed_load_changes_nothing(
+    name: str, corrupt: Callable[[dict[str, Any]], Any], error: type[Exception], message: str
+) -> None:
+    p = torch.zeros(3, requires_grad=True)
+    opt = getattr(adamkit, name)([p], lr=0.01)
+    p.grad = torch.ones(3)
+    opt.step()
+    good = copy.deepcopy(opt.state_dict())
+    before = _snapshot(opt)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(corrupt(good))
+    _assert_unchanged(opt, before)
+    p.grad = torch.ones(3)
+    opt.step()  # still works
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DATA.glob("format*/*.pt")), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
+@pytest.mark.parametrize("execution", [{"foreach": True}, {"foreach": False}, {"fused": True}])
+def test_checkpoints_of_every_released_format_load_and_continue(
+    path: Path, execution: dict[str, bool]
+) -> None:
+    saved = torch.load(path, weights_only=True)
+    params = [p.clone().requires_grad_() for p in saved["params"]]
+    named = [(f"layer.{i}", p) for i, p in enumerate(params)]
+    opt = getattr(adamkit, path.stem)(named, lr=0.01, **saved["kwargs"], **execution)
+    assert opt.load_state_dict(saved["optimizer"]) == adamkit.LoadReport([], [], [])
+    for grads in saved["grads"]:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    for p, expected in zip(params, saved["expected"], strict=True):
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_every_format_up_to_the_current_one_has_files() -> None:
+    for fmt in range(1, STATE_FORMAT + 1):
+        assert sorted(p.stem for p in (DATA / f"format{fmt}").glob("*.pt")) == sorted(ALGORITHMS)
