@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare
+from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
 from ._core import Bucket, Hyper, Rule, real_view
 from ._fused import FusedPlan, fused_unsupported, kernel_available
 from ._paths import PATHS
@@ -162,6 +162,12 @@ class AdamFamily(Optimizer):
                 group.update(ex)
                 group.update(self._pinned_group_values)
                 check_group(group, type(self).__name__, f"loaded param group {index}: ")
+            # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
+            # as a number; a fused GPU run keeps it on the GPU).
+            for entry in self.state.values():
+                for key in ("step", *self._scalar_keys):
+                    if key in entry:
+                        entry[key] = scalar_state(entry[key], step_dtype())
         except Exception:
             self.state, self.param_groups = before
             raise

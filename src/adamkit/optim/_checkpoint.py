@@ -16,12 +16,14 @@ optimizer is touched, so a refused checkpoint changes nothing:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
-__all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare"]
+__all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare", "scalar_state"]
 
 #: The optimizer state format this release writes (``state_dict()["adamkit"]["format"]``).
 STATE_FORMAT = 1
@@ -42,6 +44,19 @@ def _listing(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
+def _describe(t: Tensor) -> str:
+    return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+
+
+def scalar_state(value: Any, dtype: torch.dtype) -> Tensor:
+    """A 0-d CPU tensor of ``dtype`` holding a scalar state entry (``step``, ``mu_product``)."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0 and value.dtype == dtype and value.device.type == "cpu":
+            return value
+        value = value.item()
+    return torch.tensor(float(value), dtype=dtype)
+
+
 def check_format(state_dict: Any, version: str) -> None:
     """Refuse anything that is not an optimizer state dict this release can read."""
     if not isinstance(state_dict, Mapping):
@@ -59,6 +74,13 @@ def check_format(state_dict: Any, version: str) -> None:
         isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in groups
     ):
         raise TypeError("load_state_dict: 'param_groups' must be a list of dicts with 'params'")
+    listed = {i for g in groups for i in g["params"] if isinstance(i, int | str)}
+    orphans = [k for k in state_dict["state"] if k not in listed]
+    if orphans:
+        raise ValueError(
+            f"load_state_dict: the checkpoint has state for {_listing([str(k) for k in orphans])}, "
+            "which no saved param group lists"
+        )
     meta = state_dict.get("adamkit")
     if meta is None:
         return  # torch.optim's checkpoints, and adamkit's from before formats: format 1
@@ -85,12 +107,17 @@ def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
             f"its state lacks {absent} (it has {sorted(entry)}): a checkpoint of another optimizer?"
         )
     for key, value in entry.items():
-        if not isinstance(value, Tensor):
-            continue
         if key in _SCALAR_KEYS:
-            if value.numel() != 1:
-                return f"state {key!r} should hold one number, it has shape {tuple(value.shape)}"
+            # Older torch saved `step` as a Python number; it is converted on load.
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(value, Tensor):
+                if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+                    return f"state {key!r} should hold one real number, it is {_describe(value)}"
+            elif not is_number or not math.isfinite(value):
+                return f"state {key!r} should hold one real number, it is {value!r}"
             continue
+        if not isinstance(value, Tensor):
+            return f"state {key!r} is {type(value).__name__} {value!r}, not a tensor"
         if tuple(value.shape) != tuple(param.shape):
             return (
                 f"state {key!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"

@@ -17,6 +17,7 @@ import ast
 import difflib
 import inspect
 import re
+import warnings
 from typing import Any
 
 from ._expr import Expr, ExprError
@@ -91,7 +92,9 @@ def parse(spec: str) -> Schedule:
         raise SpecError("the spec is empty (try 'warmup(100) + cosine(1000)')", spec)
     source = _LAMBDA.sub(_LAMBDA_STANDIN, spec)
     try:
-        tree = ast.parse(source, mode="eval")
+        with warnings.catch_warnings():  # e.g. "invalid decimal literal": the error says it
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source, mode="eval")
     except SyntaxError as error:
         start = (error.offset or 1) - 1
         end = (error.end_offset or error.offset or 1) - 1
