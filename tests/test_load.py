@@ -181,7 +181,7 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
     (
         lambda sd: {**sd, "state": {0: {**sd["state"][0], "step": torch.zeros(2)}}},
         ValueError,
-        r"state 'step' should hold one number",
+        r"state 'step' should hold one real number",
     ),
     (
         lambda sd: {

@@ -98,6 +98,8 @@ def parse(spec: str) -> Schedule:
     except SyntaxError as error:
         start = (error.offset or 1) - 1
         end = (error.end_offset or error.offset or 1) - 1
+        if not error.offset:  # Python gives no position when the spec stops too early:
+            start, end = len(spec) - 1, len(spec)  # point at where it stops
         raise SpecError(
             f"{error.msg} (a spec looks like 'warmup(200) + cosine(2000, floor=0.1)')",
             spec,
