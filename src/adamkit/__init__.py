@@ -8,6 +8,7 @@ schedules that compose and resume exactly (:mod:`adamkit.schedules`, :class:`Sch
 from . import schedules
 from .optim import Adam, Adamax, AdamW, LoadReport, NAdam, RAdam, rectification
 from .schedules import Scheduler, get_lr, plot_schedule, scale_lr, set_lr
+from .tools import param_groups
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "Scheduler",
     "__version__",
     "get_lr",
+    "param_groups",
     "plot_schedule",
     "rectification",
     "scale_lr",
