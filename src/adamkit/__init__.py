@@ -8,7 +8,7 @@ schedules that compose and resume exactly (:mod:`adamkit.schedules`, :class:`Sch
 from . import schedules
 from .optim import Adam, Adamax, AdamW, LoadReport, NAdam, RAdam, rectification
 from .schedules import Scheduler, get_lr, plot_schedule, scale_lr, set_lr
-from .tools import param_groups
+from .tools import LRFindResult, lr_find, param_groups
 
 __version__ = "0.1.0"
 
@@ -16,12 +16,14 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "LRFindResult",
     "LoadReport",
     "NAdam",
     "RAdam",
     "Scheduler",
     "__version__",
     "get_lr",
+    "lr_find",
     "param_groups",
     "plot_schedule",
     "rectification",
