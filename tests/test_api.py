@@ -48,6 +48,9 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"amsgrad": 1}, TypeError, r"amsgrad must be True or False, got int: 1"),
     ({"momentum_decay": -1.0}, ValueError, r"Invalid momentum_decay value: momentum_decay=-1\.0"),
     ({"decoupled_weight_decay": None}, TypeError, r"decoupled_weight_decay must be True or False"),
+    ({"nonfinite": "ignore"}, ValueError, r"nonfinite='ignore' is invalid \(expected None"),
+    ({"max_grad_norm": 0.0}, ValueError, r"Invalid max_grad_norm value: max_grad_norm=0\.0"),
+    ({"max_grad_norm": math.inf}, ValueError, r"Invalid max_grad_norm value: max_grad_norm=inf"),
 ]
 
 
@@ -248,12 +251,13 @@ def test_defaults_are_torchs(name: str) -> None:
 
     ours = inspect.signature(getattr(adamkit, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
-    # torch has no fused RAdam, NAdam or Adamax; adamkit adds `fused` last, keyword-only.
-    extra = [] if "fused" in theirs else ["fused"]
+    # adamkit's own options come last, keyword-only: `fused` where torch has none (RAdam,
+    # NAdam, Adamax), then `nonfinite` and `max_grad_norm`.
+    extra = ([] if "fused" in theirs else ["fused"]) + ["nonfinite", "max_grad_norm"]
     assert list(ours) == list(theirs) + extra
-    if extra:
-        assert ours["fused"].default is None
-        assert ours["fused"].kind == inspect.Parameter.KEYWORD_ONLY
+    for key in extra:
+        assert ours[key].default is None
+        assert ours[key].kind == inspect.Parameter.KEYWORD_ONLY
     for key, param in theirs.items():
         assert ours[key].default == param.default, key
         assert ours[key].kind == param.kind, key

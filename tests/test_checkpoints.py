@@ -82,9 +82,11 @@ def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
     assert set(b) == {"state", "param_groups"}
     assert set(a) == {"state", "param_groups", "adamkit"}  # the format entry torch ignores
     assert a["adamkit"] == {"format": 1, "version": adamkit.__version__}
-    # adamkit's RAdam, NAdam and Adamax also have `fused`, which torch's lack; torch's load
-    # ignores a key it does not know.
-    extra = set() if "fused" in b["param_groups"][0] else {"fused"}
+    # adamkit's own options (and `fused` for RAdam, NAdam, Adamax, which torch's lack); torch's
+    # load carries keys it does not use.
+    extra = {"nonfinite", "max_grad_norm"} | (
+        set() if "fused" in b["param_groups"][0] else {"fused"}
+    )
     assert set(a["param_groups"][0]) == set(b["param_groups"][0]) | extra
     assert set(a["state"]) == set(b["state"])
     expected = TORCH_STATE_KEYS[name] | ({"max_exp_avg_sq"} if amsgrad else set())

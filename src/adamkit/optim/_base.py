@@ -228,9 +228,53 @@ class AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._last_step_skipped = self._guard_gradients()
+        if self._last_step_skipped:
+            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            return loss
         for group in self.param_groups:
             self._step_group(group)
         return loss
+
+    def _guard_gradients(self) -> bool:
+        """Apply ``nonfinite`` and ``max_grad_norm``; return True if this step must be skipped.
+
+        One ``torch._foreach_norm`` over every gradient gives both the check and the global
+        norm. Clipping is ``torch.nn.utils.clip_grad_norm_``'s, operation for operation, and
+        scales the ``.grad`` tensors in place as that function does.
+        """
+        policy, max_norm = self.defaults.get("nonfinite"), self.defaults.get("max_grad_norm")
+        if policy is None and max_norm is None:
+            return False
+        owners = [
+            (g, i, p)
+            for g, group in enumerate(self.param_groups)
+            for i, p in enumerate(group["params"])
+            if p.grad is not None and not p.grad.is_sparse
+        ]
+        if not owners:
+            return False
+        grads = [p.grad for _, _, p in owners]
+        norms = torch._foreach_norm(grads)
+        device = norms[0].device
+        total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        self.last_grad_norm = float(total)
+        if not torch.isfinite(total):
+            if policy == "raise":
+                bad = [
+                    _param_label(self.param_groups[g], i)
+                    for (g, i, _), n in zip(owners, norms, strict=True)
+                    if not torch.isfinite(n)
+                ]
+                raise FloatingPointError(
+                    f"adamkit.{type(self).__name__}: non-finite gradient in {', '.join(bad)} "
+                    "(nonfinite='raise'; 'skip' skips such steps instead)"
+                )
+            return policy == "skip"  # None: proceed as torch does (and clip nothing)
+        if max_norm is not None:
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            torch._foreach_mul_(grads, coef.to(grads[0].device))
+        return False
 
     def _step_group(self, group: dict[str, Any]) -> None:
         moment_keys = self._moment_keys(group)

@@ -86,6 +86,19 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
     for flag in ("foreach", "fused"):
         if flag in group:
             _flag(flag, group[flag], where, allow_none=True)
+    policy = group.get("nonfinite")
+    if policy not in (None, "raise", "skip"):
+        raise ValueError(
+            f"{where}nonfinite={policy!r} is invalid (expected None, 'raise' or 'skip')"
+        )
+    max_norm = group.get("max_grad_norm")
+    if max_norm is not None:
+        value = _number("max_grad_norm", max_norm, where)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"{where}Invalid max_grad_norm value: max_grad_norm={max_norm!r} "
+                "(expected a finite number > 0, or None)"
+            )
     if group.get("fused") and group.get("foreach"):
         raise ValueError(f"{where}fused=True and foreach=True cannot be set together")
     for flag, why in _UNSUPPORTED.items():

@@ -64,6 +64,12 @@ class Adam(AdamFamily):
             applies, the multi-tensor path elsewhere. ``False``: never fused.
         capturable, differentiable: accepted as in torch; ``True`` is not supported yet and
             raises ``NotImplementedError`` naming the setting.
+        nonfinite: what a NaN or infinite gradient does: ``None`` (default) steps as torch
+            does; ``"raise"`` raises ``FloatingPointError`` naming the parameters; ``"skip"``
+            skips the whole step (state untouched; counted in ``optimizer.skipped_steps``; an
+            :class:`adamkit.Scheduler` does not advance).
+        max_grad_norm: clip the global gradient norm to this value before the step, exactly as
+            ``torch.nn.utils.clip_grad_norm_`` (default None: no clipping).
         decoupled_weight_decay: apply weight decay as AdamW does (default False).
 
     Example:
@@ -101,6 +107,8 @@ class Adam(AdamFamily):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -113,6 +121,8 @@ class Adam(AdamFamily):
             "capturable": capturable,
             "differentiable": differentiable,
             "fused": fused,
+            "nonfinite": nonfinite,
+            "max_grad_norm": max_grad_norm,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
@@ -165,6 +175,8 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -179,6 +191,8 @@ class AdamW(Adam):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            nonfinite=nonfinite,
+            max_grad_norm=max_grad_norm,
         )
 
     # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch.

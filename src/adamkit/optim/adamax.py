@@ -42,8 +42,8 @@ class Adamax(AdamFamily):
     decoupled form). The state :math:`u_t` is saved as ``exp_inf``.
 
     Args:
-        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable,
-        differentiable:
+        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable, nonfinite,
+        max_grad_norm, differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
 
     Example:
@@ -72,6 +72,8 @@ class Adamax(AdamFamily):
         differentiable: bool = False,
         capturable: bool = False,
         fused: bool | None = None,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -83,6 +85,8 @@ class Adamax(AdamFamily):
             "differentiable": differentiable,
             "capturable": capturable,
             "fused": fused,
+            "nonfinite": nonfinite,
+            "max_grad_norm": max_grad_norm,
         }
         super().__init__(params, defaults)
 

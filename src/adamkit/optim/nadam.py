@@ -68,8 +68,8 @@ class NAdam(AdamFamily):
     ``momentum_decay``, :math:`\epsilon` is ``eps``; weight decay as in :class:`adamkit.RAdam`.
 
     Args:
-        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable,
-        differentiable:
+        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable, nonfinite,
+        max_grad_norm, differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
         momentum_decay: :math:`\psi` in the momentum schedule (default 4e-3).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay, i.e. NAdamW
@@ -103,6 +103,8 @@ class NAdam(AdamFamily):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -116,6 +118,8 @@ class NAdam(AdamFamily):
             "capturable": capturable,
             "differentiable": differentiable,
             "fused": fused,
+            "nonfinite": nonfinite,
+            "max_grad_norm": max_grad_norm,
         }
         super().__init__(params, defaults)
 

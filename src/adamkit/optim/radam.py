@@ -82,8 +82,8 @@ class RAdam(AdamFamily):
     :math:`\theta` by :math:`1-\gamma\lambda` first (RAdamW).
 
     Args:
-        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable,
-        differentiable:
+        params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable, nonfinite,
+        max_grad_norm, differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay (default False).
 
@@ -115,6 +115,8 @@ class RAdam(AdamFamily):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -127,6 +129,8 @@ class RAdam(AdamFamily):
             "decoupled_weight_decay": decoupled_weight_decay,
             "differentiable": differentiable,
             "fused": fused,
+            "nonfinite": nonfinite,
+            "max_grad_norm": max_grad_norm,
         }
         super().__init__(params, defaults)
 

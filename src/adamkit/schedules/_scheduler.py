@@ -62,8 +62,9 @@ class Scheduler(LRScheduler):
         schedule: a :class:`~adamkit.schedules.Schedule`, a spec string
             (``"warmup(200) + cosine(2000, floor=0.1)"``), or a list with one per param group.
         skip_with_optimizer: when ``True`` (default), a :meth:`step` that follows no optimizer
-            step (``torch.amp.GradScaler`` skipped it after finding inf/NaN gradients) does not
-            advance the schedule; it is counted in :attr:`skipped`. Set ``False`` to advance on
+            step (``torch.amp.GradScaler`` skipped it after finding inf/NaN gradients, or an
+            adamkit optimizer with ``nonfinite="skip"`` did) does not advance the schedule;
+            it is counted in :attr:`skipped`. Set ``False`` to advance on
             every call, as torch's schedulers do.
         last_epoch: as in torch; leave at -1 and use :meth:`load_state_dict` to resume.
 
@@ -113,9 +114,10 @@ class Scheduler(LRScheduler):
         self._seen_optimizer_steps = 0
         this = weakref.ref(self)
 
-        def count_optimizer_step(*_: Any) -> None:
+        def count_optimizer_step(stepped: Optimizer, *_: Any) -> None:
             scheduler = this()
-            if scheduler is not None:
+            # An adamkit optimizer may skip a step itself (nonfinite="skip"): not a step.
+            if scheduler is not None and not getattr(stepped, "_last_step_skipped", False):
                 scheduler._optimizer_steps += 1
 
         self._hook = optimizer.register_step_post_hook(count_optimizer_step)
