@@ -8,7 +8,7 @@ schedules that compose and resume exactly (:mod:`adamkit.schedules`, :class:`Sch
 from . import schedules
 from .optim import Adam, Adamax, AdamW, LoadReport, NAdam, RAdam, rectification
 from .schedules import Scheduler, get_lr, plot_schedule, scale_lr, set_lr
-from .tools import LRFindResult, lr_find, param_groups
+from .tools import LRFindResult, Telemetry, lr_find, param_groups, plot_telemetry
 
 __version__ = "0.1.0"
 
@@ -21,11 +21,13 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Scheduler",
+    "Telemetry",
     "__version__",
     "get_lr",
     "lr_find",
     "param_groups",
     "plot_schedule",
+    "plot_telemetry",
     "rectification",
     "scale_lr",
     "schedules",

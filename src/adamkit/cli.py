@@ -50,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     schedule.add_argument("--log", action="store_true", help="log scale for the lr axis")
     schedule.add_argument("--title", default=None, help="plot title")
+    telemetry = commands.add_parser(
+        "plot-telemetry",
+        help="plot a telemetry file written by adamkit.Telemetry",
+        description="Plot lr, gradient norm, update/param ratio (and RAdam's rho_t) per group.",
+    )
+    telemetry.add_argument("file", help="a .jsonl or .csv file from adamkit.Telemetry")
+    telemetry.add_argument(
+        "-o", "--out", default="telemetry.png", help="PNG file to write (default: %(default)s)"
+    )
     return parser
 
 
@@ -98,5 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "schedule":
         return _schedule_command(args)
+    if args.command == "plot-telemetry":
+        from .tools import plot_telemetry
+
+        try:
+            path = plot_telemetry(args.file, args.out)
+        except (OSError, ValueError) as error:
+            print(f"adamkit plot-telemetry: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+        return 0
     parser.print_help()
     return 2

@@ -1,0 +1,212 @@
+"""Optimizer telemetry: per step and per param group, what the optimizer actually did.
+
+Attach it to any ``torch.optim`` optimizer (it uses the optimizer's step hooks):
+
+    >>> telemetry = adamkit.Telemetry(optimizer, "telemetry.jsonl")   # or .csv
+    >>> ...train...
+    >>> telemetry.close()        # then: adamkit plot-telemetry telemetry.jsonl -o telemetry.png
+
+Each record has ``step``, ``group`` (index), ``name`` (the group's ``"name"`` if any), ``lr``
+(the lr used), ``grad_norm``, ``update_norm`` (``||theta_after - theta_before||``),
+``param_norm`` (after the step), ``update_ratio`` (update / param norm: around 1e-3 is the
+usual healthy range), ``skipped`` (the optimizer skipped the step: ``nonfinite="skip"``) and, for
+RAdam, ``rho_t`` and ``rectified`` (whether the adaptive step was used). Recording costs a copy
+of the parameters on the steps it records: use ``every=N`` for large models.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..optim.radam import rectification
+
+__all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
+
+FIELDS = [
+    "step",
+    "group",
+    "name",
+    "lr",
+    "grad_norm",
+    "update_norm",
+    "param_norm",
+    "update_ratio",
+    "skipped",
+    "rho_t",
+    "rectified",
+]
+
+
+def _norm(tensors: Sequence[Tensor]) -> float:
+    if not tensors:
+        return 0.0
+    norms = torch._foreach_norm([t.detach() for t in tensors])
+    return float(torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms])))
+
+
+class Telemetry:
+    """Record what ``optimizer`` does at every ``every``-th step into ``path`` (JSONL or CSV)."""
+
+    def __init__(self, optimizer: Optimizer, path: str | Path, *, every: int = 1) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"Telemetry: expected a torch.optim.Optimizer, got {optimizer!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"Telemetry: every={every!r} is invalid (expected an integer >= 1)")
+        self.path = Path(path)
+        if self.path.suffix not in (".jsonl", ".csv"):
+            raise ValueError(f"Telemetry: path={str(path)!r} must end in .jsonl or .csv")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.optimizer, self.every, self.steps = optimizer, every, 0
+        self.records: list[dict[str, Any]] = []
+        self._file: TextIO | None = self.path.open("w", newline="")
+        self._csv = csv.DictWriter(self._file, FIELDS) if self.path.suffix == ".csv" else None
+        if self._csv is not None:
+            self._csv.writeheader()
+        self._before: list[list[Tensor]] | None = None
+        self._pre = optimizer.register_step_pre_hook(self._pre_step)
+        self._post = optimizer.register_step_post_hook(self._post_step)
+
+    def _recording(self) -> bool:
+        return self.steps % self.every == 0
+
+    def _pre_step(self, optimizer: Optimizer, *_: Any) -> None:
+        if not self._recording():
+            return
+        with torch.no_grad():
+            self._grad_norms = [
+                _norm([p.grad for p in g["params"] if p.grad is not None])
+                for g in optimizer.param_groups
+            ]
+            self._before = [
+                [p.detach().clone() for p in g["params"]] for g in optimizer.param_groups
+            ]
+
+    def _post_step(self, optimizer: Optimizer, *_: Any) -> None:
+        if self._before is not None:
+            with torch.no_grad():
+                for index, (group, before) in enumerate(
+                    zip(optimizer.param_groups, self._before, strict=True)
+                ):
+                    self._write(self._record(optimizer, index, group, before))
+            self._before = None
+        self.steps += 1
+
+    def _record(
+        self, optimizer: Optimizer, index: int, group: dict[str, Any], before: list[Tensor]
+    ) -> dict[str, Any]:
+        params = list(group["params"])
+        update = _norm([p.detach() - b for p, b in zip(params, before, strict=True)])
+        param_norm = _norm(params)
+        lr = group["lr"]
+        record: dict[str, Any] = {
+            "step": self.steps,
+            "group": index,
+            "name": group.get("name", ""),
+            "lr": float(lr.item() if isinstance(lr, Tensor) else lr),
+            "grad_norm": self._grad_norms[index],
+            "update_norm": update,
+            "param_norm": param_norm,
+            "update_ratio": update / param_norm if param_norm else math.inf,
+            "skipped": bool(getattr(optimizer, "_last_step_skipped", False)),
+            "rho_t": None,
+            "rectified": None,
+        }
+        if type(optimizer).__name__ == "RAdam":
+            steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
+            if steps:
+                rho_t, r_t = rectification(float(steps[0]), float(group["betas"][1]))
+                record["rho_t"], record["rectified"] = rho_t, r_t is not None
+        return record
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self._file is None:
+            return
+        if self._csv is not None:
+            self._csv.writerow(record)
+        else:
+            self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Detach from the optimizer and close the file."""
+        self._pre.remove()
+        self._post.remove()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _value(text: str) -> Any:
+    if text in ("", "None"):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+
+def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a telemetry file (JSONL or CSV)."""
+    path = Path(path)
+    with path.open() as f:
+        if path.suffix == ".csv":
+            return [{k: _value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
+    """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t per group to PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_telemetry(path)
+    if not records:
+        raise ValueError(f"plot_telemetry: {path} has no records")
+    panels = [("lr", False), ("grad_norm", True), ("update_ratio", True)]
+    if any(r.get("rho_t") is not None for r in records):
+        panels.append(("rho_t", False))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), dpi=110, sharex=True)
+    groups = sorted({r["group"] for r in records})
+    for ax, (key, log) in zip(axes, panels, strict=True):
+        for g in groups:
+            rows = [r for r in records if r["group"] == g and r.get(key) is not None]
+            label = next((r["name"] for r in rows if r.get("name")), f"group {g}")
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+        skipped = [r["step"] for r in records if r.get("skipped")]
+        for step in skipped:
+            ax.axvline(step, color="red", alpha=0.3)
+        ax.set_ylabel(key)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title(f"optimizer telemetry: {Path(path).name}")
+    if len(groups) > 1:
+        axes[0].legend()
+    axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
