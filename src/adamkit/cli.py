@@ -59,6 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     telemetry.add_argument(
         "-o", "--out", default="telemetry.png", help="PNG file to write (default: %(default)s)"
     )
+    compare = commands.add_parser(
+        "compare",
+        help="train a built-in task with several optimizers and schedules",
+        description=(
+            "Train a built-in task (regression: the seed's linear fit; digits: scikit-learn's "
+            "bundled digits with an MLP) once per optimizer, print a table of final metrics "
+            "and time, and plot the loss curves. An optimizer is written like a call, "
+            "optionally followed by '@' and a schedule spec: "
+            "'AdamW(lr=3e-3, weight_decay=0.1) @ warmup(20) + cosine(280)'; torch's "
+            "optimizers as 'torch.SGD(lr=0.1, momentum=0.9)'."
+        ),
+    )
+    compare.add_argument("optimizers", nargs="+", metavar="OPTIMIZER")
+    compare.add_argument("--task", default="regression", help="regression or digits")
+    compare.add_argument("--steps", type=int, default=300, help="training steps per run")
+    compare.add_argument(
+        "-o", "--out", default="compare.png", help="PNG of the loss curves (default: %(default)s)"
+    )
     return parser
 
 
@@ -107,6 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "schedule":
         return _schedule_command(args)
+    if args.command == "compare":
+        from .schedules import SpecError
+        from .tools.compare import compare
+
+        try:
+            compare(args.task, args.optimizers, steps=args.steps, out=args.out)
+        except (SpecError, ValueError, TypeError) as error:
+            print(f"adamkit compare: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "plot-telemetry":
         from .tools import plot_telemetry
 

@@ -1,0 +1,194 @@
+"""``adamkit compare``: train a built-in task with several optimizers and schedules, side by side.
+
+Tasks (all local, nothing downloaded):
+
+* ``regression``: the seed's example, ``t = a*x + b + noise`` fitted by ``nn.Linear(1, 1)`` with
+  MSE, full batch; metric: the error of the learned ``a`` and ``b``.
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images) with a 64-64-10 MLP, mini-batches
+  of 64; metric: accuracy on a held-out fifth. Needs scikit-learn.
+
+An optimizer is written like a call, ``"AdamW(lr=3e-3, weight_decay=0.1)"`` (adamkit's
+optimizers; ``torch.SGD(lr=0.1, momentum=0.9)`` for torch's), optionally followed by ``@`` and a
+schedule spec: ``"RAdam(lr=0.01) @ warmup(20) + cosine(380)"``.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._plot import save_curves
+from ..schedules import Scheduler, parse
+from .progress import Progress
+
+__all__ = ["TASKS", "Run", "compare", "parse_optimizer"]
+
+
+@dataclass
+class Run:
+    """One optimizer's training run: its loss per step, final metric and wall time."""
+
+    label: str
+    losses: list[float] = field(default_factory=list)
+    metric: float = float("nan")
+    seconds: float = 0.0
+
+
+def parse_optimizer(text: str) -> tuple[Callable[[Any], torch.optim.Optimizer], str | None]:
+    """``"AdamW(lr=3e-3) @ warmup(10) + cosine(90)"`` -> (factory of params, schedule spec)."""
+    from .. import optim
+
+    head, _, schedule = text.partition("@")
+    try:
+        call = ast.parse(head.strip(), mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"compare: cannot read optimizer {head.strip()!r}") from None
+    if not isinstance(call, ast.Call) or call.args:
+        raise ValueError(
+            f"compare: write an optimizer as Name(keyword=value, ...), got {head.strip()!r}"
+        )
+    name = ast.unparse(call.func)
+    if name.startswith("torch."):
+        cls = getattr(torch.optim, name.removeprefix("torch."), None)
+    else:
+        cls = getattr(optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(
+            f"compare: unknown optimizer {name!r} (adamkit's: Adam, AdamW, RAdam, NAdam, "
+            "Adamax; torch's as torch.Name)"
+        )
+    try:
+        kwargs = {str(k.arg): ast.literal_eval(k.value) for k in call.keywords}
+    except ValueError:
+        raise ValueError(f"compare: optimizer arguments must be literals in {text!r}") from None
+    spec = schedule.strip() or None
+    if spec is not None:
+        parse(spec)  # fail now, with the spec error, not after training the others
+    return (lambda params: cls(params, **kwargs)), spec
+
+
+def _regression(steps: int) -> tuple[nn.Module, Callable[[int], torch.Tensor], Callable[[], float]]:
+    from ..tour import A_TRUE, B_TRUE, regression_data
+
+    x, t = regression_data(0)
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+
+    def loss_at(step: int) -> torch.Tensor:
+        return nn.functional.mse_loss(model(x), t)
+
+    def metric() -> float:  # the larger parameter error, |a - a_true| or |b - b_true|
+        return max(abs(model.weight.item() - A_TRUE), abs(model.bias.item() - B_TRUE))
+
+    return model, loss_at, metric
+
+
+def _digits(steps: int) -> tuple[nn.Module, Callable[[int], torch.Tensor], Callable[[], float]]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ValueError(
+            "compare: the digits task needs scikit-learn (pip install scikit-learn)"
+        ) from None
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(x), generator=g)
+    test, train = order[: len(x) // 5], order[len(x) // 5 :]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    batches = [train[i : i + 64] for i in range(0, len(train), 64)]
+
+    def loss_at(step: int) -> torch.Tensor:
+        batch = batches[step % len(batches)]
+        return nn.functional.cross_entropy(model(x[batch]), y[batch])
+
+    def metric() -> float:
+        with torch.no_grad():
+            return float((model(x[test]).argmax(1) == y[test]).float().mean())
+
+    return model, loss_at, metric
+
+
+TASKS: dict[str, tuple[Callable[[int], Any], str]] = {
+    "regression": (_regression, "max |param error|"),
+    "digits": (_digits, "test accuracy"),
+}
+
+
+def compare(
+    task: str,
+    optimizers: Sequence[str],
+    *,
+    steps: int = 300,
+    out: str | Path | None = "compare.png",
+    progress: bool = True,
+) -> list[Run]:
+    """Train ``task`` once per optimizer string; print a table, plot the losses to ``out``."""
+    if task not in TASKS:
+        raise ValueError(f"compare: unknown task {task!r} (tasks: {', '.join(TASKS)})")
+    if not optimizers:
+        raise ValueError("compare: give at least one optimizer")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"compare: steps={steps!r} is invalid (expected an integer >= 1)")
+    plans = [(text, *parse_optimizer(text)) for text in optimizers]
+    make_task, metric_name = TASKS[task]
+    runs = []
+    for text, make_optimizer, spec in plans:
+        model, loss_at, metric = make_task(steps)
+        optimizer = make_optimizer(model.parameters())
+        scheduler = Scheduler(optimizer, spec) if spec else None
+        run = Run(text)
+        start = time.perf_counter()
+        with Progress(steps, text[:40], enabled=progress) as bar:
+            for step in range(steps):
+                optimizer.zero_grad()
+                loss = loss_at(step)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                run.losses.append(float(loss.detach()))
+                bar.update(step + 1, f"loss {run.losses[-1]:.4g}")
+        run.seconds = time.perf_counter() - start
+        run.metric = metric()
+        runs.append(run)
+    print(table(runs, metric_name))
+    if out is not None:
+        path = save_curves(
+            out,
+            {r.label: (range(1, steps + 1), r.losses) for r in runs},
+            title=f"adamkit compare: {task}, {steps} steps",
+            xlabel="step",
+            ylabel="training loss",
+            logy=True,
+        )
+        print(f"wrote {path}")
+    return runs
+
+
+def table(runs: Sequence[Run], metric_name: str) -> str:
+    """The runs as a markdown table: final and best loss, the task's metric, time."""
+    width = max(len("optimizer"), *(len(r.label) for r in runs))
+    head = f"| {'optimizer':<{width}} | final loss | best loss  | {metric_name} | time (s) |"
+    rule = (
+        "|"
+        + "-" * (width + 2)
+        + "|------------|------------|"
+        + "-" * (len(metric_name) + 2)
+        + "|----------|"
+    )
+    rows = [
+        f"| {r.label:<{width}} | {r.losses[-1]:10.4g} | {min(r.losses):10.4g} | "
+        f"{r.metric:{len(metric_name)}.4g} | {r.seconds:8.2f} |"
+        for r in runs
+    ]
+    return "\n".join([head, rule, *rows])
