@@ -127,6 +127,10 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
     DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 0)                                                 \
     DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 1)                                                 \
     DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 2)
+/* The arguments every element loop takes, as dispatch_<SUFFIX> names them. */
+#define LOOP_ARGS(T)                                                                            \
+    (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
+     (T)s->c, n, p, g, m, v, vmax)
 #define CASE_KIND(SUFFIX, KIND, DECAY, ARGS)                                                    \
     case K_##KIND:                                                                              \
         if (DECAY == 0) loop_##SUFFIX##_##KIND##_0 ARGS;                                        \
@@ -152,24 +156,12 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
         const T shrink = (T)(1.0 - lr * wd), one_minus_beta1 = (T)(1.0 - beta1);               \
         const T one_minus_beta2 = (T)(1.0 - beta2);                                             \
         switch (kind) {                                                                         \
-            CASE_KIND(SUFFIX, ADAM, decay,                                                      \
-                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
-                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
-            CASE_KIND(SUFFIX, AMSGRAD, decay,                                                   \
-                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
-                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
-            CASE_KIND(SUFFIX, RADAM, decay,                                                     \
-                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
-                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
-            CASE_KIND(SUFFIX, RADAM_PLAIN, decay,                                               \
-                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
-                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
-            CASE_KIND(SUFFIX, NADAM, decay,                                                     \
-                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
-                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
-            CASE_KIND(SUFFIX, ADAMAX, decay,                                                    \
-                      (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, \
-                       (T)s->a, (T)s->b, (T)s->c, n, p, g, m, v, vmax))                         \
+            CASE_KIND(SUFFIX, ADAM, decay, LOOP_ARGS(T))                                        \
+            CASE_KIND(SUFFIX, AMSGRAD, decay, LOOP_ARGS(T))                                     \
+            CASE_KIND(SUFFIX, RADAM, decay, LOOP_ARGS(T))                                       \
+            CASE_KIND(SUFFIX, RADAM_PLAIN, decay, LOOP_ARGS(T))                                 \
+            CASE_KIND(SUFFIX, NADAM, decay, LOOP_ARGS(T))                                       \
+            CASE_KIND(SUFFIX, ADAMAX, decay, LOOP_ARGS(T))                                      \
         }                                                                                       \
     }                                                                                           \
                                                                                                 \
