@@ -23,6 +23,7 @@ def _regression_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_plain_loop() -> None:
     x, y = _regression_data()
+    torch.manual_seed(0)
     model = nn.Linear(3, 1)
     opt = adamkit.AdamW(adamkit.param_groups(model, weight_decay=0.01), lr=0.1)
     sched = adamkit.Scheduler(opt, SPEC)
@@ -34,7 +35,7 @@ def test_plain_loop() -> None:
         opt.step()
         sched.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] / 10
+    assert losses[-1] < losses[0] / 5  # 10x with this seed; 8.7x to 36x over seeds 0-7
     assert adamkit.get_lr(opt) == pytest.approx([0.1 * sched.schedules[0](30)] * 2)
 
 
@@ -59,6 +60,7 @@ def test_pytorch_lightning_configure_optimizers(tmp_path: Path) -> None:
             sched = adamkit.Scheduler(opt, SPEC)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    torch.manual_seed(0)
     module = Module()
     trainer = lightning.Trainer(
         max_steps=30,
