@@ -30,7 +30,7 @@ pytest: $(STAMP)
 test: lint pytest
 
 # Step time of every algorithm against torch (for-loop, foreach, fused) and a C bandwidth
-# ceiling, interleaved, medians; writes its section of BENCHMARKS.md. About 6 minutes, 2 cores;
+# ceiling, interleaved, medians; writes its section of BENCHMARKS.md. About 7 minutes, 2 cores;
 # run it on an otherwise idle machine.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py --out BENCHMARKS.md

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._scheduler import _number, _write, attached_scheduler
+from ..optim._validation import scalar_value
+from ._scheduler import _write, attached_scheduler
 
 __all__ = ["get_lr", "scale_lr", "set_lr"]
 
@@ -68,7 +69,9 @@ def _check_value(where: str, name: str, value: Any) -> float:
 
 def get_lr(optimizer: Optimizer, groups: GroupSelector = None) -> list[float]:
     """The current lr of the chosen param groups (all by default), as floats."""
-    return [_number(optimizer.param_groups[i]["lr"]) for i in _select(optimizer, groups, "get_lr")]
+    return [
+        scalar_value(optimizer.param_groups[i]["lr"]) for i in _select(optimizer, groups, "get_lr")
+    ]
 
 
 def set_lr(optimizer: Optimizer, lr: float, groups: GroupSelector = None) -> None:
@@ -119,8 +122,8 @@ def scale_lr(optimizer: Optimizer, factor: float, groups: GroupSelector = None) 
     scheduler = attached_scheduler(optimizer)
     for i in indices:
         group = optimizer.param_groups[i]
-        _write(group, "lr", _number(group["lr"]) * factor)
+        _write(group, "lr", scalar_value(group["lr"]) * factor)
         if scheduler is not None and "initial_lr" in group:
-            _write(group, "initial_lr", _number(group["initial_lr"]) * factor)
+            _write(group, "initial_lr", scalar_value(group["initial_lr"]) * factor)
     if scheduler is not None:
         scheduler.sync_base_lrs()

@@ -11,6 +11,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..optim._validation import scalar_value
 from ._pieces import Schedule
 from ._spec import parse
 
@@ -35,10 +36,6 @@ def _as_schedule(schedule: Schedule | str, where: str) -> Schedule:
             f"'warmup(100) + cosine(1000)', got {schedule!r}"
         )
     return schedule
-
-
-def _number(value: float | torch.Tensor) -> float:
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _write(group: dict[str, Any], key: str, value: float) -> None:
@@ -151,8 +148,8 @@ class Scheduler(LRScheduler):
         lrs = []
         for i, group in enumerate(self.optimizer.param_groups):
             if "initial_lr" not in group:  # a group added after the scheduler was created
-                group["initial_lr"] = _number(group["lr"])
-            lrs.append(_number(group["initial_lr"]) * self.multiplier(i, step))
+                group["initial_lr"] = scalar_value(group["lr"])
+            lrs.append(scalar_value(group["initial_lr"]) * self.multiplier(i, step))
         return lrs
 
     def get_lr(self) -> list[float | torch.Tensor]:
@@ -190,7 +187,9 @@ class Scheduler(LRScheduler):
 
     def sync_base_lrs(self) -> None:
         """Refresh ``base_lrs`` (torch's attribute) from the groups' ``initial_lr``."""
-        self.base_lrs = [_number(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups]
+        self.base_lrs = [
+            scalar_value(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: the step, the base lrs and the schedules' specs."""
@@ -199,7 +198,7 @@ class Scheduler(LRScheduler):
             "last_epoch": self.last_epoch,
             "_step_count": self._step_count,
             "skipped": self.skipped,
-            "base_lrs": [_number(b) for b in self.base_lrs],
+            "base_lrs": [scalar_value(b) for b in self.base_lrs],
             "schedules": [s.spec() for s in self.schedules],
         }
 
@@ -244,7 +243,7 @@ class Scheduler(LRScheduler):
                     f"Scheduler.load_state_dict: the checkpoint was made with schedule {saved} "
                     f"but this scheduler has {ours}; pass strict=False to load it anyway"
                 )
-        old = [(_number(g["initial_lr"]), _number(g["lr"])) for g in groups]
+        old = [(scalar_value(g["initial_lr"]), scalar_value(g["lr"])) for g in groups]
         try:
             for group, base in zip(groups, base_lrs, strict=True):
                 _write(group, "initial_lr", float(base))
