@@ -252,11 +252,14 @@ def test_defaults_are_torchs(name: str) -> None:
     ours = inspect.signature(getattr(adamkit, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     # adamkit's own options come last, keyword-only: `fused` where torch has none (RAdam,
-    # NAdam, Adamax), then `nonfinite` and `max_grad_norm`.
-    extra = ([] if "fused" in theirs else ["fused"]) + ["nonfinite", "max_grad_norm"]
+    # NAdam, Adamax), then `nonfinite`, `max_grad_norm`, `state_precision` and
+    # `stochastic_rounding`, each defaulting to what torch does.
+    defaults = {"nonfinite": None, "max_grad_norm": None, "state_precision": "fp32"}
+    defaults["stochastic_rounding"] = False
+    extra = ([] if "fused" in theirs else ["fused"]) + list(defaults)
     assert list(ours) == list(theirs) + extra
     for key in extra:
-        assert ours[key].default is None
+        assert ours[key].default == defaults.get(key)
         assert ours[key].kind == inspect.Parameter.KEYWORD_ONLY
     for key, param in theirs.items():
         assert ours[key].default == param.default, key

@@ -84,7 +84,7 @@ def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
     assert a["adamkit"] == {"format": 1, "version": adamkit.__version__}
     # adamkit's own options (and `fused` for RAdam, NAdam, Adamax, which torch's lack); torch's
     # load carries keys it does not use.
-    extra = {"nonfinite", "max_grad_norm"} | (
+    extra = {"nonfinite", "max_grad_norm", "state_precision", "stochastic_rounding"} | (
         set() if "fused" in b["param_groups"][0] else {"fused"}
     )
     assert set(a["param_groups"][0]) == set(b["param_groups"][0]) | extra

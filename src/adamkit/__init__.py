@@ -6,7 +6,17 @@ schedules that compose and resume exactly (:mod:`adamkit.schedules`, :class:`Sch
 """
 
 from . import schedules
-from .optim import Adam, Adamax, AdamW, LoadReport, NAdam, RAdam, rectification
+from .optim import (
+    Adam,
+    Adamax,
+    AdamW,
+    LoadReport,
+    NAdam,
+    RAdam,
+    StateMemory,
+    rectification,
+    state_memory,
+)
 from .schedules import Scheduler, get_lr, plot_schedule, scale_lr, set_lr
 from .tools import LRFindResult, Telemetry, lr_find, param_groups, plot_telemetry
 
@@ -21,6 +31,7 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Scheduler",
+    "StateMemory",
     "Telemetry",
     "__version__",
     "get_lr",
@@ -32,4 +43,5 @@ __all__ = [
     "scale_lr",
     "schedules",
     "set_lr",
+    "state_memory",
 ]

@@ -1,6 +1,7 @@
 """adamkit's optimizers: one base, one rule per algorithm, several execution paths."""
 
 from ._checkpoint import STATE_FORMAT, LoadReport
+from ._precision import StateMemory, state_memory
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .nadam import NAdam
@@ -14,5 +15,7 @@ __all__ = [
     "LoadReport",
     "NAdam",
     "RAdam",
+    "StateMemory",
     "rectification",
+    "state_memory",
 ]

@@ -18,7 +18,9 @@ from torch.optim import Optimizer
 from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
 from ._core import Bucket, Hyper, Rule, real_view
 from ._fused import FusedPlan, fused_unsupported, kernel_available
-from ._paths import PATHS
+from ._paths import PATHS, TensorOps
+from ._precision import NATIVE, convert, needs_widening, scale_key, state_format, widened_step
+from ._precision import zeros as zero_state
 from ._validation import check_group, scalar_value
 
 __all__ = ["AdamFamily", "ParamsT", "step_dtype"]
@@ -26,7 +28,16 @@ __all__ = ["AdamFamily", "ParamsT", "step_dtype"]
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
 
-_EXECUTION_KEYS = ("foreach", "fused", "capturable", "differentiable")
+# Settings of how this optimizer runs and stores its state, not of the math: a loaded
+# checkpoint keeps the live optimizer's (and its state is converted to this storage).
+_EXECUTION_KEYS = (
+    "foreach",
+    "fused",
+    "capturable",
+    "differentiable",
+    "state_precision",
+    "stochastic_rounding",
+)
 
 
 def step_dtype() -> torch.dtype:
@@ -138,7 +149,10 @@ class AdamFamily(Optimizer):
 
         Hyperparameters come from the checkpoint, as in torch. The execution settings
         (``foreach``, ``fused``, ``capturable``, ``differentiable``) describe how to run on
-        this machine, not the math, so the live optimizer keeps its own. Keys a checkpoint
+        this machine, not the math, so the live optimizer keeps its own; so do ``state_precision``
+        and ``stochastic_rounding``, and the loaded moments are converted to this optimizer's
+        storage (an fp32 checkpoint, torch.optim's included, loads into an 8-bit optimizer and
+        the reverse; a checkpoint of the same precision is restored bit for bit). Keys a checkpoint
         lacks (an older torch's) take this optimizer's defaults. If loading fails for any
         reason, the optimizer is left exactly as it was.
         """
@@ -168,10 +182,29 @@ class AdamFamily(Optimizer):
                 for key in ("step", *self._scalar_keys):
                     if key in entry:
                         entry[key] = scalar_state(entry[key], step_dtype())
+            self._convert_loaded(positional)
         except Exception:
             self.state, self.param_groups = before
             raise
         return report
+
+    def _convert_loaded(self, positional: Mapping[str, Any]) -> None:
+        """Store each loaded moment in this optimizer's format, from the checkpoint's own
+        tensors (torch's loader has cast floating-point state to the parameter's dtype)."""
+        saved_state = positional["state"]
+        for group, saved_group in zip(self.param_groups, positional["param_groups"], strict=True):
+            keys = self._moment_keys(group)
+            for p, saved_id in zip(group["params"], saved_group["params"], strict=True):
+                saved = saved_state.get(saved_id)
+                if not saved:
+                    continue
+                entry = self.state[p]
+                fmt = state_format(p, group["state_precision"])
+                for key in keys:
+                    entry.pop(scale_key(key), None)
+                    entry.update(
+                        {k: v.to(p.device) for k, v in convert(saved, key, fmt, p).items()}
+                    )
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the state tensors shaped like the parameter, in the rule's order."""
@@ -179,8 +212,9 @@ class AdamFamily(Optimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": torch.tensor(0.0, dtype=step_dtype())}
+        fmt = state_format(p, group["state_precision"])
         for key in self._moment_keys(group):
-            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state.update(zero_state(p, fmt, key))
         return state
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
@@ -299,7 +333,6 @@ class AdamFamily(Optimizer):
             return
 
         hyper = self._hyper(group)
-        rule = type(self)._rule
         path_name = self.execution_path(group)
         if path_name == "fused":
             self._step_fused(group, params, grads, hyper, moment_keys)
@@ -308,10 +341,46 @@ class AdamFamily(Optimizer):
         if path.name == "forloop":
             # One parameter at a time: temporaries never exceed one parameter's size.
             for p in params:
-                rule(path, self._bucket([p], moment_keys), hyper)
+                self._apply_rule(path, [p], group, hyper, moment_keys)
         else:
             for bucket_params in _by_device_and_dtype(params).values():
-                rule(path, self._bucket(bucket_params, moment_keys), hyper)
+                self._apply_rule(path, bucket_params, group, hyper, moment_keys)
+
+    def _apply_rule(
+        self,
+        path: TensorOps,
+        params: list[Tensor],
+        group: dict[str, Any],
+        hyper: Hyper,
+        moment_keys: tuple[str, ...],
+    ) -> None:
+        """Run the rule on one bucket, through fp32 copies where the state (or the parameters'
+        rounding) is not the plain full-precision kind."""
+        formats = [state_format(p, group["state_precision"]) for p in params]
+        stochastic = group["stochastic_rounding"]
+        if not needs_widening(params, formats, stochastic):
+            type(self)._rule(path, self._bucket(params, moment_keys), hyper)
+            return
+        widened_step(
+            type(self)._rule,
+            path,
+            params,
+            [self.state[p] for p in params],
+            formats,
+            self._salts(params),
+            moment_keys,
+            self._scalar_keys,
+            hyper,
+            stochastic,
+        )
+
+    def _salts(self, params: list[Tensor]) -> list[int]:
+        """Each parameter's position in the optimizer: it salts stochastic rounding."""
+        table: dict[int, int] | None = self.__dict__.get("_salt_table")
+        if table is None or any(id(p) not in table for p in params):
+            every = (p for group in self.param_groups for p in group["params"])
+            table = self._salt_table = {id(p): i for i, p in enumerate(every)}
+        return [table[id(p)] for p in params]
 
     def _step_fused(
         self,
@@ -332,6 +401,11 @@ class AdamFamily(Optimizer):
             for bucket_params in _by_device_and_dtype(params).values():
                 bucket = self._bucket(bucket_params, moment_keys)
                 reason = fused_unsupported(bucket)
+                formats = [state_format(p, group["state_precision"]) for p in bucket_params]
+                if reason is None and needs_widening(
+                    bucket_params, formats, group["stochastic_rounding"]
+                ):
+                    reason = "low-precision state is not in the fused kernel yet"
                 plan = None
                 if reason is None:
                     plan = FusedPlan(
@@ -371,7 +445,7 @@ class AdamFamily(Optimizer):
                     f"adamkit.{type(self).__name__}(fused=True): {reason}; leave "
                     "fused=None to fall back to the multi-tensor path"
                 )
-            type(self)._rule(PATHS["foreach"], self._bucket(bucket_params, moment_keys), hyper)
+            self._apply_rule(PATHS["foreach"], bucket_params, group, hyper, moment_keys)
 
     def _bucket(self, params: list[Tensor], moment_keys: tuple[str, ...]) -> Bucket:
         states = [self.state[p] for p in params]

@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ._precision import blocks, scale_key
+
 __all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare", "scalar_state"]
 
 #: The optimizer state format this release writes (``state_dict()["adamkit"]["format"]``).
@@ -118,10 +120,22 @@ def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
             continue
         if not isinstance(value, Tensor):
             return f"state {key!r} is {type(value).__name__} {value!r}, not a tensor"
+        if key.endswith("_scale") and key.removesuffix("_scale") in entry:
+            count = blocks(param.numel())
+            if value.dim() != 1 or value.numel() != count or not value.is_floating_point():
+                return (
+                    f"state {key!r} should hold {count} block scales (a 1-d float tensor), "
+                    f"it is {_describe(value)}"
+                )
+            continue
         if tuple(value.shape) != tuple(param.shape):
             return (
                 f"state {key!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
             )
+        if value.dtype == torch.uint8 and not param.is_complex():
+            if scale_key(key) not in entry:
+                return f"state {key!r} holds 8-bit codes but the entry has no {scale_key(key)!r}"
+            continue
         if value.is_complex() != param.is_complex() or not (
             value.is_floating_point() or value.is_complex()
         ):

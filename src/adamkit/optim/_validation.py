@@ -106,3 +106,10 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
             raise NotImplementedError(
                 f"{where}{flag}=True is not supported yet by adamkit.{optimizer}: {why}"
             )
+    precision = group.get("state_precision", "fp32")
+    if precision not in ("fp32", "bf16", "8bit"):
+        raise ValueError(
+            f"{where}state_precision={precision!r} is invalid (expected 'fp32', 'bf16' or '8bit')"
+        )
+    if "stochastic_rounding" in group:
+        _flag("stochastic_rounding", group["stochastic_rounding"], where)

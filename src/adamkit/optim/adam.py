@@ -70,6 +70,16 @@ class Adam(AdamFamily):
             :class:`adamkit.Scheduler` does not advance).
         max_grad_norm: clip the global gradient norm to this value before the step, exactly as
             ``torch.nn.utils.clip_grad_norm_`` (default None: no clipping).
+        state_precision: how the moments are stored; the math always runs in fp32.
+            ``"fp32"`` (default): as torch.optim, in the parameter's dtype. ``"bf16"``:
+            bfloat16 with stochastic rounding (4 bytes per parameter for Adam). ``"8bit"``:
+            blockwise 8-bit codes with one fp32 scale per 256 elements (2.03 bytes per
+            parameter; tensors under 4096 elements keep full precision). float64 and complex
+            parameters always keep full precision. Checkpoints store the compact form and
+            load into any precision (converted). See :func:`adamkit.state_memory`.
+        stochastic_rounding: update bfloat16 parameters in fp32 and round the result to
+            bfloat16 stochastically (unbiased), so that updates smaller than half a bf16 step
+            are not lost on average (default False: round to nearest, as torch).
         decoupled_weight_decay: apply weight decay as AdamW does (default False).
 
     Example:
@@ -109,6 +119,8 @@ class Adam(AdamFamily):
         decoupled_weight_decay: bool = False,
         nonfinite: str | None = None,
         max_grad_norm: float | None = None,
+        state_precision: str = "fp32",
+        stochastic_rounding: bool = False,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -123,6 +135,8 @@ class Adam(AdamFamily):
             "fused": fused,
             "nonfinite": nonfinite,
             "max_grad_norm": max_grad_norm,
+            "state_precision": state_precision,
+            "stochastic_rounding": stochastic_rounding,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
@@ -177,6 +191,8 @@ class AdamW(Adam):
         fused: bool | None = None,
         nonfinite: str | None = None,
         max_grad_norm: float | None = None,
+        state_precision: str = "fp32",
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -193,6 +209,8 @@ class AdamW(Adam):
             decoupled_weight_decay=True,
             nonfinite=nonfinite,
             max_grad_norm=max_grad_norm,
+            state_precision=state_precision,
+            stochastic_rounding=stochastic_rounding,
         )
 
     # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch.

@@ -69,7 +69,7 @@ class NAdam(AdamFamily):
 
     Args:
         params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable, nonfinite,
-        max_grad_norm, differentiable:
+        max_grad_norm, state_precision, stochastic_rounding, differentiable:
             as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
         momentum_decay: :math:`\psi` in the momentum schedule (default 4e-3).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay, i.e. NAdamW
@@ -105,6 +105,8 @@ class NAdam(AdamFamily):
         fused: bool | None = None,
         nonfinite: str | None = None,
         max_grad_norm: float | None = None,
+        state_precision: str = "fp32",
+        stochastic_rounding: bool = False,
     ) -> None:
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -120,6 +122,8 @@ class NAdam(AdamFamily):
             "fused": fused,
             "nonfinite": nonfinite,
             "max_grad_norm": max_grad_norm,
+            "state_precision": state_precision,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 

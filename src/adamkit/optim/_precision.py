@@ -1,0 +1,327 @@
+"""Low-precision optimizer state: the codecs, and how a parameter's state is stored.
+
+``state_precision`` picks how the moments (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
+Adamax's ``exp_inf``) are *stored*; the update math always runs in fp32. Per parameter:
+
+* ``"fp32"`` (default): the moments are kept as torch.optim keeps them, in the parameter's dtype.
+* ``"bf16"``: bfloat16 moments, written with stochastic rounding (unbiased, so an EMA whose
+  per-step change is below bf16's resolution still moves on average). 4 bytes per parameter.
+* ``"8bit"``: one byte per element and one fp32 scale per block of :data:`BLOCK` elements
+  (2.03 bytes per parameter for Adam). Tensors smaller than :data:`MIN_NUMEL` elements keep
+  full-precision state: their blocks would cost more in scales than they save.
+
+float64 and complex parameters always keep full-precision state.
+
+The 8-bit codes are small floating-point formats applied to ``|x| / scale``, where ``scale`` is
+the block's largest magnitude: a sign bit, 4 exponent bits and 3 mantissa bits for ``exp_avg``
+(16 binades, ``2**-15 .. 1``), and 5 exponent bits and 3 mantissa bits for the non-negative
+second moments (32 binades, ``2**-31 .. 1``, which is ``2**-15.5`` in ``sqrt(v)``, the quantity
+the update divides by). Every element keeps the same *relative* precision (at most 1/16)
+across the block's range, which is what matters for Adam: an element's update is
+``m / sqrt(v)``, so a small element of a block is as important as its largest one. bitsandbytes'
+dynamic map has the same aim; a float format reaches it with a few integer operations per
+element, without a table search, so the fused kernel encodes at memory speed. The measured
+comparison is ``benchmarks/quant_maps.py``. A second moment never decodes to exactly 0 when its
+block is not all zero: code 0 stands for ``2**-32 * scale``, below every other code, so a
+tiny ``v`` under a non-zero ``m`` cannot turn the step into ``m / eps`` (the "zero-point
+problem" of Li et al. 2023).
+
+Stochastic rounding uses a counter-based hash of (element index, step, parameter, state key),
+so it is reproducible, resumes exactly from a checkpoint, and gives the same bits on every
+execution path (the fused kernel computes the same hash).
+
+Everything here is written with torch operations; ``kernels/fused_cpu.c`` implements the same
+codecs bit for bit inside its update loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._core import Bucket, Hyper, Rule
+from ._paths import TensorOps
+
+__all__ = [
+    "BLOCK",
+    "MIN_NUMEL",
+    "PRECISIONS",
+    "StateMemory",
+    "decode",
+    "decode_8bit",
+    "encode_8bit",
+    "state_format",
+    "state_memory",
+    "to_bf16_stochastic",
+]
+
+PRECISIONS = ("fp32", "bf16", "8bit")
+BLOCK = 256
+MIN_NUMEL = 4096
+
+# Stored formats of one state tensor (the kernel's codes, see fused_cpu.c).
+NATIVE, BF16, BF16_SR, Q8 = 0, 1, 2, 3
+# Keys that salt the stochastic-rounding hash (the kernel uses the same numbers).
+SALT_KEYS = {"exp_avg": 0, "exp_avg_sq": 1, "exp_inf": 1, "max_exp_avg_sq": 2, "param": 3}
+# Which moments are non-negative (the unsigned code).
+UNSIGNED = frozenset({"exp_avg_sq", "exp_inf", "max_exp_avg_sq"})
+
+_M_OFFSET = 112 << 23  # float32 bits of 2**-15: the exp_avg code's smallest binade
+_V_OFFSET = 96 << 23  # 2**-31: the second moments'
+_HALF = 1 << 19  # half a unit of the 3-bit mantissa, in float32 bits
+_V_FLOOR = 2.0**-32
+_MASK32 = 0xFFFFFFFF
+
+
+def scale_key(key: str) -> str:
+    """The state entry holding ``key``'s per-block scales in 8-bit form."""
+    return f"{key}_scale"
+
+
+def state_format(param: Tensor, precision: str) -> int:
+    """How ``param``'s moments are stored under ``precision`` (NATIVE, BF16_SR or Q8)."""
+    if precision == "fp32" or param.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return NATIVE
+    if precision == "8bit" and param.numel() >= MIN_NUMEL:
+        return Q8
+    return BF16_SR
+
+
+def blocks(numel: int) -> int:
+    return (numel + BLOCK - 1) // BLOCK
+
+
+# ------------------------------------------------------------------ stochastic rounding
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def rounding_seed(step: float, salt: int, key: str) -> int:
+    """The hash seed for one tensor's stochastic rounding at ``step`` (as the kernel's)."""
+    mixed = int(step) * 0x9E3779B9 + salt * 0x85EBCA6B + SALT_KEYS[key] * 0xC2B2AE35
+    return _mix32_int(mixed & _MASK32)
+
+
+def random_bits(numel: int, seed: int, device: torch.device | None = None) -> Tensor:
+    """Uniform 16-bit integers (int64) for elements ``0..numel-1`` under ``seed``."""
+    index = torch.arange(numel, dtype=torch.int64, device=device)
+    return _mix32(index ^ seed) >> 16
+
+
+def to_bf16_stochastic(x: Tensor, seed: int) -> Tensor:
+    """Round fp32 ``x`` to bfloat16 stochastically: up with probability equal to the fraction
+    of the way to the next bfloat16, so ``E[result] = x``. NaN stays NaN; infinities stay."""
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & _MASK32
+    noise = random_bits(x.numel(), seed, x.device).view(x.shape)
+    rounded = (bits + noise) >> 16
+    rounded = torch.where(torch.isnan(x), 0x7FC0, rounded)
+    return (rounded - ((rounded & 0x8000) << 1)).to(torch.int16).view(torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------ 8-bit
+def encode_8bit(x: Tensor, unsigned: bool) -> tuple[Tensor, Tensor]:
+    """Quantize fp32 ``x`` blockwise: uint8 codes shaped like ``x``, and one fp32 scale (the
+    block's largest magnitude) per :data:`BLOCK` elements of the flattened tensor."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    padded = torch.nn.functional.pad(flat, (0, blocks(n) * BLOCK - n)).view(-1, BLOCK)
+    magnitude = padded.abs()
+    scale = magnitude.amax(dim=1)
+    divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
+    bits = (magnitude / divisor[:, None]).view(torch.int32)
+    if unsigned:
+        codes = ((bits - _V_OFFSET + _HALF) >> 20).clamp_(0, 255)
+    else:
+        codes = ((bits - _M_OFFSET + _HALF) >> 20).clamp_(0, 127)
+        codes = codes | torch.where(padded < 0, 128, 0).to(torch.int32)
+    return codes.view(-1)[:n].to(torch.uint8).view(x.shape), scale
+
+
+def decode_8bit(codes: Tensor, scale: Tensor, unsigned: bool) -> Tensor:
+    """The fp32 values of blockwise codes (the inverse of :func:`encode_8bit`, up to rounding)."""
+    flat = codes.reshape(-1).to(torch.int32)
+    per_element = scale.repeat_interleave(BLOCK)[: flat.numel()]
+    if unsigned:
+        value = ((flat << 20) + _V_OFFSET).view(torch.float32)
+        value = torch.where(flat == 0, _V_FLOOR, value)
+    else:
+        magnitude = flat & 127
+        value = ((magnitude << 20) + _M_OFFSET).view(torch.float32)
+        value = torch.where(magnitude == 0, 0.0, value)
+        value = torch.where(flat >= 128, -value, value)
+    return (value * per_element).view(codes.shape)
+
+
+# ------------------------------------------------------------------- state entries
+def decode(entry: Mapping[str, Any], key: str) -> Tensor:
+    """State ``key`` of one parameter's ``entry`` as a full-precision tensor (a copy unless
+    it is already fp32/fp64), whatever form it was stored in."""
+    value: Tensor = entry[key]
+    if value.dtype == torch.uint8:
+        return decode_8bit(value, entry[scale_key(key)].float(), key in UNSIGNED)
+    if value.dtype in (torch.float32, torch.float64) or value.is_complex():
+        return value
+    return value.float()
+
+
+def encode(value: Tensor, fmt: int, key: str, param: Tensor, seed: int | None) -> dict[str, Tensor]:
+    """``value`` (full precision) as format ``fmt`` stores it: the entries to put in state.
+
+    ``seed`` drives stochastic rounding; ``None`` rounds to nearest (used when converting a
+    checkpoint, which must not depend on a step).
+    """
+    if fmt == Q8:
+        codes, scale = encode_8bit(value.float(), key in UNSIGNED)
+        return {key: codes, scale_key(key): scale}
+    if fmt == BF16_SR:
+        bf16 = to_bf16_stochastic(value.float(), seed) if seed is not None else value.bfloat16()
+        return {key: bf16}
+    return {key: value.to(param.dtype)}
+
+
+def zeros(param: Tensor, fmt: int, key: str) -> dict[str, Tensor]:
+    """A fresh (all-zero) state entry for ``key`` in format ``fmt``."""
+    if fmt == Q8:
+        return {
+            key: torch.zeros(param.shape, dtype=torch.uint8, device=param.device),
+            scale_key(key): torch.zeros(blocks(param.numel()), device=param.device),
+        }
+    if fmt == BF16_SR:
+        return {key: torch.zeros_like(param, dtype=torch.bfloat16)}
+    return {key: torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+
+# ---------------------------------------------------------------------- memory report
+@dataclass(frozen=True)
+class StateMemory:
+    """Optimizer state memory: the bytes of every state tensor, against the parameters."""
+
+    total_bytes: int
+    params: int  # parameter elements (complex elements count once)
+    by_key: dict[str, int]
+
+    @property
+    def bytes_per_param(self) -> float:
+        return self.total_bytes / self.params if self.params else 0.0
+
+    def __str__(self) -> str:
+        keys = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sorted(self.by_key.items()))
+        return (
+            f"{self.total_bytes / 2**20:.2f} MiB of optimizer state for {self.params:,} "
+            f"parameters: {self.bytes_per_param:.3f} bytes/param ({keys})"
+        )
+
+
+def state_memory(optimizer: torch.optim.Optimizer) -> StateMemory:
+    """How much memory ``optimizer``'s state takes (any torch optimizer, adamkit's or not).
+
+    Counts every tensor in ``optimizer.state`` (moments, codes, scales, step counters) by its
+    storage size, and every parameter element of every param group.
+
+    Example:
+        >>> import torch, adamkit
+        >>> opt = adamkit.Adam(torch.nn.Linear(100, 100).parameters(), state_precision="8bit")
+        >>> state = adamkit.state_memory(opt)  # after a step: 2.03 bytes/param for the weight
+    """
+    by_key: dict[str, int] = {}
+    for entry in optimizer.state.values():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                by_key[key] = by_key.get(key, 0) + value.numel() * value.element_size()
+    params: Iterable[Tensor] = (p for g in optimizer.param_groups for p in g["params"])
+    return StateMemory(sum(by_key.values()), sum(p.numel() for p in params), by_key)
+
+
+# ------------------------------------------------------------------- the eager paths
+def needs_widening(params: list[Tensor], formats: list[int], stochastic: bool) -> bool:
+    """Whether a bucket must be stepped on fp32 copies (low-precision state, or bf16
+    parameters rounded stochastically) rather than on its tensors directly."""
+    return any(f != NATIVE for f in formats) or (
+        stochastic and any(p.dtype == torch.bfloat16 for p in params)
+    )
+
+
+def widened_step(
+    rule: Rule,
+    ops: TensorOps,
+    params: list[Tensor],
+    states: list[dict[str, Any]],
+    formats: list[int],
+    salts: list[int],
+    moment_keys: tuple[str, ...],
+    scalar_keys: tuple[str, ...],
+    hyper: Hyper,
+    stochastic: bool,
+) -> None:
+    """Run ``rule`` on fp32 views of a bucket, then store the results back in their formats.
+
+    fp32 parameters and fp32 state are used in place; everything else is decoded into an fp32
+    temporary and encoded back after the step (the fused kernel does the same per block of
+    256 elements, in cache, instead of per tensor).
+    """
+    wide_params = [p if p.dtype == torch.float32 else p.float() for p in params]
+    bucket = Bucket(
+        params=wide_params,
+        grads=[g if g.dtype == torch.float32 else g.float() for g in _grads(params)],
+        steps=[s["step"] for s in states],
+    )
+    for key in moment_keys:
+        bucket.state[key] = [decode(s, key).float() for s in states]
+    for key in scalar_keys:
+        bucket.state[key] = [s[key] for s in states]
+    rule(ops, bucket, hyper)
+
+    for j, (p, entry) in enumerate(zip(params, states, strict=True)):
+        step = float(entry["step"])
+        wide = wide_params[j]
+        if wide is not p:
+            if stochastic and p.dtype == torch.bfloat16:
+                wide = to_bf16_stochastic(wide, rounding_seed(step, salts[j], "param"))
+            p.copy_(wide)
+        for key in moment_keys:
+            value = bucket.state[key][j]
+            if value is entry[key]:
+                continue  # fp32 state, updated in place
+            seed = rounding_seed(step, salts[j], key) if formats[j] == BF16_SR else None
+            for name, stored in encode(value, formats[j], key, p, seed).items():
+                entry[name].copy_(stored)
+
+
+def _grads(params: list[Tensor]) -> list[Tensor]:
+    grads = []
+    for p in params:
+        assert p.grad is not None  # the base only buckets parameters that have a gradient
+        grads.append(p.grad)
+    return grads
+
+
+def convert(saved: Mapping[str, Any], key: str, fmt: int, param: Tensor) -> dict[str, Tensor]:
+    """Saved state ``key`` (in whatever form it was saved) as format ``fmt`` stores it for
+    ``param``: copied unchanged when the forms agree (bit-exact resume), else decoded to full
+    precision and encoded again (rounding to nearest)."""
+    value: Tensor = saved[key]
+    if value.dtype == torch.uint8 and fmt == Q8:
+        return {key: value.clone(), scale_key(key): saved[scale_key(key)].float().clone()}
+    if fmt == BF16_SR and value.dtype == torch.bfloat16:
+        return {key: value.clone()}
+    if fmt == NATIVE and value.dtype == param.dtype:
+        return {key: value.clone()}
+    return encode(decode(saved, key).to(param.device), fmt, key, param, None)
