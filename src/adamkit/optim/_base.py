@@ -19,7 +19,7 @@ from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar
 from ._core import Bucket, Hyper, Rule, real_view
 from ._fused import FusedPlan, fused_unsupported, kernel_available
 from ._paths import PATHS, TensorOps
-from ._precision import NATIVE, convert, needs_widening, scale_key, state_format, widened_step
+from ._precision import convert, needs_widening, scale_key, state_format, widened_step
 from ._precision import zeros as zero_state
 from ._validation import check_group, scalar_value
 
