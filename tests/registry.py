@@ -39,7 +39,7 @@ class Case:
         return {
             k: float(v) if isinstance(v, torch.Tensor) else v
             for k, v in self.kwargs.items()
-            if k not in ("foreach", "fused")
+            if k not in ("foreach", "fused", "state_precision", "stochastic_rounding")
         }
 
     @property
@@ -90,6 +90,27 @@ def _cases() -> list[Case]:
 
 CASES = _cases()
 ALGORITHMS = ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]
+
+
+def _precision_cases() -> list[Case]:
+    """Every algorithm (and AMSGrad, maximize, both weight decays) x low precision x path."""
+    algorithms = [
+        Case("Adam"),
+        Case("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+        Case("AdamW", {"maximize": True}),
+        Case("RAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+        Case("NAdam"),
+        Case("Adamax", {"weight_decay": 0.1}),
+    ]
+    paths = [{"foreach": True}, {"foreach": False}, {"fused": True}]
+    return [
+        Case(case.name, {**path, **case.kwargs, "state_precision": precision})
+        for case, path, precision in itertools.product(algorithms, paths, ["bf16", "8bit"])
+    ]
+
+
+#: Low-precision state: each case against the same case with full-precision state.
+PRECISION_CASES = _precision_cases()
 
 
 def params(cases: list[Case] = CASES) -> Any:

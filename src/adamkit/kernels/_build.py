@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 __all__ = ["fused_library", "unavailable_reason"]
 
@@ -78,10 +79,13 @@ def fused_library() -> ctypes.CDLL | None:
             return None
     library = ctypes.CDLL(str(path))
     pointer, f64, i32, i64 = ctypes.c_void_p, ctypes.c_double, ctypes.c_int, ctypes.c_int64
+    common: list[Any] = [i32, i32, f64, f64, f64, f64, f64, f64, i64, *[pointer] * 8, i32]
     for name in ("adamkit_fused_step_f32", "adamkit_fused_step_f64"):
         function = getattr(library, name)
         function.restype = i32
-        function.argtypes = [i32, i32, f64, f64, f64, f64, f64, f64, i64, *[pointer] * 8, i32]
+        function.argtypes = common
+    library.adamkit_fused_step_wide.restype = i32
+    library.adamkit_fused_step_wide.argtypes = [*common, i32, *[pointer] * 5]
     return library
 
 

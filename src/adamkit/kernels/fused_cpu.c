@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { ADAM = 0, RADAM = 1, NADAM = 2, ADAMAX = 3 };
 enum { MAXIMIZE = 1, DECOUPLED = 2, AMSGRAD = 4, STEP_F64 = 8 };
@@ -24,6 +25,7 @@ enum { K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX };
 
 typedef struct {
     double a, b, c; /* per-algorithm step scalars, see step_scalars() */
+    double t;       /* the step count, after this step's increment */
     int kind;       /* which element loop: K_ADAM, K_AMSGRAD, K_RADAM, ... */
 } scalars_t;
 
@@ -41,7 +43,7 @@ static double times_mu(void *product, int f64, double mu) {
 
 static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, double lr,
                               double beta1, double beta2, double momentum_decay) {
-    scalars_t s = {0.0, 0.0, 0.0, K_ADAM};
+    scalars_t s = {0.0, 0.0, 0.0, 0.0, K_ADAM};
     double bc1 = 1.0 - pow(beta1, t);
     double bc2 = 1.0 - pow(beta2, t);
     switch (algo) {
@@ -81,6 +83,41 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
         break;
     }
     return s;
+}
+
+/* Per tensor: increment its step, compute its step scalars, and number its CHUNK-sized chunks
+ * (tensor k owns chunks first[k] .. first[k+1]-1). Returns nonzero if memory ran out. */
+static int plan(int algo, int flags, double beta1, double beta2, double lr, double momentum_decay,
+                int64_t count, const int64_t *numels, void **steps, void **mu_products,
+                scalars_t **scalars, int64_t **starts) {
+    scalars_t *s = malloc(sizeof(scalars_t) * (size_t)(count ? count : 1));
+    int64_t *first = malloc(sizeof(int64_t) * (size_t)(count + 1));
+    if (!s || !first) {
+        free(s);
+        free(first);
+        return 1;
+    }
+    first[0] = 0;
+    for (int64_t k = 0; k < count; k++) {
+        double t = bump(steps[k], flags & STEP_F64);
+        s[k] = step_scalars(algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1, beta2,
+                            momentum_decay);
+        s[k].t = t;
+        first[k + 1] = first[k] + (numels[k] + CHUNK - 1) / CHUNK;
+    }
+    *scalars = s;
+    *starts = first;
+    return 0;
+}
+
+/* The tensor holding chunk j: the k with first[k] <= j < first[k+1]. */
+static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
+    int64_t lo = 0, hi = count;
+    while (hi - lo > 1) {
+        int64_t mid = (lo + hi) / 2;
+        if (first[mid] <= j) lo = mid; else hi = mid;
+    }
+    return lo;
 }
 
 /* Element loops: one per (update kind, weight decay mode, dtype), each a straight line the
@@ -170,29 +207,15 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
                                     const int64_t *numels, T **params, T **grads,              \
                                     T **exp_avgs, T **seconds, T **maxes, void **steps,         \
                                     void **mu_products, int threads) {                          \
-        scalars_t *s = malloc(sizeof(scalars_t) * (size_t)(count ? count : 1));                 \
-        int64_t *first = malloc(sizeof(int64_t) * (size_t)(count + 1));                         \
-        if (!s || !first) {                                                                     \
-            free(s);                                                                            \
-            free(first);                                                                        \
+        scalars_t *s;                                                                           \
+        int64_t *first;                                                                         \
+        if (plan(algo, flags, beta1, beta2, lr, momentum_decay, count, numels, steps,           \
+                 mu_products, &s, &first))                                                      \
             return 1;                                                                           \
-        }                                                                                       \
-        first[0] = 0;                                                                           \
-        for (int64_t k = 0; k < count; k++) {                                                   \
-            double t = bump(steps[k], flags & STEP_F64);                                        \
-            s[k] = step_scalars(algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1, \
-                                beta2, momentum_decay);                                         \
-            first[k + 1] = first[k] + (numels[k] + CHUNK - 1) / CHUNK;                          \
-        }                                                                                       \
         const int64_t chunks = first[count];                                                    \
         _Pragma("omp parallel for schedule(static) num_threads(threads) if(chunks > 1)")        \
         for (int64_t j = 0; j < chunks; j++) {                                                  \
-            int64_t lo = 0, hi = count; /* the tensor holding chunk j: first[k] <= j < first[k+1] */ \
-            while (hi - lo > 1) {                                                               \
-                int64_t mid = (lo + hi) / 2;                                                    \
-                if (first[mid] <= j) lo = mid; else hi = mid;                                   \
-            }                                                                                   \
-            const int64_t k = lo, start = (j - first[k]) * CHUNK;                               \
+            const int64_t k = tensor_of(first, count, j), start = (j - first[k]) * CHUNK;       \
             const int64_t n = numels[k] - start < CHUNK ? numels[k] - start : CHUNK;            \
             dispatch_##SUFFIX(s[k].kind, flags, lr, beta1, beta2, eps, wd, &s[k], n,             \
                            params[k] + start, grads[k] + start, exp_avgs[k] + start,            \
@@ -205,3 +228,194 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
 
 DEFINE_STEP(f32, float, sqrtf, fabsf)
 DEFINE_STEP(f64, double, sqrt, fabs)
+
+/* ------------------------------------------------------------------------------------------
+ * Low-precision storage: bf16 parameters, bf16 or 8-bit moments (adamkit/optim/_precision.py
+ * defines the formats and implements them with torch operations; this is the same, bit for
+ * bit). A chunk is processed in blocks of BLOCK elements: each stored tensor of the block is
+ * decoded into an fp32 buffer on the stack (fp32 tensors are used in place), the fp32 element
+ * loop above runs on the buffers, and the results are encoded back. Memory is read and written
+ * once; the buffers stay in L1.
+ */
+#define BLOCK 256
+enum { F_F32 = 0, F_BF16 = 1, F_BF16_SR = 2, F_Q8 = 3 };
+enum { SALT_M = 0, SALT_V = 1, SALT_VMAX = 2, SALT_PARAM = 3 };
+#define M_OFFSET (112 << 23) /* float bits of 2**-15, the exp_avg code's smallest binade */
+#define V_OFFSET (96 << 23)  /* 2**-31, the second moments' */
+#define HALF_ULP (1 << 19)   /* half a unit of the 3-bit mantissa */
+
+static inline uint32_t bits_of(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+static inline float float_of(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* lowbias32, a 32-bit integer hash: the random bits of stochastic rounding. */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+static uint32_t rounding_seed(double step, uint32_t salt, uint32_t key) {
+    return mix32((uint32_t)(int64_t)step * 0x9e3779b9u + salt * 0x85ebca6bu + key * 0xc2b2ae35u);
+}
+
+static void load_bf16(float *restrict out, const uint16_t *restrict in, int n) {
+    for (int i = 0; i < n; i++) out[i] = float_of((uint32_t)in[i] << 16);
+}
+static void store_bf16(uint16_t *restrict out, const float *restrict in, int n) {
+    for (int i = 0; i < n; i++) { /* round to nearest, ties to even; NaN stays NaN */
+        uint32_t u = bits_of(in[i]);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        out[i] = (uint16_t)(in[i] != in[i] ? 0x7fc0u : r);
+    }
+}
+/* Up with probability equal to the discarded fraction: unbiased. `first` numbers the elements. */
+static void store_bf16_stochastic(uint16_t *restrict out, const float *restrict in, int n,
+                                  uint32_t seed, int64_t first) {
+    for (int i = 0; i < n; i++) {
+        uint32_t noise = mix32((uint32_t)(first + i) ^ seed) >> 16;
+        uint32_t r = (uint32_t)(((uint64_t)bits_of(in[i]) + noise) >> 16);
+        out[i] = (uint16_t)(in[i] != in[i] ? 0x7fc0u : r);
+    }
+}
+
+static void decode_q8(float *restrict out, const uint8_t *restrict codes, float scale, int n,
+                      int is_unsigned) {
+    if (is_unsigned) {
+        for (int i = 0; i < n; i++) {
+            out[i] = float_of(((uint32_t)codes[i] << 20) + V_OFFSET) * scale;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            uint32_t c = codes[i], mag = c & 127u;
+            float x = mag ? float_of((mag << 20) + M_OFFSET) : 0.0f;
+            out[i] = (c & 128u ? -x : x) * scale;
+        }
+    }
+}
+/* The block's scale is its largest magnitude, NaN if it holds a NaN (as torch's amax): the
+ * bits of non-negative floats are ordered as the floats, and a NaN's are above infinity's. */
+static void encode_q8(uint8_t *restrict codes, float *scale, const float *restrict in, int n,
+                      int is_unsigned) {
+    uint32_t most_bits = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t a = bits_of(in[i]) & 0x7fffffffu;
+        most_bits = a > most_bits ? a : most_bits;
+    }
+    const float top = float_of(most_bits);
+    *scale = top;
+    const float divisor = top > 0.0f ? top : 1.0f;
+    const int32_t offset = is_unsigned ? V_OFFSET : M_OFFSET, most = is_unsigned ? 255 : 127;
+    for (int i = 0; i < n; i++) {
+        int32_t c = ((int32_t)bits_of(fabsf(in[i]) / divisor) - offset + HALF_ULP) >> 20;
+        c = c < 0 ? 0 : (c > most ? most : c);
+        codes[i] = (uint8_t)(c | (!is_unsigned && in[i] < 0.0f ? 128 : 0));
+    }
+}
+
+/* One stored state tensor's block as fp32: in place for fp32, else decoded into `buffer`. */
+static float *load_state(int fmt, void *base, const float *scales, int64_t e, int n,
+                         int is_unsigned, float *buffer) {
+    if (fmt == F_F32) return (float *)base + e;
+    if (fmt == F_Q8) decode_q8(buffer, (const uint8_t *)base + e, scales[e / BLOCK], n, is_unsigned);
+    else load_bf16(buffer, (const uint16_t *)base + e, n);
+    return buffer;
+}
+static void store_state(int fmt, void *base, float *scales, int64_t e, int n, int is_unsigned,
+                        const float *value, uint32_t seed) {
+    if (fmt == F_Q8)
+        encode_q8((uint8_t *)base + e, &scales[e / BLOCK], value, n, is_unsigned);
+    else if (fmt == F_BF16_SR)
+        store_bf16_stochastic((uint16_t *)base + e, value, n, seed, e);
+    else if (fmt == F_BF16)
+        store_bf16((uint16_t *)base + e, value, n);
+}
+
+/* The fused step for fp32 or bf16 parameters whose state or rounding is not plain fp32.
+ * param_fmt: F_F32, F_BF16 (round to nearest) or F_BF16_SR (stochastic); gradients have the
+ * parameter's dtype. state_fmts[k]: tensor k's moments are F_F32, F_BF16, F_BF16_SR or F_Q8
+ * (then *_scales[k] hold its block scales). salts[k] salts tensor k's stochastic rounding. */
+int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double beta2,
+                            double eps, double wd, double momentum_decay, int64_t count,
+                            const int64_t *numels, void **params, void **grads, void **exp_avgs,
+                            void **seconds, void **maxes, void **steps, void **mu_products,
+                            int threads, int param_fmt, const uint8_t *state_fmts,
+                            float **m_scales, float **v_scales, float **max_scales,
+                            const uint32_t *salts) {
+    scalars_t *s;
+    int64_t *first;
+    if (plan(algo, flags, beta1, beta2, lr, momentum_decay, count, numels, steps, mu_products, &s,
+             &first))
+        return 1;
+    const int64_t chunks = first[count];
+    /* Adamax's exp_inf, like exp_avg_sq and max_exp_avg_sq, is non-negative: the unsigned code. */
+#pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
+    for (int64_t j = 0; j < chunks; j++) {
+        const int64_t k = tensor_of(first, count, j), start = (j - first[k]) * CHUNK;
+        const int64_t end = numels[k] - start < CHUNK ? numels[k] : start + CHUNK;
+        const int fmt = state_fmts[k];
+        const uint32_t salt = salts[k];
+        const uint32_t seed_p = rounding_seed(s[k].t, salt, SALT_PARAM);
+        const uint32_t seed_m = rounding_seed(s[k].t, salt, SALT_M);
+        const uint32_t seed_v = rounding_seed(s[k].t, salt, SALT_V);
+        const uint32_t seed_x = rounding_seed(s[k].t, salt, SALT_VMAX);
+        float *ms = m_scales ? m_scales[k] : NULL, *vs = v_scales ? v_scales[k] : NULL;
+        float *xs = max_scales ? max_scales[k] : NULL;
+        float pb[BLOCK], gb[BLOCK], mb[BLOCK], vb[BLOCK], xb[BLOCK];
+        for (int64_t e = start; e < end; e += BLOCK) {
+            const int n = (int)(end - e < BLOCK ? end - e : BLOCK);
+            float *p = (float *)params[k] + e;
+            const float *g = (const float *)grads[k] + e;
+            if (param_fmt != F_F32) {
+                load_bf16(pb, (const uint16_t *)params[k] + e, n);
+                load_bf16(gb, (const uint16_t *)grads[k] + e, n);
+                p = pb;
+                g = gb;
+            }
+            float *m = load_state(fmt, exp_avgs[k], ms, e, n, 0, mb);
+            float *v = load_state(fmt, seconds[k], vs, e, n, 1, vb);
+            float *x = maxes ? load_state(fmt, maxes[k], xs, e, n, 1, xb) : NULL;
+            dispatch_f32(s[k].kind, flags, lr, beta1, beta2, eps, wd, &s[k], n, p, g, m, v, x);
+            if (param_fmt == F_BF16_SR)
+                store_bf16_stochastic((uint16_t *)params[k] + e, pb, n, seed_p, e);
+            else if (param_fmt == F_BF16)
+                store_bf16((uint16_t *)params[k] + e, pb, n);
+            store_state(fmt, exp_avgs[k], ms, e, n, 0, m, seed_m);
+            store_state(fmt, seconds[k], vs, e, n, 1, v, seed_v);
+            if (maxes) store_state(fmt, maxes[k], xs, e, n, 1, x, seed_x);
+        }
+    }
+    free(s);
+    free(first);
+    return 0;
+}
+
+/* The codecs on their own, for the tests that hold them equal to adamkit/optim/_precision.py. */
+void adamkit_encode_q8(const float *in, int64_t n, uint8_t *codes, float *scales, int is_unsigned) {
+    for (int64_t e = 0; e < n; e += BLOCK)
+        encode_q8(codes + e, &scales[e / BLOCK], in + e, (int)(n - e < BLOCK ? n - e : BLOCK),
+                  is_unsigned);
+}
+void adamkit_decode_q8(const uint8_t *codes, const float *scales, int64_t n, float *out,
+                       int is_unsigned) {
+    for (int64_t e = 0; e < n; e += BLOCK)
+        decode_q8(out + e, codes + e, scales[e / BLOCK], (int)(n - e < BLOCK ? n - e : BLOCK),
+                  is_unsigned);
+}
+void adamkit_round_bf16(const float *in, int64_t n, uint16_t *out, int stochastic, double step,
+                        uint32_t salt, uint32_t key) {
+    const uint32_t seed = rounding_seed(step, salt, key);
+    for (int64_t e = 0; e < n; e += BLOCK) {
+        const int m = (int)(n - e < BLOCK ? n - e : BLOCK);
+        if (stochastic) store_bf16_stochastic(out + e, in + e, m, seed, e);
+        else store_bf16(out + e, in + e, m);
+    }
+}

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 
 from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
 from ._core import Bucket, Hyper, Rule, real_view
-from ._fused import FusedPlan, fused_unsupported, kernel_available
+from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
 from ._paths import PATHS, TensorOps
 from ._precision import convert, needs_widening, scale_key, state_format, widened_step
 from ._precision import zeros as zero_state
@@ -397,43 +397,16 @@ class AdamFamily(Optimizer):
         grad_of = dict(zip(key, grads, strict=True))
         cached = plans.get(id(group))
         if cached is None or cached[0] != key:
-            entries = []
-            for bucket_params in _by_device_and_dtype(params).values():
-                bucket = self._bucket(bucket_params, moment_keys)
-                reason = fused_unsupported(bucket)
-                formats = [state_format(p, group["state_precision"]) for p in bucket_params]
-                if reason is None and needs_widening(
-                    bucket_params, formats, group["stochastic_rounding"]
-                ):
-                    reason = "low-precision state is not in the fused kernel yet"
-                plan = None
-                if reason is None:
-                    plan = FusedPlan(
-                        type(self)._fused_algorithm,
-                        bucket,
-                        self._fused_second_key,
-                        hyper.amsgrad,
-                        bucket_params[0].dtype,
-                    )
-                entries.append((bucket_params, plan, reason))
+            entries = [
+                (bucket_params, *self._plan(group, bucket_params, hyper, moment_keys))
+                for bucket_params in _by_device_and_dtype(params).values()
+            ]
             cached = plans[id(group)] = (key, entries)
         for bucket_params, plan, reason in cached[1]:
             if plan is not None and not plan.matches(bucket_params):
                 # A parameter's storage moved (p.data = ...): plan this group again next time.
                 plans.pop(id(group), None)
-                bucket = self._bucket(bucket_params, moment_keys)
-                reason = fused_unsupported(bucket)
-                plan = (
-                    None
-                    if reason
-                    else FusedPlan(
-                        type(self)._fused_algorithm,
-                        bucket,
-                        self._fused_second_key,
-                        hyper.amsgrad,
-                        bucket_params[0].dtype,
-                    )
-                )
+                plan, reason = self._plan(group, bucket_params, hyper, moment_keys)
             if plan is not None:
                 pointers = plan.grad_pointers([grad_of[id(p)] for p in bucket_params])
                 if not isinstance(pointers, str):
@@ -446,6 +419,35 @@ class AdamFamily(Optimizer):
                     "fused=None to fall back to the multi-tensor path"
                 )
             self._apply_rule(PATHS["foreach"], bucket_params, group, hyper, moment_keys)
+
+    def _plan(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        hyper: Hyper,
+        moment_keys: tuple[str, ...],
+    ) -> tuple[FusedPlan | None, str | None]:
+        """The kernel's plan for one bucket, or why the kernel cannot step it."""
+        bucket = self._bucket(params, moment_keys)
+        formats = [state_format(p, group["state_precision"]) for p in params]
+        stochastic = group["stochastic_rounding"]
+        widened = needs_widening(params, formats, stochastic)
+        reason = fused_unsupported(bucket, widened)
+        if reason is not None:
+            return None, reason
+        storage = None
+        if widened:
+            states = [self.state[p] for p in params]
+            storage = Storage(formats, states, self._salts(params), stochastic)
+        plan = FusedPlan(
+            type(self)._fused_algorithm,
+            bucket,
+            self._fused_second_key,
+            hyper.amsgrad,
+            params[0].dtype,
+            storage,
+        )
+        return plan, None
 
     def _bucket(self, params: list[Tensor], moment_keys: tuple[str, ...]) -> Bucket:
         states = [self.state[p] for p in params]

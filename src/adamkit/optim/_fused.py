@@ -9,14 +9,17 @@ increments the step counters itself (torch's fused path spends as long on 2000 s
 from __future__ import annotations
 
 from array import array
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..kernels import fused_library, unavailable_reason
 from ._core import Bucket, Hyper
+from ._precision import BF16, BF16_SR, NATIVE, Q8, scale_key
 
-__all__ = ["ALGORITHMS", "FusedPlan", "fused_unsupported", "kernel_available"]
+__all__ = ["ALGORITHMS", "FusedPlan", "Storage", "fused_unsupported", "kernel_available"]
 
 #: The kernel's algorithm codes (``enum`` in fused_cpu.c).
 ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
@@ -28,16 +31,23 @@ def kernel_available() -> bool:
     return fused_library() is not None
 
 
-def fused_unsupported(bucket: Bucket) -> str | None:
-    """Why the kernel cannot step this bucket, or ``None`` when it can."""
+def fused_unsupported(bucket: Bucket, widened: bool) -> str | None:
+    """Why the kernel cannot step this bucket, or ``None`` when it can.
+
+    ``widened``: the bucket's state is stored in low precision (or its bf16 parameters are
+    rounded stochastically), so the kernel's fp32-with-codecs loop is the one to take.
+    """
     reason = unavailable_reason()
     if reason is not None:
         return f"the fused CPU kernel is unavailable: {reason}"
     first = bucket.params[0]
     if first.device.type != "cpu":
         return f"the fused kernel runs on the CPU only, not on {first.device}"
-    if first.dtype not in _DTYPES:
-        return f"the fused kernel supports float32 and float64 parameters, not {first.dtype}"
+    supported = (torch.float32, torch.bfloat16) if widened else _DTYPES
+    if first.dtype not in supported:
+        names = " and ".join(str(d).removeprefix("torch.") for d in supported)
+        what = " with low-precision state or rounding" if widened else ""
+        return f"the fused kernel supports {names} parameters{what}, not {first.dtype}"
     step_dtype = bucket.steps[0].dtype
     if any(s.dtype != step_dtype or s.device.type != "cpu" for s in bucket.steps):
         return "the step counters of these parameters differ in dtype or device"
@@ -45,9 +55,38 @@ def fused_unsupported(bucket: Bucket) -> str | None:
     for t in tensors:
         if not t.is_contiguous():
             return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
-        if t.dim() > 0 and t.dtype != first.dtype:  # 0-d scalars keep the step dtype
+        if not widened and t.dim() > 0 and t.dtype != first.dtype:  # 0-d: the step dtype
             return f"the state dtype {t.dtype} differs from the parameter dtype {first.dtype}"
     return None
+
+
+@dataclass
+class Storage:
+    """How a widened bucket's tensors are stored, as the kernel reads it."""
+
+    formats: list[int]  # _precision's NATIVE / BF16_SR / Q8, per tensor
+    states: list[dict[str, Any]]  # each tensor's optimizer state (for the block scales)
+    salts: list[int]  # each tensor's stochastic-rounding salt
+    stochastic: bool  # round bf16 parameters stochastically
+
+    def kernel_formats(self, params: list[Tensor]) -> list[int]:
+        # Full-precision state of a bf16 parameter is bf16 rounded to nearest (as torch keeps it).
+        return [
+            BF16 if f == NATIVE and p.dtype == torch.bfloat16 else f
+            for f, p in zip(self.formats, params, strict=True)
+        ]
+
+    def scale_pointers(self, key: str) -> array[int] | None:
+        if all(f != Q8 for f in self.formats):
+            return None
+        return array(
+            "Q", [s[scale_key(key)].data_ptr() if scale_key(key) in s else 0 for s in self.states]
+        )
+
+    def param_format(self, dtype: torch.dtype) -> int:
+        if dtype != torch.bfloat16:
+            return NATIVE  # fp32: stored as computed
+        return BF16_SR if self.stochastic else BF16
 
 
 def _pointers(tensors: list[Tensor]) -> array[int]:
@@ -71,6 +110,7 @@ class FusedPlan:
         second_key: str,
         amsgrad: bool,
         param_dtype: torch.dtype,
+        storage: Storage | None = None,
     ) -> None:
         self.algorithm = ALGORITHMS[algorithm]
         self.bucket = bucket  # keeps every tensor below alive
@@ -85,6 +125,12 @@ class FusedPlan:
         self.steps = _pointers(bucket.steps)
         state = bucket.state
         self.mu_products = _pointers(state["mu_product"]) if "mu_product" in state else None
+        self.storage = storage
+        if storage is not None:
+            keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
+            self.state_formats = array("B", storage.kernel_formats(bucket.params))
+            self.salts = array("I", storage.salts)
+            self.scales = [storage.scale_pointers(key) for key in keys] + [None] * (3 - len(keys))
 
     def matches(self, params: list[Tensor]) -> bool:
         """Whether ``params`` are still the tensors, at the addresses, this plan was built for."""
@@ -101,17 +147,26 @@ class FusedPlan:
     def run(self, grads: array[int], h: Hyper) -> None:
         library = fused_library()
         assert library is not None  # a plan is only built where the kernel is available
-        kernel = (
-            library.adamkit_fused_step_f32
-            if self.dtype == torch.float32
-            else library.adamkit_fused_step_f64
-        )
+        if self.storage is not None:
+            kernel = library.adamkit_fused_step_wide
+        elif self.dtype == torch.float32:
+            kernel = library.adamkit_fused_step_f32
+        else:
+            kernel = library.adamkit_fused_step_f64
         flags = (
             (_MAXIMIZE if h.maximize else 0)
             | (_DECOUPLED if h.decoupled_weight_decay else 0)
             | (_AMSGRAD if h.amsgrad else 0)
             | (_STEP_F64 if self.step_f64 else 0)
         )
+        wide = []
+        if self.storage is not None:
+            wide = [
+                self.storage.param_format(self.dtype),
+                _address(self.state_formats),
+                *map(_address, self.scales),
+                _address(self.salts),
+            ]
         status = kernel(
             self.algorithm,
             flags,
@@ -131,6 +186,7 @@ class FusedPlan:
             _address(self.steps),
             _address(self.mu_products),
             torch.get_num_threads(),
+            *wide,
         )
         if status != 0:
             raise MemoryError("the fused kernel could not allocate its per-tensor scalars")

@@ -1,0 +1,436 @@
+"""Low-precision optimizer state (``state_precision="bf16" | "8bit"``) and stochastic rounding.
+
+What is proven here:
+
+* the 8-bit codes meet their error bound in every block, and the fused kernel's codecs
+  (C) give the same bits as ``adamkit.optim._precision`` (torch operations);
+* stochastic rounding is unbiased (statistically, within 5 standard errors), and it lets bf16
+  parameters absorb updates far below half a bf16 step, where rounding to nearest stalls;
+* every registry case with low-precision state stays close to the same case with full
+  precision over 60 steps, and its three execution paths agree with each other;
+* checkpoints keep the compact form, survive ``torch.load(weights_only=True)``, resume bit for
+  bit, and convert between precisions (torch.optim's fp32 checkpoints included);
+* :func:`adamkit.state_memory` reports the bytes per parameter the issue targets.
+
+Tolerances against full precision, in units of the largest possible displacement
+``lr * steps`` (Adam moves each element by at most about ``lr`` per step): the 8-bit codes keep
+a relative error of at most 1/16 on ``m`` and on ``v`` (so at most about 1/11 on the update of
+an element within range), so the maximum deviation stays under 0.2 and the mean under 0.01
+(measured on this problem: 0.14 for AMSGrad, whose running maximum compounds the error, 0.06
+elsewhere; means up to 0.007). bf16 state is 16 times finer: max 0.02, mean 0.001 (measured
+0.011 and 0.0006). The execution paths run the same codecs: foreach and for-loop are
+bit-identical; the fused kernel rounds its fp32 math in another order, which can flip a
+rounding decision, so it is held within ``0.1 * lr`` (measured up to 0.04 lr).
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import io
+import math
+
+import pytest
+import torch
+
+import adamkit
+from adamkit.kernels import fused_library
+from adamkit.optim import _precision as precision
+
+from .registry import PRECISION_CASES, Case, params
+
+SHAPES = [(64, 80), (300,), (70, 70), (4096,)]  # 8-bit, small (full precision), partial block
+STEPS = 60
+
+
+def make_params(dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in SHAPES]
+
+
+def grad_stream(ps: list[torch.Tensor], steps: int) -> list[list[torch.Tensor | None]]:
+    """Gradients whose per-element scale spans about four decades within each block (as real
+    gradients do across a weight matrix); parameter 1 skips every third step."""
+    g = torch.Generator().manual_seed(1)
+    scales = [torch.exp(torch.randn(p.shape, generator=g)) for p in ps]
+    return [
+        [
+            None if i == 1 and t % 3 == 2 else (torch.randn(p.shape, generator=g) * s).to(p.dtype)
+            for i, (p, s) in enumerate(zip(ps, scales, strict=True))
+        ]
+        for t in range(steps)
+    ]
+
+
+def run(name: str, kwargs: dict, steps: int = STEPS, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
+    ps = make_params(dtype)
+    opt = getattr(adamkit, name)(ps, **kwargs)
+    for grads in grad_stream(ps, steps):
+        for p, grad in zip(ps, grads, strict=True):
+            p.grad = grad
+        opt.step()
+    return ps, opt
+
+
+# --------------------------------------------------------------------------------- codecs
+def _heavy_tailed(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g) * torch.exp(3 * torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("unsigned", [False, True], ids=["exp_avg", "exp_avg_sq"])
+def test_8bit_error_bound_in_every_block(unsigned: bool) -> None:
+    x = _heavy_tailed(300 * 256 + 77)  # a partial last block
+    if unsigned:
+        x = x * x
+    codes, scale = precision.encode_8bit(x, unsigned)
+    assert codes.dtype == torch.uint8 and codes.shape == x.shape
+    assert scale.shape == (precision.blocks(x.numel()),)
+    back = precision.decode_8bit(codes, scale, unsigned)
+    per_element = scale.repeat_interleave(precision.BLOCK)[: x.numel()]
+    torch.testing.assert_close(
+        scale, torch.nn.functional.pad(x.abs(), (0, 179)).view(-1, 256).amax(1)
+    )
+    # The smallest value kept to 1/16, relative to the scale: v's lowest binade starts at code
+    # 0 (2**-31); m's code 0 is zero, so its first value is 2**-15 * (1 + 1/8), and
+    # everything from half-way there rounds up to it.
+    smallest = 2.0**-31 if unsigned else 2.0**-15 * (1 + 1 / 16)
+    in_range = x.abs() >= smallest * per_element
+    # Within range: at most half a unit of the 3-bit mantissa, 1/16 of the value.
+    relative = (back - x).abs() / x.abs()
+    assert relative[in_range].max() <= 1 / 16
+    # Below range: m rounds to 0 or the lowest binade; v never decodes below 2**-31 * scale,
+    # so a tiny v cannot turn the update into m / eps.
+    below = (back - x).abs()[~in_range] / per_element[~in_range]
+    assert below.max() <= smallest
+    if unsigned:
+        assert (back[per_element > 0] > 0).all()
+    # Signs survive.
+    assert torch.equal(torch.sign(back[back != 0]), torch.sign(x[back != 0]))
+
+
+def test_8bit_special_blocks() -> None:
+    x = torch.zeros(3 * 256)
+    x[256:512] = torch.linspace(-1, 1, 256)
+    x[600] = math.nan
+    codes, scale = precision.encode_8bit(x, unsigned=False)
+    back = precision.decode_8bit(codes, scale, unsigned=False)
+    assert scale[0] == 0 and torch.equal(back[:256], torch.zeros(256))  # an all-zero block
+    assert back[256] == -1 and back[511] == 1  # the extremes are exact
+    assert torch.isnan(back[512:]).all()  # a NaN poisons its own block only (as torch's amax)
+    assert not torch.isnan(back[:512]).any()
+
+
+def _kernel() -> ctypes.CDLL:
+    library = fused_library()
+    if library is None:
+        pytest.skip("the fused kernel is unavailable here")
+    return library
+
+
+@pytest.mark.parametrize("unsigned", [False, True], ids=["exp_avg", "exp_avg_sq"])
+def test_kernel_8bit_codec_is_bit_identical(unsigned: bool) -> None:
+    library = _kernel()
+    x = _heavy_tailed(40 * 256 + 5, seed=3)
+    if unsigned:
+        x = x * x
+    x[1000] = 0.0
+    x[2000] = math.inf
+    x[5000] = -0.0
+    codes, scale = precision.encode_8bit(x, unsigned)
+    c_codes = torch.empty_like(codes)
+    c_scale = torch.empty_like(scale)
+    void = ctypes.c_void_p
+    library.adamkit_encode_q8.argtypes = [void, ctypes.c_int64, void, void, ctypes.c_int]
+    library.adamkit_encode_q8(
+        x.data_ptr(), x.numel(), c_codes.data_ptr(), c_scale.data_ptr(), unsigned
+    )
+    assert torch.equal(codes, c_codes)
+    assert torch.equal(scale, c_scale)
+    out = torch.empty_like(x)
+    library.adamkit_decode_q8.argtypes = [void, void, ctypes.c_int64, void, ctypes.c_int]
+    library.adamkit_decode_q8(
+        codes.data_ptr(), scale.data_ptr(), x.numel(), out.data_ptr(), unsigned
+    )
+    decoded = precision.decode_8bit(codes, scale, unsigned)
+    assert torch.equal(out.view(torch.int32), decoded.view(torch.int32))  # NaN bits included
+
+
+@pytest.mark.parametrize("stochastic", [True, False], ids=["stochastic", "nearest"])
+def test_kernel_bf16_rounding_is_bit_identical(stochastic: bool) -> None:
+    library = _kernel()
+    x = _heavy_tailed(10_000, seed=4)
+    x[:4] = torch.tensor([math.nan, math.inf, -math.inf, 3.4e38])
+    step, salt, key = 17.0, 5, "exp_avg_sq"
+    out = torch.empty(x.shape, dtype=torch.bfloat16)
+    void = ctypes.c_void_p
+    library.adamkit_round_bf16.argtypes = [
+        void,
+        ctypes.c_int64,
+        void,
+        ctypes.c_int,
+        ctypes.c_double,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+    ]
+    key_id = precision.SALT_KEYS[key]
+    library.adamkit_round_bf16(
+        x.data_ptr(), x.numel(), out.data_ptr(), stochastic, step, salt, key_id
+    )
+    if stochastic:
+        expected = precision.to_bf16_stochastic(x, precision.rounding_seed(step, salt, key))
+    else:
+        expected = x.bfloat16()
+    nan = torch.isnan(x)
+    assert torch.isnan(out[nan].float()).all() and torch.isnan(expected[nan].float()).all()
+    assert torch.equal(out[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+
+
+# ------------------------------------------------------------------- stochastic rounding
+def test_stochastic_rounding_is_unbiased() -> None:
+    # Values at fractions 0.1 .. 0.9 of the way between two bf16 neighbours.
+    low = torch.tensor(1.0 + 2**-7 * 3)
+    fractions = torch.linspace(0.1, 0.9, 9)
+    x = (low + fractions * 2**-7).repeat_interleave(20_000)
+    rounded = precision.to_bf16_stochastic(x, seed=12345).float()
+    assert set(rounded.unique().tolist()) <= {low.item(), low.item() + 2**-7}
+    means = rounded.view(9, -1).mean(1)
+    exact = x.view(9, -1)[:, 0]
+    # Each element is a Bernoulli draw of the upper neighbour: standard error per group.
+    standard_error = 2**-7 * torch.sqrt(fractions * (1 - fractions) / 20_000)
+    assert ((means - exact).abs() <= 5 * standard_error).all(), (means - exact) / standard_error
+    # Other seeds, other draws; values exactly representable never move.
+    assert not torch.equal(rounded, precision.to_bf16_stochastic(x, seed=1).float())
+    exact_values = torch.tensor([1.0, -2.0, 0.0, 2**-100])
+    assert torch.equal(precision.to_bf16_stochastic(exact_values, 7).float(), exact_values)
+
+
+@pytest.mark.parametrize("path", [{"fused": True}, {"foreach": True}], ids=["fused", "foreach"])
+def test_bf16_parameters_absorb_small_updates_with_stochastic_rounding(path: dict) -> None:
+    # lr = 1e-4 at 1.0 is 1/39 of a bf16 step: rounding to nearest loses every update.
+    def final(stochastic: bool) -> torch.Tensor:
+        p = torch.ones(20_000, dtype=torch.bfloat16, requires_grad=True)
+        # Without stochastic rounding, bf16 parameters step as torch's do (foreach).
+        where = path if stochastic else {"foreach": True}
+        opt = adamkit.Adam([p], lr=1e-4, stochastic_rounding=stochastic, **where)
+        for _ in range(100):
+            p.grad = torch.ones_like(p)  # Adam steps by lr per step on a constant gradient
+            opt.step()
+        return p.detach().float()
+
+    assert torch.equal(final(False), torch.ones(20_000))  # stalled
+    moved = final(True)
+    expected = 1 - 100 * 1e-4
+    # Each element's error is a sum of 100 independent unbiased roundings of at most one bf16
+    # step (2**-8 below 1.0), each with a standard deviation of at most half a step.
+    standard_error = math.sqrt(100) * 2**-9 / math.sqrt(20_000)
+    assert abs(moved.mean().item() - expected) < 5 * standard_error
+
+
+# ------------------------------------------------------------------ parity with fp32
+def _full_precision(case: Case) -> dict:
+    return {k: v for k, v in case.kwargs.items() if k != "state_precision"}
+
+
+@params(PRECISION_CASES)
+def test_close_to_full_precision(case: Case) -> None:
+    low, opt = run(case.name, case.kwargs)
+    full, _ = run(case.name, _full_precision(case))
+    lr = opt.param_groups[0]["lr"]
+    bound = 0.2 if case.kwargs["state_precision"] == "8bit" else 0.02
+    for i, (a, b) in enumerate(zip(low, full, strict=True)):
+        deviation = (a - b).abs() / (lr * STEPS)
+        assert deviation.max() <= bound, f"param {i}: max deviation {deviation.max():.3g}"
+        assert deviation.mean() <= bound / 20, f"param {i}: mean deviation {deviation.mean():.3g}"
+    # The state really is compact: what each tensor's size calls for.
+    for p in low:
+        entry = opt.state[p]
+        fmt = precision.state_format(p, case.kwargs["state_precision"])
+        expected = {precision.Q8: torch.uint8, precision.BF16_SR: torch.bfloat16}.get(fmt, p.dtype)
+        assert entry["exp_avg"].dtype == expected
+        assert ("exp_avg_scale" in entry) == (fmt == precision.Q8)
+
+
+@params([c for c in PRECISION_CASES if c.kwargs.get("foreach") is True])
+def test_execution_paths_agree(case: Case) -> None:
+    foreach, opt = run(case.name, case.kwargs)
+    forloop, forloop_opt = run(case.name, {**case.kwargs, "foreach": False})
+    fused_kwargs = {k: v for k, v in case.kwargs.items() if k != "foreach"}
+    fused, fused_opt = run(case.name, {**fused_kwargs, "fused": True})
+    assert fused_opt.execution_path() == "fused"
+    lr = opt.param_groups[0]["lr"]
+    for a, b, c in zip(foreach, forloop, fused, strict=True):
+        assert torch.equal(a, b)  # the same codecs and rule, tensor by tensor
+        assert (a - c).abs().max() <= 0.1 * lr
+    for a, b in zip(foreach, forloop, strict=True):
+        for key, value in opt.state[a].items():
+            assert torch.equal(value, forloop_opt.state[b][key]), key
+
+
+# -------------------------------------------------------------------------- checkpoints
+def _through_bytes(state_dict: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("state_precision", ["bf16", "8bit"])
+@pytest.mark.parametrize("path", [{"fused": True}, {"foreach": True}], ids=["fused", "foreach"])
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "Adamax"])
+def test_checkpoint_is_compact_and_resumes_bit_for_bit(
+    name: str, path: dict, state_precision: str
+) -> None:
+    kwargs = (
+        {**path, "state_precision": state_precision, "amsgrad": True}
+        if name == "Adam"
+        else {
+            **path,
+            "state_precision": state_precision,
+        }
+    )
+    ps = make_params()
+    opt = getattr(adamkit, name)(ps, **kwargs)
+    grads = grad_stream(ps, 40)
+    for step_grads in grads[:20]:
+        for p, g in zip(ps, step_grads, strict=True):
+            p.grad = g
+        opt.step()
+    saved = _through_bytes(copy.deepcopy(opt.state_dict()))
+    saved_params = [p.detach().clone() for p in ps]
+    for key, value in saved["state"][0].items():  # the 64x80 weight: compact form
+        assert value.dtype in (
+            (torch.uint8, torch.float32)
+            if state_precision == "8bit"
+            else (torch.bfloat16, torch.float32)
+        ), key
+    for step_grads in grads[20:]:
+        for p, g in zip(ps, step_grads, strict=True):
+            p.grad = g
+        opt.step()
+
+    resumed = [p.clone().requires_grad_() for p in saved_params]
+    again = getattr(adamkit, name)(resumed, **kwargs)
+    again.load_state_dict(saved)
+    for a, b in zip(again.state.values(), saved["state"].values(), strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    for step_grads in grads[20:]:
+        for p, g in zip(resumed, step_grads, strict=True):
+            p.grad = g
+        again.step()
+    for a, b in zip(ps, resumed, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("fp32", "8bit"),
+        ("fp32", "bf16"),
+        ("8bit", "fp32"),
+        ("bf16", "fp32"),
+        ("8bit", "bf16"),
+        ("bf16", "8bit"),
+    ],
+)
+def test_checkpoints_convert_between_precisions(source: str, target: str) -> None:
+    ps, opt = run("Adam", {"amsgrad": True, "state_precision": source}, steps=10)
+    saved = _through_bytes(copy.deepcopy(opt.state_dict()))
+    other = adamkit.Adam(
+        [p.detach().clone().requires_grad_() for p in ps], amsgrad=True, state_precision=target
+    )
+    other.load_state_dict(saved)
+    assert other.param_groups[0]["state_precision"] == target  # the live optimizer's storage
+    for (p, theirs), ours in zip(opt.state.items(), other.state.values(), strict=True):
+        fmt = precision.state_format(p, target)
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            original = precision.decode(theirs, key).float()
+            loaded = precision.decode(ours, key).float()
+            assert (ours[key].dtype == torch.uint8) == (fmt == precision.Q8)
+            assert (precision.scale_key(key) in ours) == (fmt == precision.Q8)
+            if fmt == precision.NATIVE:
+                assert torch.equal(loaded, original)  # widening is exact
+            else:
+                _assert_within_codec_error(
+                    loaded, original, 2.0**-8 if target == "bf16" else 1 / 16
+                )
+    # And training goes on.
+    for p in other.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    other.step()
+
+
+def _assert_within_codec_error(
+    loaded: torch.Tensor, original: torch.Tensor, relative: float
+) -> None:
+    """Within ``relative`` of each value, or (values far below their block's largest, which
+    the 8-bit code rounds to zero or its lowest binade) within 2**-14 of the tensor's largest."""
+    floor = 2.0**-14 * original.abs().max()
+    assert ((loaded - original).abs() <= relative * original.abs() + floor).all()
+
+
+def test_torch_checkpoint_loads_into_8bit_and_back() -> None:
+    ps = make_params()
+    theirs = torch.optim.Adam(ps, lr=1e-3)
+    for grads in grad_stream(ps, 5):
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = g
+        theirs.step()
+    ours = adamkit.Adam([p.detach().clone().requires_grad_() for p in ps], state_precision="8bit")
+    ours.load_state_dict(_through_bytes(theirs.state_dict()))
+    assert ours.state[ours.param_groups[0]["params"][0]]["exp_avg"].dtype == torch.uint8
+    # Back to torch: through a full-precision adamkit optimizer, which decodes.
+    full = adamkit.Adam([p.detach().clone().requires_grad_() for p in ps])
+    full.load_state_dict(_through_bytes(ours.state_dict()))
+    back = torch.optim.Adam([p.detach().clone().requires_grad_() for p in ps])
+    back.load_state_dict(full.state_dict())
+    for a, b in zip(back.state.values(), theirs.state.values(), strict=True):
+        for key in ("exp_avg", "exp_avg_sq"):
+            _assert_within_codec_error(a[key], b[key], 1 / 16)
+
+
+def test_bad_8bit_state_is_refused_and_changes_nothing() -> None:
+    _, opt = run("Adam", {"state_precision": "8bit"}, steps=3)
+    before = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(before)
+    del bad["state"][0]["exp_avg_scale"]
+    with pytest.raises(ValueError, match="8-bit codes but the entry has no 'exp_avg_scale'"):
+        opt.load_state_dict(bad)
+    bad = copy.deepcopy(before)
+    bad["state"][0]["exp_avg_sq_scale"] = torch.ones(3)
+    with pytest.raises(ValueError, match="should hold 20 block scales"):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    for a, b in zip(after["state"].values(), before["state"].values(), strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+
+
+def test_bad_arguments() -> None:
+    p = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(
+        ValueError, match=r"state_precision='fp16' is invalid \(expected 'fp32', 'bf16' or '8bit'\)"
+    ):
+        adamkit.Adam(p, state_precision="fp16")
+    with pytest.raises(TypeError, match="stochastic_rounding must be True or False, got str"):
+        adamkit.AdamW(p, stochastic_rounding="yes")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------- memory report
+@pytest.mark.parametrize(
+    ("state_precision", "most"), [("fp32", 8.01), ("bf16", 4.01), ("8bit", 2.1)]
+)
+def test_state_memory(state_precision: str, most: float) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))
+    opt = adamkit.Adam(model.parameters(), state_precision=state_precision)
+    assert adamkit.state_memory(opt).total_bytes == 0  # no state before the first step
+    model(torch.randn(4, 512)).sum().backward()
+    opt.step()
+    report = adamkit.state_memory(opt)
+    assert report.params == 2 * (512 * 512 + 512)
+    assert report.bytes_per_param <= most
+    assert "bytes/param" in str(report)
+    torch_opt = torch.optim.Adam(model.parameters())
+    torch_opt.step()
+    assert adamkit.state_memory(torch_opt).bytes_per_param > 8.0  # any torch optimizer
