@@ -156,12 +156,13 @@ def test_kernel_8bit_codec_is_bit_identical(unsigned: bool) -> None:
     assert torch.equal(out.view(torch.int32), decoded.view(torch.int32))  # NaN bits included
 
 
-@pytest.mark.parametrize("stochastic", [True, False], ids=["stochastic", "nearest"])
-def test_kernel_bf16_rounding_is_bit_identical(stochastic: bool) -> None:
+@pytest.mark.parametrize("key", [None, "exp_avg", "exp_avg_sq", "param"])
+def test_kernel_bf16_rounding_is_bit_identical(key: str | None) -> None:
+    """Rounding to nearest (key None), and stochastic rounding with each noise stream: the
+    low half of the moments' hash (exp_avg), its high half (exp_avg_sq), the parameter's."""
     library = _kernel()
     x = _heavy_tailed(10_000, seed=4)
     x[:4] = torch.tensor([math.nan, math.inf, -math.inf, 3.4e38])
-    step, salt, key = 17.0, 5, "exp_avg_sq"
     out = torch.empty(x.shape, dtype=torch.bfloat16)
     void = ctypes.c_void_p
     library.adamkit_round_bf16.argtypes = [
@@ -169,18 +170,16 @@ def test_kernel_bf16_rounding_is_bit_identical(stochastic: bool) -> None:
         ctypes.c_int64,
         void,
         ctypes.c_int,
-        ctypes.c_double,
-        ctypes.c_uint32,
         ctypes.c_uint32,
     ]
-    key_id = precision.SALT_KEYS[key]
-    library.adamkit_round_bf16(
-        x.data_ptr(), x.numel(), out.data_ptr(), stochastic, step, salt, key_id
-    )
-    if stochastic:
-        expected = precision.to_bf16_stochastic(x, precision.rounding_seed(step, salt, key))
-    else:
+    if key is None:
+        library.adamkit_round_bf16(x.data_ptr(), x.numel(), out.data_ptr(), 0, 0)
         expected = x.bfloat16()
+    else:
+        seed = precision.rounding_seed(17.0, 5, key)
+        high = precision.NOISE[key][1]
+        library.adamkit_round_bf16(x.data_ptr(), x.numel(), out.data_ptr(), 1 if high else 2, seed)
+        expected = precision.to_bf16_stochastic(x, seed, high)
     nan = torch.isnan(x)
     assert torch.isnan(out[nan].float()).all() and torch.isnan(expected[nan].float()).all()
     assert torch.equal(out[~nan].view(torch.int16), expected[~nan].view(torch.int16))

@@ -132,24 +132,24 @@ static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
     m[i] = mi;
 #define SECOND(T) T vi = beta2 * v[i] + one_minus_beta2 * grad * grad; v[i] = vi;
 
-#define BODY_ADAM(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi / (SQRT(vi) / b + eps);
-#define BODY_AMSGRAD(T, SQRT, FABS)                                                             \
+#define BODY_ADAM(T, SQRT, FABS, DIVB) SECOND(T) p[i] = param - a * mi / (SQRT(vi) DIVB b + eps);
+#define BODY_AMSGRAD(T, SQRT, FABS, DIVB)                                                             \
     SECOND(T) T old = vmax[i], top = old > vi ? old : vi;                                       \
     vmax[i] = top;                                                                              \
-    p[i] = param - a * mi / (SQRT(top) / b + eps);
-#define BODY_RADAM(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
-#define BODY_RADAM_PLAIN(T, SQRT, FABS) SECOND(T) p[i] = param - a * mi;
+    p[i] = param - a * mi / (SQRT(top) DIVB b + eps);
+#define BODY_RADAM(T, SQRT, FABS, DIVB) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
+#define BODY_RADAM_PLAIN(T, SQRT, FABS, DIVB) SECOND(T) p[i] = param - a * mi;
 /* One division where torch's two addcdiv_ take two: NAdam would otherwise be compute-bound. */
-#define BODY_NADAM(T, SQRT, FABS)                                                               \
-    SECOND(T) T denom = SQRT(vi) / b + eps;                                                     \
+#define BODY_NADAM(T, SQRT, FABS, DIVB)                                                               \
+    SECOND(T) T denom = SQRT(vi) DIVB b + eps;                                                     \
     p[i] = param - (a * grad + c * mi) / denom;
-#define BODY_ADAMAX(T, SQRT, FABS)                                                              \
+#define BODY_ADAMAX(T, SQRT, FABS, DIVB)                                                              \
     T u = beta2 * v[i], norm = FABS(grad) + eps;                                                \
     u = u > norm ? u : norm;                                                                    \
     v[i] = u;                                                                                   \
     p[i] = param - a * mi / u;
 
-#define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, DECAY)                                         \
+#define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, DECAY)                                         \
     static void loop_##SUFFIX##_##KIND##_##DECAY(                                               \
         T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
         T c, int64_t n, T *restrict p, const T *restrict g, T *restrict m, T *restrict v,       \
@@ -157,13 +157,13 @@ static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
         (void)shrink, (void)wd, (void)b, (void)c, (void)vmax, (void)one_minus_beta2, (void)eps; \
         for (int64_t i = 0; i < n; i++) {                                                       \
             HEAD(T, DECAY)                                                                      \
-            BODY_##KIND(T, SQRT, FABS)                                                          \
+            BODY_##KIND(T, SQRT, FABS, DIVB)                                                          \
         }                                                                                       \
     }
-#define DEFINE_KIND(SUFFIX, T, SQRT, FABS, KIND)                                                \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 0)                                                 \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 1)                                                 \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, KIND, 2)
+#define DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, KIND)                                                \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, 0)                                                 \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, 1)                                                 \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, 2)
 /* The arguments every element loop takes, as dispatch_<SUFFIX> names them. */
 #define LOOP_ARGS(T)                                                                            \
     (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
@@ -175,13 +175,13 @@ static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
         else loop_##SUFFIX##_##KIND##_2 ARGS;                                                   \
         break;
 
-#define DEFINE_STEP(SUFFIX, T, SQRT, FABS)                                                       \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, ADAM)                                                    \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, AMSGRAD)                                                 \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, RADAM)                                                   \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, RADAM_PLAIN)                                             \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, NADAM)                                                   \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, ADAMAX)                                                  \
+#define DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, DIVB)                                                \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, ADAM)                                                    \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, AMSGRAD)                                                 \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, RADAM)                                                   \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, RADAM_PLAIN)                                             \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, NADAM)                                                   \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, ADAMAX)                                                  \
                                                                                                 \
     /* Scalars derived from the hyperparameters are computed in double and rounded once, as  \
      * torch passes Python floats (1 - beta2 = 0.001 exactly, not 1 - (float)0.999). */       \
@@ -200,8 +200,11 @@ static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
             CASE_KIND(SUFFIX, NADAM, decay, LOOP_ARGS(T))                                       \
             CASE_KIND(SUFFIX, ADAMAX, decay, LOOP_ARGS(T))                                      \
         }                                                                                       \
-    }                                                                                           \
-                                                                                                \
+    }
+
+/* The exact loops (torch's operation order) and the kernel entry for one element type. */
+#define DEFINE_STEP(SUFFIX, T, SQRT, FABS)                                                       \
+    DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, /)                                                      \
     int adamkit_fused_step_##SUFFIX(int algo, int flags, double lr, double beta1, double beta2, \
                                     double eps, double wd, double momentum_decay, int64_t count, \
                                     const int64_t *numels, T **params, T **grads,              \
@@ -232,14 +235,22 @@ DEFINE_STEP(f64, double, sqrt, fabs)
 /* ------------------------------------------------------------------------------------------
  * Low-precision storage: bf16 parameters, bf16 or 8-bit moments (adamkit/optim/_precision.py
  * defines the formats and implements them with torch operations; this is the same, bit for
- * bit). A chunk is processed in blocks of BLOCK elements: each stored tensor of the block is
+ * bit). A chunk is processed in tiles of TILE elements: each stored tensor of the tile is
  * decoded into an fp32 buffer on the stack (fp32 tensors are used in place), the fp32 element
  * loop above runs on the buffers, and the results are encoded back. Memory is read and written
- * once; the buffers stay in L1.
+ * once; the buffers stay in L1. 8-bit codes carry one scale per BLOCK elements.
  */
+/* The element loops of low-precision storage multiply by 1 / sqrt(1 - beta2^t) where the exact
+ * loops divide by sqrt(1 - beta2^t): one division fewer per element, a rounding difference
+ * (1 ulp of fp32) far below that of the storage. */
+DEFINE_LOOPS(wide, float, sqrtf, fabsf, *)
+
 #define BLOCK 256
+#define TILE 1024 /* a multiple of BLOCK that divides CHUNK */
 enum { F_F32 = 0, F_BF16 = 1, F_BF16_SR = 2, F_Q8 = 3 };
-enum { SALT_M = 0, SALT_V = 1, SALT_VMAX = 2, SALT_PARAM = 3 };
+/* Streams of rounding noise: one hash per element serves both moments (exp_avg takes its low
+ * 16 bits, the second moment its high 16 bits); max_exp_avg_sq and the parameter have their own. */
+enum { SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3 };
 #define M_OFFSET (112 << 23) /* float bits of 2**-15, the exp_avg code's smallest binade */
 #define V_OFFSET (96 << 23)  /* 2**-31, the second moments' */
 #define HALF_ULP (1 << 19)   /* half a unit of the 3-bit mantissa */
@@ -263,76 +274,104 @@ static inline uint32_t mix32(uint32_t x) {
     x *= 0x846ca68bu;
     return x ^ (x >> 16);
 }
-static uint32_t rounding_seed(double step, uint32_t salt, uint32_t key) {
-    return mix32((uint32_t)(int64_t)step * 0x9e3779b9u + salt * 0x85ebca6bu + key * 0xc2b2ae35u);
+static uint32_t rounding_seed(double step, uint32_t salt, uint32_t stream) {
+    return mix32((uint32_t)(int64_t)step * 0x9e3779b9u + salt * 0x85ebca6bu +
+                 stream * 0xc2b2ae35u);
 }
 
 static void load_bf16(float *restrict out, const uint16_t *restrict in, int n) {
     for (int i = 0; i < n; i++) out[i] = float_of((uint32_t)in[i] << 16);
 }
-static void store_bf16(uint16_t *restrict out, const float *restrict in, int n) {
-    for (int i = 0; i < n; i++) { /* round to nearest, ties to even; NaN stays NaN */
-        uint32_t u = bits_of(in[i]);
-        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-        out[i] = (uint16_t)(in[i] != in[i] ? 0x7fc0u : r);
-    }
+/* Round to nearest, ties to even; NaN stays NaN. */
+static inline uint16_t bf16_nearest(float x) {
+    uint32_t u = bits_of(x);
+    return (uint16_t)(x != x ? 0x7fc0u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
-/* Up with probability equal to the discarded fraction: unbiased. `first` numbers the elements. */
+/* Up with probability equal to the discarded fraction (`noise` is uniform on 0..0xffff):
+ * unbiased. The sum cannot carry out of 32 bits: only NaNs have bits above 0xffff0000, and
+ * they are replaced. */
+static inline uint16_t bf16_stochastic(float x, uint32_t noise) {
+    return (uint16_t)(x != x ? 0x7fc0u : (bits_of(x) + noise) >> 16);
+}
+static void store_bf16(uint16_t *restrict out, const float *restrict in, int n) {
+    for (int i = 0; i < n; i++) out[i] = bf16_nearest(in[i]);
+}
+/* Element `first + i` takes the high 16 bits of hash(index ^ seed). */
 static void store_bf16_stochastic(uint16_t *restrict out, const float *restrict in, int n,
                                   uint32_t seed, int64_t first) {
+    const uint32_t base = (uint32_t)first;
+    for (int i = 0; i < n; i++)
+        out[i] = bf16_stochastic(in[i], mix32((base + (uint32_t)i) ^ seed) >> 16);
+}
+/* Both moments from one hash per element: exp_avg the low 16 bits, the second the high. */
+static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restrict v_out,
+                                     const float *restrict m, const float *restrict v, int n,
+                                     uint32_t seed, int64_t first) {
+    const uint32_t base = (uint32_t)first;
     for (int i = 0; i < n; i++) {
-        uint32_t noise = mix32((uint32_t)(first + i) ^ seed) >> 16;
-        uint32_t r = (uint32_t)(((uint64_t)bits_of(in[i]) + noise) >> 16);
-        out[i] = (uint16_t)(in[i] != in[i] ? 0x7fc0u : r);
+        uint32_t r = mix32((base + (uint32_t)i) ^ seed);
+        m_out[i] = bf16_stochastic(m[i], r & 0xffffu);
+        v_out[i] = bf16_stochastic(v[i], r >> 16);
     }
 }
 
-static void decode_q8(float *restrict out, const uint8_t *restrict codes, float scale, int n,
-                      int is_unsigned) {
-    if (is_unsigned) {
-        for (int i = 0; i < n; i++) {
-            out[i] = float_of(((uint32_t)codes[i] << 20) + V_OFFSET) * scale;
-        }
-    } else {
-        for (int i = 0; i < n; i++) {
-            uint32_t c = codes[i], mag = c & 127u;
-            float x = mag ? float_of((mag << 20) + M_OFFSET) : 0.0f;
-            out[i] = (c & 128u ? -x : x) * scale;
+/* n elements from the start of a block run; scales[b] is the scale of the b-th block. */
+static void decode_q8(float *restrict out, const uint8_t *restrict codes,
+                      const float *restrict scales, int n, int is_unsigned) {
+    for (int b = 0; b * BLOCK < n; b++) {
+        const int lo = b * BLOCK, hi = n < lo + BLOCK ? n : lo + BLOCK;
+        const float scale = scales[b];
+        if (is_unsigned) {
+            for (int i = lo; i < hi; i++)
+                out[i] = float_of(((uint32_t)codes[i] << 20) + V_OFFSET) * scale;
+        } else {
+            for (int i = lo; i < hi; i++) {
+                uint32_t c = codes[i], mag = c & 127u;
+                float x = mag ? float_of((mag << 20) + M_OFFSET) : 0.0f;
+                out[i] = (c & 128u ? -x : x) * scale;
+            }
         }
     }
 }
-/* The block's scale is its largest magnitude, NaN if it holds a NaN (as torch's amax): the
- * bits of non-negative floats are ordered as the floats, and a NaN's are above infinity's. */
-static void encode_q8(uint8_t *restrict codes, float *scale, const float *restrict in, int n,
-                      int is_unsigned) {
-    uint32_t most_bits = 0;
-    for (int i = 0; i < n; i++) {
-        uint32_t a = bits_of(in[i]) & 0x7fffffffu;
-        most_bits = a > most_bits ? a : most_bits;
-    }
-    const float top = float_of(most_bits);
-    *scale = top;
-    const float divisor = top > 0.0f ? top : 1.0f;
+/* Each block's scale is its largest magnitude, NaN if it holds a NaN (as torch's amax): the
+ * bits of non-negative floats are ordered as the floats, and a NaN's are above infinity's.
+ * Magnitudes are normalized by multiplying with the scale's reciprocal (one division per
+ * block, as _precision.encode_8bit does). */
+static void encode_q8(uint8_t *restrict codes, float *restrict scales, const float *restrict in,
+                      int n, int is_unsigned) {
     const int32_t offset = is_unsigned ? V_OFFSET : M_OFFSET, most = is_unsigned ? 255 : 127;
-    for (int i = 0; i < n; i++) {
-        int32_t c = ((int32_t)bits_of(fabsf(in[i]) / divisor) - offset + HALF_ULP) >> 20;
-        c = c < 0 ? 0 : (c > most ? most : c);
-        codes[i] = (uint8_t)(c | (!is_unsigned && in[i] < 0.0f ? 128 : 0));
+    for (int b = 0; b * BLOCK < n; b++) {
+        const int lo = b * BLOCK, hi = n < lo + BLOCK ? n : lo + BLOCK;
+        uint32_t most_bits = 0;
+        for (int i = lo; i < hi; i++) {
+            uint32_t a = bits_of(in[i]) & 0x7fffffffu;
+            most_bits = a > most_bits ? a : most_bits;
+        }
+        const float top = float_of(most_bits);
+        scales[b] = top;
+        const float inverse = 1.0f / (top > 0.0f ? top : 1.0f);
+        for (int i = lo; i < hi; i++) {
+            int32_t c = ((int32_t)bits_of(fabsf(in[i]) * inverse) - offset + HALF_ULP) >> 20;
+            c = c < 0 ? 0 : (c > most ? most : c);
+            codes[i] = (uint8_t)(c | (!is_unsigned && in[i] < 0.0f ? 128 : 0));
+        }
     }
 }
 
-/* One stored state tensor's block as fp32: in place for fp32, else decoded into `buffer`. */
+/* One stored state tensor's tile as fp32: in place for fp32, else decoded into `buffer`. */
 static float *load_state(int fmt, void *base, const float *scales, int64_t e, int n,
                          int is_unsigned, float *buffer) {
     if (fmt == F_F32) return (float *)base + e;
-    if (fmt == F_Q8) decode_q8(buffer, (const uint8_t *)base + e, scales[e / BLOCK], n, is_unsigned);
-    else load_bf16(buffer, (const uint16_t *)base + e, n);
+    if (fmt == F_Q8)
+        decode_q8(buffer, (const uint8_t *)base + e, scales + e / BLOCK, n, is_unsigned);
+    else
+        load_bf16(buffer, (const uint16_t *)base + e, n);
     return buffer;
 }
 static void store_state(int fmt, void *base, float *scales, int64_t e, int n, int is_unsigned,
                         const float *value, uint32_t seed) {
     if (fmt == F_Q8)
-        encode_q8((uint8_t *)base + e, &scales[e / BLOCK], value, n, is_unsigned);
+        encode_q8((uint8_t *)base + e, scales + e / BLOCK, value, n, is_unsigned);
     else if (fmt == F_BF16_SR)
         store_bf16_stochastic((uint16_t *)base + e, value, n, seed, e);
     else if (fmt == F_BF16)
@@ -342,7 +381,8 @@ static void store_state(int fmt, void *base, float *scales, int64_t e, int n, in
 /* The fused step for fp32 or bf16 parameters whose state or rounding is not plain fp32.
  * param_fmt: F_F32, F_BF16 (round to nearest) or F_BF16_SR (stochastic); gradients have the
  * parameter's dtype. state_fmts[k]: tensor k's moments are F_F32, F_BF16, F_BF16_SR or F_Q8
- * (then *_scales[k] hold its block scales). salts[k] salts tensor k's stochastic rounding. */
+ * (then *_scales[k] hold its block scales). salts[k] salts tensor k's stochastic rounding.
+ * Adamax's exp_inf, like exp_avg_sq and max_exp_avg_sq, is non-negative: the unsigned code. */
 int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double beta2,
                             double eps, double wd, double momentum_decay, int64_t count,
                             const int64_t *numels, void **params, void **grads, void **exp_avgs,
@@ -356,22 +396,21 @@ int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double
              &first))
         return 1;
     const int64_t chunks = first[count];
-    /* Adamax's exp_inf, like exp_avg_sq and max_exp_avg_sq, is non-negative: the unsigned code. */
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
     for (int64_t j = 0; j < chunks; j++) {
         const int64_t k = tensor_of(first, count, j), start = (j - first[k]) * CHUNK;
         const int64_t end = numels[k] - start < CHUNK ? numels[k] : start + CHUNK;
         const int fmt = state_fmts[k];
-        const uint32_t salt = salts[k];
-        const uint32_t seed_p = rounding_seed(s[k].t, salt, SALT_PARAM);
-        const uint32_t seed_m = rounding_seed(s[k].t, salt, SALT_M);
-        const uint32_t seed_v = rounding_seed(s[k].t, salt, SALT_V);
-        const uint32_t seed_x = rounding_seed(s[k].t, salt, SALT_VMAX);
+        scalars_t sk = s[k];
+        sk.b = 1.0 / sk.b; /* dispatch_wide multiplies by it (unused where b is 0) */
+        const uint32_t seed_p = rounding_seed(s[k].t, salts[k], SALT_PARAM);
+        const uint32_t seed_mv = rounding_seed(s[k].t, salts[k], SALT_MOMENTS);
+        const uint32_t seed_x = rounding_seed(s[k].t, salts[k], SALT_MAX);
         float *ms = m_scales ? m_scales[k] : NULL, *vs = v_scales ? v_scales[k] : NULL;
         float *xs = max_scales ? max_scales[k] : NULL;
-        float pb[BLOCK], gb[BLOCK], mb[BLOCK], vb[BLOCK], xb[BLOCK];
-        for (int64_t e = start; e < end; e += BLOCK) {
-            const int n = (int)(end - e < BLOCK ? end - e : BLOCK);
+        _Alignas(64) float pb[TILE], gb[TILE], mb[TILE], vb[TILE], xb[TILE];
+        for (int64_t e = start; e < end; e += TILE) {
+            const int n = (int)(end - e < TILE ? end - e : TILE);
             float *p = (float *)params[k] + e;
             const float *g = (const float *)grads[k] + e;
             if (param_fmt != F_F32) {
@@ -383,13 +422,18 @@ int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double
             float *m = load_state(fmt, exp_avgs[k], ms, e, n, 0, mb);
             float *v = load_state(fmt, seconds[k], vs, e, n, 1, vb);
             float *x = maxes ? load_state(fmt, maxes[k], xs, e, n, 1, xb) : NULL;
-            dispatch_f32(s[k].kind, flags, lr, beta1, beta2, eps, wd, &s[k], n, p, g, m, v, x);
+            dispatch_wide(sk.kind, flags, lr, beta1, beta2, eps, wd, &sk, n, p, g, m, v, x);
             if (param_fmt == F_BF16_SR)
                 store_bf16_stochastic((uint16_t *)params[k] + e, pb, n, seed_p, e);
             else if (param_fmt == F_BF16)
                 store_bf16((uint16_t *)params[k] + e, pb, n);
-            store_state(fmt, exp_avgs[k], ms, e, n, 0, m, seed_m);
-            store_state(fmt, seconds[k], vs, e, n, 1, v, seed_v);
+            if (fmt == F_BF16_SR) {
+                store_moments_stochastic((uint16_t *)exp_avgs[k] + e, (uint16_t *)seconds[k] + e,
+                                         m, v, n, seed_mv, e);
+            } else {
+                store_state(fmt, exp_avgs[k], ms, e, n, 0, m, 0);
+                store_state(fmt, seconds[k], vs, e, n, 1, v, 0);
+            }
             if (maxes) store_state(fmt, maxes[k], xs, e, n, 1, x, seed_x);
         }
     }
@@ -400,22 +444,24 @@ int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double
 
 /* The codecs on their own, for the tests that hold them equal to adamkit/optim/_precision.py. */
 void adamkit_encode_q8(const float *in, int64_t n, uint8_t *codes, float *scales, int is_unsigned) {
-    for (int64_t e = 0; e < n; e += BLOCK)
-        encode_q8(codes + e, &scales[e / BLOCK], in + e, (int)(n - e < BLOCK ? n - e : BLOCK),
+    for (int64_t e = 0; e < n; e += TILE)
+        encode_q8(codes + e, scales + e / BLOCK, in + e, (int)(n - e < TILE ? n - e : TILE),
                   is_unsigned);
 }
 void adamkit_decode_q8(const uint8_t *codes, const float *scales, int64_t n, float *out,
                        int is_unsigned) {
-    for (int64_t e = 0; e < n; e += BLOCK)
-        decode_q8(out + e, codes + e, scales[e / BLOCK], (int)(n - e < BLOCK ? n - e : BLOCK),
+    for (int64_t e = 0; e < n; e += TILE)
+        decode_q8(out + e, codes + e, scales + e / BLOCK, (int)(n - e < TILE ? n - e : TILE),
                   is_unsigned);
 }
-void adamkit_round_bf16(const float *in, int64_t n, uint16_t *out, int stochastic, double step,
-                        uint32_t salt, uint32_t key) {
-    const uint32_t seed = rounding_seed(step, salt, key);
-    for (int64_t e = 0; e < n; e += BLOCK) {
-        const int m = (int)(n - e < BLOCK ? n - e : BLOCK);
-        if (stochastic) store_bf16_stochastic(out + e, in + e, m, seed, e);
-        else store_bf16(out + e, in + e, m);
+/* stochastic: 0 nearest; 1 the high 16 bits of the hash (a second moment, max, parameter);
+ * 2 the low 16 bits (exp_avg). */
+void adamkit_round_bf16(const float *in, int64_t n, uint16_t *out, int stochastic,
+                        uint32_t seed) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t r = mix32((uint32_t)i ^ seed);
+        out[i] = stochastic == 0   ? bf16_nearest(in[i])
+                 : stochastic == 1 ? bf16_stochastic(in[i], r >> 16)
+                                   : bf16_stochastic(in[i], r & 0xffffu);
     }
 }

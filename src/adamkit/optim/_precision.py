@@ -68,8 +68,16 @@ MIN_NUMEL = 4096
 
 # Stored formats of one state tensor (the kernel's codes, see fused_cpu.c).
 NATIVE, BF16, BF16_SR, Q8 = 0, 1, 2, 3
-# Keys that salt the stochastic-rounding hash (the kernel uses the same numbers).
-SALT_KEYS = {"exp_avg": 0, "exp_avg_sq": 1, "exp_inf": 1, "max_exp_avg_sq": 2, "param": 3}
+# The stochastic-rounding noise of each tensor: (hash stream, which 16 bits of the hash). One
+# hash per element serves both moments: exp_avg takes its low half, the second moment its high
+# half (the kernel's SALT_* streams).
+NOISE = {
+    "exp_avg": (0, False),
+    "exp_avg_sq": (0, True),
+    "exp_inf": (0, True),
+    "max_exp_avg_sq": (2, True),
+    "param": (3, True),
+}
 # Which moments are non-negative (the unsigned code).
 UNSIGNED = frozenset({"exp_avg_sq", "exp_inf", "max_exp_avg_sq"})
 
@@ -118,21 +126,23 @@ def _mix32_int(x: int) -> int:
 
 def rounding_seed(step: float, salt: int, key: str) -> int:
     """The hash seed for one tensor's stochastic rounding at ``step`` (as the kernel's)."""
-    mixed = int(step) * 0x9E3779B9 + salt * 0x85EBCA6B + SALT_KEYS[key] * 0xC2B2AE35
+    mixed = int(step) * 0x9E3779B9 + salt * 0x85EBCA6B + NOISE[key][0] * 0xC2B2AE35
     return _mix32_int(mixed & _MASK32)
 
 
-def random_bits(numel: int, seed: int, device: torch.device | None = None) -> Tensor:
-    """Uniform 16-bit integers (int64) for elements ``0..numel-1`` under ``seed``."""
-    index = torch.arange(numel, dtype=torch.int64, device=device)
-    return _mix32(index ^ seed) >> 16
+def random_bits(numel: int, seed: int, high: bool, device: torch.device | None = None) -> Tensor:
+    """Uniform 16-bit integers (int64) for elements ``0..numel-1`` under ``seed``: the high or
+    the low half of a 32-bit hash of each element's index."""
+    hashed = _mix32(torch.arange(numel, dtype=torch.int64, device=device) ^ seed)
+    return hashed >> 16 if high else hashed & 0xFFFF
 
 
-def to_bf16_stochastic(x: Tensor, seed: int) -> Tensor:
+def to_bf16_stochastic(x: Tensor, seed: int, high: bool = True) -> Tensor:
     """Round fp32 ``x`` to bfloat16 stochastically: up with probability equal to the fraction
-    of the way to the next bfloat16, so ``E[result] = x``. NaN stays NaN; infinities stay."""
+    of the way to the next bfloat16, so ``E[result] = x``. NaN stays NaN; infinities stay.
+    ``high`` picks which half of the hash is the noise (see :data:`NOISE`)."""
     bits = x.contiguous().view(torch.int32).to(torch.int64) & _MASK32
-    noise = random_bits(x.numel(), seed, x.device).view(x.shape)
+    noise = random_bits(x.numel(), seed, high, x.device).view(x.shape)
     rounded = (bits + noise) >> 16
     rounded = torch.where(torch.isnan(x), 0x7FC0, rounded)
     return (rounded - ((rounded & 0x8000) << 1)).to(torch.int16).view(torch.bfloat16)
@@ -148,7 +158,7 @@ def encode_8bit(x: Tensor, unsigned: bool) -> tuple[Tensor, Tensor]:
     magnitude = padded.abs()
     scale = magnitude.amax(dim=1)
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
-    bits = (magnitude / divisor[:, None]).view(torch.int32)
+    bits = (magnitude * (1.0 / divisor)[:, None]).view(torch.int32)  # as the kernel
     if unsigned:
         codes = ((bits - _V_OFFSET + _HALF) >> 20).clamp_(0, 255)
     else:
@@ -193,8 +203,9 @@ def encode(value: Tensor, fmt: int, key: str, param: Tensor, seed: int | None) -
         codes, scale = encode_8bit(value.float(), key in UNSIGNED)
         return {key: codes, scale_key(key): scale}
     if fmt == BF16_SR:
-        bf16 = to_bf16_stochastic(value.float(), seed) if seed is not None else value.bfloat16()
-        return {key: bf16}
+        if seed is None:
+            return {key: value.bfloat16()}
+        return {key: to_bf16_stochastic(value.float(), seed, high=NOISE[key][1])}
     return {key: value.to(param.dtype)}
 
 
