@@ -68,8 +68,6 @@ import adamkit
 HERE = Path(__file__).resolve().parent
 CEILING_SOURCE = HERE / "ceiling.c"
 CEILING_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
-BEGIN_MARKER = "<!-- bench_step:begin -->"
-END_MARKER = "<!-- bench_step:end -->"
 
 WARMUP_STEPS = 3
 MIN_CALIBRATION_STEPS = 3
@@ -725,13 +723,15 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace this benchmark's marked section of ``path`` (appending it if absent)."""
-    section = f"{BEGIN_MARKER}\n{body.rstrip()}\n{END_MARKER}"
+def write_section(path: Path, body: str, name: str = "bench_step") -> None:
+    """Replace the section of ``path`` marked ``<!-- {name}:begin/end -->`` (appending it if
+    absent), keeping the rest of the file."""
+    begin_marker, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin_marker}\n{body.rstrip()}\n{end_marker}"
     text = path.read_text() if path.exists() else ""
-    start, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    start, end = text.find(begin_marker), text.find(end_marker)
     if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(END_MARKER) :]
+        text = text[:start] + section + text[end + len(end_marker) :]
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
     path.write_text(text)
