@@ -266,13 +266,22 @@ static inline float float_of(uint32_t u) {
     return x;
 }
 
-/* lowbias32, a 32-bit integer hash: the random bits of stochastic rounding. */
+/* lowbias32, a 32-bit integer hash: each tensor's rounding seed per step. */
 static inline uint32_t mix32(uint32_t x) {
     x ^= x >> 16;
     x *= 0x7feb352du;
     x ^= x >> 15;
     x *= 0x846ca68bu;
     return x ^ (x >> 16);
+}
+/* The noise of element i is noise_hash(i ^ seed). Its first half round is enough: for a fixed
+ * element, i ^ seed is uniform over the steps because the seed is, and a bijection of a
+ * uniform value is uniform, so every rounding is unbiased; the multiply only decorrelates
+ * neighbouring elements within a step (it costs half of lowbias32). */
+static inline uint32_t noise_hash(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    return x ^ (x >> 15);
 }
 static uint32_t rounding_seed(double step, uint32_t salt, uint32_t stream) {
     return mix32((uint32_t)(int64_t)step * 0x9e3779b9u + salt * 0x85ebca6bu +
@@ -296,12 +305,12 @@ static inline uint16_t bf16_stochastic(float x, uint32_t noise) {
 static void store_bf16(uint16_t *restrict out, const float *restrict in, int n) {
     for (int i = 0; i < n; i++) out[i] = bf16_nearest(in[i]);
 }
-/* Element `first + i` takes the high 16 bits of hash(index ^ seed). */
+/* Element `first + i` takes the high 16 bits of noise_hash(index ^ seed). */
 static void store_bf16_stochastic(uint16_t *restrict out, const float *restrict in, int n,
                                   uint32_t seed, int64_t first) {
     const uint32_t base = (uint32_t)first;
     for (int i = 0; i < n; i++)
-        out[i] = bf16_stochastic(in[i], mix32((base + (uint32_t)i) ^ seed) >> 16);
+        out[i] = bf16_stochastic(in[i], noise_hash((base + (uint32_t)i) ^ seed) >> 16);
 }
 /* Both moments from one hash per element: exp_avg the low 16 bits, the second the high. */
 static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restrict v_out,
@@ -309,7 +318,7 @@ static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restric
                                      uint32_t seed, int64_t first) {
     const uint32_t base = (uint32_t)first;
     for (int i = 0; i < n; i++) {
-        uint32_t r = mix32((base + (uint32_t)i) ^ seed);
+        uint32_t r = noise_hash((base + (uint32_t)i) ^ seed);
         m_out[i] = bf16_stochastic(m[i], r & 0xffffu);
         v_out[i] = bf16_stochastic(v[i], r >> 16);
     }
@@ -459,7 +468,7 @@ void adamkit_decode_q8(const uint8_t *codes, const float *scales, int64_t n, flo
 void adamkit_round_bf16(const float *in, int64_t n, uint16_t *out, int stochastic,
                         uint32_t seed) {
     for (int64_t i = 0; i < n; i++) {
-        uint32_t r = mix32((uint32_t)i ^ seed);
+        uint32_t r = noise_hash((uint32_t)i ^ seed);
         out[i] = stochastic == 0   ? bf16_nearest(in[i])
                  : stochastic == 1 ? bf16_stochastic(in[i], r >> 16)
                                    : bf16_stochastic(in[i], r & 0xffffu);
