@@ -57,6 +57,8 @@ STATE_DICT_LABELS = [
     "'exp_avg' of the wrong shape",
     "'step' with two elements",
     "an integer 'exp_avg'",
+    "8-bit 'exp_avg' codes without their scales",
+    "8-bit codes with the wrong number of block scales",
 ]
 
 

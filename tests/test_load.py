@@ -191,6 +191,28 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
         ValueError,
         r"state 'exp_avg' is torch.int64",
     ),
+    (
+        lambda sd: {
+            **sd,
+            "state": {0: {**sd["state"][0], "exp_avg": torch.zeros(3, dtype=torch.uint8)}},
+        },
+        ValueError,
+        r"state 'exp_avg' holds 8-bit codes but the entry has no 'exp_avg_scale'",
+    ),
+    (
+        lambda sd: {
+            **sd,
+            "state": {
+                0: {
+                    **sd["state"][0],
+                    "exp_avg": torch.zeros(3, dtype=torch.uint8),
+                    "exp_avg_scale": torch.zeros(5),
+                }
+            },
+        },
+        ValueError,
+        r"state 'exp_avg_scale' should hold 1 block scales \(a 1-d float tensor\)",
+    ),
 ]
 
 
