@@ -51,7 +51,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"nonfinite": "ignore"}, ValueError, r"nonfinite='ignore' is invalid \(expected None"),
     ({"max_grad_norm": 0.0}, ValueError, r"Invalid max_grad_norm value: max_grad_norm=0\.0"),
     ({"max_grad_norm": math.inf}, ValueError, r"Invalid max_grad_norm value: max_grad_norm=inf"),
-    ({"state_precision": "fp16"}, ValueError, r"state_precision='fp16' is invalid \\(expected"),
+    ({"state_precision": "fp16"}, ValueError, r"state_precision='fp16' is invalid \(expected"),
     ({"state_precision": 8}, ValueError, r"state_precision=8 is invalid"),
     ({"stochastic_rounding": "yes"}, TypeError, r"stochastic_rounding must be True or False"),
 ]
