@@ -16,6 +16,12 @@ the median per-step time):
   parameters and gradients; torch keeps bf16 state, adamkit here bf16 state with
   ``stochastic_rounding=True``), for reference: these move fewer bytes than the baseline.
 
+To tell memory from arithmetic, the same variants are then timed on one tensor of 65,536
+elements, whose parameters, gradients and state stay in the cores' L2 caches, and on one of 16
+elements (per-step overhead); ``(t_65536 - t_16) / 65,536`` is the time per element when memory
+is free: the compute cost of the update and its codecs. A step over the big case cannot beat
+its variant's compute time, so this bounds the speedup any memory saving can buy here.
+
 For each it reports the optimizer state memory from :func:`adamkit.state_memory` (bytes per
 parameter, after the warm-up steps), the bytes each step reads and writes per element, and the
 achieved GB/s. Targets (issue "memory-lean state"): bf16 <= 4.0 bytes/param and >= 1.3x
@@ -132,6 +138,11 @@ class Row:
     seconds: float | None
     bytes_per_param: float | None
     why_missing: str = ""
+    compute_ns: float | None = None  # per element, with the tensors in cache
+
+
+RESIDENT = Case("L2", "1 tensor of 65,536 (in cache)", ((65_536,),))
+TINY = Case("tiny", "1 tensor of 16", ((16,),))
 
 
 def measure(case: Case, algs: Sequence[Algorithm], reps: int, target: float) -> list[Row]:
@@ -149,14 +160,42 @@ def measure(case: Case, algs: Sequence[Algorithm], reps: int, target: float) -> 
         ready = warm_up(contenders, skipped)
         run_interleaved(ready, reps, target, alg.name)
         timed = {c.name: c.median() for c in ready}
-        for variant in VARIANTS:
-            opt = optimizers.get(variant.name)
-            memory = adamkit.state_memory(opt).bytes_per_param if opt is not None else None
-            rows.append(
-                Row(alg, variant, timed.get(variant.name), memory, skipped.get(variant.name, ""))
-            )
+        memory = {
+            name: adamkit.state_memory(opt).bytes_per_param for name, opt in optimizers.items()
+        }
         del optimizers, contenders, ready
+        compute = compute_per_element(alg, reps, target)
+        for variant in VARIANTS:
+            rows.append(
+                Row(
+                    alg,
+                    variant,
+                    timed.get(variant.name),
+                    memory.get(variant.name),
+                    skipped.get(variant.name, ""),
+                    compute.get(variant.name),
+                )
+            )
     return rows
+
+
+def compute_per_element(alg: Algorithm, reps: int, target: float) -> dict[str, float]:
+    """Seconds per element of each variant's step with everything in cache (see above)."""
+    times: dict[tuple[str, str], float] = {}
+    for case in (RESIDENT, TINY):
+        contenders = [
+            Contender(f"{v.name}", _optimizer(alg, v, case).step)
+            for v in VARIANTS
+            if v.library == "adamkit" or alg.torch_has_fused
+        ]
+        ready = warm_up(contenders, {})
+        run_interleaved(ready, reps, target, f"{alg.name} {case.title}")
+        times.update({(c.name, case.key): c.median() for c in ready})
+    return {
+        name: (times[name, RESIDENT.key] - times[name, TINY.key]) / RESIDENT.numel * 1e9
+        for name, key in times
+        if key == RESIDENT.key and (name, TINY.key) in times
+    }
 
 
 def render(rows: list[Row], case: Case, reps: int, target: float, busy: str, command: str) -> str:
@@ -176,6 +215,8 @@ def render(rows: list[Row], case: Case, reps: int, target: float, busy: str, com
                 fmt(ratio, ".2f", "x"),
                 f"{r.variant.bytes_per_element:.2f}",
                 fmt(gbs, ".1f"),
+                fmt(r.compute_ns, ".2f"),
+                fmt(case.numel * r.compute_ns * 1e-6 if r.compute_ns else None, ".1f"),
                 r.variant.target or r.why_missing,
             ]
         )
@@ -187,6 +228,8 @@ def render(rows: list[Row], case: Case, reps: int, target: float, busy: str, com
         f"vs {BASELINE}",
         "bytes moved/elem",
         "GB/s",
+        "compute ns/elem (in cache)",
+        "compute-only ms/step",
         "target",
     ]
     parts = [
@@ -196,7 +239,10 @@ def render(rows: list[Row], case: Case, reps: int, target: float, busy: str, com
         f"Case {case.label()}, {case.numel:,} elements. Median of {reps} interleaved reps, each "
         f"about {target:g} s of steps; ratios are {BASELINE} time / time (> 1 is faster). "
         "State B/param is `adamkit.state_memory(opt).bytes_per_param` (every state tensor, "
-        "step counters and 8-bit block scales included).",
+        "step counters and 8-bit block scales included). Compute ns/elem: the step time per "
+        f"element on {RESIDENT.title} minus that of {TINY.title}, divided by "
+        f"{RESIDENT.numel:,}; compute-only ms/step: that times this case's elements, the time "
+        "the step would take if memory cost nothing.",
         table(header, body),
     ]
     return "\n\n".join(parts) + "\n"
