@@ -41,6 +41,7 @@ def test_plain_loop() -> None:
 
 def test_pytorch_lightning_configure_optimizers(tmp_path: Path) -> None:
     import lightning.pytorch as lightning
+
     x, y = _regression_data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
 
@@ -83,6 +84,7 @@ def test_pytorch_lightning_configure_optimizers(tmp_path: Path) -> None:
 
 def test_hugging_face_trainer(tmp_path: Path) -> None:
     import transformers
+
     config = transformers.BertConfig(
         vocab_size=30,
         hidden_size=16,

@@ -250,8 +250,40 @@ def test_checkpoints_of_every_released_format_load_and_continue(
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt.step()
+    # The files were written on the foreach path. With 8-bit state (format 2) the fused
+    # kernel's last-ulp differences can flip a code, which moves a parameter by a fraction of
+    # lr per step (tests/test_precision.py bounds it by 0.1 lr).
+    coded = saved["kwargs"].get("state_precision") == "8bit" and execution.get("fused")
+    tolerance = 0.1 * 0.01 * len(saved["grads"]) if coded else 1e-6
     for p, expected in zip(params, saved["expected"], strict=True):
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(p.detach(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_8bit_checkpoints_are_format_2_and_others_format_1() -> None:
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    for precision, fmt in (("fp32", 1), ("bf16", 1), ("8bit", 2)):
+        opt = adamkit.Adam([p], state_precision=precision)
+        p.grad = torch.ones_like(p)
+        opt.step()
+        assert opt.state_dict()["adamkit"]["format"] == fmt
+        full = adamkit.full_precision_state(opt.state_dict())
+        assert full["adamkit"]["format"] == 1
+        assert all(v.dtype == torch.float32 for v in full["state"][0].values())
+        torch.optim.Adam([p]).load_state_dict(full)  # torch reads it
+
+
+def test_loaded_state_is_not_shared_with_the_state_dict() -> None:
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.Adam([p], state_precision="8bit")
+    p.grad = torch.ones_like(p)
+    opt.step()
+    saved = opt.state_dict()
+    snapshot = {k: v.clone() for k, v in saved["state"][0].items()}
+    again = adamkit.Adam([p], state_precision="8bit")
+    again.load_state_dict(saved)
+    again.step()
+    for key, value in saved["state"][0].items():
+        assert torch.equal(value, snapshot[key]), key
 
 
 def test_every_format_up_to_the_current_one_has_files() -> None:

@@ -433,3 +433,46 @@ def test_state_memory(state_precision: str, most: float) -> None:
     torch_opt = torch.optim.Adam(model.parameters())
     torch_opt.step()
     assert adamkit.state_memory(torch_opt).bytes_per_param > 8.0  # any torch optimizer
+
+
+# ---------------------------------------------------------------- changing the settings
+@pytest.mark.parametrize("path", [{"fused": True}, {"foreach": True}], ids=["fused", "foreach"])
+def test_state_keeps_its_format_when_the_group_setting_changes(path: dict) -> None:
+    ps = make_params()
+    opt = adamkit.Adam(ps, state_precision="bf16", **path)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    opt.param_groups[0]["state_precision"] = "8bit"  # existing state stays bf16
+    ps[1].grad = None  # a different set of parameters: the fused plan is rebuilt
+    opt.step()
+    assert all(opt.state[p]["exp_avg"].dtype == torch.bfloat16 for p in ps)
+    late = torch.zeros(64, 80, requires_grad=True)
+    opt.add_param_group({"params": [late], "state_precision": "8bit"})
+    late.grad = torch.ones_like(late)
+    opt.step()
+    assert opt.state[late]["exp_avg"].dtype == torch.uint8  # new state takes the new setting
+    # A checkpoint converts: load it back and everything is 8-bit where the size allows.
+    opt.load_state_dict(opt.state_dict())
+    assert opt.state[ps[0]]["exp_avg"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("path", [{}, {"foreach": True}], ids=["default", "foreach"])
+def test_turning_stochastic_rounding_off_takes_effect(path: dict) -> None:
+    # By default the kernel steps these bf16 parameters while they round stochastically; after
+    # the switch they step as torch's do (foreach): the cached kernel plan must not survive.
+    def final(steps: int, switch_at: int | None) -> torch.Tensor:
+        p = torch.ones(20_000, dtype=torch.bfloat16, requires_grad=True)
+        opt = adamkit.Adam([p], lr=1e-4, stochastic_rounding=True, **path)
+        for step in range(steps):
+            if step == switch_at:
+                opt.param_groups[0]["stochastic_rounding"] = False
+            p.grad = torch.ones_like(p)
+            opt.step()
+        return p.detach().clone()
+
+    # After the switch, updates of lr = 1e-4 round back to the same bf16 value: nothing moves,
+    # so 10 stochastic steps then 10 rounded to nearest end where 10 stochastic steps end.
+    ten = final(10, None)
+    assert not torch.equal(ten, torch.ones_like(ten))
+    assert torch.equal(final(20, 10), ten)

@@ -14,6 +14,7 @@ from .optim import (
     NAdam,
     RAdam,
     StateMemory,
+    full_precision_state,
     rectification,
     state_memory,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "StateMemory",
     "Telemetry",
     "__version__",
+    "full_precision_state",
     "get_lr",
     "lr_find",
     "param_groups",

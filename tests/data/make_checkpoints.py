@@ -27,9 +27,15 @@ ALGORITHMS = {
 BEFORE, AFTER = 8, 4
 
 
+#: What each format adds: format 2 files hold 8-bit state (a tensor big enough to be coded).
+FORMAT_KWARGS: dict[int, dict[str, object]] = {1: {}, 2: {"state_precision": "8bit"}}
+FORMAT_SHAPES: dict[int, list[tuple[int, ...]]] = {1: [(3, 2), (4,)], 2: [(3, 2), (4,), (64, 80)]}
+
+
 def make(name: str, kwargs: dict[str, object]) -> dict[str, object]:
     generator = torch.Generator().manual_seed(7)
-    params = [torch.randn(3, 2, generator=generator), torch.randn(4, generator=generator)]
+    kwargs = {**kwargs, **FORMAT_KWARGS[STATE_FORMAT]}
+    params = [torch.randn(shape, generator=generator) for shape in FORMAT_SHAPES[STATE_FORMAT]]
     named = [(f"layer.{i}", p.requires_grad_()) for i, p in enumerate(params)]
     optimizer = getattr(adamkit, name)(named, lr=0.01, foreach=True, **kwargs)
     grads = [

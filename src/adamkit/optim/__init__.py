@@ -1,7 +1,7 @@
 """adamkit's optimizers: one base, one rule per algorithm, several execution paths."""
 
 from ._checkpoint import STATE_FORMAT, LoadReport
-from ._precision import StateMemory, state_memory
+from ._precision import StateMemory, full_precision_state, state_memory
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .nadam import NAdam
@@ -16,6 +16,7 @@ __all__ = [
     "NAdam",
     "RAdam",
     "StateMemory",
+    "full_precision_state",
     "rectification",
     "state_memory",
 ]

@@ -19,7 +19,14 @@ from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar
 from ._core import Bucket, Hyper, Rule, real_view
 from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
 from ._paths import PATHS, TensorOps
-from ._precision import convert, needs_widening, scale_key, state_format, widened_step
+from ._precision import (
+    convert,
+    needs_widening,
+    scale_key,
+    state_format,
+    stored_format,
+    widened_step,
+)
 from ._precision import zeros as zero_state
 from ._validation import check_group, scalar_value
 
@@ -127,12 +134,19 @@ class AdamFamily(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's optimizer state dict, plus ``"adamkit": {"format", "version"}``.
 
-        torch.optim ignores the extra entry, so the checkpoint still loads there.
+        torch.optim ignores the extra entry, so the checkpoint still loads there, unless it
+        holds 8-bit state (format 2), which torch would misread: pass it through
+        :func:`adamkit.full_precision_state` first.
         """
         from .. import __version__
 
         state = super().state_dict()
-        state["adamkit"] = {"format": STATE_FORMAT, "version": __version__}
+        coded = any(
+            isinstance(v, Tensor) and v.dtype == torch.uint8
+            for entry in state["state"].values()
+            for v in entry.values()
+        )
+        state["adamkit"] = {"format": STATE_FORMAT if coded else 1, "version": __version__}
         return state
 
     def load_state_dict(  # type: ignore[override]
@@ -356,7 +370,7 @@ class AdamFamily(Optimizer):
     ) -> None:
         """Run the rule on one bucket, through fp32 copies where the state (or the parameters'
         rounding) is not the plain full-precision kind."""
-        formats = [state_format(p, group["state_precision"]) for p in params]
+        formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
         if not needs_widening(params, formats, stochastic):
             type(self)._rule(path, self._bucket(params, moment_keys), hyper)
@@ -373,6 +387,11 @@ class AdamFamily(Optimizer):
             hyper,
             stochastic,
         )
+
+    def _formats(self, params: list[Tensor], group: dict[str, Any]) -> list[int]:
+        """How each parameter's state is stored (see ``_precision.stored_format``)."""
+        precision = group["state_precision"]
+        return [stored_format(p, self.state[p], precision) for p in params]
 
     def _salts(self, params: list[Tensor]) -> list[int]:
         """Each parameter's position in the optimizer: it salts stochastic rounding."""
@@ -393,8 +412,10 @@ class AdamFamily(Optimizer):
         """Step ``params`` with the fused kernel, one call per (device, dtype) bucket; a bucket
         it cannot take runs on the foreach path (or raises, when ``fused=True`` was asked)."""
         plans = self.__dict__.setdefault("_fused_plans", {})
-        key = tuple(map(id, params))
-        grad_of = dict(zip(key, grads, strict=True))
+        ids = tuple(map(id, params))
+        grad_of = dict(zip(ids, grads, strict=True))
+        # A plan fixes the storage and the rounding, so a change of either builds a new one.
+        key = (ids, group["state_precision"], group["stochastic_rounding"], hyper.amsgrad)
         cached = plans.get(id(group))
         if cached is None or cached[0] != key:
             entries = [
@@ -429,7 +450,7 @@ class AdamFamily(Optimizer):
     ) -> tuple[FusedPlan | None, str | None]:
         """The kernel's plan for one bucket, or why the kernel cannot step it."""
         bucket = self._bucket(params, moment_keys)
-        formats = [state_format(p, group["state_precision"]) for p in params]
+        formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
         widened = needs_widening(params, formats, stochastic)
         reason = fused_unsupported(bucket, widened)

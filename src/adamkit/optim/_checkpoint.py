@@ -27,8 +27,12 @@ from ._precision import blocks, scale_key
 
 __all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare", "scalar_state"]
 
-#: The optimizer state format this release writes (``state_dict()["adamkit"]["format"]``).
-STATE_FORMAT = 1
+#: The newest optimizer state format this release reads and writes
+#: (``state_dict()["adamkit"]["format"]``). Format 1: every moment is a tensor shaped like its
+#: parameter, as in torch.optim. Format 2: a moment may also be 8-bit codes (uint8, shaped like
+#: the parameter) with its block scales in ``<key>_scale``; ``state_dict()`` writes 2 only when
+#: the state holds such codes, so other checkpoints stay readable by format-1 releases.
+STATE_FORMAT = 2
 _SCALAR_KEYS = ("step", "mu_product")
 _SHOWN = 8
 
@@ -54,7 +58,7 @@ def scalar_state(value: Any, dtype: torch.dtype) -> Tensor:
     """A 0-d CPU tensor of ``dtype`` holding a scalar state entry (``step``, ``mu_product``)."""
     if isinstance(value, Tensor):
         if value.dim() == 0 and value.dtype == dtype and value.device.type == "cpu":
-            return value
+            return value.clone()  # never shared with the caller's state dict
         value = value.item()
     return torch.tensor(float(value), dtype=dtype)
 

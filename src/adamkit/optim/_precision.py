@@ -8,7 +8,8 @@ Adamax's ``exp_inf``) are *stored*; the update math always runs in fp32. Per par
   per-step change is below bf16's resolution still moves on average). 4 bytes per parameter.
 * ``"8bit"``: one byte per element and one fp32 scale per block of :data:`BLOCK` elements
   (2.03 bytes per parameter for Adam). Tensors smaller than :data:`MIN_NUMEL` elements keep
-  full-precision state: their blocks would cost more in scales than they save.
+  full-precision state (as ``"fp32"``): biases and norms, a sliver of the memory, whose
+  quantization would cost quality for nothing.
 
 float64 and complex parameters always keep full-precision state.
 
@@ -30,8 +31,11 @@ of Li et al. 2023, which the study measured in a bitsandbytes-style dynamic map:
 table stops at 3e-7, where real second moments reach 1e-10 of their block's maximum).
 
 Stochastic rounding uses a counter-based hash of (element index, step, parameter, state key),
-so it is reproducible, resumes exactly from a checkpoint, and gives the same bits on every
-execution path (the fused kernel computes the same hash).
+so it is reproducible and resumes exactly from a checkpoint. The fused kernel computes the same
+noise and the same codecs bit for bit; its fp32 update arithmetic differs from the eager
+paths' by an ulp (it multiplies by ``1 / sqrt(1 - beta2^t)`` where they divide), which can flip
+a rounding decision, so a run resumes bit for bit on the path that wrote the checkpoint.
+A non-finite moment poisons its whole 8-bit block (its scale becomes inf or NaN).
 
 Everything here is written with torch operations; ``kernels/fused_cpu.c`` implements the same
 codecs bit for bit inside its update loop.
@@ -57,6 +61,7 @@ __all__ = [
     "decode",
     "decode_8bit",
     "encode_8bit",
+    "full_precision_state",
     "state_format",
     "state_memory",
     "to_bf16_stochastic",
@@ -96,9 +101,27 @@ def state_format(param: Tensor, precision: str) -> int:
     """How ``param``'s moments are stored under ``precision`` (NATIVE, BF16_SR or Q8)."""
     if precision == "fp32" or param.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return NATIVE
-    if precision == "8bit" and param.numel() >= MIN_NUMEL:
-        return Q8
+    if precision == "8bit":
+        return Q8 if param.numel() >= MIN_NUMEL else NATIVE
     return BF16_SR
+
+
+def stored_format(param: Tensor, entry: Mapping[str, Any], precision: str) -> int:
+    """The format ``param``'s existing state is in (``state_format`` when it has none yet).
+
+    State keeps the format it was created (or loaded) in: changing a group's
+    ``state_precision`` later applies to state created afterwards, and to a checkpoint loaded
+    afterwards, which converts. For bf16 parameters, whose full-precision state is bf16 too,
+    ``precision`` still decides how it is rounded.
+    """
+    value = entry.get("exp_avg")
+    if not isinstance(value, Tensor):
+        return state_format(param, precision)
+    if value.dtype == torch.uint8:
+        return Q8
+    if value.dtype == torch.bfloat16 and (param.dtype != torch.bfloat16 or precision == "bf16"):
+        return BF16_SR
+    return NATIVE
 
 
 def blocks(numel: int) -> int:
@@ -340,3 +363,33 @@ def convert(saved: Mapping[str, Any], key: str, fmt: int, param: Tensor) -> dict
     if fmt == NATIVE and value.dtype == param.dtype:
         return {key: value.clone()}
     return encode(decode(saved, key).to(param.device), fmt, key, param, None)
+
+
+def full_precision_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an optimizer state dict with every moment in full precision: 8-bit codes
+    decoded (their scales dropped) and bf16 moments widened to fp32. torch.optim, and any
+    release that reads only state format 1, can load the result.
+
+    Example:
+        >>> import torch, adamkit
+        >>> model = torch.nn.Linear(64, 64)
+        >>> opt = adamkit.Adam(model.parameters(), state_precision="8bit")
+        >>> sd = adamkit.full_precision_state(opt.state_dict())
+        >>> torch.optim.Adam(model.parameters()).load_state_dict(sd)
+    """
+    state: dict[Any, dict[str, Any]] = {}
+    for index, entry in state_dict["state"].items():
+        converted = {}
+        for key, value in entry.items():
+            base = key.removesuffix("_scale")
+            if key.endswith("_scale") and base in entry and entry[base].dtype == torch.uint8:
+                continue  # a code's scales: folded into the decoded moment
+            if isinstance(value, Tensor) and value.dtype in (torch.uint8, torch.bfloat16):
+                converted[key] = decode(entry, key).float()
+            else:
+                converted[key] = value
+        state[index] = converted
+    result = {**state_dict, "state": state}
+    if isinstance(state_dict.get("adamkit"), Mapping):
+        result["adamkit"] = {**state_dict["adamkit"], "format": 1}
+    return result
