@@ -21,6 +21,7 @@ __all__ = [
     "Hyper",
     "Rule",
     "bias_corrections",
+    "local",
     "prepare_grads",
     "real_view",
     "update_moments",
@@ -91,6 +92,15 @@ def bias_corrections(beta: float, steps: list[float]) -> list[float]:
     return [1 - beta**t for t in steps]
 
 
+def local(t: Tensor) -> Tensor:
+    """This process's shard of a DTensor (FSDP2, tensor parallel): the memory to update in
+    place. Every rule here is elementwise, so stepping each shard on its own is exact. A plain
+    tensor is returned unchanged."""
+    shard = getattr(t, "_local_tensor", None)
+    return shard if isinstance(shard, Tensor) else t
+
+
 def real_view(t: Tensor) -> Tensor:
-    """View a complex tensor as real pairs; return a real tensor unchanged."""
+    """The local shard of ``t``, with a complex tensor viewed as real pairs."""
+    t = local(t)
     return torch.view_as_real(t) if t.is_complex() else t

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library, unavailable_reason
-from ._core import Bucket, Hyper
+from ._core import Bucket, Hyper, local
 from ._precision import BF16, BF16_SR, NATIVE, Q8, scale_key
 
 __all__ = ["ALGORITHMS", "FusedPlan", "Storage", "fused_unsupported", "kernel_available"]
@@ -41,6 +41,10 @@ def fused_unsupported(bucket: Bucket, widened: bool) -> str | None:
     if reason is not None:
         return f"the fused CPU kernel is unavailable: {reason}"
     first = bucket.params[0]
+    tensors = [*bucket.params, *bucket.grads, *(t for ts in bucket.state.values() for t in ts)]
+    subclass = next((t for t in tensors if type(t) not in (Tensor, torch.nn.Parameter)), None)
+    if subclass is not None:  # a DTensor's data_ptr() is not its shard's memory
+        return f"the fused kernel takes plain tensors, not {type(subclass).__name__}"
     if first.device.type != "cpu":
         return f"the fused kernel runs on the CPU only, not on {first.device}"
     supported = (torch.float32, torch.bfloat16) if widened else _DTYPES
@@ -51,7 +55,6 @@ def fused_unsupported(bucket: Bucket, widened: bool) -> str | None:
     step_dtype = bucket.steps[0].dtype
     if any(s.dtype != step_dtype or s.device.type != "cpu" for s in bucket.steps):
         return "the step counters of these parameters differ in dtype or device"
-    tensors = [*bucket.params, *bucket.grads, *(t for ts in bucket.state.values() for t in ts)]
     for t in tensors:
         if not t.is_contiguous():
             return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
@@ -79,9 +82,8 @@ class Storage:
     def scale_pointers(self, key: str) -> array[int] | None:
         if all(f != Q8 for f in self.formats):
             return None
-        return array(
-            "Q", [s[scale_key(key)].data_ptr() if scale_key(key) in s else 0 for s in self.states]
-        )
+        name = scale_key(key)
+        return array("Q", [local(s[name]).data_ptr() if name in s else 0 for s in self.states])
 
     def param_format(self, dtype: torch.dtype) -> int:
         if dtype != torch.bfloat16:
@@ -134,11 +136,12 @@ class FusedPlan:
 
     def matches(self, params: list[Tensor]) -> bool:
         """Whether ``params`` are still the tensors, at the addresses, this plan was built for."""
-        return self.params == array("Q", [p.data_ptr() for p in params])
+        return self.params == array("Q", [local(p).data_ptr() for p in params])
 
     def grad_pointers(self, grads: list[Tensor]) -> array[int] | str:
         """The gradients' addresses, or why the kernel cannot read them."""
         dtype = self.grad_dtype
+        grads = [local(g) for g in grads]
         for g in grads:
             if g.dtype is not dtype or not g.is_contiguous() or not g.is_cpu:
                 return "the fused kernel needs contiguous CPU gradients of the parameter's dtype"

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._core import Bucket, Hyper, Rule
+from ._core import Bucket, Hyper, Rule, local
 from ._paths import TensorOps
 
 __all__ = [
@@ -211,9 +211,9 @@ def decode_8bit(codes: Tensor, scale: Tensor, unsigned: bool) -> Tensor:
 def decode(entry: Mapping[str, Any], key: str) -> Tensor:
     """State ``key`` of one parameter's ``entry`` as a full-precision tensor (a copy unless
     it is already fp32/fp64), whatever form it was stored in."""
-    value: Tensor = entry[key]
+    value: Tensor = local(entry[key])
     if value.dtype == torch.uint8:
-        return decode_8bit(value, entry[scale_key(key)].float(), key in UNSIGNED)
+        return decode_8bit(value, local(entry[scale_key(key)]).float(), key in UNSIGNED)
     if value.dtype in (torch.float32, torch.float64) or value.is_complex():
         return value
     return value.float()
@@ -237,10 +237,10 @@ def encode(value: Tensor, fmt: int, key: str, param: Tensor, seed: int | None) -
 
 def zeros(param: Tensor, fmt: int, key: str) -> dict[str, Tensor]:
     """A fresh (all-zero) state entry for ``key`` in format ``fmt``."""
-    if fmt == Q8:
+    if fmt == Q8:  # codes sharded as the parameter is; scales for this shard's blocks
         return {
-            key: torch.zeros(param.shape, dtype=torch.uint8, device=param.device),
-            scale_key(key): torch.zeros(blocks(param.numel()), device=param.device),
+            key: torch.zeros_like(param, dtype=torch.uint8),
+            scale_key(key): torch.zeros(blocks(local(param).numel()), device=param.device),
         }
     if fmt == BF16_SR:
         return {key: torch.zeros_like(param, dtype=torch.bfloat16)}
@@ -272,7 +272,8 @@ def state_memory(optimizer: torch.optim.Optimizer) -> StateMemory:
     """How much memory ``optimizer``'s state takes (any torch optimizer, adamkit's or not).
 
     Counts every tensor in ``optimizer.state`` (moments, codes, scales, step counters) by its
-    storage size, and every parameter element of every param group.
+    storage size, and every parameter element of every param group; for sharded (DTensor)
+    parameters and state, this process's shards.
 
     Example:
         >>> import torch, adamkit
@@ -283,9 +284,10 @@ def state_memory(optimizer: torch.optim.Optimizer) -> StateMemory:
     for entry in optimizer.state.values():
         for key, value in entry.items():
             if isinstance(value, Tensor):
+                value = local(value)
                 by_key[key] = by_key.get(key, 0) + value.numel() * value.element_size()
     params: Iterable[Tensor] = (p for g in optimizer.param_groups for p in g["params"])
-    return StateMemory(sum(by_key.values()), sum(p.numel() for p in params), by_key)
+    return StateMemory(sum(by_key.values()), sum(local(p).numel() for p in params), by_key)
 
 
 # ------------------------------------------------------------------- the eager paths
@@ -315,10 +317,11 @@ def widened_step(
     temporary and encoded back after the step (the fused kernel does the same per block of
     256 elements, in cache, instead of per tensor).
     """
-    wide_params = [p if p.dtype == torch.float32 else p.float() for p in params]
+    shards = [local(p) for p in params]
+    wide_params = [p if p.dtype == torch.float32 else p.float() for p in shards]
     bucket = Bucket(
         params=wide_params,
-        grads=[g if g.dtype == torch.float32 else g.float() for g in _grads(params)],
+        grads=[g if g.dtype == torch.float32 else g.float() for g in map(local, _grads(params))],
         steps=[s["step"] for s in states],
     )
     for key in moment_keys:
@@ -327,7 +330,7 @@ def widened_step(
         bucket.state[key] = [s[key] for s in states]
     rule(ops, bucket, hyper)
 
-    for j, (p, entry) in enumerate(zip(params, states, strict=True)):
+    for j, (p, entry) in enumerate(zip(shards, states, strict=True)):
         step = float(entry["step"])
         wide = wide_params[j]
         if wide is not p:
@@ -340,7 +343,7 @@ def widened_step(
                 continue  # fp32 state, updated in place
             seed = rounding_seed(step, salts[j], key) if formats[j] == BF16_SR else None
             for name, stored in encode(value, formats[j], key, p, seed).items():
-                entry[name].copy_(stored)
+                local(entry[name]).copy_(stored)
 
 
 def _grads(params: list[Tensor]) -> list[Tensor]:

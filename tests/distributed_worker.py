@@ -1,0 +1,95 @@
+"""The processes of tests/test_distributed.py: ``python -m tests.distributed_worker OUT_DIR``.
+
+Starts a real process group (gloo, 2 processes on loopback, spawned) and, in each process,
+trains the same small model with adamkit optimizers under FSDP2 (``fully_shard``: DTensor
+parameters, each process updating its shard) for every state precision, and under DDP. Each
+process writes what it ended with to ``OUT_DIR/rank<N>.pt``; the test compares that with one
+process training the unsharded model on the same global batches.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import adamkit
+
+WORLD = 2
+STEPS = 6
+BATCH = 8  # per process; the global batch is WORLD * BATCH
+
+
+def make_model() -> torch.nn.Module:
+    """64 -> 96 -> 128: both weights are big enough (>= 4096 elements) for 8-bit state."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 128))
+
+
+def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(WORLD * BATCH, 64, generator=g), torch.randn(WORLD * BATCH, 128, generator=g))
+        for _ in range(STEPS)
+    ]
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> None:
+    """STEPS steps; this process takes its slice of each global batch (all of it if alone)."""
+    for x, y in global_batches():
+        rows = slice(rank * BATCH, (rank + 1) * BATCH) if world > 1 else slice(None)
+        loss = torch.nn.functional.mse_loss(model(x[rows]), y[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    full = getattr(t, "full_tensor", None)
+    return (full() if callable(full) else t).detach().clone()
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    from torch.distributed.fsdp import fully_shard
+
+    results: dict[str, Any] = {}
+    for precision in ("fp32", "bf16", "8bit"):
+        model = make_model()
+        fully_shard(model)
+        opt = adamkit.AdamW(model.parameters(), lr=1e-2, state_precision=precision)
+        train(model, opt, rank, WORLD)
+        results[f"fsdp2/{precision}"] = {
+            "params": [_full(p) for p in model.parameters()],
+            "path": opt.execution_path(),
+            "state_types": sorted(
+                {type(v).__name__ for entry in opt.state.values() for v in entry.values()}
+            ),
+            "local_bytes_per_param": adamkit.state_memory(opt).bytes_per_param,
+        }
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = adamkit.Adam(model.parameters(), lr=1e-2)
+    train(model, opt, rank, WORLD)
+    results["ddp"] = {"params": [_full(p) for p in model.parameters()]}
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+if __name__ == "__main__":
+    mp.spawn(_worker, args=(free_port(), sys.argv[1]), nprocs=WORLD, join=True)

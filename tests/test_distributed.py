@@ -1,0 +1,76 @@
+"""adamkit inside torch.distributed: real process groups (gloo on loopback, 2 processes).
+
+One run of tests/distributed_worker.py (about 20 s) trains the same model under FSDP2 for every
+state precision and under DDP; these tests compare what each process ended with against one
+process training the unsharded model on the same global batches.
+
+* FSDP2 parameters are DTensors; adamkit steps each process's shard (every rule is
+  elementwise), with the fused kernel. fp32 matches the unsharded run to float rounding
+  (gloo's reduce-scatter sums in another order: 1e-5). With 8-bit state each shard is cut into
+  its own 256-element blocks, so the codes differ from the unsharded run's: the bound is the
+  one of tests/test_precision.py against full precision (0.2 lr per step at most).
+* DDP: every process ends with the same parameters, equal to the single-process run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+
+from .artifacts import run
+from .distributed_worker import STEPS, make_model, train
+
+ROOT = Path(__file__).resolve().parent.parent
+LR = 1e-2
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch was built without torch.distributed"
+)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("distributed")
+    result = run([sys.executable, "-m", "tests.distributed_worker", str(out)], cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def _single_process(optimizer: type[torch.optim.Optimizer], **kwargs: Any) -> list[torch.Tensor]:
+    model = make_model()
+    train(model, optimizer(model.parameters(), lr=LR, **kwargs), 0, 1)
+    return [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "8bit"])
+def test_fsdp2_matches_the_unsharded_run(ranks: list[dict[str, Any]], precision: str) -> None:
+    key = f"fsdp2/{precision}"
+    assert ranks[0][key]["path"] == "fused"
+    assert "DTensor" in ranks[0][key]["state_types"]  # state sharded like the parameters
+    for a, b in zip(ranks[0][key]["params"], ranks[1][key]["params"], strict=True):
+        assert torch.equal(a, b)  # the gathered parameters agree across processes
+    expected = _single_process(adamkit.AdamW, state_precision=precision)
+    bound = {"fp32": 1e-5, "bf16": 0.02 * LR * STEPS, "8bit": 0.2 * LR * STEPS}[precision]
+    for got, want in zip(ranks[0][key]["params"], expected, strict=True):
+        assert (got - want).abs().max() <= bound
+
+
+def test_fsdp2_state_memory_counts_this_process_shards(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[0]["fsdp2/fp32"]["local_bytes_per_param"] == pytest.approx(8.0, abs=0.05)
+    assert ranks[0]["fsdp2/bf16"]["local_bytes_per_param"] == pytest.approx(4.0, abs=0.05)
+    assert ranks[0]["fsdp2/8bit"]["local_bytes_per_param"] < 2.5  # biases stay fp32
+
+
+def test_ddp_processes_agree_with_one_process(ranks: list[dict[str, Any]]) -> None:
+    expected = _single_process(adamkit.Adam)
+    for a, b, want in zip(
+        ranks[0]["ddp"]["params"], ranks[1]["ddp"]["params"], expected, strict=True
+    ):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-5)
