@@ -2,7 +2,8 @@
 
 Starts a real process group (gloo, 2 processes on loopback, spawned) and, in each process,
 trains the same small model with adamkit optimizers under FSDP2 (``fully_shard``: DTensor
-parameters, each process updating its shard) for every state precision, and under DDP. Each
+parameters, each process updating its shard) for every state precision, under DDP, and with
+``ZeroRedundancyOptimizer`` (each process owning the state of some parameters). Each
 process writes what it ended with to ``OUT_DIR/rank<N>.pt``; the test compares that with one
 process training the unsharded model on the same global batches.
 """
@@ -80,6 +81,22 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     opt = adamkit.Adam(model.parameters(), lr=1e-2)
     train(model, opt, rank, WORLD)
     results["ddp"] = {"params": [_full(p) for p in model.parameters()]}
+
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    for precision in ("fp32", "8bit"):
+        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        zero = ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=adamkit.Adam, lr=1e-2, state_precision=precision
+        )
+        train(model, zero, rank, WORLD)
+        zero.consolidate_state_dict(to=0)
+        consolidated = zero.state_dict() if rank == 0 else None
+        results[f"zero/{precision}"] = {
+            "params": [_full(p) for p in model.parameters()],
+            "local_state": len(zero.optim.state),  # this process's partition only
+            "consolidated": consolidated,
+        }
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
