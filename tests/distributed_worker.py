@@ -3,7 +3,9 @@
 Starts a real process group (gloo, 2 processes on loopback, spawned) and, in each process,
 trains the same small model with adamkit optimizers under FSDP2 (``fully_shard``: DTensor
 parameters, each process updating its shard) for every state precision, under DDP, and with
-``ZeroRedundancyOptimizer`` (each process owning the state of some parameters). Each
+``ZeroRedundancyOptimizer`` (each process owning the state of some parameters); then saves a
+distributed checkpoint (``torch.distributed.checkpoint``) with 2 processes mid-run and resumes
+it with 1 process (resharded). Each
 process writes what it ended with to ``OUT_DIR/rank<N>.pt``; the test compares that with one
 process training the unsharded model on the same global batches.
 """
@@ -41,10 +43,18 @@ def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def train(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> None:
-    """STEPS steps; this process takes its slice of each global batch (all of it if alone)."""
-    for x, y in global_batches():
-        rows = slice(rank * BATCH, (rank + 1) * BATCH) if world > 1 else slice(None)
+def train(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    rank: int,
+    world: int,
+    steps: slice = slice(None),
+) -> None:
+    """The global batches ``steps`` (all STEPS by default); this process takes its slice of each
+    (all of it if alone)."""
+    per = WORLD * BATCH // world
+    for x, y in global_batches()[steps]:
+        rows = slice(rank * per, (rank + 1) * per)
         loss = torch.nn.functional.mse_loss(model(x[rows]), y[rows])
         opt.zero_grad()
         loss.backward()
@@ -101,6 +111,44 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+SAVED_AFTER = 3  # the distributed checkpoint is written after this many steps
+
+
+def _checkpoint_worker(rank: int, world: int, port: int, out_dir: str, phase: str) -> None:
+    """Save a distributed checkpoint (torch.distributed.checkpoint) with ``world`` processes,
+    or load one written by another number of processes and finish the run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    for precision in ("fp32", "8bit"):
+        model = make_model()
+        fully_shard(model)
+        opt = adamkit.AdamW(model.parameters(), lr=1e-2, state_precision=precision)
+        where = Path(out_dir) / f"dcp_{precision}"
+        if phase == "save":
+            train(model, opt, rank, world, slice(0, SAVED_AFTER))
+            model_state, optim_state = get_state_dict(model, opt)
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=where)
+            continue
+        model_state, optim_state = get_state_dict(model, opt)
+        loaded = {"model": model_state, "optim": optim_state}
+        dcp.load(loaded, checkpoint_id=where)
+        set_state_dict(
+            model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
+        )
+        coded = [v.dtype == torch.uint8 for e in opt.state.values() for v in e.values()]
+        train(model, opt, rank, world, slice(SAVED_AFTER, None))
+        params = [_full(p) for p in model.parameters()]
+        if rank == 0:
+            torch.save({"params": params, "coded": any(coded)}, f"{where}.resumed.pt")
+    dist.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,4 +157,8 @@ def free_port() -> int:
 
 
 if __name__ == "__main__":
-    mp.spawn(_worker, args=(free_port(), sys.argv[1]), nprocs=WORLD, join=True)
+    out = sys.argv[1]
+    mp.spawn(_worker, args=(free_port(), out), nprocs=WORLD, join=True)
+    # Save with 2 processes, resume with 1: the checkpoint is resharded.
+    mp.spawn(_checkpoint_worker, args=(WORLD, free_port(), out, "save"), nprocs=WORLD, join=True)
+    mp.spawn(_checkpoint_worker, args=(1, free_port(), out, "load"), nprocs=1, join=True)

@@ -10,6 +10,8 @@ process training the unsharded model on the same global batches.
   its own 256-element blocks, so the codes differ from the unsharded run's: the bound is the
   one of tests/test_precision.py against full precision (0.2 lr per step at most).
 * DDP: every process ends with the same parameters, equal to the single-process run.
+* torch.distributed.checkpoint: saved by 2 processes, resumed by 1, matches the uninterrupted
+  run; 8-bit state is written decoded (its blocks belong to the writer's shards).
 * ZeroRedundancyOptimizer with an adamkit class: each process owns whole parameters' state,
   so 8-bit blocks are those of the single-process run (a rare code flips with the all-reduce's
   rounding); ``consolidate_state_dict`` gathers a state dict that loads into a plain adamkit
@@ -39,11 +41,16 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("distributed")
     result = run([sys.executable, "-m", "tests.distributed_worker", str(out)], cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(out_dir: Path) -> list[dict[str, Any]]:
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def _single_process(optimizer: type[torch.optim.Optimizer], **kwargs: Any) -> list[torch.Tensor]:
@@ -105,3 +112,19 @@ def test_zero_redundancy_optimizer(ranks: list[dict[str, Any]], precision: str) 
     model = make_model()
     opt = adamkit.Adam(model.parameters(), lr=LR, state_precision=precision)
     opt.load_state_dict(consolidated)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "8bit"])
+def test_distributed_checkpoint_resharded_from_2_processes_to_1(
+    out_dir: Path, precision: str
+) -> None:
+    """Saved with torch.distributed.checkpoint by 2 FSDP2 processes after 3 steps, loaded by 1
+    (get_state_dict / dcp.load / set_state_dict), continued: the uninterrupted single-process
+    run's parameters. 8-bit moments are saved decoded (fp32, sharded as the parameters) and
+    re-encoded for the new shards, so the blocks differ: the bound of tests/test_precision.py."""
+    resumed = torch.load(out_dir / f"dcp_{precision}.resumed.pt", weights_only=True)
+    assert resumed["coded"] == (precision == "8bit")  # re-encoded as 8-bit on load
+    expected = _single_process(adamkit.AdamW, state_precision=precision)
+    bound = 1e-5 if precision == "fp32" else 0.2 * LR * STEPS
+    for got, want in zip(resumed["params"], expected, strict=True):
+        assert (got - want).abs().max() <= bound

@@ -21,8 +21,11 @@ from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
 from ._paths import PATHS, TensorOps
 from ._precision import (
     convert,
+    is_sharded,
     needs_widening,
+    reshardable,
     scale_key,
+    sharded_like,
     state_format,
     stored_format,
     widened_step,
@@ -141,6 +144,8 @@ class AdamFamily(Optimizer):
         from .. import __version__
 
         state = super().state_dict()
+        # torch's entries are the live state dicts: replace, never modify them.
+        state["state"] = {i: reshardable(entry) for i, entry in state["state"].items()}
         coded = any(
             isinstance(v, Tensor) and v.dtype == torch.uint8
             for entry in state["state"].values()
@@ -216,9 +221,10 @@ class AdamFamily(Optimizer):
                 fmt = state_format(p, group["state_precision"])
                 for key in keys:
                     entry.pop(scale_key(key), None)
-                    entry.update(
-                        {k: v.to(p.device) for k, v in convert(saved, key, fmt, p).items()}
-                    )
+                    for name, value in convert(saved, key, fmt, p).items():
+                        if is_sharded(p) and not is_sharded(value) and name == key:
+                            value = sharded_like(p, value)  # codes are sharded as p is
+                        entry[name] = value.to(p.device)
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the state tensors shaped like the parameter, in the rule's order."""

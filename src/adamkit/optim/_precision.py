@@ -396,3 +396,39 @@ def full_precision_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(state_dict.get("adamkit"), Mapping):
         result["adamkit"] = {**state_dict["adamkit"], "format": 1}
     return result
+
+
+# ------------------------------------------------------------- sharded (DTensor) state
+def is_sharded(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2, tensor parallel)."""
+    return isinstance(t, Tensor) and isinstance(getattr(t, "_local_tensor", None), Tensor)
+
+
+def sharded_like(param: Tensor, shard: Tensor) -> Tensor:
+    """This process's ``shard`` as a DTensor laid out as the DTensor ``param``."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        shard,
+        param.device_mesh,  # type: ignore[attr-defined]
+        param.placements,  # type: ignore[attr-defined]
+        run_check=False,
+        shape=param.shape,
+        stride=param.stride(),
+    )
+
+
+def reshardable(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved state entry with sharded 8-bit codes replaced by their decoded fp32 values.
+
+    Each process cuts its own shard into 256-element blocks, so codes and scales only make
+    sense for the sharding that wrote them; a distributed checkpoint (which may be loaded by
+    another number of processes) therefore holds the moments in fp32, sharded as the
+    parameter, and loading re-encodes them for the new shards.
+    """
+    out = dict(entry)
+    for key, value in entry.items():
+        if is_sharded(value) and value.dtype == torch.uint8:
+            out[key] = sharded_like(value, decode(entry, key))
+            out.pop(scale_key(key), None)
+    return out
