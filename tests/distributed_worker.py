@@ -12,6 +12,7 @@ process training the unsharded model on the same global batches.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -24,9 +25,22 @@ import torch.multiprocessing as mp
 
 import adamkit
 
+#: Every adamkit optimizer (and AMSGrad) is run under FSDP2 in every state precision.
+OPTIMIZERS: list[tuple[str, dict[str, Any]]] = [
+    ("Adam", {}),
+    ("Adam", {"amsgrad": True}),
+    ("AdamW", {}),
+    ("RAdam", {}),
+    ("NAdam", {}),
+    ("Adamax", {}),
+]
 WORLD = 2
 STEPS = 6
 BATCH = 8  # per process; the global batch is WORLD * BATCH
+
+
+def label(name: str, kwargs: dict[str, Any]) -> str:
+    return "AMSGrad" if kwargs.get("amsgrad") else name
 
 
 def make_model() -> torch.nn.Module:
@@ -74,12 +88,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     results: dict[str, Any] = {}
-    for precision in ("fp32", "bf16", "8bit"):
+    for (name, kwargs), precision in itertools.product(OPTIMIZERS, ("fp32", "bf16", "8bit")):
         model = make_model()
         fully_shard(model)
-        opt = adamkit.AdamW(model.parameters(), lr=1e-2, state_precision=precision)
+        opt = getattr(adamkit, name)(
+            model.parameters(), lr=1e-2, state_precision=precision, **kwargs
+        )
         train(model, opt, rank, WORLD)
-        results[f"fsdp2/{precision}"] = {
+        results[f"fsdp2/{label(name, kwargs)}/{precision}"] = {
             "params": [_full(p) for p in model.parameters()],
             "path": opt.execution_path(),
             "state_types": sorted(

@@ -1,7 +1,8 @@
 """adamkit inside torch.distributed: real process groups (gloo on loopback, 2 processes).
 
-One run of tests/distributed_worker.py (about 20 s) trains the same model under FSDP2 for every
-state precision and under DDP; these tests compare what each process ended with against one
+One run of tests/distributed_worker.py (about 30 s) trains the same model under FSDP2 with every
+optimizer in every state precision, under DDP and ZeRO, and through a resharded distributed
+checkpoint; these tests compare what each process ended with against one
 process training the unsharded model on the same global batches.
 
 * FSDP2 parameters are DTensors; adamkit steps each process's shard (every rule is
@@ -30,7 +31,7 @@ import torch
 import adamkit
 
 from .artifacts import run
-from .distributed_worker import STEPS, make_model, train
+from .distributed_worker import OPTIMIZERS, STEPS, label, make_model, train
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-2
@@ -60,22 +61,25 @@ def _single_process(optimizer: type[torch.optim.Optimizer], **kwargs: Any) -> li
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "8bit"])
-def test_fsdp2_matches_the_unsharded_run(ranks: list[dict[str, Any]], precision: str) -> None:
-    key = f"fsdp2/{precision}"
+@pytest.mark.parametrize(("name", "kwargs"), OPTIMIZERS, ids=[label(*o) for o in OPTIMIZERS])
+def test_fsdp2_matches_the_unsharded_run(
+    ranks: list[dict[str, Any]], name: str, kwargs: dict[str, Any], precision: str
+) -> None:
+    key = f"fsdp2/{label(name, kwargs)}/{precision}"
     assert ranks[0][key]["path"] == "fused"
     assert "DTensor" in ranks[0][key]["state_types"]  # state sharded like the parameters
     for a, b in zip(ranks[0][key]["params"], ranks[1][key]["params"], strict=True):
         assert torch.equal(a, b)  # the gathered parameters agree across processes
-    expected = _single_process(adamkit.AdamW, state_precision=precision)
+    expected = _single_process(getattr(adamkit, name), state_precision=precision, **kwargs)
     bound = {"fp32": 1e-5, "bf16": 0.02 * LR * STEPS, "8bit": 0.2 * LR * STEPS}[precision]
     for got, want in zip(ranks[0][key]["params"], expected, strict=True):
         assert (got - want).abs().max() <= bound
 
 
 def test_fsdp2_state_memory_counts_this_process_shards(ranks: list[dict[str, Any]]) -> None:
-    assert ranks[0]["fsdp2/fp32"]["local_bytes_per_param"] == pytest.approx(8.0, abs=0.05)
-    assert ranks[0]["fsdp2/bf16"]["local_bytes_per_param"] == pytest.approx(4.0, abs=0.05)
-    assert ranks[0]["fsdp2/8bit"]["local_bytes_per_param"] < 2.5  # biases stay fp32
+    memory = {p: ranks[0][f"fsdp2/AdamW/{p}"]["local_bytes_per_param"] for p in ("fp32", "bf16")}
+    assert memory == {"fp32": pytest.approx(8.0, abs=0.05), "bf16": pytest.approx(4.0, abs=0.05)}
+    assert ranks[0]["fsdp2/AdamW/8bit"]["local_bytes_per_param"] < 2.5  # biases stay fp32
 
 
 def test_ddp_processes_agree_with_one_process(ranks: list[dict[str, Any]]) -> None:
