@@ -63,6 +63,7 @@ def train(
     rank: int,
     world: int,
     steps: slice = slice(None),
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     """The global batches ``steps`` (all STEPS by default); this process takes its slice of each
     (all of it if alone)."""
@@ -73,6 +74,12 @@ def train(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+#: The schedule of the distributed-checkpoint run (its state is checkpointed too).
+SCHEDULE = "warmup(2) + cosine(4, floor=0.1)"
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -145,20 +152,27 @@ def _checkpoint_worker(rank: int, world: int, port: int, out_dir: str, phase: st
         model = make_model()
         fully_shard(model)
         opt = adamkit.AdamW(model.parameters(), lr=1e-2, state_precision=precision)
+        scheduler = adamkit.Scheduler(opt, SCHEDULE)
         where = Path(out_dir) / f"dcp_{precision}"
         if phase == "save":
-            train(model, opt, rank, world, slice(0, SAVED_AFTER))
+            train(model, opt, rank, world, slice(0, SAVED_AFTER), scheduler)
             model_state, optim_state = get_state_dict(model, opt)
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=where)
+            state = {
+                "model": model_state,
+                "optim": optim_state,
+                "scheduler": scheduler.state_dict(),
+            }
+            dcp.save(state, checkpoint_id=where)
             continue
         model_state, optim_state = get_state_dict(model, opt)
-        loaded = {"model": model_state, "optim": optim_state}
+        loaded = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
         dcp.load(loaded, checkpoint_id=where)
         set_state_dict(
             model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
         )
+        scheduler.load_state_dict(loaded["scheduler"])
         coded = [v.dtype == torch.uint8 for e in opt.state.values() for v in e.values()]
-        train(model, opt, rank, world, slice(SAVED_AFTER, None))
+        train(model, opt, rank, world, slice(SAVED_AFTER, None), scheduler)
         params = [_full(p) for p in model.parameters()]
         if rank == 0:
             torch.save({"params": params, "coded": any(coded)}, f"{where}.resumed.pt")

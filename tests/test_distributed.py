@@ -31,7 +31,7 @@ import torch
 import adamkit
 
 from .artifacts import run
-from .distributed_worker import OPTIMIZERS, STEPS, label, make_model, train
+from .distributed_worker import OPTIMIZERS, SCHEDULE, STEPS, label, make_model, train
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-2
@@ -122,13 +122,17 @@ def test_zero_redundancy_optimizer(ranks: list[dict[str, Any]], precision: str) 
 def test_distributed_checkpoint_resharded_from_2_processes_to_1(
     out_dir: Path, precision: str
 ) -> None:
-    """Saved with torch.distributed.checkpoint by 2 FSDP2 processes after 3 steps, loaded by 1
-    (get_state_dict / dcp.load / set_state_dict), continued: the uninterrupted single-process
-    run's parameters. 8-bit moments are saved decoded (fp32, sharded as the parameters) and
-    re-encoded for the new shards, so the blocks differ: the bound of tests/test_precision.py."""
+    """Saved with torch.distributed.checkpoint by 2 FSDP2 processes after 3 steps, with an
+    adamkit.Scheduler's state, loaded by 1 (get_state_dict / dcp.load / set_state_dict) and
+    continued: the uninterrupted single-process run's parameters, schedule included. 8-bit
+    moments are saved decoded (fp32, sharded as the parameters) and re-encoded for the new
+    shards, so the blocks differ: the bound of tests/test_precision.py."""
     resumed = torch.load(out_dir / f"dcp_{precision}.resumed.pt", weights_only=True)
     assert resumed["coded"] == (precision == "8bit")  # re-encoded as 8-bit on load
-    expected = _single_process(adamkit.AdamW, state_precision=precision)
+    model = make_model()
+    opt = adamkit.AdamW(model.parameters(), lr=LR, state_precision=precision)
+    train(model, opt, 0, 1, scheduler=adamkit.Scheduler(opt, SCHEDULE))
+    expected = [p.detach() for p in model.parameters()]
     bound = 1e-5 if precision == "fp32" else 0.2 * LR * STEPS
     for got, want in zip(resumed["params"], expected, strict=True):
         assert (got - want).abs().max() <= bound
