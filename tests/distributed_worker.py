@@ -130,8 +130,34 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "local_state": len(zero.optim.state),  # this process's partition only
             "consolidated": consolidated,
         }
+    for precision in ("fp32", "8bit"):
+        results[f"full_into_shards/{precision}"] = _full_checkpoint_into_shards(rank, precision)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _full_checkpoint_into_shards(rank: int, precision: str) -> list[torch.Tensor]:
+    """One process's plain (unsharded) state dict after SAVED_AFTER steps, loaded into an FSDP2
+    optimizer (each process takes its part), then the rest of the run."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    alone = make_model()
+    alone_opt = adamkit.AdamW(alone.parameters(), lr=1e-2, state_precision=precision)
+    train(alone, alone_opt, 0, 1, slice(0, SAVED_AFTER))
+    model = make_model()
+    fully_shard(model)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), alone.parameters(), strict=True):
+            p.to_local().copy_(
+                distribute_tensor(
+                    q.detach(), p.device_mesh, p.placements, src_data_rank=None
+                ).to_local()
+            )
+    opt = adamkit.AdamW(model.parameters(), lr=1e-2, state_precision=precision)
+    opt.load_state_dict(alone_opt.state_dict())
+    train(model, opt, rank, WORLD, slice(SAVED_AFTER, None))
+    return [_full(p) for p in model.parameters()]
 
 
 SAVED_AFTER = 3  # the distributed checkpoint is written after this many steps

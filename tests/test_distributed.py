@@ -31,7 +31,7 @@ import torch
 import adamkit
 
 from .artifacts import run
-from .distributed_worker import OPTIMIZERS, SCHEDULE, STEPS, label, make_model, train
+from .distributed_worker import OPTIMIZERS, SCHEDULE, label, make_model, train
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-2
@@ -54,6 +54,24 @@ def ranks(out_dir: Path) -> list[dict[str, Any]]:
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+#: How close a sharded run's parameter updates (final - initial) must be to the single-process
+#: run's, relative to the largest update. Measured: fp32 2e-5 (float rounding), bf16 1.0% and
+#: 8-bit 1.5% (their codecs on other block boundaries). A lost last step changes the update by
+#: 16% (Adamax) to 72% (RAdam), so each bound catches it.
+RELATIVE = {"fp32": 1e-3, "bf16": 0.02, "8bit": 0.1}
+
+
+def assert_updates_close(
+    got: list[torch.Tensor], want: list[torch.Tensor], relative: float
+) -> None:
+    initial = [p.detach() for p in make_model().parameters()]
+    for g, w, start in zip(got, want, initial, strict=True):
+        moved = (w - start).abs().max()
+        assert moved > 0, "the reference run did not move this parameter"
+        error = ((g - start) - (w - start)).abs().max()
+        assert error <= relative * moved, f"update error {error:.3g} of {moved:.3g}"
+
+
 def _single_process(optimizer: type[torch.optim.Optimizer], **kwargs: Any) -> list[torch.Tensor]:
     model = make_model()
     train(model, optimizer(model.parameters(), lr=LR, **kwargs), 0, 1)
@@ -71,9 +89,7 @@ def test_fsdp2_matches_the_unsharded_run(
     for a, b in zip(ranks[0][key]["params"], ranks[1][key]["params"], strict=True):
         assert torch.equal(a, b)  # the gathered parameters agree across processes
     expected = _single_process(getattr(adamkit, name), state_precision=precision, **kwargs)
-    bound = {"fp32": 1e-5, "bf16": 0.02 * LR * STEPS, "8bit": 0.2 * LR * STEPS}[precision]
-    for got, want in zip(ranks[0][key]["params"], expected, strict=True):
-        assert (got - want).abs().max() <= bound
+    assert_updates_close(ranks[0][key]["params"], expected, RELATIVE[precision])
 
 
 def test_fsdp2_state_memory_counts_this_process_shards(ranks: list[dict[str, Any]]) -> None:
@@ -103,8 +119,8 @@ def test_zero_redundancy_optimizer(ranks: list[dict[str, Any]], precision: str) 
         if precision == "fp32":
             torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-5)
         else:
-            assert (a - want).abs().max() <= 0.2 * LR * STEPS
             assert ((a - want).abs() > 1e-5).float().mean() < 0.01
+    assert_updates_close(ranks[0][key]["params"], expected, RELATIVE[precision])
     # The state is partitioned between the processes, and consolidates on rank 0.
     assert ranks[0][key]["local_state"] + ranks[1][key]["local_state"] == 4
     assert 0 < ranks[0][key]["local_state"] < 4
@@ -133,6 +149,12 @@ def test_distributed_checkpoint_resharded_from_2_processes_to_1(
     opt = adamkit.AdamW(model.parameters(), lr=LR, state_precision=precision)
     train(model, opt, 0, 1, scheduler=adamkit.Scheduler(opt, SCHEDULE))
     expected = [p.detach() for p in model.parameters()]
-    bound = 1e-5 if precision == "fp32" else 0.2 * LR * STEPS
-    for got, want in zip(resumed["params"], expected, strict=True):
-        assert (got - want).abs().max() <= bound
+    assert_updates_close(resumed["params"], expected, RELATIVE[precision])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "8bit"])
+def test_a_full_checkpoint_loads_into_shards(ranks: list[dict[str, Any]], precision: str) -> None:
+    """One process's plain state dict, loaded into a 2-process FSDP2 optimizer (each process
+    takes its part; 8-bit codes are decoded and re-encoded for the shard), then continued."""
+    expected = _single_process(adamkit.AdamW, state_precision=precision)
+    assert_updates_close(ranks[0][f"full_into_shards/{precision}"], expected, RELATIVE[precision])

@@ -168,3 +168,16 @@ def test_without_a_compiler_the_default_falls_back_and_fused_true_says_why(tmp_p
     first, second = result.stdout.splitlines()[:2]
     assert first == "foreach | no C compiler found (set CC, or install gcc)"
     assert "adamkit.Adam(fused=True): the fused CPU kernel is unavailable (no C compiler" in second
+
+
+def test_state_replaced_from_outside_is_used() -> None:
+    """ZeroRedundancyOptimizer.load_state_dict (for one) assigns ``optim.state[p]`` directly;
+    the cached kernel plan must step the new state, not the old tensors."""
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.Adam([p], fused=True)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+    opt.state[p]["step"] = torch.tensor(100.0)
+    opt.step()
+    assert opt.state[p]["step"].item() == 101.0

@@ -16,15 +16,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
-from ._core import Bucket, Hyper, Rule, real_view
+from ._core import Bucket, Hyper, Rule, local, real_view
 from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
 from ._paths import PATHS, TensorOps
 from ._precision import (
     convert,
+    decode,
     is_sharded,
     needs_widening,
     reshardable,
     scale_key,
+    shard_like,
     sharded_like,
     state_format,
     stored_format,
@@ -221,7 +223,11 @@ class AdamFamily(Optimizer):
                 fmt = state_format(p, group["state_precision"])
                 for key in keys:
                     entry.pop(scale_key(key), None)
-                    for name, value in convert(saved, key, fmt, p).items():
+                    source = saved
+                    if is_sharded(p) and not is_sharded(saved[key]):
+                        # A full (unsharded) checkpoint: take this process's part of it.
+                        source = {key: shard_like(p, decode(saved, key).to(local(p).device))}
+                    for name, value in convert(source, key, fmt, p).items():
                         if is_sharded(p) and not is_sharded(value) and name == key:
                             value = sharded_like(p, value)  # codes are sharded as p is
                         entry[name] = value.to(p.device)
@@ -430,7 +436,7 @@ class AdamFamily(Optimizer):
             ]
             cached = plans[id(group)] = (key, entries)
         for bucket_params, plan, reason in cached[1]:
-            if plan is not None and not plan.matches(bucket_params):
+            if plan is not None and not plan.matches(bucket_params, self.state):
                 # A parameter's storage moved (p.data = ...): plan this group again next time.
                 plans.pop(id(group), None)
                 plan, reason = self._plan(group, bucket_params, hyper, moment_keys)

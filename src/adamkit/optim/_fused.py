@@ -9,6 +9,7 @@ increments the step counters itself (torch's fused path spends as long on 2000 s
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,9 +135,12 @@ class FusedPlan:
             self.salts = array("I", storage.salts)
             self.scales = [storage.scale_pointers(key) for key in keys] + [None] * (3 - len(keys))
 
-    def matches(self, params: list[Tensor]) -> bool:
-        """Whether ``params`` are still the tensors, at the addresses, this plan was built for."""
-        return self.params == array("Q", [local(p).data_ptr() for p in params])
+    def matches(self, params: list[Tensor], state: Mapping[Tensor, Any]) -> bool:
+        """Whether ``params`` and their state are still the tensors, at the addresses, this plan
+        was built for (ZeroRedundancyOptimizer, for one, replaces state entries directly)."""
+        if self.params != array("Q", [local(p).data_ptr() for p in params]):
+            return False
+        return self.exp_avgs == array("Q", [local(state[p]["exp_avg"]).data_ptr() for p in params])
 
     def grad_pointers(self, grads: list[Tensor]) -> array[int] | str:
         """The gradients' addresses, or why the kernel cannot read them."""

@@ -339,7 +339,7 @@ def widened_step(
             p.copy_(wide)
         for key in moment_keys:
             value = bucket.state[key][j]
-            if value is entry[key]:
+            if value is local(entry[key]):
                 continue  # fp32 state, updated in place
             seed = rounding_seed(step, salts[j], key) if formats[j] == BF16_SR else None
             for name, stored in encode(value, formats[j], key, p, seed).items():
@@ -415,6 +415,19 @@ def sharded_like(param: Tensor, shard: Tensor) -> Tensor:
         run_check=False,
         shape=param.shape,
         stride=param.stride(),
+    )
+
+
+def shard_like(param: Tensor, full: Tensor) -> Tensor:
+    """The full tensor ``full`` split as the DTensor ``param`` is (each process keeps its part,
+    without communication)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(
+        full,
+        param.device_mesh,  # type: ignore[attr-defined]
+        param.placements,  # type: ignore[attr-defined]
+        src_data_rank=None,
     )
 
 
