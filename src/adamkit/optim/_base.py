@@ -262,7 +262,8 @@ class AdamFamily(Optimizer):
 
         ``"fused"`` with ``fused=True``, or by default (``fused=None, foreach=None``) where the
         kernel could be built; ``"forloop"`` with ``foreach=False``; ``"foreach"`` otherwise.
-        On the fused path, buckets the kernel cannot take (a GPU, bf16) run on ``"foreach"``,
+        On the fused path, buckets the kernel cannot take (a GPU, plain bf16 or fp16
+        parameters) run on ``"foreach"``,
         unless ``fused=True`` was asked for explicitly, which then raises.
         """
         group = self.param_groups[0] if group is None else group
