@@ -86,6 +86,8 @@ def fused_library() -> ctypes.CDLL | None:
         function.argtypes = common
     library.adamkit_fused_step_wide.restype = i32
     library.adamkit_fused_step_wide.argtypes = [*common, i32, *[pointer] * 5]
+    library.adamkit_step_scalars.restype = None
+    library.adamkit_step_scalars.argtypes = [i32, i32, f64, f64, f64, f64, i64, *[pointer] * 3]
     return library
 
 

@@ -110,6 +110,23 @@ static int plan(int algo, int flags, double beta1, double beta2, double lr, doub
     return 0;
 }
 
+/* The host half of a step whose element loop runs elsewhere (adamkit's Triton kernel on a GPU):
+ * increment each tensor's step (and NAdam's mu product) and write its scalars to out, as
+ * out[4k .. 4k+3] = a, b, c, kind. The same scalars as the CPU kernel's, so both paths agree. */
+void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double beta2,
+                          double momentum_decay, int64_t count, void **steps, void **mu_products,
+                          double *out) {
+    for (int64_t k = 0; k < count; k++) {
+        double t = bump(steps[k], flags & STEP_F64);
+        scalars_t s = step_scalars(algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1,
+                                   beta2, momentum_decay);
+        out[4 * k] = s.a;
+        out[4 * k + 1] = s.b;
+        out[4 * k + 2] = s.c;
+        out[4 * k + 3] = (double)s.kind;
+    }
+}
+
 /* The tensor holding chunk j: the k with first[k] <= j < first[k+1]. */
 static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
     int64_t lo = 0, hi = count;

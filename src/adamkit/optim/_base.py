@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
 from ._core import Bucket, Hyper, Rule, local, real_view
+from ._device import TorchFusedPlan, TritonPlan, gpu_path, gpu_plan
 from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
 from ._paths import PATHS, TensorOps
 from ._precision import (
@@ -442,11 +443,11 @@ class AdamFamily(Optimizer):
                 plans.pop(id(group), None)
                 plan, reason = self._plan(group, bucket_params, hyper, moment_keys)
             if plan is not None:
-                pointers = plan.grad_pointers([grad_of[id(p)] for p in bucket_params])
-                if not isinstance(pointers, str):
-                    plan.run(pointers, hyper)
+                gradients = plan.gradients([grad_of[id(p)] for p in bucket_params])
+                if not isinstance(gradients, str):
+                    plan.run(gradients, hyper)  # type: ignore[arg-type]
                     continue
-                reason = pointers
+                reason = gradients
             if group.get("fused"):
                 raise RuntimeError(
                     f"adamkit.{type(self).__name__}(fused=True): {reason}; leave "
@@ -460,12 +461,15 @@ class AdamFamily(Optimizer):
         params: list[Tensor],
         hyper: Hyper,
         moment_keys: tuple[str, ...],
-    ) -> tuple[FusedPlan | None, str | None]:
-        """The kernel's plan for one bucket, or why the kernel cannot step it."""
+    ) -> tuple[FusedPlan | TorchFusedPlan | TritonPlan | None, str | None]:
+        """The kernel's plan for one bucket, or why no kernel can step it."""
         bucket = self._bucket(params, moment_keys)
         formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
         widened = needs_widening(params, formats, stochastic)
+        if gpu_path(params[0].device):
+            algorithm, second = type(self)._fused_algorithm, self._fused_second_key
+            return gpu_plan(algorithm, bucket, second, hyper.amsgrad, widened)
         reason = fused_unsupported(bucket, widened)
         if reason is not None:
             return None, reason

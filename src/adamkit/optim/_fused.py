@@ -15,12 +15,23 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import Parameter
 
 from ..kernels import fused_library, unavailable_reason
 from ._core import Bucket, Hyper, local
 from ._precision import BF16, BF16_SR, NATIVE, Q8, scale_key
 
-__all__ = ["ALGORITHMS", "FusedPlan", "Storage", "fused_unsupported", "kernel_available"]
+__all__ = [
+    "ALGORITHMS",
+    "FusedPlan",
+    "Storage",
+    "addresses_match",
+    "common_unsupported",
+    "fused_unsupported",
+    "kernel_available",
+    "layout_unsupported",
+    "pointers",
+]
 
 #: The kernel's algorithm codes (``enum`` in fused_cpu.c).
 ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
@@ -32,36 +43,53 @@ def kernel_available() -> bool:
     return fused_library() is not None
 
 
+def common_unsupported(bucket: Bucket) -> str | None:
+    """What keeps every fused kernel, CPU or GPU, from this bucket (``None``: nothing)."""
+    reason = unavailable_reason()
+    if reason is not None:  # the GPU path computes its step scalars with this library too
+        return f"the fused CPU kernel is unavailable: {reason}"
+    subclass = next((t for t in _tensors(bucket) if type(t) not in (Tensor, Parameter)), None)
+    if subclass is not None:  # a DTensor's data_ptr() is not its shard's memory
+        return f"the fused kernel takes plain tensors, not {type(subclass).__name__}"
+    step_dtype = bucket.steps[0].dtype
+    if any(s.dtype != step_dtype or s.device.type != "cpu" for s in bucket.steps):
+        return "the step counters of these parameters differ in dtype or device"
+    return None
+
+
+def layout_unsupported(bucket: Bucket, widened: bool) -> str | None:
+    """A non-contiguous tensor, or full-precision state of another dtype than the parameter."""
+    dtype = bucket.params[0].dtype
+    for t in _tensors(bucket):
+        if not t.is_contiguous():
+            return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
+        if not widened and t.dim() > 0 and t.dtype != dtype:  # 0-d: the step dtype
+            return f"the state dtype {t.dtype} differs from the parameter dtype {dtype}"
+    return None
+
+
 def fused_unsupported(bucket: Bucket, widened: bool) -> str | None:
-    """Why the kernel cannot step this bucket, or ``None`` when it can.
+    """Why the CPU kernel cannot step this bucket, or ``None`` when it can.
 
     ``widened``: the bucket's state is stored in low precision (or its bf16 parameters are
     rounded stochastically), so the kernel's fp32-with-codecs loop is the one to take.
     """
-    reason = unavailable_reason()
+    reason = common_unsupported(bucket)
     if reason is not None:
-        return f"the fused CPU kernel is unavailable: {reason}"
+        return reason
     first = bucket.params[0]
-    tensors = [*bucket.params, *bucket.grads, *(t for ts in bucket.state.values() for t in ts)]
-    subclass = next((t for t in tensors if type(t) not in (Tensor, torch.nn.Parameter)), None)
-    if subclass is not None:  # a DTensor's data_ptr() is not its shard's memory
-        return f"the fused kernel takes plain tensors, not {type(subclass).__name__}"
     if first.device.type != "cpu":
-        return f"the fused kernel runs on the CPU only, not on {first.device}"
+        return f"the fused kernels run on the CPU and CUDA GPUs, not on {first.device}"
     supported = (torch.float32, torch.bfloat16) if widened else _DTYPES
     if first.dtype not in supported:
         names = " and ".join(str(d).removeprefix("torch.") for d in supported)
         what = " with low-precision state or rounding" if widened else ""
         return f"the fused kernel supports {names} parameters{what}, not {first.dtype}"
-    step_dtype = bucket.steps[0].dtype
-    if any(s.dtype != step_dtype or s.device.type != "cpu" for s in bucket.steps):
-        return "the step counters of these parameters differ in dtype or device"
-    for t in tensors:
-        if not t.is_contiguous():
-            return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
-        if not widened and t.dim() > 0 and t.dtype != first.dtype:  # 0-d: the step dtype
-            return f"the state dtype {t.dtype} differs from the parameter dtype {first.dtype}"
-    return None
+    return layout_unsupported(bucket, widened)
+
+
+def _tensors(bucket: Bucket) -> list[Tensor]:
+    return [*bucket.params, *bucket.grads, *(t for ts in bucket.state.values() for t in ts)]
 
 
 @dataclass
@@ -92,8 +120,21 @@ class Storage:
         return BF16_SR if self.stochastic else BF16
 
 
-def _pointers(tensors: list[Tensor]) -> array[int]:
+def pointers(tensors: list[Tensor]) -> array[int]:
     return array("Q", [t.data_ptr() for t in tensors])
+
+
+def addresses_match(
+    param_pointers: array[int],
+    exp_avg_pointers: array[int],
+    params: list[Tensor],
+    state: Mapping[Tensor, Any],
+) -> bool:
+    """Whether ``params`` and their state are still the tensors, at the addresses, a plan was
+    built for (ZeroRedundancyOptimizer, for one, replaces state entries directly)."""
+    if param_pointers != array("Q", [local(p).data_ptr() for p in params]):
+        return False
+    return exp_avg_pointers == array("Q", [local(state[p]["exp_avg"]).data_ptr() for p in params])
 
 
 class FusedPlan:
@@ -121,13 +162,13 @@ class FusedPlan:
         self.grad_dtype = param_dtype  # complex parameters are stepped as real pairs
         self.step_f64 = bucket.steps[0].dtype == torch.float64
         self.numels = array("q", [p.numel() for p in bucket.params])
-        self.params = _pointers(bucket.params)
-        self.exp_avgs = _pointers(bucket.state["exp_avg"])
-        self.seconds = _pointers(bucket.state[second_key])
-        self.maxes = _pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
-        self.steps = _pointers(bucket.steps)
+        self.params = pointers(bucket.params)
+        self.exp_avgs = pointers(bucket.state["exp_avg"])
+        self.seconds = pointers(bucket.state[second_key])
+        self.maxes = pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
+        self.steps = pointers(bucket.steps)
         state = bucket.state
-        self.mu_products = _pointers(state["mu_product"]) if "mu_product" in state else None
+        self.mu_products = pointers(state["mu_product"]) if "mu_product" in state else None
         self.storage = storage
         if storage is not None:
             keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
@@ -136,13 +177,9 @@ class FusedPlan:
             self.scales = [storage.scale_pointers(key) for key in keys] + [None] * (3 - len(keys))
 
     def matches(self, params: list[Tensor], state: Mapping[Tensor, Any]) -> bool:
-        """Whether ``params`` and their state are still the tensors, at the addresses, this plan
-        was built for (ZeroRedundancyOptimizer, for one, replaces state entries directly)."""
-        if self.params != array("Q", [local(p).data_ptr() for p in params]):
-            return False
-        return self.exp_avgs == array("Q", [local(state[p]["exp_avg"]).data_ptr() for p in params])
+        return addresses_match(self.params, self.exp_avgs, params, state)
 
-    def grad_pointers(self, grads: list[Tensor]) -> array[int] | str:
+    def gradients(self, grads: list[Tensor]) -> array[int] | str:
         """The gradients' addresses, or why the kernel cannot read them."""
         dtype = self.grad_dtype
         grads = [local(g) for g in grads]

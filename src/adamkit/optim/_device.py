@@ -1,0 +1,250 @@
+"""The fused path on a CUDA GPU: one launch per bucket for every algorithm.
+
+- **Adam and AdamW** call torch's own fused CUDA kernels (``torch._fused_adam_`` and
+  ``torch._fused_adamw_``), which already run at the card's memory bandwidth; AMSGrad, maximize
+  and both kinds of weight decay included.
+- **RAdam, NAdam and Adamax**, for which torch has no fused kernel, run adamkit's Triton kernel
+  (``kernels/fused_triton.py``), with the CPU kernel's math.
+
+Step counters stay 0-d CPU tensors, as torch keeps them outside its fused and capturable modes,
+so checkpoints are the same on every path and device. Each step the CPU library increments them
+and computes every tensor's step scalars in double (``adamkit_step_scalars``, the CPU kernel's
+own code), and one host-to-device copy brings the scalars to the kernel. torch's fused kernels
+read their step counts from the GPU, so that plan keeps a GPU copy of the counters beside them,
+incremented with them.
+
+Low-precision state (``state_precision="bf16" | "8bit"``) and stochastic rounding are not in
+these kernels: such buckets run on the multi-tensor path, which works on any device.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..kernels import fused_library
+from ._core import Bucket, Hyper, local, real_view
+from ._fused import (
+    _AMSGRAD,
+    _STEP_F64,
+    ALGORITHMS,
+    addresses_match,
+    common_unsupported,
+    layout_unsupported,
+    pointers,
+)
+
+__all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "gpu_plan"]
+
+_GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def gpu_path(device: torch.device) -> bool:
+    """Whether buckets on ``device`` take the GPU kernels. (The tests point this at the CPU,
+    where Triton's interpreter runs the same kernel.)"""
+    return device.type == "cuda"
+
+
+def gpu_plan(
+    algorithm: str, bucket: Bucket, second_key: str, amsgrad: bool, widened: bool
+) -> tuple[TorchFusedPlan | TritonPlan | None, str | None]:
+    """The GPU plan for ``bucket``, or why no GPU kernel can step it."""
+    reason = common_unsupported(bucket)
+    if reason is None and widened:
+        reason = (
+            "the fused GPU kernels take full-precision state and round-to-nearest parameters "
+            "(low-precision state and stochastic rounding run on the multi-tensor path on GPUs)"
+        )
+    dtype = bucket.params[0].dtype
+    if reason is None and dtype not in _GPU_DTYPES:
+        reason = f"the fused GPU kernels support fp32, fp64, fp16 and bf16, not {dtype}"
+    if reason is None:
+        reason = layout_unsupported(bucket, widened)
+    if reason is None and algorithm != "adam":
+        reason = triton_unavailable()
+    if reason is not None:
+        return None, reason
+    if algorithm == "adam":
+        return TorchFusedPlan(bucket, amsgrad), None
+    return TritonPlan(algorithm, bucket, second_key, amsgrad), None
+
+
+def triton_unavailable() -> str | None:
+    """Why adamkit's Triton kernel cannot run here, or ``None`` when it can."""
+    try:
+        from ..kernels import fused_triton  # noqa: F401
+    except ImportError as error:
+        return f"Triton is not installed ({error}); torch's CUDA builds ship it"
+    return None
+
+
+class _GpuPlanBase:
+    """What both GPU plans share: the bucket, and the addresses that tell it has not changed."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket  # keeps every tensor the plan points to alive
+        self.device = bucket.params[0].device
+        self.dtype = bucket.params[0].dtype
+        self.params = pointers(bucket.params)
+        self.exp_avgs = pointers(bucket.state["exp_avg"])
+
+    def matches(self, params: list[Tensor], state: Mapping[Tensor, Any]) -> bool:
+        return addresses_match(self.params, self.exp_avgs, params, state)
+
+    def _real_grads(self, grads: list[Tensor]) -> list[Tensor] | str:
+        views = [real_view(g) for g in grads]
+        for g in views:
+            if g.dtype != self.dtype or not g.is_contiguous() or g.device != self.device:
+                return (
+                    f"the fused GPU kernels need contiguous gradients of dtype {self.dtype} "
+                    f"on {self.device}"
+                )
+        return views
+
+
+class TorchFusedPlan(_GpuPlanBase):
+    """Adam and AdamW through torch's fused kernels, which read step counts on the device."""
+
+    def __init__(self, bucket: Bucket, amsgrad: bool) -> None:
+        super().__init__(bucket)
+        self.amsgrad = amsgrad
+        # torch's fused kernels take float32 step counters on the parameters' device.
+        self.device_steps = torch.stack([s.float() for s in bucket.steps]).to(self.device)
+        self.device_step_list = list(self.device_steps.unbind())
+
+    def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
+        return self._real_grads(grads)
+
+    def run(self, grads: list[Tensor], h: Hyper) -> None:
+        b = self.bucket
+        torch._foreach_add_(b.steps, 1)  # the counters in the state (CPU)
+        self.device_steps.add_(1)  # and their copy for the kernel, in one launch
+        fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
+        fused(
+            b.params,
+            grads,
+            b.state["exp_avg"],
+            b.state["exp_avg_sq"],
+            b.state["max_exp_avg_sq"] if self.amsgrad else [],
+            self.device_step_list,
+            amsgrad=self.amsgrad,
+            lr=h.lr,
+            beta1=h.beta1,
+            beta2=h.beta2,
+            weight_decay=h.weight_decay,
+            eps=h.eps,
+            maximize=h.maximize,
+            grad_scale=None,
+            found_inf=None,
+        )
+
+
+class TritonPlan(_GpuPlanBase):
+    """RAdam, NAdam and Adamax (any algorithm, in fact) through adamkit's Triton kernel."""
+
+    def __init__(self, algorithm: str, bucket: Bucket, second_key: str, amsgrad: bool) -> None:
+        from ..kernels.fused_triton import BLOCK
+
+        super().__init__(bucket)
+        self.algorithm = ALGORITHMS[algorithm]
+        self.amsgrad = amsgrad
+        count = len(bucket.params)
+        self.count = count
+        device = self.device
+
+        def table(addresses: array[int]) -> Tensor:
+            return torch.tensor(addresses.tolist(), dtype=torch.int64, device=device)
+
+        # Program j updates BLOCK elements of tensor chunk_tensor[j] from chunk_start[j].
+        numels = torch.tensor([p.numel() for p in bucket.params], dtype=torch.int64)
+        per_tensor = (numels + BLOCK - 1) // BLOCK
+        chunk_tensor = torch.repeat_interleave(torch.arange(count), per_tensor)
+        first = torch.cumsum(per_tensor, 0) - per_tensor
+        chunk_start = (torch.arange(len(chunk_tensor)) - first[chunk_tensor]) * BLOCK
+        self.chunks = len(chunk_tensor)
+        seconds = table(pointers(bucket.state[second_key]))
+        self.tables: dict[str, Tensor | None] = {
+            "chunk_tensor": chunk_tensor.to(torch.int32).to(device),
+            "chunk_start": chunk_start.to(device),
+            "numels": numels.to(device),
+            "params": table(self.params),
+            "grads": None,  # per step
+            "exp_avgs": table(self.exp_avgs),
+            "seconds": seconds,
+            # Without AMSGrad the kernel never reads it; any valid table will do.
+            "maxes": table(pointers(bucket.state["max_exp_avg_sq"])) if amsgrad else seconds,
+        }
+        self.steps = pointers(bucket.steps)
+        mu = bucket.state.get("mu_product")
+        self.mu_products = pointers(mu) if mu is not None else None
+        self.flags = (_AMSGRAD if amsgrad else 0) | (
+            _STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0
+        )
+        # Four scalars per tensor, then the group's seven: computed on the host, copied once.
+        cuda = device.type == "cuda"
+        self.host = torch.empty(4 * count + 7, dtype=torch.float64, pin_memory=cuda)
+        self.host_values = self.host.numpy()
+        self.scalars = self.host.to(device) if cuda else self.host
+        self.copied = torch.cuda.Event() if cuda else None
+        self.grad_addresses: array[int] | None = None
+
+    def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
+        return self._real_grads(grads)
+
+    def run(self, grads: list[Tensor], h: Hyper) -> None:
+        from ..kernels.fused_triton import launch
+
+        addresses = pointers(grads)
+        if addresses != self.grad_addresses:  # zero_grad(set_to_none=True) gives new grads
+            self.tables["grads"] = torch.tensor(
+                addresses.tolist(), dtype=torch.int64, device=self.device
+            )
+            self.grad_addresses = addresses
+        if self.copied is not None:
+            self.copied.synchronize()  # the last step's copy has left the host buffer
+        library = fused_library()
+        assert library is not None  # gpu_plan checked it
+        library.adamkit_step_scalars(
+            self.algorithm,
+            self.flags,
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.momentum_decay,
+            self.count,
+            _address(self.steps),
+            _address(self.mu_products),
+            self.host.data_ptr(),
+        )
+        # Rounded once from double in the kernel, as the CPU kernel rounds them.
+        self.host_values[4 * self.count :] = (
+            -1.0 if h.maximize else 1.0,
+            1.0 - h.lr * h.weight_decay,
+            1.0 - h.beta1,
+            h.beta2,
+            1.0 - h.beta2,
+            h.eps,
+            h.weight_decay,
+        )
+        if self.copied is not None:
+            self.scalars.copy_(self.host, non_blocking=True)
+            self.copied.record()
+        decay = 0 if h.weight_decay == 0 else (2 if h.decoupled_weight_decay else 1)
+        launch(
+            self.chunks,
+            self.tables,
+            self.scalars[: 4 * self.count],
+            self.scalars[4 * self.count :],
+            self.algorithm,
+            decay,
+            self.amsgrad,
+            self.dtype,
+        )
+
+
+def _address(values: array[int] | None) -> int | None:
+    return values.buffer_info()[0] if values is not None and len(values) else None
