@@ -49,4 +49,4 @@ def grad_stream(
 
 def set_grads(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
     for p, g in zip(params, grads, strict=True):
-        p.grad = None if g is None else g.clone()
+        p.grad = None if g is None else g.to(p.device, copy=True)

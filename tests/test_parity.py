@@ -60,8 +60,10 @@ def torch_tolerance(case: Case, dtype: torch.dtype) -> dict[str, float]:
     return TORCH_TOL[dtype]
 
 
-def run_twins(case: Case, dtype: torch.dtype, steps: int = STEPS, **extra: Any) -> tuple[Any, ...]:
-    ours_p = make_params(dtype)
+def run_twins(
+    case: Case, dtype: torch.dtype, steps: int = STEPS, device: str = "cpu", **extra: Any
+) -> tuple[Any, ...]:
+    ours_p = [p.detach().to(device).requires_grad_() for p in make_params(dtype)]
     theirs_p = clone(ours_p)
     kwargs = {**case.kwargs, **extra}
     ours = case.ours(ours_p, **kwargs)
@@ -104,14 +106,14 @@ def test_matches_torch(case: Case, dtype: torch.dtype) -> None:
 
 
 def reference_run(
-    case: Case, dtype: torch.dtype, steps: int
+    case: Case, dtype: torch.dtype, steps: int, device: str = "cpu"
 ) -> tuple[torch.optim.Optimizer, list[torch.Tensor], list[np.ndarray], list[Any]]:
-    ps = make_params(dtype)
+    ps = [p.detach().to(device).requires_grad_() for p in make_params(dtype)]
     opt = case.ours(ps, **case.kwargs)
     as_numpy = (
-        (lambda t: t.detach().to(torch.complex128).numpy())
+        (lambda t: t.detach().to(torch.complex128).cpu().numpy())
         if dtype.is_complex
-        else (lambda t: t.detach().double().numpy())
+        else (lambda t: t.detach().double().cpu().numpy())
     )
     thetas = [as_numpy(p).copy() for p in ps]
     states: list[Any] = [None] * len(ps)
@@ -136,14 +138,17 @@ def assert_matches_reference(
     for i, (p, theta, ref_state) in enumerate(zip(ps, thetas, states, strict=True)):
         wide = torch.complex128 if p.is_complex() else torch.float64
         torch.testing.assert_close(
-            p.detach().to(wide), torch.as_tensor(theta), **tol, msg=lambda m, i=i: f"param {i}: {m}"
+            p.detach().to(wide).cpu(),
+            torch.as_tensor(theta),
+            **tol,
+            msg=lambda m, i=i: f"param {i}: {m}",
         )
         state = opt.state[p]
         assert sorted(state) == sorted(ref_state), (
             f"param {i}: {sorted(state)} != {sorted(ref_state)}"
         )
         for key, expected in ref_state.items():
-            got = state[key].detach()
+            got = state[key].detach().cpu()
             got = got.to(torch.complex128 if got.is_complex() else torch.float64)
             torch.testing.assert_close(
                 got,

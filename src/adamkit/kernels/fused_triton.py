@@ -53,6 +53,18 @@ def div(x, y, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def rounded(x, DTYPE: tl.constexpr):
+    """``x`` (the compute type) rounded to nearest-even in ``DTYPE``. bf16 is rounded by hand,
+    as the hardware rounds it, because Triton's interpreter truncates instead."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        bits = tl.where(x != x, 0x7FC0, bits)  # NaN stays NaN
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(DTYPE)
+
+
+@triton.jit
 def fused_step(
     chunk_tensor,  # int32[chunks]: the tensor each program updates
     chunk_start,  # int64[chunks]: its first element
@@ -100,7 +112,7 @@ def fused_step(
         param *= shrink
     m = tl.load(m_ptr + offsets, mask=mask).to(COMPUTE)
     m = m + one_minus_beta1 * (grad - m)
-    tl.store(m_ptr + offsets, m.to(DTYPE), mask=mask)
+    tl.store(m_ptr + offsets, rounded(m, DTYPE), mask=mask)
     v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE)
     if ALGO == 3:  # Adamax: u = max(beta2 u, |g| + eps); p -= a m / u
         norm = tl.abs(grad) + eps
@@ -115,7 +127,7 @@ def fused_step(
                 vmax_ptr = tl.load(maxes + k).to(tl.pointer_type(DTYPE))
                 old = tl.load(vmax_ptr + offsets, mask=mask).to(COMPUTE)
                 top = tl.where(old > v, old, v)  # a NaN v propagates, as in torch
-                tl.store(vmax_ptr + offsets, top.to(DTYPE), mask=mask)
+                tl.store(vmax_ptr + offsets, rounded(top, DTYPE), mask=mask)
             param = param - div(a * m, div(sqrt(top, COMPUTE), b, COMPUTE) + eps, COMPUTE)
         elif ALGO == 1:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
             rectified = tl.full([BLOCK], kind, tl.float64) == K_RADAM
@@ -124,8 +136,8 @@ def fused_step(
         else:  # NAdam: p -= (a g + c m) / (sqrt(v) / b + eps)
             denom = div(sqrt(v, COMPUTE), b, COMPUTE) + eps
             param = param - div(a * grad + c * m, denom, COMPUTE)
-    tl.store(v_ptr + offsets, v.to(DTYPE), mask=mask)
-    tl.store(p_ptr + offsets, param.to(DTYPE), mask=mask)
+    tl.store(v_ptr + offsets, rounded(v, DTYPE), mask=mask)
+    tl.store(p_ptr + offsets, rounded(param, DTYPE), mask=mask)
 
 
 def launch(

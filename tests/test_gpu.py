@@ -1,0 +1,309 @@
+"""The fused GPU path (``optim/_device.py``, ``kernels/fused_triton.py``).
+
+With CUDA, these tests step parameters on the GPU. Without it (CI), they run the same code on
+CPU tensors: ``gpu_path`` is pointed at the CPU, torch's fused Adam/AdamW kernels have CPU
+implementations, and Triton's interpreter (``TRITON_INTERPRET=1``) runs adamkit's kernel with
+NumPy. So the math, the plumbing (address tables, chunks, host-computed step scalars, step
+counters) and the fallbacks are tested everywhere; compiling for the card and its speed need
+the card. The interpreter costs about 40 ms a launch, so runs without CUDA take fewer steps.
+
+Tolerances are test_parity's: fused fp32 against torch 5e-6, fp64 1e-12; the reference 2e-5 and
+1e-10 (NAdam fp64 1e-8). In the interpreter the Triton kernel is bit-identical to the CPU kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+import adamkit.optim._base as base
+from adamkit.optim import _device
+
+from .problems import clone, grad_stream, set_grads
+from .registry import CASES, Case, params
+from .test_parity import (
+    NADAM_FP64_REF_TOL,
+    REF_TOL,
+    assert_matches_reference,
+    assert_optimizers_equal,
+    reference_run,
+    run_twins,
+    torch_tolerance,
+)
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+STEPS = 200 if CUDA else 20
+GPU_CASES = [c for c in CASES if c.kwargs.get("fused")]
+try:
+    import triton  # noqa: F401
+
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+
+
+@pytest.fixture(autouse=True)
+def on_the_gpu_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    if not CUDA:
+        monkeypatch.setattr(base, "gpu_path", lambda device: True)
+        if HAVE_TRITON and "adamkit.kernels.fused_triton" not in sys.modules:
+            # Triton decides at definition (import) whether a kernel is interpreted.
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+            importlib.import_module("adamkit.kernels.fused_triton")
+    yield
+
+
+def needs_triton(name: str) -> None:
+    if name not in ("Adam", "AdamW") and not HAVE_TRITON:
+        pytest.skip("Triton is not installed (pip install triton, or torch's CUDA build)")
+
+
+def plan_kinds(opt: torch.optim.Optimizer) -> set[str]:
+    plans = opt.__dict__.get("_fused_plans", {})
+    return {type(entry[1]).__name__ for _, entries in plans.values() for entry in entries}
+
+
+def expected_plan(name: str) -> str:
+    return "TorchFusedPlan" if name in ("Adam", "AdamW") else "TritonPlan"
+
+
+def test_without_cuda_the_kernel_runs_interpreted() -> None:
+    if CUDA or not HAVE_TRITON:
+        pytest.skip("checks the CPU set-up of these tests")
+    from adamkit.kernels import fused_triton
+
+    assert type(fused_triton.fused_step).__name__ == "InterpretedFunction"
+
+
+@params(GPU_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_matches_reference(case: Case, dtype: torch.dtype) -> None:
+    needs_triton(case.name)
+    opt, ps, thetas, states = reference_run(case, dtype, STEPS, device=DEVICE)
+    assert plan_kinds(opt) == {expected_plan(case.name)}
+    assert all(s["step"].device.type == "cpu" for s in opt.state.values())
+    tol = REF_TOL[dtype]
+    if case.name == "NAdam" and dtype == torch.float64:
+        tol = NADAM_FP64_REF_TOL
+    assert_matches_reference(opt, ps, thetas, states, **tol)
+
+
+@params(GPU_CASES)
+def test_matches_torch(case: Case) -> None:
+    needs_triton(case.name)
+    ours, theirs, ours_p, theirs_p = run_twins(case, torch.float32, STEPS, device=DEVICE)
+    assert plan_kinds(ours) == {expected_plan(case.name)}
+    assert_optimizers_equal(
+        ours, theirs, ours_p, theirs_p, **torch_tolerance(case, torch.float32)
+    )
+
+
+def _train(opt: torch.optim.Optimizer, ps: list[torch.Tensor], grads: list[Any]) -> None:
+    for g in grads:
+        set_grads(ps, g)
+        opt.step()
+
+
+def _cpu_twin(
+    name: str, sizes: list[int], dtype: torch.dtype, **kwargs: Any
+) -> tuple[Any, Any, list[torch.Tensor], list[torch.Tensor]]:
+    """An optimizer on the GPU path and its twin on the CPU kernel, on the same values."""
+    g = torch.Generator().manual_seed(5)
+    cpu_p = [torch.randn(n, generator=g).to(dtype).requires_grad_() for n in sizes]
+    gpu_p = [p.detach().to(DEVICE, copy=True).requires_grad_() for p in cpu_p]
+    ours = getattr(adamkit, name)(gpu_p, fused=True, **kwargs)
+    cpu = getattr(adamkit, name)(cpu_p, fused=True, **kwargs)
+    return ours, cpu, gpu_p, cpu_p
+
+
+@contextmanager
+def cpu_kernel() -> Iterator[None]:
+    """CPU tensors take the CPU kernel again (the twins the GPU path is compared with)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "gpu_path", lambda device: device.type == "cuda")
+        yield
+
+
+def _run_on_cpu_kernel(opt: torch.optim.Optimizer, ps: list[torch.Tensor], grads: Any) -> None:
+    with cpu_kernel():
+        _train(opt, ps, grads)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("RAdam", {"weight_decay": 0.1}),
+        ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
+        ("Adamax", {"maximize": True}),
+        ("Adam", {"amsgrad": True}),
+    ],
+    ids=["RAdam", "NAdam", "Adamax", "Adam-amsgrad"],
+)
+def test_tensors_spanning_several_programs(name: str, kwargs: dict[str, Any]) -> None:
+    """Sizes around the kernel's block (one element, a partial block, exact blocks, a tail)
+    give the same result as the CPU kernel: bit for bit in the interpreter, where the Triton
+    kernel does the CPU kernel's arithmetic in its order (a GPU may contract into FMAs)."""
+    needs_triton(name)
+    block = 2048
+    sizes = [1, block - 1, block, block + 1, 2 * block + 5]
+    ours, cpu, gpu_p, cpu_p = _cpu_twin(name, sizes, torch.float32, lr=1e-2, **kwargs)
+    gen = torch.Generator().manual_seed(6)
+    grads = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(8)]
+    _train(ours, gpu_p, grads)
+    _run_on_cpu_kernel(cpu, cpu_p, grads)
+    assert plan_kinds(ours) == {expected_plan(name)}
+    exact = not CUDA and name not in ("Adam", "AdamW")  # torch's fused Adam rounds its own way
+    tol = {"rtol": 0.0, "atol": 0.0} if exact else {"rtol": 5e-6, "atol": 5e-6}
+    for a, b in zip(gpu_p, cpu_p, strict=True):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), **tol)
+        for key, value in cpu.state[b].items():
+            torch.testing.assert_close(ours.state[a][key].cpu(), value, **tol)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_params_step_in_fp32(name: str, dtype: torch.dtype) -> None:
+    """bf16 and fp16 parameters (and their state) are updated in fp32 and rounded to nearest,
+    as torch's fused kernels do: the same as stepping fp32 copies with the CPU kernel and
+    rounding parameters and state after every step."""
+    needs_triton(name)
+    sizes = [7, 300, 2500]
+    ours, wide, gpu_p, wide_p = _cpu_twin(name, sizes, dtype, lr=1e-2, weight_decay=0.01)
+    wide_p = [p.detach().float().requires_grad_() for p in wide_p]
+    wide = getattr(adamkit, name)(wide_p, fused=True, lr=1e-2, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(6):
+        grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+        _train(ours, gpu_p, [grads])
+        _run_on_cpu_kernel(wide, wide_p, [[g.float() for g in grads]])
+        with torch.no_grad():  # round the fp32 twin as the half-precision storage does
+            for p in wide_p:
+                p.copy_(p.to(dtype).float())
+                for key, value in wide.state[p].items():
+                    if key not in ("step", "mu_product"):
+                        value.copy_(value.to(dtype).float())
+    assert plan_kinds(ours) == {expected_plan(name)}
+    for a, b in zip(gpu_p, wide_p, strict=True):
+        assert a.dtype == dtype and all(
+            v.dtype == dtype for k, v in ours.state[a].items() if k not in ("step", "mu_product")
+        )
+        # Equal but for the rare element where a last-bit difference of the fp32 arithmetic
+        # (torch's fused Adam, a GPU's FMAs) rounds the other way: one unit of the 8-bit or
+        # 11-bit significand.
+        torch.testing.assert_close(a.detach().cpu(), b.detach().to(dtype), rtol=8e-3, atol=1e-5)
+        for key, value in wide.state[b].items():
+            if key not in ("step", "mu_product"):
+                got = ours.state[a][key].cpu()
+                torch.testing.assert_close(got, value.to(dtype), rtol=8e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_resume_from_a_checkpoint_is_exact(name: str) -> None:
+    """A checkpoint taken on the GPU path (step counters on the CPU, as everywhere) resumes
+    bit for bit, in a new optimizer: the GPU copy of torch's step counters is rebuilt."""
+    needs_triton(name)
+    sizes = [5, 3000]
+    gen = torch.Generator().manual_seed(8)
+    grads = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(10)]
+    straight, _, straight_p, _ = _cpu_twin(name, sizes, torch.float32)
+    _train(straight, straight_p, grads)
+
+    first, _, first_p, _ = _cpu_twin(name, sizes, torch.float32)
+    _train(first, first_p, grads[:5])
+    saved = first.state_dict()
+    assert all(entry["step"].device.type == "cpu" for entry in saved["state"].values())
+    resumed_p = clone(first_p)
+    resumed = getattr(adamkit, name)(resumed_p, fused=True)
+    resumed.load_state_dict(saved)
+    _train(resumed, resumed_p, grads[5:])
+    for a, b in zip(resumed_p, straight_p, strict=True):
+        assert torch.equal(a, b)
+    # The same optimizer, reloaded mid-run, drops its plan and continues as well.
+    first.load_state_dict(saved)
+    _train(first, first_p, grads[5:])
+    for a, b in zip(first_p, straight_p, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "RAdam"])
+def test_gradients_kept_between_steps(name: str) -> None:
+    """``zero_grad(set_to_none=False)`` keeps each .grad tensor: the plan's address table of the
+    gradients is reused, and must see the new values."""
+    needs_triton(name)
+    sizes = [9, 4100]
+    ours, cpu, gpu_p, cpu_p = _cpu_twin(name, sizes, torch.float32, lr=1e-2)
+    gen = torch.Generator().manual_seed(9)
+    for p, q in zip(gpu_p, cpu_p, strict=True):
+        p.grad = torch.zeros_like(p)
+        q.grad = torch.zeros_like(q)
+    for _ in range(5):
+        for p, q in zip(gpu_p, cpu_p, strict=True):
+            g = torch.randn(q.shape, generator=gen)
+            p.grad.copy_(g)  # type: ignore[union-attr]
+            q.grad.copy_(g)  # type: ignore[union-attr]
+        ours.step()
+        with cpu_kernel():
+            cpu.step()
+    for a, b in zip(gpu_p, cpu_p, strict=True):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=5e-6, atol=5e-6)
+
+
+def test_low_precision_state_runs_the_multi_tensor_path_or_says_why() -> None:
+    torch.manual_seed(0)
+    ps = [torch.randn(5000, device=DEVICE, requires_grad=True)]
+    eager_p = clone(ps)
+    default = adamkit.AdamW(ps, state_precision="bf16")
+    eager = adamkit.AdamW(eager_p, state_precision="bf16", foreach=True)
+    for _ in range(3):
+        grads = [torch.randn(5000)]
+        _train(default, ps, [grads])
+        _train(eager, eager_p, [grads])
+    assert torch.equal(ps[0], eager_p[0])
+    strict = adamkit.AdamW(clone(ps), state_precision="8bit", fused=True)
+    strict.param_groups[0]["params"][0].grad = torch.randn(5000, device=DEVICE)
+    with pytest.raises(RuntimeError, match="fused=True.*low-precision state"):
+        strict.step()
+
+
+def test_without_triton_radam_falls_back_and_adam_is_unaffected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reason = "Triton is not installed (No module named 'triton'); torch's CUDA builds ship it"
+    monkeypatch.setattr(_device, "triton_unavailable", lambda: reason)
+    ps = [torch.randn(300, device=DEVICE, requires_grad=True)]
+    ps[0].grad = torch.randn(300, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"RAdam\(fused=True\): Triton is not installed"):
+        _stepped("RAdam", ps, fused=True)
+    assert plan_kinds(_stepped("RAdam", ps)) == {"NoneType"}  # no plan: the foreach path ran
+    assert plan_kinds(_stepped("Adam", ps, fused=True)) == {"TorchFusedPlan"}
+
+
+def _stepped(name: str, ps: list[torch.Tensor], **kwargs: Any) -> torch.optim.Optimizer:
+    copies = clone(ps)
+    opt = getattr(adamkit, name)(copies, **kwargs)
+    copies[0].grad = ps[0].grad.clone()  # type: ignore[union-attr]
+    opt.step()
+    return opt
+
+
+def test_non_contiguous_gradient_falls_back_or_is_refused() -> None:
+    needs_triton("NAdam")
+    p = torch.randn(40, 30, device=DEVICE, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    grad = torch.randn(30, 40, device=DEVICE).t()
+    default, eager = adamkit.NAdam([p]), adamkit.NAdam([q], foreach=True)
+    p.grad, q.grad = grad, grad.contiguous()
+    default.step()
+    eager.step()
+    torch.testing.assert_close(p, q, rtol=5e-6, atol=5e-6)
+    strict = adamkit.NAdam([p], fused=True)
+    with pytest.raises(RuntimeError, match="fused=True.*contiguous"):
+        strict.step()
