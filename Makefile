@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU build this machine kind keeps on disk: adamkit's own
 	# requirement (torch>=2.4) is then already met and pip never fetches a multi-GB CUDA wheel.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	# The Triton that torch 2.13 pins (its CUDA builds ship it); here it runs the GPU kernel's
+	# tests in its interpreter. Only Linux x86_64 has wheels; elsewhere those tests skip.
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then $(BIN)/python -m pip install --quiet "triton==3.7.1"; fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -14,9 +14,11 @@ Tolerances are test_parity's: fused fp32 against torch 5e-6, fp64 1e-12; the ref
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +28,7 @@ import adamkit
 import adamkit.optim._base as base
 from adamkit.optim import _device
 
-from .problems import clone, grad_stream, set_grads
+from .problems import clone, set_grads
 from .registry import CASES, Case, params
 from .test_parity import (
     NADAM_FP64_REF_TOL,
@@ -101,9 +103,7 @@ def test_matches_torch(case: Case) -> None:
     needs_triton(case.name)
     ours, theirs, ours_p, theirs_p = run_twins(case, torch.float32, STEPS, device=DEVICE)
     assert plan_kinds(ours) == {expected_plan(case.name)}
-    assert_optimizers_equal(
-        ours, theirs, ours_p, theirs_p, **torch_tolerance(case, torch.float32)
-    )
+    assert_optimizers_equal(ours, theirs, ours_p, theirs_p, **torch_tolerance(case, torch.float32))
 
 
 def _train(opt: torch.optim.Optimizer, ps: list[torch.Tensor], grads: list[Any]) -> None:
@@ -269,7 +269,7 @@ def test_low_precision_state_runs_the_multi_tensor_path_or_says_why() -> None:
     assert torch.equal(ps[0], eager_p[0])
     strict = adamkit.AdamW(clone(ps), state_precision="8bit", fused=True)
     strict.param_groups[0]["params"][0].grad = torch.randn(5000, device=DEVICE)
-    with pytest.raises(RuntimeError, match="fused=True.*low-precision state"):
+    with pytest.raises(RuntimeError, match=r"fused=True.*low-precision state"):
         strict.step()
 
 
@@ -305,5 +305,24 @@ def test_non_contiguous_gradient_falls_back_or_is_refused() -> None:
     eager.step()
     torch.testing.assert_close(p, q, rtol=5e-6, atol=5e-6)
     strict = adamkit.NAdam([p], fused=True)
-    with pytest.raises(RuntimeError, match="fused=True.*contiguous"):
+    with pytest.raises(RuntimeError, match=r"fused=True.*contiguous"):
         strict.step()
+
+
+def test_gpu_benchmark_harness_runs() -> None:
+    """``benchmarks/bench_gpu.py --smoke``: the harness, on the CPU with tiny sizes (on a GPU
+    machine the real run is ``python benchmarks/bench_gpu.py``)."""
+    if not HAVE_TRITON:
+        pytest.skip("the smoke run steps NAdam with the Triton kernel")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--cases", "c", "--algorithms", "Adam,NAdam"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| (c)")]
+    assert len(rows) == 2
+    assert "TorchFusedPlan" in rows[0] and "torch fused" in rows[0]
+    assert "TritonPlan" in rows[1] and "torch foreach" in rows[1]

@@ -445,7 +445,7 @@ class AdamFamily(Optimizer):
             if plan is not None:
                 gradients = plan.gradients([grad_of[id(p)] for p in bucket_params])
                 if not isinstance(gradients, str):
-                    plan.run(gradients, hyper)  # type: ignore[arg-type]
+                    plan.run(gradients, hyper)
                     continue
                 reason = gradients
             if group.get("fused"):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library
-from ._core import Bucket, Hyper, local, real_view
+from ._core import Bucket, Hyper, real_view
 from ._fused import (
     _AMSGRAD,
     _STEP_F64,
@@ -189,7 +189,7 @@ class TritonPlan(_GpuPlanBase):
         self.host = torch.empty(4 * count + 7, dtype=torch.float64, pin_memory=cuda)
         self.host_values = self.host.numpy()
         self.scalars = self.host.to(device) if cuda else self.host
-        self.copied = torch.cuda.Event() if cuda else None
+        self.copied = torch.cuda.Event() if cuda else None  # type: ignore[no-untyped-call]
         self.grad_addresses: array[int] | None = None
 
     def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
