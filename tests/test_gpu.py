@@ -326,3 +326,41 @@ def test_gpu_benchmark_harness_runs() -> None:
     assert len(rows) == 2
     assert "TorchFusedPlan" in rows[0] and "torch fused" in rows[0]
     assert "TritonPlan" in rows[1] and "torch foreach" in rows[1]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.max_memory_allocated)")
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"])
+def test_step_allocates_no_parameter_sized_memory_on_the_gpu(name: str) -> None:
+    """One pass, no temporaries: a step allocates its small tables at most, where torch's
+    foreach path allocates at least the parameters' size (pytorch issue 97712)."""
+    needs_triton(name)
+    ps = [torch.randn(4_000_000, device="cuda", requires_grad=True) for _ in range(2)]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt = getattr(adamkit, name)(ps, fused=True)
+    opt.step()
+    opt.step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    opt.step()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before < 1 << 20  # a parameter is 16 MB
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_parameters_on_two_gpus(name: str) -> None:
+    """One bucket per device; each kernel is launched on its bucket's device."""
+    needs_triton(name)
+    gen = torch.Generator().manual_seed(10)
+    values = [torch.randn(3000, generator=gen) for _ in range(2)]
+    ps = [v.to(f"cuda:{i}").requires_grad_() for i, v in enumerate(values)]
+    cpu_p = [v.clone().requires_grad_() for v in values]
+    ours = getattr(adamkit, name)(ps, fused=True)
+    cpu = getattr(adamkit, name)(cpu_p, fused=True)
+    grads = [[torch.randn(3000, generator=gen) for _ in range(2)] for _ in range(5)]
+    _train(ours, ps, grads)
+    _train(cpu, cpu_p, grads)
+    for a, b in zip(ps, cpu_p, strict=True):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=5e-6, atol=5e-6)

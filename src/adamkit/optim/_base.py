@@ -263,9 +263,11 @@ class AdamFamily(Optimizer):
 
         ``"fused"`` with ``fused=True``, or by default (``fused=None, foreach=None``) where the
         kernel could be built; ``"forloop"`` with ``foreach=False``; ``"foreach"`` otherwise.
-        On the fused path, buckets the kernel cannot take (a GPU, plain bf16 or fp16
-        parameters) run on ``"foreach"``,
-        unless ``fused=True`` was asked for explicitly, which then raises.
+        On the fused path, CPU buckets take the C kernel and CUDA buckets the GPU kernels
+        (``optim/_device.py``); buckets no kernel can take (plain bf16 or fp16 parameters on the
+        CPU, low-precision state on a GPU, RAdam/NAdam/Adamax on a GPU without Triton,
+        non-contiguous tensors) run on ``"foreach"``, unless ``fused=True`` was asked for
+        explicitly, which then raises and says why.
         """
         group = self.param_groups[0] if group is None else group
         fused, foreach = group.get("fused"), group.get("foreach")

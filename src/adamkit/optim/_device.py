@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -230,20 +231,24 @@ class TritonPlan(_GpuPlanBase):
             h.eps,
             h.weight_decay,
         )
-        if self.copied is not None:
-            self.scalars.copy_(self.host, non_blocking=True)
-            self.copied.record()
+        if self.chunks == 0:  # only empty tensors: their steps count, nothing to update
+            return
         decay = 0 if h.weight_decay == 0 else (2 if h.decoupled_weight_decay else 1)
-        launch(
-            self.chunks,
-            self.tables,
-            self.scalars[: 4 * self.count],
-            self.scalars[4 * self.count :],
-            self.algorithm,
-            decay,
-            self.amsgrad,
-            self.dtype,
-        )
+        # Triton launches on the current device and stream: make it this bucket's device.
+        with torch.cuda.device(self.device) if self.copied is not None else nullcontext():
+            if self.copied is not None:
+                self.scalars.copy_(self.host, non_blocking=True)
+                self.copied.record()
+            launch(
+                self.chunks,
+                self.tables,
+                self.scalars[: 4 * self.count],
+                self.scalars[4 * self.count :],
+                self.algorithm,
+                decay,
+                self.amsgrad,
+                self.dtype,
+            )
 
 
 def _address(values: array[int] | None) -> int | None:

@@ -59,9 +59,10 @@ class Adam(AdamFamily):
         amsgrad: use the running maximum of the second moment (default False).
         foreach: ``True``: the multi-tensor path; ``False``: one tensor at a time.
         maximize: maximize the objective instead of minimizing it (default False).
-        fused: ``True``: the fused kernel (one pass over memory; fp32/fp64 CPU tensors, and
-            bf16 parameters with low-precision state or stochastic rounding; an error
-            otherwise). ``None`` (default, with ``foreach=None``): fused where it
+        fused: ``True``: a fused kernel (one pass over memory): on the CPU for fp32/fp64
+            tensors, and bf16 parameters with low-precision state or stochastic rounding; on
+            CUDA for fp32/fp64/fp16/bf16 tensors with full-precision state; an error
+            otherwise. ``None`` (default, with ``foreach=None``): fused where it
             applies, the multi-tensor path elsewhere. ``False``: never fused.
         capturable, differentiable: accepted as in torch; ``True`` is not supported yet and
             raises ``NotImplementedError`` naming the setting.
