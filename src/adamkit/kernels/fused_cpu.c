@@ -112,7 +112,8 @@ static int plan(int algo, int flags, double beta1, double beta2, double lr, doub
 
 /* The host half of a step whose element loop runs elsewhere (adamkit's Triton kernel on a GPU):
  * increment each tensor's step (and NAdam's mu product) and write its scalars to out, as
- * out[4k .. 4k+3] = a, b, c, kind. The same scalars as the CPU kernel's, so both paths agree. */
+ * out[5k .. 5k+4] = a, b, c, kind, t (the step count, which seeds stochastic rounding). The same
+ * scalars as the CPU kernel's, so both paths agree. */
 void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double beta2,
                           double momentum_decay, int64_t count, void **steps, void **mu_products,
                           double *out) {
@@ -120,10 +121,11 @@ void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double b
         double t = bump(steps[k], flags & STEP_F64);
         scalars_t s = step_scalars(algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1,
                                    beta2, momentum_decay);
-        out[4 * k] = s.a;
-        out[4 * k + 1] = s.b;
-        out[4 * k + 2] = s.c;
-        out[4 * k + 3] = (double)s.kind;
+        out[5 * k] = s.a;
+        out[5 * k + 1] = s.b;
+        out[5 * k + 2] = s.c;
+        out[5 * k + 3] = (double)s.kind;
+        out[5 * k + 4] = t;
     }
 }
 

@@ -33,7 +33,9 @@ BLOCK = 2048
 _NUM_WARPS = 8
 
 # The CPU library's element-loop kinds (scalars_t.kind in fused_cpu.c).
-K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX = range(6)
+K_RADAM: tl.constexpr = 2
+#: Step scalars per tensor, as adamkit_step_scalars writes them: a, b, c, kind, t.
+ROW: tl.constexpr = 5
 
 
 # IEEE-rounded square root and division, as the CPU kernel and torch's kernels compute
@@ -65,33 +67,25 @@ def rounded(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def fused_step(
-    chunk_tensor,  # int32[chunks]: the tensor each program updates
-    chunk_start,  # int64[chunks]: its first element
-    numels,  # int64[count]
-    params,  # int64[count] tables of addresses
-    grads,
-    exp_avgs,
-    seconds,
-    maxes,
-    scalars,  # float64[count, 4]: a, b, c, kind per tensor (adamkit_step_scalars)
-    hyper,  # float64[7]: sign, shrink, 1 - beta1, beta2, 1 - beta2, eps, wd
-    ALGO: tl.constexpr,  # 0 Adam, 1 RAdam, 2 NAdam, 3 Adamax (fused_cpu.c's enum)
-    DECAY: tl.constexpr,  # 0 none, 1 coupled (g += wd p), 2 decoupled (p *= 1 - lr wd)
+def update(
+    param,
+    grad,
+    m,
+    v,
+    old_max,
+    scalars,
+    hyper,
+    k,
+    ALGO: tl.constexpr,
+    DECAY: tl.constexpr,
     AMSGRAD: tl.constexpr,
-    DTYPE: tl.constexpr,  # the tensors' element type
-    COMPUTE: tl.constexpr,  # the type the math runs in
-    BLOCK: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    INVERSE_B: tl.constexpr,
 ):
-    j = tl.program_id(0)
-    k = tl.load(chunk_tensor + j)
-    offsets = tl.load(chunk_start + j) + tl.arange(0, BLOCK)
-    mask = offsets < tl.load(numels + k)
-    p_ptr = tl.load(params + k).to(tl.pointer_type(DTYPE))
-    g_ptr = tl.load(grads + k).to(tl.pointer_type(DTYPE))
-    m_ptr = tl.load(exp_avgs + k).to(tl.pointer_type(DTYPE))
-    v_ptr = tl.load(seconds + k).to(tl.pointer_type(DTYPE))
+    """One step of the element math, as fused_cpu.c's loops: returns (p, m, v, v_max).
 
+    ``INVERSE_B``: ``b`` holds 1 / sqrt(1 - beta2^t) and multiplies, as the CPU kernel's loop
+    for low-precision storage does; otherwise it is sqrt(1 - beta2^t) and divides."""
     sign = tl.load(hyper).to(COMPUTE)
     shrink = tl.load(hyper + 1).to(COMPUTE)
     one_minus_beta1 = tl.load(hyper + 2).to(COMPUTE)
@@ -99,21 +93,18 @@ def fused_step(
     one_minus_beta2 = tl.load(hyper + 4).to(COMPUTE)
     eps = tl.load(hyper + 5).to(COMPUTE)
     wd = tl.load(hyper + 6).to(COMPUTE)
-    a = tl.load(scalars + 4 * k).to(COMPUTE)
-    b = tl.load(scalars + 4 * k + 1).to(COMPUTE)
-    c = tl.load(scalars + 4 * k + 2).to(COMPUTE)
-    kind = tl.load(scalars + 4 * k + 3)
+    a = tl.load(scalars + ROW * k).to(COMPUTE)
+    b = tl.load(scalars + ROW * k + 1).to(COMPUTE)
+    c = tl.load(scalars + ROW * k + 2).to(COMPUTE)
+    kind = tl.load(scalars + ROW * k + 3)
 
-    grad = sign * tl.load(g_ptr + offsets, mask=mask).to(COMPUTE)
-    param = tl.load(p_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = sign * grad
     if DECAY == 1:
         grad += wd * param
     if DECAY == 2:
         param *= shrink
-    m = tl.load(m_ptr + offsets, mask=mask).to(COMPUTE)
     m = m + one_minus_beta1 * (grad - m)
-    tl.store(m_ptr + offsets, rounded(m, DTYPE), mask=mask)
-    v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE)
+    top = old_max
     if ALGO == 3:  # Adamax: u = max(beta2 u, |g| + eps); p -= a m / u
         norm = tl.abs(grad) + eps
         v = beta2 * v
@@ -124,20 +115,263 @@ def fused_step(
         if ALGO == 0:  # Adam: p -= a m / (sqrt(v) / b + eps)
             top = v
             if AMSGRAD:
-                vmax_ptr = tl.load(maxes + k).to(tl.pointer_type(DTYPE))
-                old = tl.load(vmax_ptr + offsets, mask=mask).to(COMPUTE)
-                top = tl.where(old > v, old, v)  # a NaN v propagates, as in torch
-                tl.store(vmax_ptr + offsets, rounded(top, DTYPE), mask=mask)
-            param = param - div(a * m, div(sqrt(top, COMPUTE), b, COMPUTE) + eps, COMPUTE)
+                top = tl.where(old_max > v, old_max, v)  # a NaN v propagates, as in torch
+            if INVERSE_B:
+                denom = sqrt(top, COMPUTE) * b + eps
+            else:
+                denom = div(sqrt(top, COMPUTE), b, COMPUTE) + eps
+            param = param - div(a * m, denom, COMPUTE)
         elif ALGO == 1:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
-            rectified = tl.full([BLOCK], kind, tl.float64) == K_RADAM
+            rectified = tl.zeros_like(v) + kind == K_RADAM
             denom = tl.where(rectified, sqrt(v, COMPUTE) + eps, 1.0)
             param = param - div(a * m, denom, COMPUTE)
         else:  # NAdam: p -= (a g + c m) / (sqrt(v) / b + eps)
-            denom = div(sqrt(v, COMPUTE), b, COMPUTE) + eps
+            if INVERSE_B:
+                denom = sqrt(v, COMPUTE) * b + eps
+            else:
+                denom = div(sqrt(v, COMPUTE), b, COMPUTE) + eps
             param = param - div(a * grad + c * m, denom, COMPUTE)
+    return param, m, v, top
+
+
+@triton.jit
+def fused_step(
+    chunk_tensor,  # int32[chunks]: the tensor each program updates
+    chunk_start,  # int64[chunks]: its first element
+    numels,  # int64[count]
+    params,  # int64[count] tables of addresses
+    grads,
+    exp_avgs,
+    seconds,
+    maxes,
+    scalars,  # float64[count, ROW]: a, b, c, kind, t per tensor (adamkit_step_scalars)
+    hyper,  # float64[7]: sign, shrink, 1 - beta1, beta2, 1 - beta2, eps, wd
+    ALGO: tl.constexpr,  # 0 Adam, 1 RAdam, 2 NAdam, 3 Adamax (fused_cpu.c's enum)
+    DECAY: tl.constexpr,  # 0 none, 1 coupled (g += wd p), 2 decoupled (p *= 1 - lr wd)
+    AMSGRAD: tl.constexpr,
+    DTYPE: tl.constexpr,  # the tensors' element type
+    COMPUTE: tl.constexpr,  # the type the math runs in
+    BLOCK: tl.constexpr,
+):
+    """Full-precision state in the parameters' dtype."""
+    j = tl.program_id(0)
+    k = tl.load(chunk_tensor + j)
+    offsets = tl.load(chunk_start + j) + tl.arange(0, BLOCK)
+    mask = offsets < tl.load(numels + k)
+    p_ptr = tl.load(params + k).to(tl.pointer_type(DTYPE))
+    g_ptr = tl.load(grads + k).to(tl.pointer_type(DTYPE))
+    m_ptr = tl.load(exp_avgs + k).to(tl.pointer_type(DTYPE))
+    v_ptr = tl.load(seconds + k).to(tl.pointer_type(DTYPE))
+    param = tl.load(p_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = tl.load(g_ptr + offsets, mask=mask).to(COMPUTE)
+    m = tl.load(m_ptr + offsets, mask=mask).to(COMPUTE)
+    v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE)
+    old_max = v
+    if AMSGRAD:
+        vmax_ptr = tl.load(maxes + k).to(tl.pointer_type(DTYPE))
+        old_max = tl.load(vmax_ptr + offsets, mask=mask).to(COMPUTE)
+    param, m, v, top = update(
+        param, grad, m, v, old_max, scalars, hyper, k, ALGO, DECAY, AMSGRAD, COMPUTE, False
+    )
+    tl.store(m_ptr + offsets, rounded(m, DTYPE), mask=mask)
     tl.store(v_ptr + offsets, rounded(v, DTYPE), mask=mask)
+    if AMSGRAD:
+        tl.store(vmax_ptr + offsets, rounded(top, DTYPE), mask=mask)
     tl.store(p_ptr + offsets, rounded(param, DTYPE), mask=mask)
+
+
+# ----------------------------------------------------------------- low-precision storage
+# The formats of optim/_precision.py, bit for bit as fused_cpu.c implements them.
+F_F32: tl.constexpr = 0
+F_BF16: tl.constexpr = 1
+F_BF16_SR: tl.constexpr = 2
+F_Q8: tl.constexpr = 3
+# Each rounding stream's term of the seed, stream * 0xC2B2AE35 mod 2**32 (fused_cpu.c's
+# SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3).
+MOMENTS_STREAM: tl.constexpr = 0
+MAX_STREAM: tl.constexpr = (2 * 0xC2B2AE35) % (1 << 32)
+PARAM_STREAM: tl.constexpr = (3 * 0xC2B2AE35) % (1 << 32)
+Q8_BLOCK: tl.constexpr = 256  # elements per 8-bit scale
+M_OFFSET: tl.constexpr = 112 << 23  # float bits of 2**-15, the exp_avg code's smallest binade
+V_OFFSET: tl.constexpr = 96 << 23  # 2**-31, the second moments'
+HALF_ULP: tl.constexpr = 1 << 19  # half a unit of the codes' 3-bit mantissa
+
+
+@triton.jit
+def rounding_seed(t, salt, STREAM: tl.constexpr):
+    """lowbias32 of (step, tensor, stream): one tensor's rounding seed for this step."""
+    x = t.to(tl.int64).to(tl.uint32) * 0x9E3779B9 + salt * 0x85EBCA6B + STREAM
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def noise(offsets, seed, HIGH: tl.constexpr):
+    """16 uniform bits per element: half of the first round of lowbias32 of index ^ seed."""
+    x = offsets.to(tl.uint32) ^ seed
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    if HIGH:
+        return x >> 16
+    return x & 0xFFFF
+
+
+@triton.jit
+def bf16_bits(x, seed, STOCHASTIC: tl.constexpr, offsets, HIGH: tl.constexpr):
+    """fp32 ``x`` rounded to bf16 (as uint16 bits): to nearest-even, or up with probability
+    equal to the discarded fraction (unbiased). NaN stays NaN."""
+    bits = x.to(tl.uint32, bitcast=True)
+    if STOCHASTIC:
+        bits = (bits + noise(offsets, seed, HIGH)) >> 16
+    else:
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(x != x, 0x7FC0, bits).to(tl.uint16)
+
+
+@triton.jit
+def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr):
+    """One state tensor's elements as fp32, whatever format they are stored in."""
+    if fmt == F_Q8:
+        code = tl.load(address.to(tl.pointer_type(tl.uint8)) + offsets, mask=mask, other=0)
+        code = code.to(tl.int32)
+        scale_ptr = scales.to(tl.pointer_type(tl.float32))
+        scale = tl.load(scale_ptr + offsets // Q8_BLOCK, mask=mask, other=0.0)
+        if UNSIGNED:  # code 0 decodes to 2**-31 of the block's scale, never to 0
+            value = ((code << 20) + V_OFFSET).to(tl.float32, bitcast=True)
+        else:
+            magnitude = code & 127
+            value = ((magnitude << 20) + M_OFFSET).to(tl.float32, bitcast=True)
+            value = tl.where(magnitude == 0, 0.0, value)
+            value = tl.where(code >= 128, -value, value)
+        value = value * scale
+    elif fmt == F_F32:
+        value = tl.load(address.to(tl.pointer_type(tl.float32)) + offsets, mask=mask, other=0.0)
+    else:
+        bits = tl.load(address.to(tl.pointer_type(tl.uint16)) + offsets, mask=mask, other=0)
+        value = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return value
+
+
+@triton.jit
+def store_state(
+    address,
+    scales,
+    offsets,
+    mask,
+    value,
+    fmt,
+    seed,
+    numel,
+    UNSIGNED: tl.constexpr,
+    HIGH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Store fp32 ``value`` in the tensor's format (8-bit: codes and the blocks' scales)."""
+    if fmt == F_Q8:
+        # Each block's scale is its largest magnitude (NaN if it holds one, as torch's amax:
+        # the bits of non-negative floats order as the floats, a NaN's above infinity's).
+        magnitude = tl.where(mask, tl.abs(value), 0.0)
+        bits = magnitude.to(tl.int32, bitcast=True)
+        most = tl.max(tl.reshape(bits, (BLOCK // Q8_BLOCK, Q8_BLOCK)), axis=1)
+        top = most.to(tl.float32, bitcast=True)
+        inverse = div(tl.full(top.shape, 1.0, tl.float32), tl.where(top > 0, top, 1.0), tl.float32)
+        normalized = tl.reshape(magnitude, (BLOCK // Q8_BLOCK, Q8_BLOCK)) * inverse[:, None]
+        normalized = tl.reshape(normalized, (BLOCK,))
+        if UNSIGNED:
+            code = (normalized.to(tl.int32, bitcast=True) - V_OFFSET + HALF_ULP) >> 20
+            code = tl.minimum(tl.maximum(code, 0), 255)
+        else:
+            code = (normalized.to(tl.int32, bitcast=True) - M_OFFSET + HALF_ULP) >> 20
+            code = tl.minimum(tl.maximum(code, 0), 127)
+            code = code | tl.where(value < 0, 128, 0)
+        tl.store(address.to(tl.pointer_type(tl.uint8)) + offsets, code.to(tl.uint8), mask=mask)
+        first_block = tl.min(offsets) // Q8_BLOCK
+        block = first_block + tl.arange(0, BLOCK // Q8_BLOCK)
+        scale_ptr = scales.to(tl.pointer_type(tl.float32))
+        tl.store(scale_ptr + block, top, mask=block * Q8_BLOCK < numel)
+    elif fmt == F_F32:
+        tl.store(address.to(tl.pointer_type(tl.float32)) + offsets, value, mask=mask)
+    elif fmt == F_BF16_SR:
+        bits = bf16_bits(value, seed, True, offsets, HIGH)
+        tl.store(address.to(tl.pointer_type(tl.uint16)) + offsets, bits, mask=mask)
+    else:
+        bits = bf16_bits(value, seed, False, offsets, HIGH)
+        tl.store(address.to(tl.pointer_type(tl.uint16)) + offsets, bits, mask=mask)
+
+
+@triton.jit
+def fused_step_wide(
+    chunk_tensor,
+    chunk_start,
+    numels,
+    params,
+    grads,
+    exp_avgs,
+    seconds,
+    maxes,
+    scalars,
+    hyper,
+    formats,  # int32[count]: each tensor's state format (F_*)
+    m_scales,  # int64[count] addresses of the 8-bit scales (0 where not 8-bit)
+    v_scales,
+    max_scales,
+    salts,  # int64[count]: each tensor's rounding salt
+    ALGO: tl.constexpr,
+    DECAY: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    PARAM_FORMAT: tl.constexpr,  # F_F32, F_BF16 (nearest) or F_BF16_SR (stochastic)
+    BLOCK: tl.constexpr,
+):
+    """fp32 or bf16 parameters with bf16 or 8-bit state, or stochastically rounded bf16
+    parameters: each element is decoded to fp32, stepped, and encoded back in one pass."""
+    j = tl.program_id(0)
+    k = tl.load(chunk_tensor + j)
+    offsets = tl.load(chunk_start + j) + tl.arange(0, BLOCK)
+    numel = tl.load(numels + k)
+    mask = offsets < numel
+    fmt = tl.load(formats + k)
+    t = tl.load(scalars + ROW * k + 4)
+    salt = tl.load(salts + k).to(tl.uint32)
+    ms = tl.load(m_scales + k)
+    vs = tl.load(v_scales + k)
+    if PARAM_FORMAT == F_F32:
+        p_ptr = tl.load(params + k).to(tl.pointer_type(tl.float32))
+        param = tl.load(p_ptr + offsets, mask=mask)
+        grad = tl.load(tl.load(grads + k).to(tl.pointer_type(tl.float32)) + offsets, mask=mask)
+    else:
+        p_ptr = tl.load(params + k).to(tl.pointer_type(tl.uint16))
+        param = (tl.load(p_ptr + offsets, mask=mask).to(tl.uint32) << 16).to(
+            tl.float32, bitcast=True
+        )
+        g_ptr = tl.load(grads + k).to(tl.pointer_type(tl.uint16))
+        grad = (tl.load(g_ptr + offsets, mask=mask).to(tl.uint32) << 16).to(
+            tl.float32, bitcast=True
+        )
+    m = load_state(tl.load(exp_avgs + k), ms, offsets, mask, fmt, False)
+    v = load_state(tl.load(seconds + k), vs, offsets, mask, fmt, True)
+    old_max = v
+    if AMSGRAD:
+        xs = tl.load(max_scales + k)
+        old_max = load_state(tl.load(maxes + k), xs, offsets, mask, fmt, True)
+    param, m, v, top = update(
+        param, grad, m, v, old_max, scalars, hyper, k, ALGO, DECAY, AMSGRAD, tl.float32, True
+    )
+    if PARAM_FORMAT == F_F32:
+        tl.store(p_ptr + offsets, param, mask=mask)
+    else:
+        seed = rounding_seed(t, salt, PARAM_STREAM)
+        bits = bf16_bits(param, seed, PARAM_FORMAT == F_BF16_SR, offsets, True)
+        tl.store(p_ptr + offsets, bits, mask=mask)
+    seed = rounding_seed(t, salt, MOMENTS_STREAM)  # one hash: exp_avg its low, v its high bits
+    store_state(tl.load(exp_avgs + k), ms, offsets, mask, m, fmt, seed, numel, False, False, BLOCK)
+    store_state(tl.load(seconds + k), vs, offsets, mask, v, fmt, seed, numel, True, True, BLOCK)
+    if AMSGRAD:
+        seed = rounding_seed(t, salt, MAX_STREAM)
+        store_state(tl.load(maxes + k), xs, offsets, mask, top, fmt, seed, numel, True, True, BLOCK)
 
 
 def launch(
@@ -149,8 +383,24 @@ def launch(
     decay: int,
     amsgrad: bool,
     dtype: Any,
+    param_format: int | None = None,
 ) -> None:
-    """Run the kernel over ``chunks`` programs (see ``fused_step``'s arguments)."""
+    """Run a kernel over ``chunks`` programs (see the kernels' arguments): ``fused_step``, or
+    with ``param_format`` (low-precision storage, see Storage in optim/_fused.py)
+    ``fused_step_wide``."""
+    common = [tables[name] for name in _TABLES] + [scalars, hyper]
+    flags = {"ALGO": algorithm, "DECAY": decay, "AMSGRAD": amsgrad, "BLOCK": BLOCK}
+    if param_format is not None:
+        wide = [tables[name] for name in ("formats", "m_scales", "v_scales", "max_scales")]
+        fused_step_wide[(chunks,)](
+            *common,
+            *wide,
+            tables["salts"],
+            PARAM_FORMAT=param_format,
+            num_warps=_NUM_WARPS,
+            **flags,
+        )
+        return
     element = {
         torch.float32: tl.float32,
         torch.float64: tl.float64,
@@ -158,22 +408,16 @@ def launch(
         torch.bfloat16: tl.bfloat16,
     }[dtype]
     compute = tl.float64 if dtype == torch.float64 else tl.float32
-    fused_step[(chunks,)](
-        tables["chunk_tensor"],
-        tables["chunk_start"],
-        tables["numels"],
-        tables["params"],
-        tables["grads"],
-        tables["exp_avgs"],
-        tables["seconds"],
-        tables["maxes"],
-        scalars,
-        hyper,
-        ALGO=algorithm,
-        DECAY=decay,
-        AMSGRAD=amsgrad,
-        DTYPE=element,
-        COMPUTE=compute,
-        BLOCK=BLOCK,
-        num_warps=_NUM_WARPS,
-    )
+    fused_step[(chunks,)](*common, DTYPE=element, COMPUTE=compute, num_warps=_NUM_WARPS, **flags)
+
+
+_TABLES = (
+    "chunk_tensor",
+    "chunk_start",
+    "numels",
+    "params",
+    "grads",
+    "exp_avgs",
+    "seconds",
+    "maxes",
+)

@@ -469,16 +469,16 @@ class AdamFamily(Optimizer):
         formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
         widened = needs_widening(params, formats, stochastic)
-        if gpu_path(params[0].device):
-            algorithm, second = type(self)._fused_algorithm, self._fused_second_key
-            return gpu_plan(algorithm, bucket, second, hyper.amsgrad, widened)
-        reason = fused_unsupported(bucket, widened)
-        if reason is not None:
-            return None, reason
         storage = None
         if widened:
             states = [self.state[p] for p in params]
             storage = Storage(formats, states, self._salts(params), stochastic)
+        if gpu_path(params[0].device):
+            algorithm, second = type(self)._fused_algorithm, self._fused_second_key
+            return gpu_plan(algorithm, bucket, second, hyper.amsgrad, storage)
+        reason = fused_unsupported(bucket, widened)
+        if reason is not None:
+            return None, reason
         plan = FusedPlan(
             type(self)._fused_algorithm,
             bucket,

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,6 +34,7 @@ from ._fused import (
     _AMSGRAD,
     _STEP_F64,
     ALGORITHMS,
+    Storage,
     addresses_match,
     common_unsupported,
     layout_unsupported,
@@ -42,6 +44,7 @@ from ._fused import (
 __all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "gpu_plan"]
 
 _GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+ROW = 5  # step scalars per tensor (adamkit_step_scalars): a, b, c, kind, t
 
 
 def gpu_path(device: torch.device) -> bool:
@@ -51,27 +54,27 @@ def gpu_path(device: torch.device) -> bool:
 
 
 def gpu_plan(
-    algorithm: str, bucket: Bucket, second_key: str, amsgrad: bool, widened: bool
+    algorithm: str, bucket: Bucket, second_key: str, amsgrad: bool, storage: Storage | None
 ) -> tuple[TorchFusedPlan | TritonPlan | None, str | None]:
-    """The GPU plan for ``bucket``, or why no GPU kernel can step it."""
+    """The GPU plan for ``bucket``, or why no GPU kernel can step it. ``storage``: how its
+    low-precision state (or stochastically rounded parameters) is stored, if it has any."""
+    widened = storage is not None
     reason = common_unsupported(bucket)
-    if reason is None and widened:
-        reason = (
-            "the fused GPU kernels take full-precision state and round-to-nearest parameters "
-            "(low-precision state and stochastic rounding run on the multi-tensor path on GPUs)"
-        )
     dtype = bucket.params[0].dtype
-    if reason is None and dtype not in _GPU_DTYPES:
-        reason = f"the fused GPU kernels support fp32, fp64, fp16 and bf16, not {dtype}"
+    supported = (torch.float32, torch.bfloat16) if widened else _GPU_DTYPES
+    if reason is None and dtype not in supported:
+        names = ", ".join(str(d).removeprefix("torch.") for d in supported)
+        what = " with low-precision state or rounding" if widened else ""
+        reason = f"the fused GPU kernels support {names} parameters{what}, not {dtype}"
     if reason is None:
         reason = layout_unsupported(bucket, widened)
-    if reason is None and algorithm != "adam":
+    if reason is None and (algorithm != "adam" or widened):
         reason = triton_unavailable()
     if reason is not None:
         return None, reason
-    if algorithm == "adam":
+    if algorithm == "adam" and storage is None:
         return TorchFusedPlan(bucket, amsgrad), None
-    return TritonPlan(algorithm, bucket, second_key, amsgrad), None
+    return TritonPlan(algorithm, bucket, second_key, amsgrad, storage), None
 
 
 def triton_unavailable() -> str | None:
@@ -145,12 +148,21 @@ class TorchFusedPlan(_GpuPlanBase):
 
 
 class TritonPlan(_GpuPlanBase):
-    """RAdam, NAdam and Adamax (any algorithm, in fact) through adamkit's Triton kernel."""
+    """RAdam, NAdam and Adamax, and every algorithm with low-precision state, through
+    adamkit's Triton kernels."""
 
-    def __init__(self, algorithm: str, bucket: Bucket, second_key: str, amsgrad: bool) -> None:
+    def __init__(
+        self,
+        algorithm: str,
+        bucket: Bucket,
+        second_key: str,
+        amsgrad: bool,
+        storage: Storage | None = None,
+    ) -> None:
         from ..kernels.fused_triton import BLOCK
 
         super().__init__(bucket)
+        self.storage = storage
         self.algorithm = ALGORITHMS[algorithm]
         self.amsgrad = amsgrad
         count = len(bucket.params)
@@ -179,15 +191,27 @@ class TritonPlan(_GpuPlanBase):
             # Without AMSGrad the kernel never reads it; any valid table will do.
             "maxes": table(pointers(bucket.state["max_exp_avg_sq"])) if amsgrad else seconds,
         }
+        self.param_format = None
+        if storage is not None:
+            keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
+            scales = [storage.scale_pointers(key) for key in keys]
+            zeros = array("Q", [0] * count)
+            formats = storage.kernel_formats(bucket.params)
+            self.tables["formats"] = torch.tensor(formats, dtype=torch.int32, device=device)
+            scales += [None] * (3 - len(scales))
+            for name, addresses in zip(("m_scales", "v_scales", "max_scales"), scales, strict=True):
+                self.tables[name] = table(addresses if addresses is not None else zeros)
+            self.tables["salts"] = torch.tensor(storage.salts, dtype=torch.int64, device=device)
+            self.param_format = storage.param_format(self.dtype)
         self.steps = pointers(bucket.steps)
         mu = bucket.state.get("mu_product")
         self.mu_products = pointers(mu) if mu is not None else None
         self.flags = (_AMSGRAD if amsgrad else 0) | (
             _STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0
         )
-        # Four scalars per tensor, then the group's seven: computed on the host, copied once.
+        # ROW scalars per tensor, then the group's seven: computed on the host, copied once.
         cuda = device.type == "cuda"
-        self.host = torch.empty(4 * count + 7, dtype=torch.float64, pin_memory=cuda)
+        self.host = torch.empty(ROW * count + 7, dtype=torch.float64, pin_memory=cuda)
         self.host_values = self.host.numpy()
         self.scalars = self.host.to(device) if cuda else self.host
         self.copied = torch.cuda.Event() if cuda else None  # type: ignore[no-untyped-call]
@@ -221,8 +245,12 @@ class TritonPlan(_GpuPlanBase):
             _address(self.mu_products),
             self.host.data_ptr(),
         )
+        if self.storage is not None:  # the low-precision loop multiplies by 1 / b, as the CPU's
+            b = self.host_values[1 : ROW * self.count : ROW]
+            with np.errstate(divide="ignore"):  # b is 0 where the algorithm has no use for it
+                b[:] = 1.0 / b
         # Rounded once from double in the kernel, as the CPU kernel rounds them.
-        self.host_values[4 * self.count :] = (
+        self.host_values[ROW * self.count :] = (
             -1.0 if h.maximize else 1.0,
             1.0 - h.lr * h.weight_decay,
             1.0 - h.beta1,
@@ -242,12 +270,13 @@ class TritonPlan(_GpuPlanBase):
             launch(
                 self.chunks,
                 self.tables,
-                self.scalars[: 4 * self.count],
-                self.scalars[4 * self.count :],
+                self.scalars[: ROW * self.count],
+                self.scalars[ROW * self.count :],
                 self.algorithm,
                 decay,
                 self.amsgrad,
                 self.dtype,
+                self.param_format,
             )
 
 
