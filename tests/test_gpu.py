@@ -205,23 +205,26 @@ def test_half_precision_params_step_in_fp32(name: str, dtype: torch.dtype) -> No
                 torch.testing.assert_close(got, value.to(dtype), rtol=8e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["Adam", "NAdam"])
-def test_resume_from_a_checkpoint_is_exact(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "precision"), [("Adam", "fp32"), ("NAdam", "fp32"), ("AdamW", "8bit")]
+)
+def test_resume_from_a_checkpoint_is_exact(name: str, precision: str) -> None:
     """A checkpoint taken on the GPU path (step counters on the CPU, as everywhere) resumes
-    bit for bit, in a new optimizer: the GPU copy of torch's step counters is rebuilt."""
-    needs_triton(name)
-    sizes = [5, 3000]
+    bit for bit, in a new optimizer: the GPU copy of torch's step counters is rebuilt, and
+    8-bit codes with their scales come back as they were."""
+    needs_triton(name if precision == "fp32" else "RAdam")
+    sizes = [5, 5000]
     gen = torch.Generator().manual_seed(8)
     grads = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(10)]
-    straight, _, straight_p, _ = _cpu_twin(name, sizes, torch.float32)
+    straight, _, straight_p, _ = _cpu_twin(name, sizes, torch.float32, state_precision=precision)
     _train(straight, straight_p, grads)
 
-    first, _, first_p, _ = _cpu_twin(name, sizes, torch.float32)
+    first, _, first_p, _ = _cpu_twin(name, sizes, torch.float32, state_precision=precision)
     _train(first, first_p, grads[:5])
     saved = first.state_dict()
     assert all(entry["step"].device.type == "cpu" for entry in saved["state"].values())
     resumed_p = clone(first_p)
-    resumed = getattr(adamkit, name)(resumed_p, fused=True)
+    resumed = getattr(adamkit, name)(resumed_p, fused=True, state_precision=precision)
     resumed.load_state_dict(saved)
     _train(resumed, resumed_p, grads[5:])
     for a, b in zip(resumed_p, straight_p, strict=True):
@@ -256,20 +259,68 @@ def test_gradients_kept_between_steps(name: str) -> None:
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=5e-6, atol=5e-6)
 
 
-def test_low_precision_state_runs_the_multi_tensor_path_or_says_why() -> None:
+@pytest.mark.parametrize(
+    ("name", "kwargs", "dtype"),
+    [
+        ("Adam", {"amsgrad": True, "weight_decay": 0.1, "state_precision": "8bit"}, torch.float32),
+        ("AdamW", {"maximize": True, "state_precision": "bf16"}, torch.float32),
+        ("RAdam", {"state_precision": "8bit", "stochastic_rounding": True}, torch.bfloat16),
+        ("NAdam", {"state_precision": "bf16"}, torch.bfloat16),
+        ("Adamax", {"weight_decay": 0.1, "state_precision": "8bit"}, torch.float32),
+        ("Adam", {"stochastic_rounding": True}, torch.bfloat16),
+    ],
+    ids=[
+        "Adam-amsgrad-8bit",
+        "AdamW-bf16",
+        "RAdam-8bit-bf16sr",
+        "NAdam-bf16-bf16",
+        "Adamax-8bit",
+        "Adam-fp32-bf16sr",
+    ],
+)
+def test_low_precision_state_matches_the_cpu_kernel(
+    name: str, kwargs: dict[str, Any], dtype: torch.dtype
+) -> None:
+    """bf16 and 8-bit state, and stochastically rounded bf16 parameters, through the Triton
+    kernel: the CPU kernel's codecs and rounding streams, bit for bit in the interpreter. The
+    sizes cover full-precision state for small tensors (8-bit under 4096 elements), a block
+    tail, and tensors spanning several programs."""
+    needs_triton("RAdam")
+    sizes = [7, 300, 5000, 8200]
+    lr, steps = 1e-2, 6
+    ours, cpu, gpu_p, cpu_p = _cpu_twin(name, sizes, dtype, lr=lr, **kwargs)
+    gen = torch.Generator().manual_seed(11)
+    grads = [[torch.randn(n, generator=gen).to(dtype) for n in sizes] for _ in range(steps)]
+    _train(ours, gpu_p, grads)
+    _run_on_cpu_kernel(cpu, cpu_p, grads)
+    assert plan_kinds(ours) == {"TritonPlan"}
+    if kwargs.get("state_precision") == "8bit":
+        assert ours.state[gpu_p[3]]["exp_avg"].dtype == torch.uint8
+    for a, b in zip(gpu_p, cpu_p, strict=True):
+        if CUDA:  # FMAs may flip a rounding: the bound test_precision holds the paths to
+            torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=0, atol=0.2 * lr)
+            continue
+        assert torch.equal(a, b)
+        assert sorted(ours.state[a]) == sorted(cpu.state[b])
+        for key, value in cpu.state[b].items():
+            assert torch.equal(ours.state[a][key], value), key
+
+
+def test_low_precision_state_of_fp16_params_runs_the_multi_tensor_path_or_says_why() -> None:
+    needs_triton("Adam")
     torch.manual_seed(0)
-    ps = [torch.randn(5000, device=DEVICE, requires_grad=True)]
+    ps = [torch.randn(5000, device=DEVICE, dtype=torch.float16, requires_grad=True)]
     eager_p = clone(ps)
     default = adamkit.AdamW(ps, state_precision="bf16")
     eager = adamkit.AdamW(eager_p, state_precision="bf16", foreach=True)
     for _ in range(3):
-        grads = [torch.randn(5000)]
+        grads = [torch.randn(5000).half()]
         _train(default, ps, [grads])
         _train(eager, eager_p, [grads])
     assert torch.equal(ps[0], eager_p[0])
     strict = adamkit.AdamW(clone(ps), state_precision="8bit", fused=True)
-    strict.param_groups[0]["params"][0].grad = torch.randn(5000, device=DEVICE)
-    with pytest.raises(RuntimeError, match=r"fused=True.*low-precision state"):
+    strict.param_groups[0]["params"][0].grad = torch.randn(5000, device=DEVICE).half()
+    with pytest.raises(RuntimeError, match=r"fused=True.*low-precision state or rounding"):
         strict.step()
 
 

@@ -122,8 +122,7 @@ def update(
                 denom = div(sqrt(top, COMPUTE), b, COMPUTE) + eps
             param = param - div(a * m, denom, COMPUTE)
         elif ALGO == 1:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
-            rectified = tl.zeros_like(v) + kind == K_RADAM
-            denom = tl.where(rectified, sqrt(v, COMPUTE) + eps, 1.0)
+            denom = tl.where(kind == K_RADAM, sqrt(v, COMPUTE) + eps, 1.0)
             param = param - div(a * m, denom, COMPUTE)
         else:  # NAdam: p -= (a g + c m) / (sqrt(v) / b + eps)
             if INVERSE_B:
@@ -257,9 +256,16 @@ def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr):
 
 
 @triton.jit
+def larger(a, b):
+    # (tl.max is itself a Triton function, which Triton's interpreter fails to run nested.)
+    return tl.maximum(a, b)
+
+
+@triton.jit
 def store_state(
     address,
     scales,
+    start,
     offsets,
     mask,
     value,
@@ -276,7 +282,7 @@ def store_state(
         # the bits of non-negative floats order as the floats, a NaN's above infinity's).
         magnitude = tl.where(mask, tl.abs(value), 0.0)
         bits = magnitude.to(tl.int32, bitcast=True)
-        most = tl.max(tl.reshape(bits, (BLOCK // Q8_BLOCK, Q8_BLOCK)), axis=1)
+        most = tl.reduce(tl.reshape(bits, (BLOCK // Q8_BLOCK, Q8_BLOCK)), 1, larger)
         top = most.to(tl.float32, bitcast=True)
         inverse = div(tl.full(top.shape, 1.0, tl.float32), tl.where(top > 0, top, 1.0), tl.float32)
         normalized = tl.reshape(magnitude, (BLOCK // Q8_BLOCK, Q8_BLOCK)) * inverse[:, None]
@@ -289,8 +295,7 @@ def store_state(
             code = tl.minimum(tl.maximum(code, 0), 127)
             code = code | tl.where(value < 0, 128, 0)
         tl.store(address.to(tl.pointer_type(tl.uint8)) + offsets, code.to(tl.uint8), mask=mask)
-        first_block = tl.min(offsets) // Q8_BLOCK
-        block = first_block + tl.arange(0, BLOCK // Q8_BLOCK)
+        block = start // Q8_BLOCK + tl.arange(0, BLOCK // Q8_BLOCK)
         scale_ptr = scales.to(tl.pointer_type(tl.float32))
         tl.store(scale_ptr + block, top, mask=block * Q8_BLOCK < numel)
     elif fmt == F_F32:
@@ -330,7 +335,8 @@ def fused_step_wide(
     parameters: each element is decoded to fp32, stepped, and encoded back in one pass."""
     j = tl.program_id(0)
     k = tl.load(chunk_tensor + j)
-    offsets = tl.load(chunk_start + j) + tl.arange(0, BLOCK)
+    start = tl.load(chunk_start + j)
+    offsets = start + tl.arange(0, BLOCK)
     numel = tl.load(numels + k)
     mask = offsets < numel
     fmt = tl.load(formats + k)
@@ -367,11 +373,17 @@ def fused_step_wide(
         bits = bf16_bits(param, seed, PARAM_FORMAT == F_BF16_SR, offsets, True)
         tl.store(p_ptr + offsets, bits, mask=mask)
     seed = rounding_seed(t, salt, MOMENTS_STREAM)  # one hash: exp_avg its low, v its high bits
-    store_state(tl.load(exp_avgs + k), ms, offsets, mask, m, fmt, seed, numel, False, False, BLOCK)
-    store_state(tl.load(seconds + k), vs, offsets, mask, v, fmt, seed, numel, True, True, BLOCK)
+    store_state(
+        tl.load(exp_avgs + k), ms, start, offsets, mask, m, fmt, seed, numel, False, False, BLOCK
+    )
+    store_state(
+        tl.load(seconds + k), vs, start, offsets, mask, v, fmt, seed, numel, True, True, BLOCK
+    )
     if AMSGRAD:
         seed = rounding_seed(t, salt, MAX_STREAM)
-        store_state(tl.load(maxes + k), xs, offsets, mask, top, fmt, seed, numel, True, True, BLOCK)
+        store_state(
+            tl.load(maxes + k), xs, start, offsets, mask, top, fmt, seed, numel, True, True, BLOCK
+        )
 
 
 def launch(
