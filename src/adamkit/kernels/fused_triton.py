@@ -256,12 +256,6 @@ def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr):
 
 
 @triton.jit
-def larger(a, b):
-    # (tl.max is itself a Triton function, which Triton's interpreter fails to run nested.)
-    return tl.maximum(a, b)
-
-
-@triton.jit
 def store_state(
     address,
     scales,
@@ -282,7 +276,11 @@ def store_state(
         # the bits of non-negative floats order as the floats, a NaN's above infinity's).
         magnitude = tl.where(mask, tl.abs(value), 0.0)
         bits = magnitude.to(tl.int32, bitcast=True)
-        most = tl.reduce(tl.reshape(bits, (BLOCK // Q8_BLOCK, Q8_BLOCK)), 1, larger)
+        # tl.max's own reduction: spelled out because tl.max is a Triton function, which the
+        # interpreter cannot call when triton was imported before TRITON_INTERPRET was set;
+        # the interpreter runs this combine function as numpy's max.
+        blocks = tl.reshape(bits, (BLOCK // Q8_BLOCK, Q8_BLOCK))
+        most = tl.reduce(blocks, 1, tl.standard._elementwise_max)
         top = most.to(tl.float32, bitcast=True)
         inverse = div(tl.full(top.shape, 1.0, tl.float32), tl.where(top > 0, top, 1.0), tl.float32)
         normalized = tl.reshape(magnitude, (BLOCK // Q8_BLOCK, Q8_BLOCK)) * inverse[:, None]
