@@ -9,7 +9,8 @@ What it measures
 * **Contenders.** adamkit with its defaults (on a GPU: torch's fused kernels for Adam, AdamW
   and AMSGrad, adamkit's Triton kernel for RAdam, NAdam and Adamax) against torch's fastest
   implementation of the same algorithm: ``fused=True`` where torch has it, else
-  ``foreach=True``. Only the two contenders of one algorithm are on the card at a time.
+  ``foreach=True``; and adamkit's Adam with bf16 and 8-bit state (the Triton kernel) against
+  torch's fused fp32 Adam. Only the two contenders of one row are on the card at a time.
 * **Timing.** 3 warm-up steps (state created, kernels compiled), then calibration picks K steps
   lasting about 0.2 s. Then ``--reps`` times the contenders take turns (the order rotates each
   rep), each timing K steps between two ``torch.cuda.synchronize()``; the table gives the
@@ -105,10 +106,23 @@ class Contender:
     times: list[float]
 
 
+# Low-precision state against torch's fused fp32 Adam: bytes per element read and written are
+# p 4 + g 4 + m + v, then p 4 + m + v (bf16 moments: 2 bytes; 8-bit: 1, plus a 4-byte scale
+# per 256 elements, which this count leaves out).
+LOW_PRECISION = {
+    a.name: a
+    for a in (
+        Algorithm("Adam bf16", "Adam", {"lr": 1e-3, "state_precision": "bf16"}, 20, True),
+        Algorithm("Adam 8bit", "Adam", {"lr": 1e-3, "state_precision": "8bit"}, 16, True),
+    )
+}
+
+
 def contenders(alg: Algorithm, case: Case, device: torch.device) -> list[Contender]:
     ours = alg.constructor("adamkit")(make_params(case, device), **alg.kwargs)
     flag = {"fused": True} if alg.torch_has_fused else {"foreach": True}
-    theirs = alg.constructor("torch")(make_params(case, device), **alg.kwargs, **flag)
+    torch_kwargs = {k: v for k, v in alg.kwargs.items() if k != "state_precision"}
+    theirs = alg.constructor("torch")(make_params(case, device), **torch_kwargs, **flag)
     ours.step()  # builds the plans
     plans = {
         type(entry[1]).__name__
@@ -228,17 +242,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     reps = args.reps or (1 if args.smoke else 7)
     cases = make_cases(args.smoke)
     wanted_cases = args.cases.split(",") if args.cases else list(cases)
-    wanted_algs = args.algorithms.split(",") if args.algorithms else list(ALGORITHMS)
+    known = {**ALGORITHMS, **LOW_PRECISION}
+    wanted_algs = args.algorithms.split(",") if args.algorithms else list(known)
     unknown = [n for n in wanted_cases if n not in cases] + [
-        n for n in wanted_algs if n not in ALGORITHMS
+        n for n in wanted_algs if n not in known
     ]
     if unknown:
         raise SystemExit(f"unknown case or algorithm: {', '.join(unknown)}")
     log(f"adamkit {adamkit.__version__}: measuring copy bandwidth")
     copy_gbs = copy_bandwidth(device, (1 << 20) if args.smoke else COPY_BYTES, reps)
-    results = run(
-        [ALGORITHMS[n] for n in wanted_algs], [cases[k] for k in wanted_cases], reps, device
-    )
+    results = run([known[n] for n in wanted_algs], [cases[k] for k in wanted_cases], reps, device)
     body = report(results, copy_gbs, device)
     command = "python benchmarks/bench_gpu.py " + " ".join(argv or sys.argv[1:])
     body += f"\n\nCommand: `{command.strip()}`; medians of {reps} interleaved repetitions.\n"

@@ -1,4 +1,5 @@
-"""adamkit's fused GPU step for RAdam, NAdam and Adamax (and Adam), written in Triton.
+"""adamkit's fused GPU step, written in Triton: RAdam, NAdam and Adamax (torch has no fused
+kernel for them), and every algorithm with low-precision state.
 
 One launch steps every tensor of a bucket. Like ``fused_cpu.c`` it reads each element of p, g,
 m, v (and v_max) once and writes p, m, v (and v_max) once, and allocates nothing per element.
@@ -9,15 +10,20 @@ cost one launch, as one large tensor does.
 The step-dependent scalars (bias corrections, RAdam's rectification, NAdam's momentum schedule)
 are computed on the host by the CPU library (``adamkit_step_scalars``), which also increments
 the step counters: they stay 0-d CPU tensors, as torch keeps them outside its fused and
-capturable modes, and each launch receives a table of four scalars per tensor. The element math
-is the CPU kernel's, in the same operation order: fp32 for fp32, fp16 and bf16 tensors (stored
-back rounded to nearest, as torch's fused kernels do), fp64 for fp64.
+capturable modes, and each launch receives a table of ``ROW`` scalars per tensor. The element
+math is the CPU kernel's, in the same operation order:
 
-adamkit imports this module only when a bucket on a GPU is stepped, so it runs without Triton. With
-``TRITON_INTERPRET=1`` set before that import, Triton runs this kernel on CPU tensors; the test
-suite checks the kernel's math that way on machines without a GPU.
+- ``fused_step``: state in the parameters' dtype; fp32 math for fp32, fp16 and bf16 tensors
+  (stored back rounded to nearest, as torch's fused kernels do), fp64 for fp64.
+- ``fused_step_wide``: fp32 or bf16 parameters with bf16 or 8-bit state, or stochastically
+  rounded bf16 parameters (``optim/_precision.py`` defines the formats): the CPU kernel's
+  codecs and rounding noise, bit for bit.
+
+adamkit imports this module only when a bucket on a GPU is stepped, so it runs without Triton.
+With ``TRITON_INTERPRET=1`` set before that import, Triton runs these kernels on CPU tensors;
+the test suite checks their math that way on machines without a GPU (bit-identical to the CPU
+kernel there; on a GPU, contractions into FMAs may change last bits).
 """
-
 from __future__ import annotations
 
 from typing import Any

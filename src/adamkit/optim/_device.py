@@ -13,8 +13,9 @@ own code), and one host-to-device copy brings the scalars to the kernel. torch's
 read their step counts from the GPU, so that plan keeps a GPU copy of the counters beside them,
 incremented with them.
 
-Low-precision state (``state_precision="bf16" | "8bit"``) and stochastic rounding are not in
-these kernels: such buckets run on the multi-tensor path, which works on any device.
+Low-precision state (``state_precision="bf16" | "8bit"``) and stochastically rounded bf16
+parameters take the Triton kernel's second form (``fused_step_wide``) for every algorithm,
+Adam included: the CPU kernel's codecs and rounding streams, so both give the same bits.
 """
 
 from __future__ import annotations

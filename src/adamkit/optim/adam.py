@@ -61,9 +61,9 @@ class Adam(AdamFamily):
         maximize: maximize the objective instead of minimizing it (default False).
         fused: ``True``: a fused kernel (one pass over memory): on the CPU for fp32/fp64
             tensors, and bf16 parameters with low-precision state or stochastic rounding; on
-            CUDA for fp32/fp64/fp16/bf16 tensors with full-precision state; an error
-            otherwise. ``None`` (default, with ``foreach=None``): fused where it
-            applies, the multi-tensor path elsewhere. ``False``: never fused.
+            CUDA for fp32/fp64/fp16/bf16 tensors, with low-precision state for fp32/bf16
+            parameters; an error otherwise. ``None`` (default, with ``foreach=None``): fused
+            where it applies, the multi-tensor path elsewhere. ``False``: never fused.
         capturable, differentiable: accepted as in torch; ``True`` is not supported yet and
             raises ``NotImplementedError`` naming the setting.
         nonfinite: what a NaN or infinite gradient does: ``None`` (default) steps as torch
