@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adamkit-installed
 
-.PHONY: demo test lint pytest bench clean
+.PHONY: demo test lint pytest bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: lint pytest
 # run it on an otherwise idle machine.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py --out BENCHMARKS.md
+
+# The same against torch on a CUDA GPU (1B parameters; needs about 45 GB of GPU memory);
+# writes its section of BENCHMARKS.md with the card's name.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) adamkit-tour .pytest_cache .mypy_cache .ruff_cache

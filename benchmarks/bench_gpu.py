@@ -48,24 +48,13 @@ if "--smoke" in sys.argv:
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import ALGORITHMS, Algorithm, fmt, log, table, write_section
+from bench_step import ALGORITHMS, Algorithm, Case, fmt, log, table, write_section
 
 import adamkit
 
 WARMUP_STEPS = 3
 TARGET_SECONDS = 0.2
 COPY_BYTES = 2 << 30
-
-
-@dataclass(frozen=True)
-class Case:
-    key: str
-    title: str
-    shapes: tuple[tuple[int, ...], ...]
-
-    @property
-    def numel(self) -> int:
-        return sum(torch.Size(s).numel() for s in self.shapes)
 
 
 def make_cases(smoke: bool) -> dict[str, Case]:

@@ -24,6 +24,7 @@ With ``TRITON_INTERPRET=1`` set before that import, Triton runs these kernels on
 the test suite checks their math that way on machines without a GPU (bit-identical to the CPU
 kernel there; on a GPU, contractions into FMAs may change last bits).
 """
+
 from __future__ import annotations
 
 from typing import Any
