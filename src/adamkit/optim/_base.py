@@ -265,9 +265,9 @@ class AdamFamily(Optimizer):
         kernel could be built; ``"forloop"`` with ``foreach=False``; ``"foreach"`` otherwise.
         On the fused path, CPU buckets take the C kernel and CUDA buckets the GPU kernels
         (``optim/_device.py``); buckets no kernel can take (plain bf16 or fp16 parameters on the
-        CPU, low-precision state on a GPU, RAdam/NAdam/Adamax on a GPU without Triton,
-        non-contiguous tensors) run on ``"foreach"``, unless ``fused=True`` was asked for
-        explicitly, which then raises and says why.
+        CPU, fp16 parameters with low-precision state, a GPU without Triton for RAdam, NAdam,
+        Adamax or low-precision state, non-contiguous tensors) run on ``"foreach"``, unless
+        ``fused=True`` was asked for explicitly, which then raises and says why.
         """
         group = self.param_groups[0] if group is None else group
         fused, foreach = group.get("fused"), group.get("foreach")
