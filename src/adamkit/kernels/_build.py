@@ -88,6 +88,8 @@ def fused_library() -> ctypes.CDLL | None:
     library.adamkit_fused_step_wide.argtypes = [*common, i32, *[pointer] * 5]
     library.adamkit_step_scalars.restype = None
     library.adamkit_step_scalars.argtypes = [i32, i32, f64, f64, f64, f64, i64, *[pointer] * 3]
+    library.adamkit_count_steps.restype = None
+    library.adamkit_count_steps.argtypes = [i64, pointer, i32]
     return library
 
 

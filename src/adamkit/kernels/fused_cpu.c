@@ -41,6 +41,17 @@ static double times_mu(void *product, int f64, double mu) {
     return (double)(*(float *)product *= (float)mu);
 }
 
+/* NAdam: p -= (a * g + c * m) / (sqrt(v) / b + eps), after multiplying the running product of
+ * mu by this step's mu. */
+static scalars_t nadam_scalars(int flags, double mu, double mu_next, double b, void *mu_product,
+                               double lr) {
+    scalars_t s = {0.0, b, 0.0, 0.0, K_NADAM};
+    double product = times_mu(mu_product, flags & STEP_F64, mu);
+    s.a = lr * (1.0 - mu) / (1.0 - product);
+    s.c = lr * mu_next / (1.0 - product * mu_next);
+    return s;
+}
+
 static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, double lr,
                               double beta1, double beta2, double momentum_decay) {
     scalars_t s = {0.0, 0.0, 0.0, 0.0, K_ADAM};
@@ -67,14 +78,10 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
         }
         break;
     }
-    case NADAM: { /* p -= (a * g + c * m) / (sqrt(v) / b + eps) */
+    case NADAM: {
         double mu = beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
         double mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * momentum_decay));
-        double product = times_mu(mu_product, flags & STEP_F64, mu);
-        s.a = lr * (1.0 - mu) / (1.0 - product);
-        s.c = lr * mu_next / (1.0 - product * mu_next);
-        s.b = sqrt(bc2);
-        s.kind = K_NADAM;
+        s = nadam_scalars(flags, mu, mu_next, sqrt(bc2), mu_product, lr);
         break;
     }
     case ADAMAX: /* p -= a * m / u */
@@ -83,6 +90,33 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
         break;
     }
     return s;
+}
+
+/* The scalars of the last step count seen: the tensors of a bucket nearly always share one,
+ * and the pow() calls cost more than the rest of the host's work (2000 tensors: 120 us).
+ * NAdam's running product differs per tensor, so only its mu schedule is remembered. */
+typedef struct {
+    double t;          /* NAN until the first call */
+    scalars_t s;       /* step_scalars at t (not NAdam) */
+    double mu, mu_next, b;  /* NAdam's schedule at t, and sqrt(1 - beta2^t) */
+} memo_t;
+
+static scalars_t scalars_at(memo_t *memo, int algo, int flags, double t, void *mu_product,
+                            double lr, double beta1, double beta2, double momentum_decay) {
+    if (algo != NADAM) {
+        if (memo->t != t) {
+            memo->s = step_scalars(algo, flags, t, NULL, lr, beta1, beta2, momentum_decay);
+            memo->t = t;
+        }
+        return memo->s;
+    }
+    if (memo->t != t) {
+        memo->mu = beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
+        memo->mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * momentum_decay));
+        memo->b = sqrt(1.0 - pow(beta2, t));
+        memo->t = t;
+    }
+    return nadam_scalars(flags, memo->mu, memo->mu_next, memo->b, mu_product, lr);
 }
 
 /* Per tensor: increment its step, compute its step scalars, and number its CHUNK-sized chunks
@@ -98,10 +132,11 @@ static int plan(int algo, int flags, double beta1, double beta2, double lr, doub
         return 1;
     }
     first[0] = 0;
+    memo_t memo = {.t = NAN};
     for (int64_t k = 0; k < count; k++) {
         double t = bump(steps[k], flags & STEP_F64);
-        s[k] = step_scalars(algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1, beta2,
-                            momentum_decay);
+        s[k] = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1,
+                          beta2, momentum_decay);
         s[k].t = t;
         first[k + 1] = first[k] + (numels[k] + CHUNK - 1) / CHUNK;
     }
@@ -117,16 +152,23 @@ static int plan(int algo, int flags, double beta1, double beta2, double lr, doub
 void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double beta2,
                           double momentum_decay, int64_t count, void **steps, void **mu_products,
                           double *out) {
+    memo_t memo = {.t = NAN};
     for (int64_t k = 0; k < count; k++) {
         double t = bump(steps[k], flags & STEP_F64);
-        scalars_t s = step_scalars(algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1,
-                                   beta2, momentum_decay);
+        scalars_t s = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr,
+                                 beta1, beta2, momentum_decay);
         out[5 * k] = s.a;
         out[5 * k + 1] = s.b;
         out[5 * k + 2] = s.c;
         out[5 * k + 3] = (double)s.kind;
         out[5 * k + 4] = t;
     }
+}
+
+/* Only the increments (torch's fused Adam on a GPU computes its own scalars): one call where
+ * torch._foreach_add_ over 2000 CPU scalars takes milliseconds. */
+void adamkit_count_steps(int64_t count, void **steps, int f64) {
+    for (int64_t k = 0; k < count; k++) bump(steps[k], f64);
 }
 
 /* The tensor holding chunk j: the k with first[k] <= j < first[k+1]. */

@@ -117,6 +117,8 @@ class TorchFusedPlan(_GpuPlanBase):
     def __init__(self, bucket: Bucket, amsgrad: bool) -> None:
         super().__init__(bucket)
         self.amsgrad = amsgrad
+        self.steps = pointers(bucket.steps)
+        self.step_f64 = int(bucket.steps[0].dtype == torch.float64)
         # torch's fused kernels take float32 step counters on the parameters' device.
         self.device_steps = torch.stack([s.float() for s in bucket.steps]).to(self.device)
         self.device_step_list = list(self.device_steps.unbind())
@@ -126,8 +128,10 @@ class TorchFusedPlan(_GpuPlanBase):
 
     def run(self, grads: list[Tensor], h: Hyper) -> None:
         b = self.bucket
-        torch._foreach_add_(b.steps, 1)  # the counters in the state (CPU)
-        self.device_steps.add_(1)  # and their copy for the kernel, in one launch
+        library = fused_library()
+        assert library is not None  # gpu_plan checked it
+        library.adamkit_count_steps(len(self.steps), _address(self.steps), self.step_f64)
+        self.device_steps.add_(1)  # the kernel's copy of the counters, in one launch
         fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
         fused(
             b.params,
