@@ -344,6 +344,7 @@ class AdamFamily(Optimizer):
         moment_keys = self._moment_keys(group)
         params: list[Tensor] = []
         grads: list[Tensor] = []
+        states: list[dict[str, Any]] = []
         for i, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
@@ -359,13 +360,14 @@ class AdamFamily(Optimizer):
                 state.update(self._init_state(p, group))
             params.append(p)
             grads.append(grad)
+            states.append(state)
         if not params:
             return
 
         hyper = self._hyper(group)
         path_name = self.execution_path(group)
         if path_name == "fused":
-            self._step_fused(group, params, grads, hyper, moment_keys)
+            self._step_fused(group, params, grads, states, hyper, moment_keys)
             return
         path = PATHS[path_name]
         if path.name == "forloop":
@@ -422,14 +424,17 @@ class AdamFamily(Optimizer):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
+        states: list[dict[str, Any]],
         hyper: Hyper,
         moment_keys: tuple[str, ...],
     ) -> None:
-        """Step ``params`` with the fused kernel, one call per (device, dtype) bucket; a bucket
-        it cannot take runs on the foreach path (or raises, when ``fused=True`` was asked)."""
+        """Step ``params`` (with ``grads`` and their ``states``) with the fused kernel, one call
+        per (device, dtype) bucket; a bucket it cannot take runs on the foreach path (or
+        raises, when ``fused=True`` was asked)."""
         plans = self.__dict__.setdefault("_fused_plans", {})
         ids = tuple(map(id, params))
         grad_of = dict(zip(ids, grads, strict=True))
+        state_of = dict(zip(ids, states, strict=True))
         # A plan fixes the storage and the rounding, so a change of either builds a new one.
         key = (ids, group["state_precision"], group["stochastic_rounding"], hyper.amsgrad)
         cached = plans.get(id(group))
@@ -440,7 +445,8 @@ class AdamFamily(Optimizer):
             ]
             cached = plans[id(group)] = (key, entries)
         for bucket_params, plan, reason in cached[1]:
-            if plan is not None and not plan.matches(bucket_params, self.state):
+            bucket_states = [state_of[id(p)] for p in bucket_params]
+            if plan is not None and not plan.matches(bucket_params, bucket_states):
                 # A parameter's storage moved (p.data = ...): plan this group again next time.
                 plans.pop(id(group), None)
                 plan, reason = self._plan(group, bucket_params, hyper, moment_keys)

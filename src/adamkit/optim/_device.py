@@ -97,8 +97,8 @@ class _GpuPlanBase:
         self.params = pointers(bucket.params)
         self.exp_avgs = pointers(bucket.state["exp_avg"])
 
-    def matches(self, params: list[Tensor], state: Mapping[Tensor, Any]) -> bool:
-        return addresses_match(self.params, self.exp_avgs, params, state)
+    def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
+        return addresses_match(self.params, self.exp_avgs, params, entries)
 
     def _real_grads(self, grads: list[Tensor]) -> list[Tensor] | str:
         views = [real_view(g) for g in grads]

@@ -128,13 +128,13 @@ def addresses_match(
     param_pointers: array[int],
     exp_avg_pointers: array[int],
     params: list[Tensor],
-    state: Mapping[Tensor, Any],
+    entries: list[Mapping[str, Any]],
 ) -> bool:
-    """Whether ``params`` and their state are still the tensors, at the addresses, a plan was
-    built for (ZeroRedundancyOptimizer, for one, replaces state entries directly)."""
+    """Whether ``params`` and their state ``entries`` are still the tensors, at the addresses, a
+    plan was built for (ZeroRedundancyOptimizer, for one, replaces state entries directly)."""
     if param_pointers != array("Q", [local(p).data_ptr() for p in params]):
         return False
-    return exp_avg_pointers == array("Q", [local(state[p]["exp_avg"]).data_ptr() for p in params])
+    return exp_avg_pointers == array("Q", [local(e["exp_avg"]).data_ptr() for e in entries])
 
 
 class FusedPlan:
@@ -176,8 +176,8 @@ class FusedPlan:
             self.salts = array("I", storage.salts)
             self.scales = [storage.scale_pointers(key) for key in keys] + [None] * (3 - len(keys))
 
-    def matches(self, params: list[Tensor], state: Mapping[Tensor, Any]) -> bool:
-        return addresses_match(self.params, self.exp_avgs, params, state)
+    def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
+        return addresses_match(self.params, self.exp_avgs, params, entries)
 
     def gradients(self, grads: list[Tensor]) -> array[int] | str:
         """The gradients' addresses, or why the kernel cannot read them."""
