@@ -27,7 +27,18 @@ __all__ = ["fused_library", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("fused_cpu.c")
 # -fno-math-errno: sqrt never sets errno here, which lets the compiler vectorise it.
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+# -ffp-contract=off: no fused multiply-adds (gcc's default in ISO C, not clang's), so the
+# kernel rounds as torch's eager operations and as the Triton kernels (fused_triton.py) do.
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-ffp-contract=off",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-std=c11",
+]
 
 
 def cache_dir() -> Path:

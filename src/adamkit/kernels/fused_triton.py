@@ -21,8 +21,9 @@ math is the CPU kernel's, in the same operation order:
 
 adamkit imports this module only when a bucket on a GPU is stepped, so it runs without Triton.
 With ``TRITON_INTERPRET=1`` set before that import, Triton runs these kernels on CPU tensors;
-the test suite checks their math that way on machines without a GPU (bit-identical to the CPU
-kernel there; on a GPU, contractions into FMAs may change last bits).
+the test suite checks their math that way on machines without a GPU, bit-identical to the CPU
+kernel. On a GPU they are compiled without FMA contraction (``enable_fp_fusion=False``) and with
+IEEE sqrt and division, so they should round the same; that is still to be run on a card.
 """
 
 from __future__ import annotations
@@ -406,7 +407,15 @@ def launch(
     with ``param_format`` (low-precision storage, see Storage in optim/_fused.py)
     ``fused_step_wide``."""
     common = [tables[name] for name in _TABLES] + [scalars, hyper]
-    flags = {"ALGO": algorithm, "DECAY": decay, "AMSGRAD": amsgrad, "BLOCK": BLOCK}
+    # enable_fp_fusion=False: no contraction into FMAs, so the arithmetic rounds as the CPU
+    # kernel's (compiled as ISO C, which contracts nothing) and as torch's eager operations.
+    flags = {
+        "ALGO": algorithm,
+        "DECAY": decay,
+        "AMSGRAD": amsgrad,
+        "BLOCK": BLOCK,
+        "enable_fp_fusion": False,
+    }
     if param_format is not None:
         wide = [tables[name] for name in ("formats", "m_scales", "v_scales", "max_scales")]
         fused_step_wide[(chunks,)](
