@@ -58,4 +58,5 @@ if rank == 0:
     shard = tuple(weight.to_local().shape)
     print(f"first weight: {type(weight).__name__} {tuple(weight.shape)}, here {shard}")
     print(f"optimizer state on this process: {adamkit.state_memory(optimizer)}")
+dist.barrier()  # leave together: a process that tears down its group first can abort the other
 dist.destroy_process_group()

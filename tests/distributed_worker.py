@@ -133,6 +133,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     for precision in ("fp32", "8bit"):
         results[f"full_into_shards/{precision}"] = _full_checkpoint_into_shards(rank, precision)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # leave together: tearing down first can abort the other process
     dist.destroy_process_group()
 
 
@@ -202,6 +203,7 @@ def _checkpoint_worker(rank: int, world: int, port: int, out_dir: str, phase: st
         params = [_full(p) for p in model.parameters()]
         if rank == 0:
             torch.save({"params": params, "coded": any(coded)}, f"{where}.resumed.pt")
+    dist.barrier()
     dist.destroy_process_group()
 
 
