@@ -14,6 +14,8 @@ Tolerances are test_parity's: fused fp32 against torch 5e-6, fp64 1e-12; the ref
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,7 +47,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 STEPS = 200 if CUDA else 20
 GPU_CASES = [c for c in CASES if c.kwargs.get("fused")]
 try:
-    import triton  # noqa: F401
+    import triton
 
     HAVE_TRITON = True
 except ImportError:
@@ -68,9 +70,18 @@ def needs_triton(name: str) -> None:
         pytest.skip("Triton is not installed (pip install triton, or torch's CUDA build)")
 
 
+def plans(opt: torch.optim.Optimizer) -> list[Any]:
+    cache = opt.__dict__.get("_fused_plans", {})
+    return [entry[1] for _, entries in cache.values() for entry in entries]
+
+
 def plan_kinds(opt: torch.optim.Optimizer) -> set[str]:
-    plans = opt.__dict__.get("_fused_plans", {})
-    return {type(entry[1]).__name__ for _, entries in plans.values() for entry in entries}
+    return {type(plan).__name__ for plan in plans(opt)}
+
+
+def kernel_block() -> int:
+    """Elements per program of the Triton kernels."""
+    return importlib.import_module("adamkit.kernels.fused_triton").BLOCK if HAVE_TRITON else 1024
 
 
 def expected_plan(name: str) -> str:
@@ -150,9 +161,9 @@ def _run_on_cpu_kernel(opt: torch.optim.Optimizer, ps: list[torch.Tensor], grads
 def test_tensors_spanning_several_programs(name: str, kwargs: dict[str, Any]) -> None:
     """Sizes around the kernel's block (one element, a partial block, exact blocks, a tail)
     give the same result as the CPU kernel: bit for bit in the interpreter, where the Triton
-    kernel does the CPU kernel's arithmetic in its order (a GPU may contract into FMAs)."""
+    kernel does the CPU kernel's arithmetic in its order."""
     needs_triton(name)
-    block = 2048
+    block = kernel_block()
     sizes = [1, block - 1, block, block + 1, 2 * block + 5]
     ours, cpu, gpu_p, cpu_p = _cpu_twin(name, sizes, torch.float32, lr=1e-2, **kwargs)
     gen = torch.Generator().manual_seed(6)
@@ -258,6 +269,59 @@ def test_gradients_kept_between_steps(name: str) -> None:
             cpu.step()
     for a, b in zip(gpu_p, cpu_p, strict=True):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=5e-6, atol=5e-6)
+
+
+@pytest.mark.parametrize("moved", ["params", "grads"])
+def test_addresses_off_a_16_byte_boundary_take_the_kernel_without_vector_accesses(
+    moved: str,
+) -> None:
+    """Whole blocks are loaded and stored 16 bytes at a time only where every address in the
+    tables is a multiple of 16 bytes. Parameters, or gradients, that are slices of a flat
+    buffer at an odd offset (DDP's gradient buckets can be) take the kernel compiled without
+    that hint, with the same result; gradients back on a boundary take the other one again."""
+    needs_triton("NAdam")
+    block = kernel_block()
+    sizes = [block + 476, 2 * block + 952]  # whole blocks and a tail each
+    gen = torch.Generator().manual_seed(12)
+    values = [torch.randn(n, generator=gen) for n in sizes]
+    cpu_p = [torch.nn.Parameter(v.clone()) for v in values]
+    if moved == "params":
+        flat = torch.empty(sum(sizes) + 1, device=DEVICE)
+        ends = torch.tensor(sizes).cumsum(0).tolist()
+        slices = [flat[end - n + 1 : end + 1] for n, end in zip(sizes, ends, strict=True)]
+        gpu_p = [torch.nn.Parameter(s.copy_(v)) for s, v in zip(slices, values, strict=True)]
+        assert all(p.data_ptr() % 16 != 0 for p in gpu_p)
+    else:
+        gpu_p = [torch.nn.Parameter(v.to(DEVICE, copy=True)) for v in values]
+    ours = adamkit.NAdam(gpu_p, lr=1e-2, weight_decay=0.1, fused=True)
+    cpu = adamkit.NAdam(cpu_p, lr=1e-2, weight_decay=0.1, fused=True)
+    aligned = []
+    for step in range(6):
+        grads = [torch.randn(n, generator=gen) for n in sizes]
+        if moved == "grads" and step in (2, 3):
+            flat_grad = torch.empty(sum(sizes) + 1, device=DEVICE)
+            parts = flat_grad[1:].split(sizes)
+            for p, part, g in zip(gpu_p, parts, grads, strict=True):
+                p.grad = part.copy_(g)
+        else:
+            for p, g in zip(gpu_p, grads, strict=True):
+                p.grad = g.to(DEVICE, copy=True)
+        for q, g in zip(cpu_p, grads, strict=True):
+            q.grad = g
+        ours.step()
+        with cpu_kernel():
+            cpu.step()
+        (plan,) = plans(ours)
+        aligned.append(plan.state_aligned and plan.grads_aligned)
+    if moved == "params":
+        assert aligned == [False] * 6
+    else:
+        assert aligned == [True, True, False, False, True, True]
+    tol = {"rtol": 5e-6, "atol": 5e-6} if CUDA else {"rtol": 0.0, "atol": 0.0}
+    for a, b in zip(gpu_p, cpu_p, strict=True):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), **tol)
+        for key, value in cpu.state[b].items():
+            torch.testing.assert_close(ours.state[a][key].cpu(), value, **tol)
 
 
 @pytest.mark.parametrize(
@@ -378,6 +442,78 @@ def test_gpu_benchmark_harness_runs() -> None:
     assert len(rows) == 2
     assert "TorchFusedPlan" in rows[0] and "torch fused" in rows[0]
     assert "TritonPlan" in rows[1] and "torch foreach" in rows[1]
+
+
+def _has_ptxas() -> bool:
+    if not HAVE_TRITON:
+        return False
+    try:
+        return bool(triton.knobs.nvidia.ptxas.path)
+    except Exception:  # no NVIDIA backend in this Triton build, or no ptxas beside it
+        return False
+
+
+def _variant(
+    algorithm: int, decay: int, dtype: str, aligned: bool = True, param_format: int | None = None
+) -> dict[str, Any]:
+    """``specialization``'s arguments (AMSGrad for Adam, the only algorithm that has it)."""
+    variant = {"algorithm": algorithm, "decay": decay, "amsgrad": algorithm == 0, "dtype": dtype}
+    variant["aligned"] = aligned
+    return variant if param_format is None else {**variant, "param_format": param_format}
+
+
+#: The kernels compiled by the test below: every algorithm the Triton plan takes in full
+#: precision, each element type, each parameter format with low-precision state, AMSGrad, all
+#: three kinds of weight decay, with and without aligned addresses. (Algorithms: 0 Adam,
+#: 1 RAdam, 2 NAdam, 3 Adamax; decay: 0 none, 1 coupled, 2 decoupled; parameter formats:
+#: 0 fp32, 1 bf16, 2 stochastically rounded bf16.)
+COMPILED = [
+    _variant(1, 1, "float32"),
+    _variant(2, 2, "float32"),
+    _variant(3, 0, "float32"),
+    _variant(2, 1, "float64"),
+    _variant(1, 2, "bfloat16"),
+    _variant(3, 1, "float16"),
+    _variant(2, 0, "float32", aligned=False),
+    _variant(0, 1, "float32", param_format=0),
+    _variant(1, 2, "bfloat16", param_format=1),
+    _variant(2, 0, "bfloat16", param_format=2),
+    _variant(3, 2, "float32", param_format=0),
+    _variant(0, 2, "bfloat16", aligned=False, param_format=2),
+]
+
+
+@pytest.mark.skipif(not _has_ptxas(), reason="needs Triton's NVIDIA backend and its ptxas")
+def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
+    """The interpreter runs the kernels' math, not Triton's compiler. Here the compiler builds
+    them for sm_90, as ``launch`` would on an H100 (tests/gpu_compile_worker.py), and the PTX
+    shows what the kernels promise: no FMA contraction, IEEE square roots and divisions (no
+    approximate ones), 16-byte loads and stores exactly where the addresses are aligned, and
+    no register spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compiled here, not found in a cache
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.gpu_compile_worker", json.dumps(COMPILED)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["variant"] for r in reports] == COMPILED
+    for r in reports:
+        variant = r["variant"]
+        assert r["fma"] == 0 and r["approximate"] == 0, r
+        assert r["div_rn"] > 0, r
+        assert (r["sqrt_rn"] > 0) == (variant["algorithm"] != 3), r  # Adamax takes no root
+        if variant["aligned"]:
+            assert r["vector_loads"] > 0 and r["vector_stores"] > 0, r
+        else:  # a vector access off a 16-byte boundary is a fault on the card
+            assert r["vector_loads"] == r["vector_stores"] == 0, r
+        assert r["spill_bytes"] == 0, r
+        assert r["kernel"] == ("fused_step_wide" if "param_format" in variant else "fused_step")
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.max_memory_allocated)")

@@ -23,7 +23,14 @@ adamkit imports this module only when a bucket on a GPU is stepped, so it runs w
 With ``TRITON_INTERPRET=1`` set before that import, Triton runs these kernels on CPU tensors;
 the test suite checks their math that way on machines without a GPU, bit-identical to the CPU
 kernel. On a GPU they are compiled without FMA contraction (``enable_fp_fusion=False``) and with
-IEEE sqrt and division, so they should round the same; that is still to be run on a card.
+IEEE sqrt and division, so they should round the same. The suite also compiles them for sm_90
+with Triton's compiler and checks the PTX for that (tests/gpu_compile_worker.py), but they have
+not yet run on a card.
+
+Where every address in the tables is a multiple of 16 bytes (torch's allocations are), whole
+blocks are read and written with 16-byte vector accesses; a tensor's last, partial block is
+masked element by element. Unaligned addresses (views at an offset) take a variant without the
+vector accesses, which would fault on them.
 """
 
 from __future__ import annotations
@@ -34,32 +41,30 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["BLOCK", "launch"]
+__all__ = ["BLOCK", "OPTIONS", "launch", "specialization"]
 
-#: Elements per program. A power of two; the CPU kernel's loops are chunked the same way.
-BLOCK = 2048
-_NUM_WARPS = 8
+#: Elements per program, with OPTIONS' 8 warps: 4 per thread, one 16-byte access per fp32
+#: array. ptxas (sm_90) needs 40-50 registers a thread for it in fp32, 80 with 8-bit state,
+#: so 40 or more warps stay resident per SM; 2048 elements a program needed 110-150, and left
+#: 8 to 16 warps. A multiple of the 8-bit scale's 256 elements.
+BLOCK = 1024
 
 # The CPU library's element-loop kinds (scalars_t.kind in fused_cpu.c).
-K_RADAM: tl.constexpr = 2
+K_RADAM = tl.constexpr(2)
 #: Step scalars per tensor, as adamkit_step_scalars writes them: a, b, c, kind, t.
-ROW: tl.constexpr = 5
+ROW = tl.constexpr(5)
 
 
 # IEEE-rounded square root and division, as the CPU kernel and torch's kernels compute
 # them (Triton's fp32 defaults are approximate; fp64's are exact already).
 @triton.jit
 def sqrt(x, COMPUTE: tl.constexpr):
-    if COMPUTE == tl.float64:
-        return tl.sqrt(x)
-    return tl.sqrt_rn(x)
+    return tl.sqrt(x) if COMPUTE == tl.float64 else tl.sqrt_rn(x)
 
 
 @triton.jit
 def div(x, y, COMPUTE: tl.constexpr):
-    if COMPUTE == tl.float64:
-        return x / y
-    return tl.div_rn(x, y)
+    return x / y if COMPUTE == tl.float64 else tl.div_rn(x, y)
 
 
 @triton.jit
@@ -70,8 +75,10 @@ def rounded(x, DTYPE: tl.constexpr):
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         bits = tl.where(x != x, 0x7FC0, bits)  # NaN stays NaN
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(DTYPE)
+        result = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        result = x.to(DTYPE)
+    return result
 
 
 @triton.jit
@@ -142,9 +149,29 @@ def update(
 
 
 @triton.jit
+def as_pointer(address, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """An address from a table as a pointer to ``DTYPE``. ``ALIGNED``: the launcher checked
+    that every address of the tables is a multiple of 16 bytes, so whole blocks are loaded and
+    stored with 16-byte vector instructions."""
+    pointer = address.to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@triton.jit
+def elements(start, numel, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """A block's element offsets and which of them lie in its tensor. Only a tensor's last
+    block is ``MASKED``: a whole block's mask is constant, which lets its loads be vectorised."""
+    offsets = start + tl.arange(0, BLOCK)
+    mask = offsets < numel if MASKED else tl.full((BLOCK,), 1, tl.int1)
+    return offsets, mask
+
+
+@triton.jit
 def fused_step(
     chunk_tensor,  # int32[chunks]: the tensor each program updates
-    chunk_start,  # int64[chunks]: its first element
+    chunk_start,  # int64[chunks]: its first element, a multiple of BLOCK
     numels,  # int64[count]
     params,  # int64[count] tables of addresses
     grads,
@@ -158,24 +185,59 @@ def fused_step(
     AMSGRAD: tl.constexpr,
     DTYPE: tl.constexpr,  # the tensors' element type
     COMPUTE: tl.constexpr,  # the type the math runs in
+    ALIGNED: tl.constexpr,  # every address in the tables is a multiple of 16 bytes
     BLOCK: tl.constexpr,
 ):
     """Full-precision state in the parameters' dtype."""
     j = tl.program_id(0)
     k = tl.load(chunk_tensor + j)
-    offsets = tl.load(chunk_start + j) + tl.arange(0, BLOCK)
-    mask = offsets < tl.load(numels + k)
-    p_ptr = tl.load(params + k).to(tl.pointer_type(DTYPE))
-    g_ptr = tl.load(grads + k).to(tl.pointer_type(DTYPE))
-    m_ptr = tl.load(exp_avgs + k).to(tl.pointer_type(DTYPE))
-    v_ptr = tl.load(seconds + k).to(tl.pointer_type(DTYPE))
+    start = tl.multiple_of(tl.load(chunk_start + j), BLOCK)  # (where loaded, for it to hold)
+    numel = tl.load(numels + k)
+    tensors = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k)
+    if start + BLOCK <= numel:
+        full_precision_block(
+            *tensors, start, numel, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, False, BLOCK
+        )
+    else:
+        full_precision_block(
+            *tensors, start, numel, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, True, BLOCK
+        )
+
+
+@triton.jit
+def full_precision_block(
+    params,
+    grads,
+    exp_avgs,
+    seconds,
+    maxes,
+    scalars,
+    hyper,
+    k,
+    start,
+    numel,
+    ALGO: tl.constexpr,
+    DECAY: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    DTYPE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    MASKED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``fused_step`` on one block of tensor ``k``."""
+    offsets, mask = elements(start, numel, MASKED, BLOCK)
+    p_ptr = as_pointer(tl.load(params + k), DTYPE, ALIGNED)
+    g_ptr = as_pointer(tl.load(grads + k), DTYPE, ALIGNED)
+    m_ptr = as_pointer(tl.load(exp_avgs + k), DTYPE, ALIGNED)
+    v_ptr = as_pointer(tl.load(seconds + k), DTYPE, ALIGNED)
     param = tl.load(p_ptr + offsets, mask=mask).to(COMPUTE)
     grad = tl.load(g_ptr + offsets, mask=mask).to(COMPUTE)
     m = tl.load(m_ptr + offsets, mask=mask).to(COMPUTE)
     v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE)
     old_max = v
     if AMSGRAD:
-        vmax_ptr = tl.load(maxes + k).to(tl.pointer_type(DTYPE))
+        vmax_ptr = as_pointer(tl.load(maxes + k), DTYPE, ALIGNED)
         old_max = tl.load(vmax_ptr + offsets, mask=mask).to(COMPUTE)
     param, m, v, top = update(
         param, grad, m, v, old_max, scalars, hyper, k, ALGO, DECAY, AMSGRAD, COMPUTE, False
@@ -189,19 +251,19 @@ def fused_step(
 
 # ----------------------------------------------------------------- low-precision storage
 # The formats of optim/_precision.py, bit for bit as fused_cpu.c implements them.
-F_F32: tl.constexpr = 0
-F_BF16: tl.constexpr = 1
-F_BF16_SR: tl.constexpr = 2
-F_Q8: tl.constexpr = 3
+F_F32 = tl.constexpr(0)
+F_BF16 = tl.constexpr(1)
+F_BF16_SR = tl.constexpr(2)
+F_Q8 = tl.constexpr(3)
 # Each rounding stream's term of the seed, stream * 0xC2B2AE35 mod 2**32 (fused_cpu.c's
 # SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3).
-MOMENTS_STREAM: tl.constexpr = 0
-MAX_STREAM: tl.constexpr = (2 * 0xC2B2AE35) % (1 << 32)
-PARAM_STREAM: tl.constexpr = (3 * 0xC2B2AE35) % (1 << 32)
-Q8_BLOCK: tl.constexpr = 256  # elements per 8-bit scale
-M_OFFSET: tl.constexpr = 112 << 23  # float bits of 2**-15, the exp_avg code's smallest binade
-V_OFFSET: tl.constexpr = 96 << 23  # 2**-31, the second moments'
-HALF_ULP: tl.constexpr = 1 << 19  # half a unit of the codes' 3-bit mantissa
+MOMENTS_STREAM = tl.constexpr(0)
+MAX_STREAM = tl.constexpr((2 * 0xC2B2AE35) % (1 << 32))
+PARAM_STREAM = tl.constexpr((3 * 0xC2B2AE35) % (1 << 32))
+Q8_BLOCK = tl.constexpr(256)  # elements per 8-bit scale
+M_OFFSET = tl.constexpr(112 << 23)  # float bits of 2**-15, the exp_avg code's smallest binade
+V_OFFSET = tl.constexpr(96 << 23)  # 2**-31, the second moments'
+HALF_ULP = tl.constexpr(1 << 19)  # half a unit of the codes' 3-bit mantissa
 
 
 @triton.jit
@@ -222,9 +284,7 @@ def noise(offsets, seed, HIGH: tl.constexpr):
     x ^= x >> 16
     x *= 0x7FEB352D
     x ^= x >> 15
-    if HIGH:
-        return x >> 16
-    return x & 0xFFFF
+    return x >> 16 if HIGH else x & 0xFFFF
 
 
 @triton.jit
@@ -240,10 +300,10 @@ def bf16_bits(x, seed, STOCHASTIC: tl.constexpr, offsets, HIGH: tl.constexpr):
 
 
 @triton.jit
-def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr):
+def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr, ALIGNED: tl.constexpr):
     """One state tensor's elements as fp32, whatever format they are stored in."""
     if fmt == F_Q8:
-        code = tl.load(address.to(tl.pointer_type(tl.uint8)) + offsets, mask=mask, other=0)
+        code = tl.load(as_pointer(address, tl.uint8, ALIGNED) + offsets, mask=mask, other=0)
         code = code.to(tl.int32)
         scale_ptr = scales.to(tl.pointer_type(tl.float32))
         scale = tl.load(scale_ptr + offsets // Q8_BLOCK, mask=mask, other=0.0)
@@ -256,9 +316,9 @@ def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr):
             value = tl.where(code >= 128, -value, value)
         value = value * scale
     elif fmt == F_F32:
-        value = tl.load(address.to(tl.pointer_type(tl.float32)) + offsets, mask=mask, other=0.0)
+        value = tl.load(as_pointer(address, tl.float32, ALIGNED) + offsets, mask=mask, other=0.0)
     else:
-        bits = tl.load(address.to(tl.pointer_type(tl.uint16)) + offsets, mask=mask, other=0)
+        bits = tl.load(as_pointer(address, tl.uint16, ALIGNED) + offsets, mask=mask, other=0)
         value = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     return value
 
@@ -276,6 +336,7 @@ def store_state(
     numel,
     UNSIGNED: tl.constexpr,
     HIGH: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Store fp32 ``value`` in the tensor's format (8-bit: codes and the blocks' scales)."""
@@ -300,18 +361,18 @@ def store_state(
             code = (normalized.to(tl.int32, bitcast=True) - M_OFFSET + HALF_ULP) >> 20
             code = tl.minimum(tl.maximum(code, 0), 127)
             code = code | tl.where(value < 0, 128, 0)
-        tl.store(address.to(tl.pointer_type(tl.uint8)) + offsets, code.to(tl.uint8), mask=mask)
+        tl.store(as_pointer(address, tl.uint8, ALIGNED) + offsets, code.to(tl.uint8), mask=mask)
         block = start // Q8_BLOCK + tl.arange(0, BLOCK // Q8_BLOCK)
         scale_ptr = scales.to(tl.pointer_type(tl.float32))
         tl.store(scale_ptr + block, top, mask=block * Q8_BLOCK < numel)
     elif fmt == F_F32:
-        tl.store(address.to(tl.pointer_type(tl.float32)) + offsets, value, mask=mask)
+        tl.store(as_pointer(address, tl.float32, ALIGNED) + offsets, value, mask=mask)
     elif fmt == F_BF16_SR:
         bits = bf16_bits(value, seed, True, offsets, HIGH)
-        tl.store(address.to(tl.pointer_type(tl.uint16)) + offsets, bits, mask=mask)
+        tl.store(as_pointer(address, tl.uint16, ALIGNED) + offsets, bits, mask=mask)
     else:
         bits = bf16_bits(value, seed, False, offsets, HIGH)
-        tl.store(address.to(tl.pointer_type(tl.uint16)) + offsets, bits, mask=mask)
+        tl.store(as_pointer(address, tl.uint16, ALIGNED) + offsets, bits, mask=mask)
 
 
 @triton.jit
@@ -335,40 +396,74 @@ def fused_step_wide(
     DECAY: tl.constexpr,
     AMSGRAD: tl.constexpr,
     PARAM_FORMAT: tl.constexpr,  # F_F32, F_BF16 (nearest) or F_BF16_SR (stochastic)
+    ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """fp32 or bf16 parameters with bf16 or 8-bit state, or stochastically rounded bf16
     parameters: each element is decoded to fp32, stepped, and encoded back in one pass."""
     j = tl.program_id(0)
     k = tl.load(chunk_tensor + j)
-    start = tl.load(chunk_start + j)
-    offsets = start + tl.arange(0, BLOCK)
+    start = tl.multiple_of(tl.load(chunk_start + j), BLOCK)  # hinted where loaded, see fused_step
     numel = tl.load(numels + k)
-    mask = offsets < numel
+    tensors = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel)
+    storage = (formats, m_scales, v_scales, max_scales, salts)
+    if start + BLOCK <= numel:
+        wide_block(*tensors, *storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, False, BLOCK)
+    else:
+        wide_block(*tensors, *storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, True, BLOCK)
+
+
+@triton.jit
+def wide_block(
+    params,
+    grads,
+    exp_avgs,
+    seconds,
+    maxes,
+    scalars,
+    hyper,
+    k,
+    start,
+    numel,
+    formats,
+    m_scales,
+    v_scales,
+    max_scales,
+    salts,
+    ALGO: tl.constexpr,
+    DECAY: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    PARAM_FORMAT: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    MASKED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``fused_step_wide`` on one block of tensor ``k``."""
+    offsets, mask = elements(start, numel, MASKED, BLOCK)
     fmt = tl.load(formats + k)
     t = tl.load(scalars + ROW * k + 4)
     salt = tl.load(salts + k).to(tl.uint32)
     ms = tl.load(m_scales + k)
     vs = tl.load(v_scales + k)
     if PARAM_FORMAT == F_F32:
-        p_ptr = tl.load(params + k).to(tl.pointer_type(tl.float32))
+        p_ptr = as_pointer(tl.load(params + k), tl.float32, ALIGNED)
         param = tl.load(p_ptr + offsets, mask=mask)
-        grad = tl.load(tl.load(grads + k).to(tl.pointer_type(tl.float32)) + offsets, mask=mask)
+        grad = tl.load(as_pointer(tl.load(grads + k), tl.float32, ALIGNED) + offsets, mask=mask)
     else:
-        p_ptr = tl.load(params + k).to(tl.pointer_type(tl.uint16))
+        p_ptr = as_pointer(tl.load(params + k), tl.uint16, ALIGNED)
         param = (tl.load(p_ptr + offsets, mask=mask).to(tl.uint32) << 16).to(
             tl.float32, bitcast=True
         )
-        g_ptr = tl.load(grads + k).to(tl.pointer_type(tl.uint16))
+        g_ptr = as_pointer(tl.load(grads + k), tl.uint16, ALIGNED)
         grad = (tl.load(g_ptr + offsets, mask=mask).to(tl.uint32) << 16).to(
             tl.float32, bitcast=True
         )
-    m = load_state(tl.load(exp_avgs + k), ms, offsets, mask, fmt, False)
-    v = load_state(tl.load(seconds + k), vs, offsets, mask, fmt, True)
+    m = load_state(tl.load(exp_avgs + k), ms, offsets, mask, fmt, False, ALIGNED)
+    v = load_state(tl.load(seconds + k), vs, offsets, mask, fmt, True, ALIGNED)
     old_max = v
     if AMSGRAD:
         xs = tl.load(max_scales + k)
-        old_max = load_state(tl.load(maxes + k), xs, offsets, mask, fmt, True)
+        old_max = load_state(tl.load(maxes + k), xs, offsets, mask, fmt, True, ALIGNED)
     param, m, v, top = update(
         param, grad, m, v, old_max, scalars, hyper, k, ALGO, DECAY, AMSGRAD, tl.float32, True
     )
@@ -379,54 +474,42 @@ def fused_step_wide(
         bits = bf16_bits(param, seed, PARAM_FORMAT == F_BF16_SR, offsets, True)
         tl.store(p_ptr + offsets, bits, mask=mask)
     seed = rounding_seed(t, salt, MOMENTS_STREAM)  # one hash: exp_avg its low, v its high bits
+    m_address = tl.load(exp_avgs + k)
     store_state(
-        tl.load(exp_avgs + k), ms, start, offsets, mask, m, fmt, seed, numel, False, False, BLOCK
+        m_address, ms, start, offsets, mask, m, fmt, seed, numel, False, False, ALIGNED, BLOCK
     )
+    v_address = tl.load(seconds + k)
     store_state(
-        tl.load(seconds + k), vs, start, offsets, mask, v, fmt, seed, numel, True, True, BLOCK
+        v_address, vs, start, offsets, mask, v, fmt, seed, numel, True, True, ALIGNED, BLOCK
     )
     if AMSGRAD:
         seed = rounding_seed(t, salt, MAX_STREAM)
+        max_address = tl.load(maxes + k)
         store_state(
-            tl.load(maxes + k), xs, start, offsets, mask, top, fmt, seed, numel, True, True, BLOCK
+            max_address, xs, start, offsets, mask, top, fmt, seed, numel, True, True, ALIGNED, BLOCK
         )
 
 
-def launch(
-    chunks: int,
-    tables: dict[str, Any],
-    scalars: Any,
-    hyper: Any,
+def specialization(
     algorithm: int,
     decay: int,
     amsgrad: bool,
-    dtype: Any,
+    dtype: torch.dtype,
+    aligned: bool,
     param_format: int | None = None,
-) -> None:
-    """Run a kernel over ``chunks`` programs (see the kernels' arguments): ``fused_step``, or
-    with ``param_format`` (low-precision storage, see Storage in optim/_fused.py)
-    ``fused_step_wide``."""
-    common = [tables[name] for name in _TABLES] + [scalars, hyper]
-    # enable_fp_fusion=False: no contraction into FMAs, so the arithmetic rounds as the CPU
-    # kernel's (compiled as ISO C, which contracts nothing) and as torch's eager operations.
-    flags = {
+) -> tuple[Any, dict[str, Any]]:
+    """The kernel that steps a bucket and its compile-time arguments: ``fused_step``, or with
+    ``param_format`` (low-precision storage, see Storage in optim/_fused.py)
+    ``fused_step_wide``. ``aligned``: every address in the tables is a multiple of 16 bytes."""
+    constants: dict[str, Any] = {
         "ALGO": algorithm,
         "DECAY": decay,
         "AMSGRAD": amsgrad,
+        "ALIGNED": aligned,
         "BLOCK": BLOCK,
-        "enable_fp_fusion": False,
     }
     if param_format is not None:
-        wide = [tables[name] for name in ("formats", "m_scales", "v_scales", "max_scales")]
-        fused_step_wide[(chunks,)](
-            *common,
-            *wide,
-            tables["salts"],
-            PARAM_FORMAT=param_format,
-            num_warps=_NUM_WARPS,
-            **flags,
-        )
-        return
+        return fused_step_wide, {**constants, "PARAM_FORMAT": param_format}
     element = {
         torch.float32: tl.float32,
         torch.float64: tl.float64,
@@ -434,16 +517,16 @@ def launch(
         torch.bfloat16: tl.bfloat16,
     }[dtype]
     compute = tl.float64 if dtype == torch.float64 else tl.float32
-    fused_step[(chunks,)](*common, DTYPE=element, COMPUTE=compute, num_warps=_NUM_WARPS, **flags)
+    return fused_step, {**constants, "DTYPE": element, "COMPUTE": compute}
 
 
-_TABLES = (
-    "chunk_tensor",
-    "chunk_start",
-    "numels",
-    "params",
-    "grads",
-    "exp_avgs",
-    "seconds",
-    "maxes",
-)
+#: How the kernels are compiled. No contraction into FMAs, so the arithmetic rounds as the CPU
+#: kernel's (compiled with -ffp-contract=off) and as torch's eager operations.
+OPTIONS = {"num_warps": 8, "enable_fp_fusion": False}
+
+
+def launch(chunks: int, tables: dict[str, Any], kernel: Any, constants: dict[str, Any]) -> None:
+    """Run ``kernel`` (see ``specialization``) over ``chunks`` programs. ``tables``: its
+    tensor arguments by name (the step scalars and hyperparameters included)."""
+    arguments = [tables[name] for name in kernel.arg_names if name not in constants]
+    kernel[(chunks,)](*arguments, **constants, **OPTIONS)

@@ -184,18 +184,36 @@ class TritonPlan(_GpuPlanBase):
         first = torch.cumsum(per_tensor, 0) - per_tensor
         chunk_start = (torch.arange(len(chunk_tensor)) - first[chunk_tensor]) * BLOCK
         self.chunks = len(chunk_tensor)
-        seconds = table(pointers(bucket.state[second_key]))
-        self.tables: dict[str, Tensor | None] = {
+        second_addresses = pointers(bucket.state[second_key])
+        seconds = table(second_addresses)
+        maxes = pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
+        # ROW scalars per tensor, then the group's seven, and the gradients' addresses: written
+        # on the host, copied without waiting for the GPU (pinned), read by the next launch.
+        cuda = device.type == "cuda"
+        self.host = torch.empty(ROW * count + 7, dtype=torch.float64, pin_memory=cuda)
+        self.host_values = self.host.numpy()
+        self.scalars = self.host.to(device) if cuda else self.host
+        self.grad_host = torch.zeros(count, dtype=torch.int64, pin_memory=cuda)
+        self.copied = torch.cuda.Event() if cuda else None  # type: ignore[no-untyped-call]
+        self.grad_addresses: array[int] | None = None
+        self.tables: dict[str, Tensor] = {
             "chunk_tensor": chunk_tensor.to(torch.int32).to(device),
             "chunk_start": chunk_start.to(device),
             "numels": numels.to(device),
             "params": table(self.params),
-            "grads": None,  # per step
+            "grads": self.grad_host.to(device) if cuda else self.grad_host,
             "exp_avgs": table(self.exp_avgs),
             "seconds": seconds,
             # Without AMSGrad the kernel never reads it; any valid table will do.
-            "maxes": table(pointers(bucket.state["max_exp_avg_sq"])) if amsgrad else seconds,
+            "maxes": table(maxes) if maxes is not None else seconds,
+            "scalars": self.scalars[: ROW * count],
+            "hyper": self.scalars[ROW * count :],
         }
+        # Whole blocks are loaded with 16-byte vector instructions where every element array
+        # starts on a 16-byte boundary: torch's allocations do, views at an offset may not.
+        arrays = [self.params, self.exp_avgs, second_addresses, maxes or array("Q")]
+        self.state_aligned = all(a % 16 == 0 for addresses in arrays for a in addresses)
+        self.grads_aligned = False
         self.param_format = None
         if storage is not None:
             keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
@@ -214,28 +232,21 @@ class TritonPlan(_GpuPlanBase):
         self.flags = (_AMSGRAD if amsgrad else 0) | (
             _STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0
         )
-        # ROW scalars per tensor, then the group's seven: computed on the host, copied once.
-        cuda = device.type == "cuda"
-        self.host = torch.empty(ROW * count + 7, dtype=torch.float64, pin_memory=cuda)
-        self.host_values = self.host.numpy()
-        self.scalars = self.host.to(device) if cuda else self.host
-        self.copied = torch.cuda.Event() if cuda else None  # type: ignore[no-untyped-call]
-        self.grad_addresses: array[int] | None = None
 
     def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
         return self._real_grads(grads)
 
     def run(self, grads: list[Tensor], h: Hyper) -> None:
-        from ..kernels.fused_triton import launch
+        from ..kernels.fused_triton import launch, specialization
 
-        addresses = pointers(grads)
-        if addresses != self.grad_addresses:  # zero_grad(set_to_none=True) gives new grads
-            self.tables["grads"] = torch.tensor(
-                addresses.tolist(), dtype=torch.int64, device=self.device
-            )
-            self.grad_addresses = addresses
         if self.copied is not None:
-            self.copied.synchronize()  # the last step's copy has left the host buffer
+            self.copied.synchronize()  # the last step's copies have left the host buffers
+        addresses = pointers(grads)
+        new_grads = addresses != self.grad_addresses  # zero_grad(set_to_none=True) may move them
+        if new_grads:
+            self.grad_host.numpy()[:] = np.frombuffer(addresses, dtype=np.int64)
+            self.grads_aligned = all(address % 16 == 0 for address in addresses)
+            self.grad_addresses = addresses
         library = fused_library()
         assert library is not None  # gpu_plan checked it
         library.adamkit_step_scalars(
@@ -271,18 +282,18 @@ class TritonPlan(_GpuPlanBase):
         with torch.cuda.device(self.device) if self.copied is not None else nullcontext():
             if self.copied is not None:
                 self.scalars.copy_(self.host, non_blocking=True)
+                if new_grads:
+                    self.tables["grads"].copy_(self.grad_host, non_blocking=True)
                 self.copied.record()
-            launch(
-                self.chunks,
-                self.tables,
-                self.scalars[: ROW * self.count],
-                self.scalars[ROW * self.count :],
+            kernel, constants = specialization(
                 self.algorithm,
                 decay,
                 self.amsgrad,
                 self.dtype,
+                self.state_aligned and self.grads_aligned,
                 self.param_format,
             )
+            launch(self.chunks, self.tables, kernel, constants)
 
 
 def _address(values: array[int] | None) -> int | None:
