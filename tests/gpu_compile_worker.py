@@ -1,5 +1,6 @@
 """Compiles adamkit's Triton kernels for an H100 without one: ``python -m
-tests.gpu_compile_worker VARIANTS_JSON``, used by tests/test_gpu.py.
+tests.gpu_compile_worker VARIANTS_JSON``, used by tests/test_gpu.py; ``--table`` compiles every
+variant and prints the Markdown table BENCHMARKS.md keeps.
 
 Triton's interpreter runs the kernels' math on the CPU, but not the compiler: a kernel the
 interpreter runs can still fail to compile for a card, or compile into slower code than meant.
@@ -19,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import torch
@@ -78,7 +80,71 @@ def ptxas_report(ptx: str) -> dict[str, int]:
     return {"registers": int(registers.group(1)), "spill_bytes": int(spills.group(1))}
 
 
+def every_variant() -> list[dict[str, Any]]:
+    """Every kernel variant the GPU plans can launch (coupled weight decay throughout: the
+    three kinds differ by one or two operations)."""
+    variants = []
+    for aligned in (True, False):
+        for algorithm in (1, 2, 3):  # RAdam, NAdam, Adamax in full precision
+            for dtype in ("float32", "float64", "bfloat16", "float16"):
+                variants.append(
+                    {"algorithm": algorithm, "decay": 1, "amsgrad": False, "dtype": dtype}
+                    | {"aligned": aligned}
+                )
+        for algorithm, amsgrad in ((0, False), (0, True), (1, False), (2, False), (3, False)):
+            for param_format, dtype in ((0, "float32"), (1, "bfloat16"), (2, "bfloat16")):
+                variants.append(
+                    {"algorithm": algorithm, "decay": 1, "amsgrad": amsgrad, "dtype": dtype}
+                    | {"aligned": aligned, "param_format": param_format}
+                )
+    return variants
+
+
+ALGORITHM_NAMES = ("Adam", "RAdam", "NAdam", "Adamax")
+PARAM_FORMATS = ("fp32 params", "bf16 params", "SR bf16 params")
+
+
+def resident_warps(registers: int, warps: int) -> int:
+    """Warps an H100 SM holds at once with this many registers a thread (64K registers an SM,
+    allocated 8 a thread at a time; at most 2048 threads and 32 blocks)."""
+    per_block = -(-registers // 8) * 8 * 32 * warps
+    blocks = min(65536 // per_block, 2048 // (32 * warps), 32)
+    return blocks * warps
+
+
+def table() -> str:
+    """Every variant compiled from scratch: a Markdown table of compile time (this machine's
+    CPU; the first step on a card pays it once, then Triton's cache has it), registers,
+    spills, the SM's resident warps, and vector accesses."""
+    rows = [
+        "| kernel | algorithm | dtype / storage | aligned | compile s | registers | spills (B) "
+        "| warps/SM | vector loads, stores |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for arguments in every_variant():
+        started = time.perf_counter()
+        r = compile_variant(arguments)
+        seconds = time.perf_counter() - started
+        name = ALGORITHM_NAMES[arguments["algorithm"]] + (
+            " AMSGrad" if arguments["amsgrad"] else ""
+        )
+        what = arguments["dtype"]
+        if "param_format" in arguments:
+            what = f"low-precision state, {PARAM_FORMATS[arguments['param_format']]}"
+        warps = resident_warps(r["registers"], fused_triton.OPTIONS["num_warps"])
+        rows.append(
+            f"| {r['kernel']} | {name} | {what} | {'yes' if arguments['aligned'] else 'no'} "
+            f"| {seconds:.2f} | {r['registers']} | {r['spill_bytes']} | {warps} "
+            f"| {r['vector_loads']}, {r['vector_stores']} |"
+        )
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--table"]:
+        print(table())
+        return
     for arguments in json.loads(sys.argv[1]):
         print(json.dumps({"variant": arguments, **compile_variant(arguments)}), flush=True)
 
