@@ -31,8 +31,8 @@ from adamkit.kernels import fused_triton
 
 #: An H100: compute capability 9.0, 32-thread warps.
 TARGET = GPUTarget("cuda", 90, 32)
-#: The kernels' tensor arguments that are not int64 tables of addresses, numbers or offsets.
-ARGUMENT_TYPES = {"chunk_tensor": "*i32", "formats": "*i32", "scalars": "*fp64", "hyper": "*fp64"}
+#: The kernels' tensor arguments that are not int64 tables (of addresses, sizes, offsets).
+ARGUMENT_TYPES = {"scalars": "*fp64", "hyper": "*fp64"}
 #: PTX instructions counted: contraction, rounding modes, and vector memory accesses.
 COUNTED = {
     "fma": r"\bfma\.rn\.f(32|64)",

@@ -100,7 +100,7 @@ def fused_library() -> ctypes.CDLL | None:
     library.adamkit_step_scalars.restype = None
     library.adamkit_step_scalars.argtypes = [i32, i32, f64, f64, f64, f64, i64, *[pointer] * 3]
     library.adamkit_count_steps.restype = None
-    library.adamkit_count_steps.argtypes = [i64, pointer, i32]
+    library.adamkit_count_steps.argtypes = [i64, pointer, i32, pointer]
     return library
 
 

@@ -166,9 +166,13 @@ void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double b
 }
 
 /* Only the increments (torch's fused Adam on a GPU computes its own scalars): one call where
- * torch._foreach_add_ over 2000 CPU scalars takes milliseconds. */
-void adamkit_count_steps(int64_t count, void **steps, int f64) {
-    for (int64_t k = 0; k < count; k++) bump(steps[k], f64);
+ * torch._foreach_add_ over 2000 CPU scalars takes milliseconds. The new counts also go to
+ * counts[k] as float (what torch's fused kernels read), when counts is not NULL. */
+void adamkit_count_steps(int64_t count, void **steps, int f64, float *counts) {
+    for (int64_t k = 0; k < count; k++) {
+        double t = bump(steps[k], f64);
+        if (counts) counts[k] = (float)t;
+    }
 }
 
 /* The tensor holding chunk j: the k with first[k] <= j < first[k+1]. */

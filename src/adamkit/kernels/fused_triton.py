@@ -170,7 +170,7 @@ def elements(start, numel, MASKED: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def fused_step(
-    chunk_tensor,  # int32[chunks]: the tensor each program updates
+    chunk_tensor,  # int64[chunks]: the tensor each program updates
     chunk_start,  # int64[chunks]: its first element, a multiple of BLOCK
     numels,  # int64[count]
     params,  # int64[count] tables of addresses
@@ -387,7 +387,7 @@ def fused_step_wide(
     maxes,
     scalars,
     hyper,
-    formats,  # int32[count]: each tensor's state format (F_*)
+    formats,  # int64[count]: each tensor's state format (F_*)
     m_scales,  # int64[count] addresses of the 8-bit scales (0 where not 8-bit)
     v_scales,
     max_scales,

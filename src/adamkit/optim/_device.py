@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,8 @@ def triton_unavailable() -> str | None:
 
 
 class _GpuPlanBase:
-    """What both GPU plans share: the bucket, and the addresses that tell it has not changed."""
+    """What both GPU plans share: the bucket, the addresses that tell it has not changed, and
+    host buffers the CPU fills each step and copies to the GPU without waiting for it."""
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket  # keeps every tensor the plan points to alive
@@ -96,6 +97,44 @@ class _GpuPlanBase:
         self.dtype = bucket.params[0].dtype
         self.params = pointers(bucket.params)
         self.exp_avgs = pointers(bucket.state["exp_avg"])
+        self.steps = pointers(bucket.steps)
+        self.cuda = self.device.type == "cuda"
+        # Recorded after the last step's copies: the host buffers are rewritten after it.
+        self.copied = torch.cuda.Event() if self.cuda else None  # type: ignore[no-untyped-call]
+
+    def host_buffer(self, numel: int, dtype: torch.dtype) -> Tensor:
+        """A buffer the CPU writes and the GPU copies from: pinned, so the copy is
+        asynchronous."""
+        return torch.zeros(numel, dtype=dtype, pin_memory=self.cuda)
+
+    def on_device(self, host: Tensor) -> Tensor:
+        """The GPU's copy of a host buffer (on the CPU path of the tests, the buffer itself),
+        copied without waiting for the GPU."""
+        return host.to(self.device, non_blocking=True) if self.cuda else host
+
+    def upload(self, columns: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Integer tables on the GPU, from one pinned buffer in one asynchronous copy (a copy
+        from ordinary memory would wait for all the work queued on the GPU)."""
+        sizes = [c.numel() for c in columns.values()]
+        self.table_host = self.host_buffer(sum(sizes), torch.int64)  # alive while copied
+        torch.cat([c.to(torch.int64) for c in columns.values()], out=self.table_host)
+        return dict(zip(columns, torch.split(self.on_device(self.table_host), sizes), strict=True))
+
+    def wait_for_host_buffers(self) -> None:
+        if self.copied is not None:
+            self.copied.synchronize()  # the last step's copies have left the host buffers
+
+    def launching(self) -> AbstractContextManager[Any]:
+        """Kernels launch on the current device's current stream: make it the bucket's."""
+        return torch.cuda.device(self.device) if self.cuda else nullcontext()
+
+    def send(self, *copies: tuple[Tensor, Tensor]) -> None:
+        """Copy (host buffer, device tensor) pairs on the current stream, without waiting."""
+        if self.copied is None:
+            return
+        for host, device in copies:
+            device.copy_(host, non_blocking=True)
+        self.copied.record()
 
     def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
         return addresses_match(self.params, self.exp_avgs, params, entries)
@@ -117,10 +156,12 @@ class TorchFusedPlan(_GpuPlanBase):
     def __init__(self, bucket: Bucket, amsgrad: bool) -> None:
         super().__init__(bucket)
         self.amsgrad = amsgrad
-        self.steps = pointers(bucket.steps)
         self.step_f64 = int(bucket.steps[0].dtype == torch.float64)
-        # torch's fused kernels take float32 step counters on the parameters' device.
-        self.device_steps = torch.stack([s.float() for s in bucket.steps]).to(self.device)
+        # torch's fused kernels take float32 step counters on the parameters' device. The CPU
+        # counters stay the truth: each step their new values are copied over (so a step that
+        # fell back to another path, or a counter set by hand, is followed).
+        self.host_counts = self.host_buffer(len(bucket.steps), torch.float32)
+        self.device_steps = self.on_device(self.host_counts)
         self.device_step_list = list(self.device_steps.unbind())
 
     def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
@@ -130,26 +171,30 @@ class TorchFusedPlan(_GpuPlanBase):
         b = self.bucket
         library = fused_library()
         assert library is not None  # gpu_plan checked it
-        library.adamkit_count_steps(len(self.steps), _address(self.steps), self.step_f64)
-        self.device_steps.add_(1)  # the kernel's copy of the counters, in one launch
-        fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
-        fused(
-            b.params,
-            grads,
-            b.state["exp_avg"],
-            b.state["exp_avg_sq"],
-            b.state["max_exp_avg_sq"] if self.amsgrad else [],
-            self.device_step_list,
-            amsgrad=self.amsgrad,
-            lr=h.lr,
-            beta1=h.beta1,
-            beta2=h.beta2,
-            weight_decay=h.weight_decay,
-            eps=h.eps,
-            maximize=h.maximize,
-            grad_scale=None,
-            found_inf=None,
+        self.wait_for_host_buffers()
+        library.adamkit_count_steps(
+            len(self.steps), _address(self.steps), self.step_f64, self.host_counts.data_ptr()
         )
+        fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
+        with self.launching():
+            self.send((self.host_counts, self.device_steps))
+            fused(
+                b.params,
+                grads,
+                b.state["exp_avg"],
+                b.state["exp_avg_sq"],
+                b.state["max_exp_avg_sq"] if self.amsgrad else [],
+                self.device_step_list,
+                amsgrad=self.amsgrad,
+                lr=h.lr,
+                beta1=h.beta1,
+                beta2=h.beta2,
+                weight_decay=h.weight_decay,
+                eps=h.eps,
+                maximize=h.maximize,
+                grad_scale=None,
+                found_inf=None,
+            )
 
 
 class TritonPlan(_GpuPlanBase):
@@ -172,11 +217,6 @@ class TritonPlan(_GpuPlanBase):
         self.amsgrad = amsgrad
         count = len(bucket.params)
         self.count = count
-        device = self.device
-
-        def table(addresses: array[int]) -> Tensor:
-            return torch.tensor(addresses.tolist(), dtype=torch.int64, device=device)
-
         # Program j updates BLOCK elements of tensor chunk_tensor[j] from chunk_start[j].
         numels = torch.tensor([p.numel() for p in bucket.params], dtype=torch.int64)
         per_tensor = (numels + BLOCK - 1) // BLOCK
@@ -184,49 +224,45 @@ class TritonPlan(_GpuPlanBase):
         first = torch.cumsum(per_tensor, 0) - per_tensor
         chunk_start = (torch.arange(len(chunk_tensor)) - first[chunk_tensor]) * BLOCK
         self.chunks = len(chunk_tensor)
-        second_addresses = pointers(bucket.state[second_key])
-        seconds = table(second_addresses)
+        seconds = pointers(bucket.state[second_key])
         maxes = pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
-        # ROW scalars per tensor, then the group's seven, and the gradients' addresses: written
-        # on the host, copied without waiting for the GPU (pinned), read by the next launch.
-        cuda = device.type == "cuda"
-        self.host = torch.empty(ROW * count + 7, dtype=torch.float64, pin_memory=cuda)
-        self.host_values = self.host.numpy()
-        self.scalars = self.host.to(device) if cuda else self.host
-        self.grad_host = torch.zeros(count, dtype=torch.int64, pin_memory=cuda)
-        self.copied = torch.cuda.Event() if cuda else None  # type: ignore[no-untyped-call]
-        self.grad_addresses: array[int] | None = None
-        self.tables: dict[str, Tensor] = {
-            "chunk_tensor": chunk_tensor.to(torch.int32).to(device),
-            "chunk_start": chunk_start.to(device),
-            "numels": numels.to(device),
-            "params": table(self.params),
-            "grads": self.grad_host.to(device) if cuda else self.grad_host,
-            "exp_avgs": table(self.exp_avgs),
-            "seconds": seconds,
+        columns = {
+            "chunk_tensor": chunk_tensor,
+            "chunk_start": chunk_start,
+            "numels": numels,
+            "params": _table(self.params),
+            "exp_avgs": _table(self.exp_avgs),
+            "seconds": _table(seconds),
             # Without AMSGrad the kernel never reads it; any valid table will do.
-            "maxes": table(maxes) if maxes is not None else seconds,
-            "scalars": self.scalars[: ROW * count],
-            "hyper": self.scalars[ROW * count :],
+            "maxes": _table(maxes if maxes is not None else seconds),
         }
-        # Whole blocks are loaded with 16-byte vector instructions where every element array
-        # starts on a 16-byte boundary: torch's allocations do, views at an offset may not.
-        arrays = [self.params, self.exp_avgs, second_addresses, maxes or array("Q")]
-        self.state_aligned = all(a % 16 == 0 for addresses in arrays for a in addresses)
-        self.grads_aligned = False
         self.param_format = None
         if storage is not None:
             keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
             scales = [storage.scale_pointers(key) for key in keys]
-            zeros = array("Q", [0] * count)
-            formats = storage.kernel_formats(bucket.params)
-            self.tables["formats"] = torch.tensor(formats, dtype=torch.int32, device=device)
             scales += [None] * (3 - len(scales))
+            zeros = array("Q", [0] * count)
+            columns["formats"] = torch.tensor(storage.kernel_formats(bucket.params))
             for name, addresses in zip(("m_scales", "v_scales", "max_scales"), scales, strict=True):
-                self.tables[name] = table(addresses if addresses is not None else zeros)
-            self.tables["salts"] = torch.tensor(storage.salts, dtype=torch.int64, device=device)
+                columns[name] = _table(addresses if addresses is not None else zeros)
+            columns["salts"] = torch.tensor(storage.salts, dtype=torch.int64)
             self.param_format = storage.param_format(self.dtype)
-        self.steps = pointers(bucket.steps)
+        self.tables = self.upload(columns)
+        # Whole blocks are loaded with 16-byte vector instructions where every element array
+        # starts on a 16-byte boundary: torch's allocations do, views at an offset may not.
+        arrays = [self.params, self.exp_avgs, seconds, maxes or array("Q")]
+        self.state_aligned = all(a % 16 == 0 for addresses in arrays for a in addresses)
+        # Written each step: ROW scalars per tensor, then the group's seven; and the gradients'
+        # addresses when they move.
+        self.host = self.host_buffer(ROW * count + 7, torch.float64)
+        self.host_values = self.host.numpy()
+        self.scalars = self.on_device(self.host)
+        self.tables["scalars"] = self.scalars[: ROW * count]
+        self.tables["hyper"] = self.scalars[ROW * count :]
+        self.grad_host = self.host_buffer(count, torch.int64)
+        self.tables["grads"] = self.on_device(self.grad_host)
+        self.grad_addresses: array[int] | None = None
+        self.grads_aligned = False
         mu = bucket.state.get("mu_product")
         self.mu_products = pointers(mu) if mu is not None else None
         self.flags = (_AMSGRAD if amsgrad else 0) | (
@@ -239,8 +275,7 @@ class TritonPlan(_GpuPlanBase):
     def run(self, grads: list[Tensor], h: Hyper) -> None:
         from ..kernels.fused_triton import launch, specialization
 
-        if self.copied is not None:
-            self.copied.synchronize()  # the last step's copies have left the host buffers
+        self.wait_for_host_buffers()
         addresses = pointers(grads)
         new_grads = addresses != self.grad_addresses  # zero_grad(set_to_none=True) may move them
         if new_grads:
@@ -278,13 +313,11 @@ class TritonPlan(_GpuPlanBase):
         if self.chunks == 0:  # only empty tensors: their steps count, nothing to update
             return
         decay = 0 if h.weight_decay == 0 else (2 if h.decoupled_weight_decay else 1)
-        # Triton launches on the current device and stream: make it this bucket's device.
-        with torch.cuda.device(self.device) if self.copied is not None else nullcontext():
-            if self.copied is not None:
-                self.scalars.copy_(self.host, non_blocking=True)
-                if new_grads:
-                    self.tables["grads"].copy_(self.grad_host, non_blocking=True)
-                self.copied.record()
+        with self.launching():
+            copies = [(self.host, self.scalars)]
+            if new_grads:
+                copies.append((self.grad_host, self.tables["grads"]))
+            self.send(*copies)
             kernel, constants = specialization(
                 self.algorithm,
                 decay,
@@ -294,6 +327,10 @@ class TritonPlan(_GpuPlanBase):
                 self.param_format,
             )
             launch(self.chunks, self.tables, kernel, constants)
+
+
+def _table(addresses: array[int]) -> Tensor:
+    return torch.tensor(addresses.tolist(), dtype=torch.int64)
 
 
 def _address(values: array[int] | None) -> int | None:
