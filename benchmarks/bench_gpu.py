@@ -16,9 +16,11 @@ What it measures
   rep), each timing K steps between two ``torch.cuda.synchronize()``; the table gives the
   median per-step time and the ratio torch / adamkit from the same run.
 * **Bandwidth.** The card's copy bandwidth is measured in the same run (``dst.copy_(src)`` of
-  2 GiB, counting bytes read and written). Each contender's GB/s is bytes per element (28 for
-  Adam: read p, g, m, v; write p, m, v; 36 with AMSGrad's v_max) times the number of elements,
-  over the step time; it is also given as a fraction of the copy bandwidth.
+  2 GiB, counting bytes read and written). adamkit's GB/s is the bytes its step reads and
+  writes per element, from the state it actually holds (28 for fp32 Adam: read p, g, m, v;
+  write p, m, v; 36 with AMSGrad's v_max; 8-bit codes count their block scales), times the
+  number of elements, over the step time; it is also given as a fraction of the copy
+  bandwidth. 8-bit state starts at 4096 elements, so case (c) has no 8-bit row.
 
 ``--smoke`` runs the harness on the CPU with tiny sizes, with the GPU path's code run there (the
 Triton kernel in Triton's interpreter): it checks the script, its numbers mean nothing.
@@ -35,6 +37,7 @@ import argparse
 import gc
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -93,11 +96,20 @@ class Contender:
     step: Callable[[], object]
     path: str
     times: list[float]
+    moved: float = 0.0  # bytes a step reads and writes per parameter element (adamkit's)
 
 
-# Low-precision state against torch's fused fp32 Adam: bytes per element read and written are
-# p 4 + g 4 + m + v, then p 4 + m + v (bf16 moments: 2 bytes; 8-bit: 1, plus a 4-byte scale
-# per 256 elements, which this count leaves out).
+def bytes_moved(opt: torch.optim.Optimizer) -> float:
+    """Bytes one step reads and writes per parameter element: the parameter twice, the
+    gradient once, and every state tensor on the device (not the 0-d CPU counters) twice."""
+    memory = adamkit.state_memory(opt)
+    state = sum(v for k, v in memory.by_key.items() if k not in ("step", "mu_product"))
+    p = opt.param_groups[0]["params"][0]
+    return 3 * p.element_size() + 2 * state / memory.params
+
+
+# Low-precision state against torch's fused fp32 Adam (the report counts the bytes moved from
+# the state each optimizer holds: bytes_moved).
 LOW_PRECISION = {
     a.name: a
     for a in (
@@ -107,20 +119,26 @@ LOW_PRECISION = {
 }
 
 
-def contenders(alg: Algorithm, case: Case, device: torch.device) -> list[Contender]:
+def contenders(alg: Algorithm, case: Case, device: torch.device) -> list[Contender] | None:
+    """adamkit and torch on ``case``, or ``None`` where the row would not measure what its
+    name says (8-bit state asked for, none created: every tensor is under 4096 elements)."""
     ours = alg.constructor("adamkit")(make_params(case, device), **alg.kwargs)
+    ours.step()  # creates the state and builds the plans
+    codes = [t for s in ours.state.values() for t in s.values() if t.dtype == torch.uint8]
+    if alg.kwargs.get("state_precision") == "8bit" and not codes:
+        return None
     flag = {"fused": True} if alg.torch_has_fused else {"foreach": True}
     torch_kwargs = {k: v for k, v in alg.kwargs.items() if k != "state_precision"}
     theirs = alg.constructor("torch")(make_params(case, device), **torch_kwargs, **flag)
-    ours.step()  # builds the plans
     plans = {
         type(entry[1]).__name__
         for _, entries in ours.__dict__.get("_fused_plans", {}).values()
         for entry in entries
     }
     torch_label = f"torch {'fused' if alg.torch_has_fused else 'foreach'}"
+    path = ",".join(sorted(plans)) or ours.execution_path()
     return [
-        Contender("adamkit", ours.step, ",".join(sorted(plans)) or ours.execution_path(), []),
+        Contender("adamkit", ours.step, path, [], bytes_moved(ours)),
         Contender(torch_label, theirs.step, torch_label, []),
     ]
 
@@ -150,6 +168,9 @@ def run(
         for alg in algs:
             log(f"{case.key} {alg.name}: building")
             group = contenders(alg, case, device)
+            if group is None:
+                log(f"{case.key} {alg.name}: skipped, its tensors are too small for 8-bit state")
+                continue
             for c in group:
                 for _ in range(WARMUP_STEPS):
                     c.step()
@@ -185,7 +206,7 @@ def report(
     rows = []
     for case, alg, (ours, theirs) in results:
         t_ours, t_theirs = statistics.median(ours.times), statistics.median(theirs.times)
-        gbs = alg.bytes_per_element * case.numel / t_ours
+        gbs = ours.moved * case.numel / t_ours
         rows.append(
             [
                 f"({case.key})",
@@ -242,7 +263,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     copy_gbs = copy_bandwidth(device, (1 << 20) if args.smoke else COPY_BYTES, reps)
     results = run([known[n] for n in wanted_algs], [cases[k] for k in wanted_cases], reps, device)
     body = report(results, copy_gbs, device)
-    command = "python benchmarks/bench_gpu.py " + " ".join(argv or sys.argv[1:])
+    command = "python benchmarks/bench_gpu.py" + "".join(
+        f" {flag}" if value is True else f" {flag} {shlex.quote(str(value))}"
+        for flag, value in [
+            ("--smoke", args.smoke),
+            ("--reps", args.reps),
+            ("--algorithms", args.algorithms),
+            ("--cases", args.cases),
+            ("--out", args.out and args.out.name),  # written where its section is kept
+        ]
+        if value
+    )
     body += f"\n\nCommand: `{command.strip()}`; medians of {reps} interleaved repetitions.\n"
     print(body)
     if args.out is not None:
