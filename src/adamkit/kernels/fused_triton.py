@@ -160,6 +160,17 @@ def as_pointer(address, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def locate(chunk_tensor, chunk_start, numels, BLOCK: tl.constexpr):
+    """This program's tensor ``k``, the first element of its block, and the tensor's size."""
+    j = tl.program_id(0)
+    k = tl.load(chunk_tensor + j)
+    # A multiple of BLOCK, which makes whole blocks' accesses vectorisable. The hint must be
+    # given here, on the load: on a function's argument it is lost.
+    start = tl.multiple_of(tl.load(chunk_start + j), BLOCK)
+    return k, start, tl.load(numels + k)
+
+
+@triton.jit
 def elements(start, numel, MASKED: tl.constexpr, BLOCK: tl.constexpr):
     """A block's element offsets and which of them lie in its tensor. Only a tensor's last
     block is ``MASKED``: a whole block's mask is constant, which lets its loads be vectorised."""
@@ -189,33 +200,17 @@ def fused_step(
     BLOCK: tl.constexpr,
 ):
     """Full-precision state in the parameters' dtype."""
-    j = tl.program_id(0)
-    k = tl.load(chunk_tensor + j)
-    start = tl.multiple_of(tl.load(chunk_start + j), BLOCK)  # (where loaded, for it to hold)
-    numel = tl.load(numels + k)
-    tensors = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k)
+    k, start, numel = locate(chunk_tensor, chunk_start, numels, BLOCK)
+    block = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel)
     if start + BLOCK <= numel:
-        full_precision_block(
-            *tensors, start, numel, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, False, BLOCK
-        )
+        full_precision_block(block, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, False, BLOCK)
     else:
-        full_precision_block(
-            *tensors, start, numel, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, True, BLOCK
-        )
+        full_precision_block(block, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, True, BLOCK)
 
 
 @triton.jit
 def full_precision_block(
-    params,
-    grads,
-    exp_avgs,
-    seconds,
-    maxes,
-    scalars,
-    hyper,
-    k,
-    start,
-    numel,
+    block,  # the kernel's tables and the block's tensor k, first element and tensor size
     ALGO: tl.constexpr,
     DECAY: tl.constexpr,
     AMSGRAD: tl.constexpr,
@@ -226,6 +221,7 @@ def full_precision_block(
     BLOCK: tl.constexpr,
 ):
     """``fused_step`` on one block of tensor ``k``."""
+    params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel = block
     offsets, mask = elements(start, numel, MASKED, BLOCK)
     p_ptr = as_pointer(tl.load(params + k), DTYPE, ALIGNED)
     g_ptr = as_pointer(tl.load(grads + k), DTYPE, ALIGNED)
@@ -401,35 +397,19 @@ def fused_step_wide(
 ):
     """fp32 or bf16 parameters with bf16 or 8-bit state, or stochastically rounded bf16
     parameters: each element is decoded to fp32, stepped, and encoded back in one pass."""
-    j = tl.program_id(0)
-    k = tl.load(chunk_tensor + j)
-    start = tl.multiple_of(tl.load(chunk_start + j), BLOCK)  # hinted where loaded, see fused_step
-    numel = tl.load(numels + k)
-    tensors = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel)
+    k, start, numel = locate(chunk_tensor, chunk_start, numels, BLOCK)
+    block = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel)
     storage = (formats, m_scales, v_scales, max_scales, salts)
     if start + BLOCK <= numel:
-        wide_block(*tensors, *storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, False, BLOCK)
+        wide_block(block, storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, False, BLOCK)
     else:
-        wide_block(*tensors, *storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, True, BLOCK)
+        wide_block(block, storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, True, BLOCK)
 
 
 @triton.jit
 def wide_block(
-    params,
-    grads,
-    exp_avgs,
-    seconds,
-    maxes,
-    scalars,
-    hyper,
-    k,
-    start,
-    numel,
-    formats,
-    m_scales,
-    v_scales,
-    max_scales,
-    salts,
+    block,  # as full_precision_block's
+    storage,  # the tables of formats, 8-bit scales and rounding salts
     ALGO: tl.constexpr,
     DECAY: tl.constexpr,
     AMSGRAD: tl.constexpr,
@@ -439,6 +419,8 @@ def wide_block(
     BLOCK: tl.constexpr,
 ):
     """``fused_step_wide`` on one block of tensor ``k``."""
+    params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel = block
+    formats, m_scales, v_scales, max_scales, salts = storage
     offsets, mask = elements(start, numel, MASKED, BLOCK)
     fmt = tl.load(formats + k)
     t = tl.load(scalars + ROW * k + 4)
