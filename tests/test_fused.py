@@ -170,6 +170,20 @@ def test_without_a_compiler_the_default_falls_back_and_fused_true_says_why(tmp_p
     assert "adamkit.Adam(fused=True): the fused CPU kernel is unavailable (no C compiler" in second
 
 
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_step_counter_replaced_by_a_new_tensor_is_followed(name: str) -> None:
+    """A training loop may reset ``state["step"]`` by assigning a new tensor (not in place):
+    the cached plan must count the new tensor, not keep bumping the old one."""
+    ours_p, eager_p, ours, eager = _twins(name)
+    _step_both(ours_p, eager_p, ours, eager, steps=3)
+    for opt in (ours, eager):
+        for state in opt.state.values():
+            state["step"] = torch.tensor(0.0)
+    _step_both(ours_p, eager_p, ours, eager, steps=3)
+    _assert_close(ours_p, eager_p)
+    assert {s["step"].item() for s in ours.state.values()} == {3.0}
+
+
 def test_state_replaced_from_outside_is_used() -> None:
     """ZeroRedundancyOptimizer.load_state_dict (for one) assigns ``optim.state[p]`` directly;
     the cached kernel plan must step the new state, not the old tensors."""

@@ -9,9 +9,9 @@
 Step counters stay 0-d CPU tensors, as torch keeps them outside its fused and capturable modes,
 so checkpoints are the same on every path and device. Each step the CPU library increments them
 and computes every tensor's step scalars in double (``adamkit_step_scalars``, the CPU kernel's
-own code), and one host-to-device copy brings the scalars to the kernel. torch's fused kernels
-read their step counts from the GPU, so that plan keeps a GPU copy of the counters beside them,
-incremented with them.
+own code) into a pinned host buffer, copied to the GPU without waiting for it (with the
+gradients' addresses when they have moved). torch's fused kernels read their step counts from
+the GPU, so that plan copies the new counts there each step the same way.
 
 Low-precision state (``state_precision="bf16" | "8bit"``) and stochastically rounded bf16
 parameters take the Triton kernel's second form (``fused_step_wide``) for every algorithm,
@@ -108,17 +108,22 @@ class _GpuPlanBase:
         return torch.zeros(numel, dtype=dtype, pin_memory=self.cuda)
 
     def on_device(self, host: Tensor) -> Tensor:
-        """The GPU's copy of a host buffer (on the CPU path of the tests, the buffer itself),
-        copied without waiting for the GPU."""
-        return host.to(self.device, non_blocking=True) if self.cuda else host
+        """The GPU's copy of a host buffer, copied without waiting for the GPU. (On the CPU
+        path of the tests, a separate copy too, so a copy left out of a step shows there.)"""
+        return host.to(self.device, non_blocking=True) if self.cuda else host.clone()
 
     def upload(self, columns: dict[str, Tensor]) -> dict[str, Tensor]:
         """Integer tables on the GPU, from one pinned buffer in one asynchronous copy (a copy
-        from ordinary memory would wait for all the work queued on the GPU)."""
+        from ordinary memory would wait for all the work queued on the GPU). Each table starts
+        on a 16-byte boundary, as a tensor of its own would: Triton compiles a kernel again for
+        every different alignment of its arguments."""
         sizes = [c.numel() for c in columns.values()]
-        self.table_host = self.host_buffer(sum(sizes), torch.int64)  # alive while copied
-        torch.cat([c.to(torch.int64) for c in columns.values()], out=self.table_host)
-        return dict(zip(columns, torch.split(self.on_device(self.table_host), sizes), strict=True))
+        padded = [n + n % 2 for n in sizes]
+        self.table_host = self.host_buffer(sum(padded), torch.int64)  # alive while copied
+        for table, host in zip(columns.values(), torch.split(self.table_host, padded), strict=True):
+            host[: table.numel()] = table
+        on_device = torch.split(self.on_device(self.table_host), padded)
+        return {name: t[:n] for name, t, n in zip(columns, on_device, sizes, strict=True)}
 
     def wait_for_host_buffers(self) -> None:
         if self.copied is not None:
@@ -130,14 +135,13 @@ class _GpuPlanBase:
 
     def send(self, *copies: tuple[Tensor, Tensor]) -> None:
         """Copy (host buffer, device tensor) pairs on the current stream, without waiting."""
-        if self.copied is None:
-            return
         for host, device in copies:
-            device.copy_(host, non_blocking=True)
-        self.copied.record()
+            device.copy_(host, non_blocking=self.cuda)
+        if self.copied is not None:
+            self.copied.record()
 
     def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
-        return addresses_match(self.params, self.exp_avgs, params, entries)
+        return addresses_match(self.params, self.exp_avgs, self.bucket.steps, params, entries)
 
     def _real_grads(self, grads: list[Tensor]) -> list[Tensor] | str:
         views = [real_view(g) for g in grads]

@@ -8,6 +8,7 @@ increments the step counters itself (torch's fused path spends as long on 2000 s
 
 from __future__ import annotations
 
+import operator
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,14 +128,22 @@ def pointers(tensors: list[Tensor]) -> array[int]:
 def addresses_match(
     param_pointers: array[int],
     exp_avg_pointers: array[int],
+    steps: list[Tensor],
     params: list[Tensor],
     entries: list[Mapping[str, Any]],
 ) -> bool:
     """Whether ``params`` and their state ``entries`` are still the tensors, at the addresses, a
-    plan was built for (ZeroRedundancyOptimizer, for one, replaces state entries directly)."""
+    plan was built for (ZeroRedundancyOptimizer, for one, replaces state entries directly; a
+    training loop may reset ``state["step"]`` with a new tensor: checked by identity, a quarter
+    of the cost of reading addresses, as the kernels write the counters in place)."""
     if param_pointers != array("Q", [local(p).data_ptr() for p in params]):
         return False
+    if not all(map(operator.is_, map(_STEP, entries), steps)):
+        return False
     return exp_avg_pointers == array("Q", [local(e["exp_avg"]).data_ptr() for e in entries])
+
+
+_STEP = operator.itemgetter("step")
 
 
 class FusedPlan:
@@ -177,7 +186,7 @@ class FusedPlan:
             self.scales = [storage.scale_pointers(key) for key in keys] + [None] * (3 - len(keys))
 
     def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
-        return addresses_match(self.params, self.exp_avgs, params, entries)
+        return addresses_match(self.params, self.exp_avgs, self.bucket.steps, params, entries)
 
     def gradients(self, grads: list[Tensor]) -> array[int] | str:
         """The gradients' addresses, or why the kernel cannot read them."""
