@@ -6,9 +6,11 @@ Triton's interpreter runs the kernels' math on the CPU, but not the compiler: a 
 interpreter runs can still fail to compile for a card, or compile into slower code than meant.
 This process (where ``TRITON_INTERPRET`` is unset, so the kernels are real ``triton.jit``
 functions) compiles each variant for sm_90 with Triton's own compiler and the ptxas its wheel
-ships, exactly as ``launch`` specializes and compiles it (``fused_triton.specialization`` and
+ships, with the constants and options ``launch`` uses (``fused_triton.specialization`` and
 ``OPTIONS``), and prints one JSON object per variant: the PTX's instruction counts and what
-ptxas reports of registers and spills. VARIANTS_JSON is a list of ``specialization``'s arguments
+ptxas reports of registers and spills. (A real launch also tells the compiler which pointer
+arguments are 16-byte aligned; that only concerns the kernels' single reads of their tables.)
+VARIANTS_JSON is a list of ``specialization``'s arguments
 (the dtype as a name: "float32", ...).
 """
 

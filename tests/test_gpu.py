@@ -401,8 +401,9 @@ def test_low_precision_state_matches_the_cpu_kernel(
         assert ours.state[gpu_p[3]]["exp_avg"].dtype == torch.uint8
     for a, b in zip(gpu_p, cpu_p, strict=True):
         if CUDA:  # expected exact too (IEEE operations in the CPU kernel's order, no FMAs);
-            # held to one rounding of a bf16 parameter and test_precision's bound between paths
-            torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=2**-8, atol=0.2 * lr)
+            # held to test_precision's bound between paths, and one rounding of a bf16 parameter
+            rtol = 2**-7 if dtype == torch.bfloat16 else 0.0
+            torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=rtol, atol=0.2 * lr)
             continue
         assert torch.equal(a, b)
         assert sorted(ours.state[a]) == sorted(cpu.state[b])

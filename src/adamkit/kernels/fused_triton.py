@@ -27,10 +27,11 @@ IEEE sqrt and division, so they should round the same. The suite also compiles t
 with Triton's compiler and checks the PTX for that (tests/gpu_compile_worker.py), but they have
 not yet run on a card.
 
-Where every address in the tables is a multiple of 16 bytes (torch's allocations are), whole
-blocks are read and written with 16-byte vector accesses; a tensor's last, partial block is
-masked element by element. Unaligned addresses (views at an offset) take a variant without the
-vector accesses, which would fault on them.
+Where every element array's address is a multiple of 16 bytes (torch's allocations are),
+whole blocks are read and written with vector accesses (16 bytes a thread for fp32 arrays, 8
+for bf16, 4 for 8-bit codes); a tensor's last, partial block is masked element by element.
+Unaligned addresses (views at an offset) take a variant without the vector accesses, which
+would fault on them.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ import triton.language as tl
 __all__ = ["BLOCK", "OPTIONS", "launch", "specialization"]
 
 #: Elements per program, with OPTIONS' 8 warps: 4 per thread, one 16-byte access per fp32
-#: array. ptxas (sm_90) needs 40-50 registers a thread for it in fp32, 80 with 8-bit state,
-#: so 40 or more warps stay resident per SM; 2048 elements a program needed 110-150, and left
-#: 8 to 16 warps. A multiple of the 8-bit scale's 256 elements.
+#: array (8 bytes per bf16 one). ptxas (sm_90) needs 34-56 registers a thread for it in fp32,
+#: so 40-48 warps stay resident per SM, and 64-80 with low-precision state (24-32 warps);
+#: 2048 elements a program needed 110-150 and left 8 to 16 (BENCHMARKS.md has every variant).
+#: A multiple of the 8-bit scale's 256 elements.
 BLOCK = 1024
 
 # The CPU library's element-loop kinds (scalars_t.kind in fused_cpu.c).
@@ -150,9 +152,10 @@ def update(
 
 @triton.jit
 def as_pointer(address, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """An address from a table as a pointer to ``DTYPE``. ``ALIGNED``: the launcher checked
-    that every address of the tables is a multiple of 16 bytes, so whole blocks are loaded and
-    stored with 16-byte vector instructions."""
+    """An address from a table as a pointer to ``DTYPE``. ``ALIGNED``: the plan checked that
+    every element array (parameters, gradients, state; not the 8-bit scales, which get no
+    hint) starts on a 16-byte boundary, so whole blocks are loaded and stored with vector
+    instructions."""
     pointer = address.to(tl.pointer_type(DTYPE))
     if ALIGNED:
         pointer = tl.multiple_of(pointer, 16)
