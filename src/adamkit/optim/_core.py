@@ -97,13 +97,14 @@ def local(t: Tensor) -> Tensor:
     """This process's shard of a DTensor (FSDP2, tensor parallel): the memory to update in
     place. Every rule here is elementwise, so stepping each shard on its own is exact. A plain
     tensor is returned unchanged."""
-    if type(t) in _PLAIN:  # the common case, checked first: a step asks thousands of times
+    if type(t) in PLAIN_TENSORS:  # the common case, checked first: a step asks thousands of times
         return t
     shard = getattr(t, "_local_tensor", None)
     return shard if isinstance(shard, Tensor) else t
 
 
-_PLAIN = (Tensor, Parameter)
+#: Tensors that are their own memory (not a DTensor or another subclass).
+PLAIN_TENSORS = (Tensor, Parameter)
 
 
 def real_view(t: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from ._fused import (
     _STEP_F64,
     ALGORITHMS,
     Storage,
+    address,
     addresses_match,
     common_unsupported,
     layout_unsupported,
@@ -177,7 +178,7 @@ class TorchFusedPlan(_GpuPlanBase):
         assert library is not None  # gpu_plan checked it
         self.wait_for_host_buffers()
         library.adamkit_count_steps(
-            len(self.steps), _address(self.steps), self.step_f64, self.host_counts.data_ptr()
+            len(self.steps), address(self.steps), self.step_f64, self.host_counts.data_ptr()
         )
         fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
         with self.launching():
@@ -284,7 +285,7 @@ class TritonPlan(_GpuPlanBase):
         new_grads = addresses != self.grad_addresses  # zero_grad(set_to_none=True) may move them
         if new_grads:
             self.grad_host.numpy()[:] = np.frombuffer(addresses, dtype=np.int64)
-            self.grads_aligned = all(address % 16 == 0 for address in addresses)
+            self.grads_aligned = all(a % 16 == 0 for a in addresses)
             self.grad_addresses = addresses
         library = fused_library()
         assert library is not None  # gpu_plan checked it
@@ -296,8 +297,8 @@ class TritonPlan(_GpuPlanBase):
             h.beta2,
             h.momentum_decay,
             self.count,
-            _address(self.steps),
-            _address(self.mu_products),
+            address(self.steps),
+            address(self.mu_products),
             self.host.data_ptr(),
         )
         if self.storage is not None:  # the low-precision loop multiplies by 1 / b, as the CPU's
@@ -335,7 +336,3 @@ class TritonPlan(_GpuPlanBase):
 
 def _table(addresses: array[int]) -> Tensor:
     return torch.tensor(addresses.tolist(), dtype=torch.int64)
-
-
-def _address(values: array[int] | None) -> int | None:
-    return values.buffer_info()[0] if values is not None and len(values) else None

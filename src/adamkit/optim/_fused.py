@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Parameter
 
 from ..kernels import fused_library, unavailable_reason
-from ._core import Bucket, Hyper, local
+from ._core import PLAIN_TENSORS, Bucket, Hyper, local
 from ._precision import BF16, BF16_SR, NATIVE, Q8, scale_key
 
 __all__ = [
     "ALGORITHMS",
     "FusedPlan",
     "Storage",
+    "address",
     "addresses_match",
     "common_unsupported",
     "fused_unsupported",
@@ -49,7 +49,7 @@ def common_unsupported(bucket: Bucket) -> str | None:
     reason = unavailable_reason()
     if reason is not None:  # the GPU path computes its step scalars with this library too
         return f"the fused CPU kernel is unavailable: {reason}"
-    subclass = next((t for t in _tensors(bucket) if type(t) not in (Tensor, Parameter)), None)
+    subclass = next((t for t in _tensors(bucket) if type(t) not in PLAIN_TENSORS), None)
     if subclass is not None:  # a DTensor's data_ptr() is not its shard's memory
         return f"the fused kernel takes plain tensors, not {type(subclass).__name__}"
     step_dtype = bucket.steps[0].dtype
@@ -216,9 +216,9 @@ class FusedPlan:
         if self.storage is not None:
             wide = [
                 self.storage.param_format(self.dtype),
-                _address(self.state_formats),
-                *map(_address, self.scales),
-                _address(self.salts),
+                address(self.state_formats),
+                *map(address, self.scales),
+                address(self.salts),
             ]
         status = kernel(
             self.algorithm,
@@ -230,14 +230,14 @@ class FusedPlan:
             h.weight_decay,
             h.momentum_decay,
             len(self.numels),
-            _address(self.numels),
-            _address(self.params),
-            _address(grads),
-            _address(self.exp_avgs),
-            _address(self.seconds),
-            _address(self.maxes),
-            _address(self.steps),
-            _address(self.mu_products),
+            address(self.numels),
+            address(self.params),
+            address(grads),
+            address(self.exp_avgs),
+            address(self.seconds),
+            address(self.maxes),
+            address(self.steps),
+            address(self.mu_products),
             torch.get_num_threads(),
             *wide,
         )
@@ -245,5 +245,6 @@ class FusedPlan:
             raise MemoryError("the fused kernel could not allocate its per-tensor scalars")
 
 
-def _address(values: array[int] | None) -> int | None:
+def address(values: array[int] | None) -> int | None:
+    """The first element's address, for the C library (``None``: no array, or an empty one)."""
     return values.buffer_info()[0] if values is not None and len(values) else None
