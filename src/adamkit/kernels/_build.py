@@ -1,24 +1,45 @@
-"""Build ``fused_cpu.c`` once per machine and load it with :mod:`ctypes`.
+"""Build ``fused_cpu.c`` once per machine and load it with :mod:`ctypes`, or say why not.
 
 Why plain C and ctypes: the kernel needs no torch headers (it sees raw pointers), so it
 compiles in about a second with the system C compiler, where a torch C++ extension takes tens
-of seconds and numba adds a large dependency and seconds of JIT per process. The shared library
-is cached under ``$ADAMKIT_CACHE_DIR`` (default ``~/.cache/adamkit``), keyed by the source, the
-flags, the compiler and the CPU, so later processes only ``dlopen`` it (milliseconds). It is
-built with ``-march=native``: the key includes the CPU model so a shared home directory never
-hands one machine another's build. Without a C compiler the fused path is unavailable and the
-optimizers use the multi-tensor path; :func:`unavailable_reason` says why.
+of seconds and numba adds a large dependency and seconds of JIT per process.
+
+The shared library is cached under ``$ADAMKIT_CACHE_DIR`` (default ``~/.cache/adamkit``, or
+``$XDG_CACHE_HOME/adamkit``), made absolute at first use. A cached library is trusted only
+as far as it can be checked:
+
+* **Keyed by what the compiler targets.** It is built with ``-march=native``, so the key hashes
+  the source, the flags, the compiler's own version line and the macros it predefines for
+  ``-march=native`` on this CPU (``__AVX512F__``, ``__AVX2__``, ...): a home directory shared by
+  machines with different CPUs never hands one of them another's build.
+* **Verified before it is mapped.** A SHA-256 of the library is written beside it after the
+  build; a file that does not match (truncated, zeroed, another library, a directory) is
+  rebuilt once. After loading, a self-test step on a few elements must give the values Python
+  computes; otherwise the library is not used.
+* **Built by one process.** A lock file serialises concurrent builds (a second process waits,
+  then loads the first one's result), and the library is written beside its final name and
+  renamed, so nobody maps a half-written file.
+
+Whatever fails (no compiler, a compiler error, a cache directory that cannot be written or is
+mounted ``noexec``, a damaged library that does not rebuild) leaves the kernel unavailable:
+the optimizers use the multi-tensor path, one :class:`RuntimeWarning` says why, and
+:func:`unavailable_reason` returns the same text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import math
 import os
-import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import warnings
+from array import array
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,66 +50,175 @@ SOURCE = Path(__file__).with_name("fused_cpu.c")
 # -fno-math-errno: sqrt never sets errno here, which lets the compiler vectorise it.
 # -ffp-contract=off: no fused multiply-adds (gcc's default in ISO C, not clang's), so the
 # kernel rounds as torch's eager operations and as the Triton kernels (fused_triton.py) do.
+# -pthread: the kernel starts its own threads, only for calls with enough work (fused_cpu.c).
 FLAGS = [
     "-O3",
     "-march=native",
     "-fno-math-errno",
     "-ffp-contract=off",
-    "-fopenmp",
+    "-pthread",
     "-shared",
     "-fPIC",
     "-std=c11",
 ]
+_BUILD_SECONDS = 120
+
+
+class KernelUnavailable(Exception):
+    """Why the kernel cannot be used on this machine (the message says it to the user)."""
 
 
 def cache_dir() -> Path:
-    if "ADAMKIT_CACHE_DIR" in os.environ:
-        return Path(os.environ["ADAMKIT_CACHE_DIR"])
+    """Where built kernels are kept (absolute: a relative or empty setting is resolved once)."""
+    configured = os.environ.get("ADAMKIT_CACHE_DIR", "")
+    if configured:
+        return Path(configured).expanduser().absolute()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "adamkit"
+    return (Path(base).expanduser() / "adamkit").absolute()
 
 
-def _cpu_model() -> str:
+def _compiler() -> list[str]:
+    """The C compiler's command (``$CC``, which may carry words such as ``ccache gcc``)."""
+    configured = os.environ.get("CC", "").strip()
+    if configured:
+        words = shlex.split(configured)
+        found = shutil.which(words[0])
+        if found is None:
+            raise KernelUnavailable(f"CC={configured!r} is not a program on PATH")
+        return [found, *words[1:]]
+    found = shutil.which("cc") or shutil.which("gcc")
+    if found is None:
+        raise KernelUnavailable("no C compiler found (set CC, or install gcc)")
+    return [found]
+
+
+def _ask(compiler: list[str], *args: str) -> str:
+    """What the compiler prints for ``args`` (its version, its predefined macros)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+        result = subprocess.run(
+            [*compiler, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        raise KernelUnavailable(f"running the C compiler {compiler[0]} failed: {error}") from error
+    if result.returncode != 0:
+        raise KernelUnavailable(_failure(compiler, args, result))
+    return result.stdout
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+def _failure(compiler: list[str], args: tuple[str, ...], result: Any) -> str:
+    """The compiler's exit status and its error output (else the first line it printed)."""
+    said = (result.stderr or "").strip()
+    if not said and (result.stdout or "").strip():
+        said = result.stdout.strip().splitlines()[0]
+    command = " ".join([compiler[0], *compiler[1:], *args[:2]])
+    what = f"and printed:\n{said[-2000:]}" if said else "and printed nothing"
+    return f"the C compiler ({command} ...) exited with status {result.returncode} {what}"
 
 
-def _library_path(compiler: str) -> Path:
+def _library_path(compiler: list[str]) -> Path:
+    """The cache file for this source, these flags, this compiler and what it targets here."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode()):
-        key.update(part)
-    key.update(str(Path(compiler).resolve().stat().st_mtime_ns).encode())
-    key.update(f"{platform.machine()} {platform.system()} {_cpu_model()}".encode())
-    return cache_dir() / f"fused_cpu-{key.hexdigest()[:16]}.so"
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(FLAGS).encode())
+    key.update(" ".join(compiler).encode())
+    key.update(_ask(compiler, "--version").encode())
+    # The macros -march=native defines: the instruction sets the build will use on this CPU.
+    macros = _ask(compiler, "-march=native", "-E", "-dM", "-x", "c", os.devnull)
+    key.update("\n".join(sorted(macros.splitlines())).encode())
+    return cache_dir() / f"fused_cpu-{key.hexdigest()[:20]}.so"
 
 
-_FAILURE: list[str] = []
+def _digest_path(path: Path) -> Path:
+    return path.with_suffix(".sha256")
 
 
-@cache
-def fused_library() -> ctypes.CDLL | None:
-    """The loaded kernel library, building it if needed; ``None`` if it cannot be built."""
-    compiler = _compiler()
-    if compiler is None:
-        _FAILURE.append("no C compiler found (set CC, or install gcc)")
-        return None
-    path = _library_path(compiler)
-    if not path.exists():
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(path: Path) -> bool:
+    """Whether ``path`` is the library its recorded checksum says it is."""
+    try:
+        return path.is_file() and _digest_path(path).read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _discard(path: Path) -> None:
+    """Remove a damaged cache entry (a file or a directory squatting on its name)."""
+    for entry in (path, _digest_path(path)):
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s lock file (blocks while another process builds)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            _build(compiler, path)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build(compiler: list[str], path: Path) -> None:
+    """Compile to a scratch file beside ``path``, record its checksum, then rename it in."""
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
+        partial = Path(scratch) / path.name
+        args = (*FLAGS, "-o", str(partial), str(SOURCE), "-lm")
+        try:
+            result = subprocess.run(
+                [*compiler, *args],
+                capture_output=True,
+                text=True,
+                timeout=_BUILD_SECONDS,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise KernelUnavailable(
+                f"compiling {SOURCE.name} took over {_BUILD_SECONDS} s"
+            ) from error
         except (OSError, subprocess.SubprocessError) as error:
-            _FAILURE.append(f"building {SOURCE.name} failed: {error}")
-            return None
-    library = ctypes.CDLL(str(path))
+            raise KernelUnavailable(
+                f"running the C compiler {compiler[0]} failed: {error}"
+            ) from error
+        if result.returncode != 0 or not partial.is_file():
+            raise KernelUnavailable(
+                f"building {SOURCE.name} failed: {_failure(compiler, args, result)}"
+            )
+        digest = _digest(partial)
+        digest_file = Path(scratch) / _digest_path(path).name
+        digest_file.write_text(digest + "\n")
+        # The checksum first: a reader that finds the library always finds its checksum.
+        os.replace(digest_file, _digest_path(path))
+        os.replace(partial, path)
+
+
+def _built(compiler: list[str]) -> Path:
+    """The verified library in the cache, building it (once more if it was damaged)."""
+    path = _library_path(compiler)
+    if _verified(path):
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(path):
+            if not _verified(path):  # another process may have built it while we waited
+                _discard(path)
+                _build(compiler, path)
+    except OSError as error:
+        raise KernelUnavailable(f"the kernel cache {path.parent} is not usable: {error}") from error
+    if not _verified(path):
+        raise KernelUnavailable(f"the library built at {path} does not match its checksum")
+    return path
+
+
+def _declare(library: ctypes.CDLL) -> None:
     pointer, f64, i32, i64 = ctypes.c_void_p, ctypes.c_double, ctypes.c_int, ctypes.c_int64
     common: list[Any] = [i32, i32, f64, f64, f64, f64, f64, f64, i64, *[pointer] * 8, i32]
     for name in ("adamkit_fused_step_f32", "adamkit_fused_step_f64"):
@@ -101,23 +231,82 @@ def fused_library() -> ctypes.CDLL | None:
     library.adamkit_step_scalars.argtypes = [i32, i32, f64, f64, f64, f64, i64, *[pointer] * 3]
     library.adamkit_count_steps.restype = None
     library.adamkit_count_steps.argtypes = [i64, pointer, i32, pointer]
+    library.adamkit_overlap.restype = i64
+    library.adamkit_overlap.argtypes = [i64, pointer, pointer, pointer]
+
+
+def _address(values: array[Any]) -> int:
+    return values.buffer_info()[0]
+
+
+def _self_test(library: ctypes.CDLL) -> None:
+    """One Adam step on three fp32 elements (and an overlap query) against Python's math."""
+    lr, beta1, beta2, eps = 0.1, 0.9, 0.999, 1e-8
+    param, grad = array("f", [1.0, -2.0, 0.5]), array("f", [0.5, 0.25, -4.0])
+    exp_avg, exp_avg_sq, step = array("f", [0.0] * 3), array("f", [0.0] * 3), array("f", [0.0])
+    tables = [array("Q", [_address(t)]) for t in (param, grad, exp_avg, exp_avg_sq, step)]
+    numels = array("q", [3])
+    status = library.adamkit_fused_step_f32(
+        0, 0, lr, beta1, beta2, eps, 0.0, 0.0, 1, _address(numels),
+        *map(_address, tables[:4]), None, _address(tables[4]), None, 1,
+    )  # fmt: skip
+    expected = [
+        x
+        - lr
+        * ((1 - beta1) * g / (1 - beta1))
+        / (math.sqrt((1 - beta2) * g * g / (1 - beta2)) + eps)
+        for x, g in zip([1.0, -2.0, 0.5], [0.5, 0.25, -4.0], strict=True)
+    ]
+    good = status == 0 and step[0] == 1.0
+    good = good and all(
+        math.isclose(a, b, rel_tol=1e-6) for a, b in zip(param, expected, strict=True)
+    )
+    starts, sizes, written = (
+        array("Q", [64, 96, 200]),
+        array("Q", [40, 8, 8]),
+        array("B", [1, 0, 1]),
+    )
+    overlap = library.adamkit_overlap(3, *map(_address, (starts, sizes, written)))
+    if not good or overlap != 1:
+        raise KernelUnavailable("the compiled kernel failed its self-test (a wrong result)")
+
+
+_FAILURE: list[str] = []
+
+
+def _load(compiler: list[str]) -> ctypes.CDLL:
+    path = _built(compiler)
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:  # e.g. a cache directory on a noexec mount
+        raise KernelUnavailable(
+            f"the built library {path} cannot be loaded ({error}); set ADAMKIT_CACHE_DIR to a "
+            "directory on a file system that allows executing code"
+        ) from error
+    try:
+        _declare(library)
+    except AttributeError as error:
+        raise KernelUnavailable(f"the library at {path} is not this kernel ({error})") from error
+    _self_test(library)
     return library
 
 
-def _build(compiler: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent processes never see a half-written file.
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        partial = Path(scratch) / path.name
-        result = subprocess.run(
-            [compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise subprocess.SubprocessError(result.stderr.strip()[-2000:])
-        os.replace(partial, path)
+@cache
+def fused_library() -> ctypes.CDLL | None:
+    """The loaded kernel library, building it if needed; ``None`` if it cannot be used here
+    (one warning then says why, and :func:`unavailable_reason` returns it)."""
+    try:
+        return _load(_compiler())
+    except KernelUnavailable as error:
+        reason = str(error)
+    _FAILURE.append(reason)
+    warnings.warn(
+        f"adamkit: the fused CPU kernel is unavailable ({reason}); the optimizers use the "
+        "multi-tensor (foreach) path instead, which is slower",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return None
 
 
 def unavailable_reason() -> str | None:

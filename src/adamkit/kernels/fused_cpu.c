@@ -5,8 +5,14 @@
  * (bias corrections, RAdam's rectification, NAdam's momentum schedule), then streams each
  * element through the update once: read p, g, m, v (and v_max); write p, m, v (and v_max).
  * Nothing is allocated per element, so the step's extra memory is a few pointers per tensor.
- * Work is split into fixed-size chunks across OpenMP threads, so 2000 tiny tensors and one huge
- * tensor both keep every thread busy.
+ * Work is split into fixed-size chunks that threads claim one at a time, so 2000 tiny tensors
+ * and one huge tensor both keep every thread busy. Threads are started for a call only when it
+ * has enough work to pay for them (see run_chunks), and never spin: a busy machine or a tiny
+ * model gets a plain single-threaded loop.
+ *
+ * The caller (adamkit/optim/_fused.py) hands over addresses it has just read from the tensors,
+ * with their sizes and element types checked, at every call; nothing here is cached between
+ * calls, and no tensors may overlap (the loops use restrict pointers).
  *
  * The element math runs in the element type (float for fp32, double for fp64), with the
  * operation order of torch's fused Adam CPU kernel (exp_avg by lerp; denom = sqrt(v) /
@@ -14,12 +20,14 @@
  * Compiled at first use by adamkit/kernels/_build.py and cached; see that file.
  */
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 enum { ADAM = 0, RADAM = 1, NADAM = 2, ADAMAX = 3 };
-enum { MAXIMIZE = 1, DECOUPLED = 2, AMSGRAD = 4, STEP_F64 = 8 };
+enum { MAXIMIZE = 1, DECOUPLED = 2, AMSGRAD = 4, STEP_F64 = 8, MU_F64 = 16 };
 #define CHUNK 16384
 enum { K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX };
 
@@ -46,7 +54,7 @@ static double times_mu(void *product, int f64, double mu) {
 static scalars_t nadam_scalars(int flags, double mu, double mu_next, double b, void *mu_product,
                                double lr) {
     scalars_t s = {0.0, b, 0.0, 0.0, K_NADAM};
-    double product = times_mu(mu_product, flags & STEP_F64, mu);
+    double product = times_mu(mu_product, flags & MU_F64, mu);
     s.a = lr * (1.0 - mu) / (1.0 - product);
     s.c = lr * mu_next / (1.0 - product * mu_next);
     return s;
@@ -185,6 +193,141 @@ static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
     return lo;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Threads. A call's chunks are claimed one at a time from a shared counter by the calling
+ * thread and by workers started for this call only; the caller waits (blocked, not spinning)
+ * for chunks that workers are still running. A worker that starts late finds nothing left and
+ * exits, so a busy machine costs at most the chunk a descheduled worker holds. A worker that
+ * cannot be started, or cannot allocate its scratch, leaves its share to the others.
+ */
+#define GRAIN (1 << 17) /* elements a thread must have to be worth starting (~0.1 ms of work) */
+#define WORKER_STACK (256 << 10)
+
+typedef void (*chunk_body)(const void *ctx, int64_t j, float *scratch);
+
+typedef struct {
+    atomic_llong next, done;
+    atomic_int refs; /* the caller and each started worker; the last one frees the job */
+    int64_t total;
+    chunk_body body;
+    const void *ctx;
+    size_t scratch_floats;
+    pthread_mutex_t lock;
+    pthread_cond_t finished;
+} job_t;
+
+static void release(job_t *job) {
+    if (atomic_fetch_sub(&job->refs, 1) == 1) {
+        pthread_mutex_destroy(&job->lock);
+        pthread_cond_destroy(&job->finished);
+        free(job);
+    }
+}
+
+/* Run chunks until none is left. job->ctx is only read for a claimed chunk, and the caller
+ * does not return before every claimed chunk is done, so the context outlives every use. */
+static void claim_chunks(job_t *job, float *scratch) {
+    for (;;) {
+        const int64_t j = atomic_fetch_add(&job->next, 1);
+        if (j >= job->total) return;
+        job->body(job->ctx, j, scratch);
+        if (atomic_fetch_add(&job->done, 1) + 1 == job->total) {
+            pthread_mutex_lock(&job->lock);
+            pthread_cond_signal(&job->finished);
+            pthread_mutex_unlock(&job->lock);
+        }
+    }
+}
+
+static void *worker(void *arg) {
+    job_t *job = arg;
+    float *scratch = job->scratch_floats ? malloc(job->scratch_floats * sizeof(float)) : NULL;
+    if (scratch || !job->scratch_floats) claim_chunks(job, scratch);
+    free(scratch);
+    release(job);
+    return NULL;
+}
+
+/* body(ctx, j, scratch) for every j < total, on up to `threads` threads (the caller included):
+ * one per GRAIN elements of work. `scratch` is the caller's (scratch_floats floats, allocated
+ * by the caller before it changed anything); each worker allocates its own. */
+static void run_chunks(int64_t total, int64_t elements, int threads, chunk_body body,
+                       const void *ctx, float *scratch, size_t scratch_floats) {
+    int64_t useful = elements / GRAIN;
+    if (useful < threads) threads = (int)(useful > 1 ? useful : 1);
+    if (total < threads) threads = (int)(total > 1 ? total : 1);
+    job_t *job = threads > 1 ? malloc(sizeof(job_t)) : NULL;
+    if (!job) {
+        for (int64_t j = 0; j < total; j++) body(ctx, j, scratch);
+        return;
+    }
+    atomic_init(&job->next, 0);
+    atomic_init(&job->done, 0);
+    atomic_init(&job->refs, 1);
+    job->total = total;
+    job->body = body;
+    job->ctx = ctx;
+    job->scratch_floats = scratch_floats;
+    pthread_mutex_init(&job->lock, NULL);
+    pthread_cond_init(&job->finished, NULL);
+    pthread_attr_t attr;
+    int have_attr = pthread_attr_init(&attr) == 0;
+    if (have_attr) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, WORKER_STACK);
+    }
+    for (int i = 1; i < threads; i++) {
+        pthread_t thread;
+        atomic_fetch_add(&job->refs, 1);
+        if (pthread_create(&thread, have_attr ? &attr : NULL, worker, job) != 0) {
+            atomic_fetch_sub(&job->refs, 1);
+            break;
+        }
+        if (!have_attr) pthread_detach(thread);
+    }
+    if (have_attr) pthread_attr_destroy(&attr);
+    claim_chunks(job, scratch);
+    pthread_mutex_lock(&job->lock);
+    while (atomic_load(&job->done) < total) pthread_cond_wait(&job->finished, &job->lock);
+    pthread_mutex_unlock(&job->lock);
+    release(job);
+}
+
+/* Whether any two of n byte ranges [start, start + size) overlap where at least one of the two
+ * is written (read-only ranges may share memory: two parameters with one gradient). Returns the
+ * index of one range of such a pair, or -1. Empty ranges overlap nothing. */
+typedef struct {
+    uint64_t start, end;
+    int64_t index;
+    int written;
+} range_t;
+
+static int by_start(const void *x, const void *y) {
+    const range_t *a = x, *b = y;
+    return a->start < b->start ? -1 : a->start > b->start;
+}
+
+int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes,
+                        const uint8_t *written) {
+    range_t *ranges = malloc(sizeof(range_t) * (size_t)(n ? n : 1));
+    if (!ranges) return -2;
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (sizes[i]) ranges[m++] = (range_t){starts[i], starts[i] + sizes[i], i, written[i]};
+    qsort(ranges, (size_t)m, sizeof(range_t), by_start);
+    /* Sweep in start order, keeping the furthest end so far of written and of read ranges. */
+    uint64_t written_end = 0, read_end = 0;
+    int64_t found = -1;
+    for (int64_t i = 0; i < m && found < 0; i++) {
+        const range_t *r = &ranges[i];
+        if (r->start < written_end || (r->written && r->start < read_end)) found = r->index;
+        if (r->written) written_end = r->end > written_end ? r->end : written_end;
+        else read_end = r->end > read_end ? r->end : read_end;
+    }
+    free(ranges);
+    return found;
+}
+
 /* Element loops: one per (update kind, weight decay mode, dtype), each a straight line the
  * compiler vectorises. `decay` is 0 (none), 1 (coupled L2: g += wd p) or 2 (decoupled:
  * p *= 1 - lr wd); `sign` is -1 for maximize (exact: -1 * g == -g). The maxima are written as
@@ -267,28 +410,51 @@ static int64_t tensor_of(const int64_t *first, int64_t count, int64_t j) {
         }                                                                                       \
     }
 
+/* One call's arguments, shared by the threads that run its chunks. */
+typedef struct {
+    int flags;
+    double lr, beta1, beta2, eps, wd;
+    int64_t count;
+    const int64_t *numels, *first;
+    const scalars_t *s;
+    void **params, **grads, **exp_avgs, **seconds, **maxes;
+    /* low-precision storage only (adamkit_fused_step_wide) */
+    int param_fmt;
+    const uint8_t *state_fmts;
+    float **m_scales, **v_scales, **max_scales;
+    const uint32_t *salts;
+} call_t;
+
 /* The exact loops (torch's operation order) and the kernel entry for one element type. */
 #define DEFINE_STEP(SUFFIX, T, SQRT, FABS)                                                       \
     DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, /)                                                      \
+    static void chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {               \
+        const call_t *c = context;                                                              \
+        (void)scratch;                                                                          \
+        const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
+        const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
+        T *maxes = c->maxes ? (T *)c->maxes[k] + start : NULL;                                  \
+        dispatch_##SUFFIX(c->s[k].kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd,     \
+                          &c->s[k], n, (T *)c->params[k] + start, (const T *)c->grads[k] + start, \
+                          (T *)c->exp_avgs[k] + start, (T *)c->seconds[k] + start, maxes);      \
+    }                                                                                           \
     int adamkit_fused_step_##SUFFIX(int algo, int flags, double lr, double beta1, double beta2, \
                                     double eps, double wd, double momentum_decay, int64_t count, \
-                                    const int64_t *numels, T **params, T **grads,              \
-                                    T **exp_avgs, T **seconds, T **maxes, void **steps,         \
+                                    const int64_t *numels, void **params, void **grads,         \
+                                    void **exp_avgs, void **seconds, void **maxes, void **steps, \
                                     void **mu_products, int threads) {                          \
         scalars_t *s;                                                                           \
         int64_t *first;                                                                         \
         if (plan(algo, flags, beta1, beta2, lr, momentum_decay, count, numels, steps,           \
                  mu_products, &s, &first))                                                      \
             return 1;                                                                           \
-        const int64_t chunks = first[count];                                                    \
-        _Pragma("omp parallel for schedule(static) num_threads(threads) if(chunks > 1)")        \
-        for (int64_t j = 0; j < chunks; j++) {                                                  \
-            const int64_t k = tensor_of(first, count, j), start = (j - first[k]) * CHUNK;       \
-            const int64_t n = numels[k] - start < CHUNK ? numels[k] - start : CHUNK;            \
-            dispatch_##SUFFIX(s[k].kind, flags, lr, beta1, beta2, eps, wd, &s[k], n,             \
-                           params[k] + start, grads[k] + start, exp_avgs[k] + start,            \
-                           seconds[k] + start, maxes ? maxes[k] + start : NULL);                \
-        }                                                                                       \
+        const call_t c = {.flags = flags, .lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps, \
+                          .wd = wd, .count = count, .numels = numels, .first = first, .s = s,   \
+                          .params = params, .grads = grads, .exp_avgs = exp_avgs,               \
+                          .seconds = seconds, .maxes = maxes};                                  \
+        int64_t elements = 0;                                                                   \
+        for (int64_t k = 0; k < count; k++) elements += numels[k];                              \
+        run_chunks(first[count], elements, threads, chunk_##SUFFIX, &c, NULL, 0);               \
         free(s);                                                                                \
         free(first);                                                                            \
         return 0;                                                                               \
@@ -312,7 +478,8 @@ DEFINE_LOOPS(wide, float, sqrtf, fabsf, *)
 
 #define BLOCK 256
 #define TILE 1024 /* a multiple of BLOCK that divides CHUNK */
-enum { F_F32 = 0, F_BF16 = 1, F_BF16_SR = 2, F_Q8 = 3 };
+enum { F_F32 = 0, F_BF16 = 1, F_BF16_SR = 2, F_Q8 = 3, F_F16 = 4 };
+#define SCRATCH_FLOATS (5 * TILE) /* a tile each of p, g, m, v and v_max, per thread */
 /* Streams of rounding noise: one hash per element serves both moments (exp_avg takes its low
  * 16 bits, the second moment its high 16 bits); max_exp_avg_sq and the parameter have their own. */
 enum { SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3 };
@@ -452,11 +619,107 @@ static void store_state(int fmt, void *base, float *scales, int64_t e, int n, in
         store_bf16((uint16_t *)base + e, value, n);
 }
 
-/* The fused step for fp32 or bf16 parameters whose state or rounding is not plain fp32.
- * param_fmt: F_F32, F_BF16 (round to nearest) or F_BF16_SR (stochastic); gradients have the
- * parameter's dtype. state_fmts[k]: tensor k's moments are F_F32, F_BF16, F_BF16_SR or F_Q8
- * (then *_scales[k] hold its block scales). salts[k] salts tensor k's stochastic rounding.
- * Adamax's exp_inf, like exp_avg_sq and max_exp_avg_sq, is non-negative: the unsigned code. */
+/* IEEE half precision, rounded to nearest even as torch's c10::Half (NaN -> 0x7e00 | sign). */
+static inline float f16_value(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return float_of(sign | 0x7f800000u | (m << 13));
+    if (e == 0) { /* zero or subnormal: m * 2**-24, exact in fp32 */
+        const float x = (float)m * 5.9604644775390625e-8f;
+        return sign ? -x : x;
+    }
+    return float_of(sign | ((e + 112u) << 23) | (m << 13));
+}
+static inline uint16_t f16_nearest(float x) {
+    uint32_t u = bits_of(x);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    u &= 0x7fffffffu;
+    if (u >= (143u << 23)) /* >= 65536, inf or NaN (65520..65536 carry into inf below) */
+        return sign | (u > 0x7f800000u ? 0x7e00u : 0x7c00u);
+    if (u < (113u << 23)) { /* below 2**-14: a subnormal half; fp32 addition rounds it */
+        const float rounded = float_of(u) + 0.5f;
+        return sign | (uint16_t)(bits_of(rounded) - 0x3f000000u);
+    }
+    const uint32_t odd = (u >> 13) & 1u;
+    u = u - (112u << 23) + 0xfffu + odd; /* rebias; round half to even */
+    return sign | (uint16_t)(u >> 13);
+}
+static void load_f16(float *restrict out, const uint16_t *restrict in, int n) {
+    for (int i = 0; i < n; i++) out[i] = f16_value(in[i]);
+}
+static void store_f16(uint16_t *restrict out, const float *restrict in, int n) {
+    for (int i = 0; i < n; i++) out[i] = f16_nearest(in[i]);
+}
+
+/* One tile of one parameter's stored values as fp32, into `buffer` (fp32 is used in place). */
+static float *load_values(int fmt, void *base, int64_t e, int n, float *buffer) {
+    if (fmt == F_F32) return (float *)base + e;
+    if (fmt == F_F16) load_f16(buffer, (const uint16_t *)base + e, n);
+    else load_bf16(buffer, (const uint16_t *)base + e, n);
+    return buffer;
+}
+
+static void chunk_wide(const void *context, int64_t j, float *scratch) {
+    const call_t *c = context;
+    const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;
+    const int64_t end = c->numels[k] - start < CHUNK ? c->numels[k] : start + CHUNK;
+    const int fmt = c->state_fmts[k], param_fmt = c->param_fmt;
+    scalars_t sk = c->s[k];
+    sk.b = 1.0 / sk.b; /* dispatch_wide multiplies by it (unused where b is 0) */
+    const uint32_t seed_p = rounding_seed(c->s[k].t, c->salts[k], SALT_PARAM);
+    const uint32_t seed_mv = rounding_seed(c->s[k].t, c->salts[k], SALT_MOMENTS);
+    const uint32_t seed_max = rounding_seed(c->s[k].t, c->salts[k], SALT_MAX);
+    float *m_scales = c->m_scales ? c->m_scales[k] : NULL;
+    float *v_scales = c->v_scales ? c->v_scales[k] : NULL;
+    float *max_scales = c->max_scales ? c->max_scales[k] : NULL;
+    /* Tiles on the heap (the caller's scratch), not the stack: no stack-size assumption. */
+    float *param_tile = scratch, *grad_tile = scratch + TILE, *m_tile = scratch + 2 * TILE;
+    float *v_tile = scratch + 3 * TILE, *max_tile = scratch + 4 * TILE;
+    void *params = c->params[k], *grads = c->grads[k];
+    for (int64_t e = start; e < end; e += TILE) {
+        const int n = (int)(end - e < TILE ? end - e : TILE);
+        const int grad_fmt = param_fmt == F_BF16_SR ? F_BF16 : param_fmt;
+        float *p = load_values(grad_fmt, params, e, n, param_tile);
+        const float *g = load_values(grad_fmt, grads, e, n, grad_tile);
+        float *m, *v, *x = NULL;
+        if (fmt == F_F16) {
+            m = load_values(F_F16, c->exp_avgs[k], e, n, m_tile);
+            v = load_values(F_F16, c->seconds[k], e, n, v_tile);
+            if (c->maxes) x = load_values(F_F16, c->maxes[k], e, n, max_tile);
+        } else {
+            m = load_state(fmt, c->exp_avgs[k], m_scales, e, n, 0, m_tile);
+            v = load_state(fmt, c->seconds[k], v_scales, e, n, 1, v_tile);
+            if (c->maxes) x = load_state(fmt, c->maxes[k], max_scales, e, n, 1, max_tile);
+        }
+        dispatch_wide(sk.kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd, &sk, n, p, g,
+                      m, v, x);
+        if (param_fmt == F_BF16_SR)
+            store_bf16_stochastic((uint16_t *)params + e, p, n, seed_p, e);
+        else if (param_fmt == F_BF16)
+            store_bf16((uint16_t *)params + e, p, n);
+        else if (param_fmt == F_F16)
+            store_f16((uint16_t *)params + e, p, n);
+        if (fmt == F_F16) {
+            store_f16((uint16_t *)c->exp_avgs[k] + e, m, n);
+            store_f16((uint16_t *)c->seconds[k] + e, v, n);
+            if (x) store_f16((uint16_t *)c->maxes[k] + e, x, n);
+        } else if (fmt == F_BF16_SR) {
+            store_moments_stochastic((uint16_t *)c->exp_avgs[k] + e, (uint16_t *)c->seconds[k] + e,
+                                     m, v, n, seed_mv, e);
+            if (x) store_state(fmt, c->maxes[k], max_scales, e, n, 1, x, seed_max);
+        } else {
+            store_state(fmt, c->exp_avgs[k], m_scales, e, n, 0, m, 0);
+            store_state(fmt, c->seconds[k], v_scales, e, n, 1, v, 0);
+            if (x) store_state(fmt, c->maxes[k], max_scales, e, n, 1, x, seed_max);
+        }
+    }
+}
+
+/* The fused step for fp32, bf16 or fp16 parameters stepped in fp32 through codecs.
+ * param_fmt: F_F32, F_BF16 (round to nearest), F_BF16_SR (stochastic) or F_F16 (nearest);
+ * gradients have the parameter's dtype. state_fmts[k]: tensor k's moments are F_F32, F_BF16,
+ * F_BF16_SR, F_F16 or F_Q8 (then *_scales[k] hold its block scales). salts[k] salts tensor
+ * k's stochastic rounding. Adamax's exp_inf, like exp_avg_sq and max_exp_avg_sq, is
+ * non-negative: the unsigned code. Returns nonzero, having changed nothing, if memory ran out. */
 int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double beta2,
                             double eps, double wd, double momentum_decay, int64_t count,
                             const int64_t *numels, void **params, void **grads, void **exp_avgs,
@@ -464,53 +727,22 @@ int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double
                             int threads, int param_fmt, const uint8_t *state_fmts,
                             float **m_scales, float **v_scales, float **max_scales,
                             const uint32_t *salts) {
+    float *scratch = malloc(sizeof(float) * SCRATCH_FLOATS);
     scalars_t *s;
     int64_t *first;
+    if (!scratch) return 1;
     if (plan(algo, flags, beta1, beta2, lr, momentum_decay, count, numels, steps, mu_products, &s,
-             &first))
+             &first)) {
+        free(scratch);
         return 1;
-    const int64_t chunks = first[count];
-#pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
-    for (int64_t j = 0; j < chunks; j++) {
-        const int64_t k = tensor_of(first, count, j), start = (j - first[k]) * CHUNK;
-        const int64_t end = numels[k] - start < CHUNK ? numels[k] : start + CHUNK;
-        const int fmt = state_fmts[k];
-        scalars_t sk = s[k];
-        sk.b = 1.0 / sk.b; /* dispatch_wide multiplies by it (unused where b is 0) */
-        const uint32_t seed_p = rounding_seed(s[k].t, salts[k], SALT_PARAM);
-        const uint32_t seed_mv = rounding_seed(s[k].t, salts[k], SALT_MOMENTS);
-        const uint32_t seed_x = rounding_seed(s[k].t, salts[k], SALT_MAX);
-        float *ms = m_scales ? m_scales[k] : NULL, *vs = v_scales ? v_scales[k] : NULL;
-        float *xs = max_scales ? max_scales[k] : NULL;
-        _Alignas(64) float pb[TILE], gb[TILE], mb[TILE], vb[TILE], xb[TILE];
-        for (int64_t e = start; e < end; e += TILE) {
-            const int n = (int)(end - e < TILE ? end - e : TILE);
-            float *p = (float *)params[k] + e;
-            const float *g = (const float *)grads[k] + e;
-            if (param_fmt != F_F32) {
-                load_bf16(pb, (const uint16_t *)params[k] + e, n);
-                load_bf16(gb, (const uint16_t *)grads[k] + e, n);
-                p = pb;
-                g = gb;
-            }
-            float *m = load_state(fmt, exp_avgs[k], ms, e, n, 0, mb);
-            float *v = load_state(fmt, seconds[k], vs, e, n, 1, vb);
-            float *x = maxes ? load_state(fmt, maxes[k], xs, e, n, 1, xb) : NULL;
-            dispatch_wide(sk.kind, flags, lr, beta1, beta2, eps, wd, &sk, n, p, g, m, v, x);
-            if (param_fmt == F_BF16_SR)
-                store_bf16_stochastic((uint16_t *)params[k] + e, pb, n, seed_p, e);
-            else if (param_fmt == F_BF16)
-                store_bf16((uint16_t *)params[k] + e, pb, n);
-            if (fmt == F_BF16_SR) {
-                store_moments_stochastic((uint16_t *)exp_avgs[k] + e, (uint16_t *)seconds[k] + e,
-                                         m, v, n, seed_mv, e);
-            } else {
-                store_state(fmt, exp_avgs[k], ms, e, n, 0, m, 0);
-                store_state(fmt, seconds[k], vs, e, n, 1, v, 0);
-            }
-            if (maxes) store_state(fmt, maxes[k], xs, e, n, 1, x, seed_x);
-        }
     }
+    const call_t c = {flags,  lr,       beta1,      beta2,    eps,       wd,         count,
+                      numels, first,    s,          params,   grads,     exp_avgs,   seconds,
+                      maxes,  param_fmt, state_fmts, m_scales, v_scales, max_scales, salts};
+    int64_t elements = 0;
+    for (int64_t k = 0; k < count; k++) elements += numels[k];
+    run_chunks(first[count], elements, threads, chunk_wide, &c, scratch, SCRATCH_FLOATS);
+    free(scratch);
     free(s);
     free(first);
     return 0;
@@ -538,4 +770,11 @@ void adamkit_round_bf16(const float *in, int64_t n, uint16_t *out, int stochasti
                  : stochastic == 1 ? bf16_stochastic(in[i], r >> 16)
                                    : bf16_stochastic(in[i], r & 0xffffu);
     }
+}
+/* fp16 <-> fp32, for the test that holds them equal to torch's conversions. */
+void adamkit_round_f16(const float *in, int64_t n, uint16_t *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = f16_nearest(in[i]);
+}
+void adamkit_f16_values(const uint16_t *in, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = f16_value(in[i]);
 }

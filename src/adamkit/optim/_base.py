@@ -8,6 +8,7 @@ execution path. The math lives in the rules (``adam.py``, ``radam.py``, ...).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, overload
 
@@ -18,7 +19,17 @@ from torch.optim import Optimizer
 from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
 from ._core import Bucket, Hyper, Rule, local, real_view
 from ._device import TorchFusedPlan, TritonPlan, gpu_path, gpu_plan
-from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
+from ._fused import (
+    OVERLAPPING,
+    FusedPlan,
+    Layout,
+    Reading,
+    Storage,
+    check_state_sizes,
+    fused_unsupported,
+    kernel_available,
+    prepare_counters,
+)
 from ._paths import PATHS, TensorOps
 from ._precision import (
     convert,
@@ -56,6 +67,11 @@ _EXECUTION_KEYS = (
 def step_dtype() -> torch.dtype:
     # torch keeps `step` as a CPU float32 tensor (float64 when that is the default dtype).
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _label_of(group: dict[str, Any], param: Tensor) -> str:
+    index = next(i for i, p in enumerate(group["params"]) if p is param)
+    return _param_label(group, index)
 
 
 def _param_label(group: dict[str, Any], index: int) -> str:
@@ -342,27 +358,27 @@ class AdamFamily(Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         moment_keys = self._moment_keys(group)
-        params: list[Tensor] = []
-        grads: list[Tensor] = []
-        states: list[dict[str, Any]] = []
-        for i, p in enumerate(group["params"]):
-            grad = p.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"adamkit.{type(self).__name__} does not support sparse gradients "
-                    f"({_param_label(group, i)} has one); use torch.optim.SparseAdam, or "
-                    "nn.Embedding(sparse=False)"
-                )
-            state = self.state[p]
-            if len(state) == 0:
-                state.update(self._init_state(p, group))
-            params.append(p)
-            grads.append(grad)
-            states.append(state)
+        # map() over C getters: a step of 2000 tensors asks each question 2000 times.
+        params: list[Tensor] = group["params"]
+        grads: list[Tensor] = list(map(_GRAD, params))
+        if _NONE in map(id, grads):
+            kept = [i for i, g in enumerate(grads) if g is not None]
+            params, grads = [params[i] for i in kept], [grads[i] for i in kept]
         if not params:
             return
+        if any(map(_IS_SPARSE, grads)):
+            every = enumerate(group["params"])
+            i = next(i for i, p in every if p.grad is not None and p.grad.is_sparse)
+            raise RuntimeError(
+                f"adamkit.{type(self).__name__} does not support sparse gradients "
+                f"({_param_label(group, i)} has one); use torch.optim.SparseAdam, or "
+                "nn.Embedding(sparse=False)"
+            )
+        states: list[dict[str, Any]] = list(map(self.state.__getitem__, params))
+        if not all(states):  # an empty dict: state not created yet
+            for p, state in zip(params, states, strict=True):
+                if len(state) == 0:
+                    state.update(self._init_state(p, group))
 
         hyper = self._hyper(group)
         path_name = self.execution_path(group)
@@ -375,8 +391,8 @@ class AdamFamily(Optimizer):
             for p in params:
                 self._apply_rule(path, [p], group, hyper, moment_keys)
         else:
-            for bucket_params in _by_device_and_dtype(params).values():
-                self._apply_rule(path, bucket_params, group, hyper, moment_keys)
+            for indices in _by_device_and_dtype(params).values():
+                self._apply_rule(path, [params[i] for i in indices], group, hyper, moment_keys)
 
     def _apply_rule(
         self,
@@ -388,6 +404,10 @@ class AdamFamily(Optimizer):
     ) -> None:
         """Run the rule on one bucket, through fp32 copies where the state (or the parameters'
         rounding) is not the plain full-precision kind."""
+        states = [self.state[p] for p in params]
+        counters = ("step", *self._scalar_keys)
+        label = lambda i: _label_of(group, params[i])  # noqa: E731
+        prepare_counters(type(self).__name__, states, counters, step_dtype(), label)
         formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
         if not needs_widening(params, formats, stochastic):
@@ -429,39 +449,53 @@ class AdamFamily(Optimizer):
         moment_keys: tuple[str, ...],
     ) -> None:
         """Step ``params`` (with ``grads`` and their ``states``) with the fused kernel, one call
-        per (device, dtype) bucket; a bucket it cannot take runs on the foreach path (or
-        raises, when ``fused=True`` was asked)."""
+        per (device, dtype) bucket; a bucket it cannot take runs on the foreach path (one
+        parameter at a time where tensors overlap), or raises, when ``fused=True`` was asked.
+
+        A bucket's plan is kept between steps, but each step reads the tensors now in the
+        parameters, gradients and state through it, checked (``_fused.Layout.read``); a bucket
+        whose tensors no longer fit its plan is planned again.
+        """
         plans = self.__dict__.setdefault("_fused_plans", {})
-        ids = tuple(map(id, params))
-        grad_of = dict(zip(ids, grads, strict=True))
-        state_of = dict(zip(ids, states, strict=True))
         # A plan fixes the storage and the rounding, so a change of either builds a new one.
-        key = (ids, group["state_precision"], group["stochastic_rounding"], hyper.amsgrad)
+        key = (tuple(map(id, params)), group["state_precision"], group["stochastic_rounding"])
         cached = plans.get(id(group))
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != (*key, hyper.amsgrad):
+            buckets = _by_device_and_dtype(params)
             entries = [
-                (bucket_params, *self._plan(group, bucket_params, hyper, moment_keys))
-                for bucket_params in _by_device_and_dtype(params).values()
+                (None if len(buckets) == 1 else indices, None, None) for indices in buckets.values()
             ]
-            cached = plans[id(group)] = (key, entries)
-        for bucket_params, plan, reason in cached[1]:
-            bucket_states = [state_of[id(p)] for p in bucket_params]
-            if plan is not None and not plan.matches(bucket_params, bucket_states):
-                # A parameter's storage moved (p.data = ...): plan this group again next time.
-                plans.pop(id(group), None)
+            cached = plans[id(group)] = ((*key, hyper.amsgrad), entries)
+        entries = cached[1]
+        for e, (indices, plan, reason) in enumerate(entries):
+            if indices is None:
+                bucket_params, bucket_grads, bucket_states = params, grads, states
+            else:
+                bucket_params = [params[i] for i in indices]
+                bucket_grads = [grads[i] for i in indices]
+                bucket_states = [states[i] for i in indices]
+            reading = plan.read(bucket_params, bucket_grads, bucket_states) if plan else None
+            if reading is None and (plan is not None or reason is None):
+                # No plan yet, or the tensors changed (p.data = ..., state replaced): plan anew.
                 plan, reason = self._plan(group, bucket_params, hyper, moment_keys)
-            if plan is not None:
-                gradients = plan.gradients([grad_of[id(p)] for p in bucket_params])
-                if not isinstance(gradients, str):
-                    plan.run(gradients, hyper)
-                    continue
-                reason = gradients
+                entries[e] = (indices, plan, reason)
+                if plan is not None:
+                    reading = plan.read(bucket_params, bucket_grads, bucket_states)
+                    reading = reading or "the tensors changed while their plan was built"
+            if isinstance(reading, Reading):
+                plan.run(reading, hyper)
+                continue
+            reason = reading if isinstance(reading, str) else reason
             if group.get("fused"):
                 raise RuntimeError(
                     f"adamkit.{type(self).__name__}(fused=True): {reason}; leave "
                     "fused=None to fall back to the multi-tensor path"
                 )
-            self._apply_rule(PATHS["foreach"], bucket_params, group, hyper, moment_keys)
+            if reason is not None and reason.startswith(OVERLAPPING):
+                for p in bucket_params:  # in order, as torch's for-loop: deterministic
+                    self._apply_rule(PATHS["forloop"], [p], group, hyper, moment_keys)
+            else:
+                self._apply_rule(PATHS["foreach"], bucket_params, group, hyper, moment_keys)
 
     def _plan(
         self,
@@ -470,29 +504,35 @@ class AdamFamily(Optimizer):
         hyper: Hyper,
         moment_keys: tuple[str, ...],
     ) -> tuple[FusedPlan | TorchFusedPlan | TritonPlan | None, str | None]:
-        """The kernel's plan for one bucket, or why no kernel can step it."""
+        """The kernel's plan for one bucket, or why no kernel can step it. State that no
+        longer fits its parameter is an error; counters of another dtype are converted."""
+        name = type(self).__name__
+        states = [self.state[p] for p in params]
+        check_state_sizes(name, params, states, moment_keys, lambda p: _label_of(group, p))
+        counters = ("step", *self._scalar_keys)
+        label = lambda i: _label_of(group, params[i])  # noqa: E731
+        prepare_counters(name, states, counters, step_dtype(), label)
         bucket = self._bucket(params, moment_keys)
         formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
-        widened = needs_widening(params, formats, stochastic)
+        on_gpu = gpu_path(params[0].device)
         storage = None
-        if widened:
-            states = [self.state[p] for p in params]
+        if needs_widening(params, formats, stochastic) or (
+            # On the CPU, plain half parameters take the kernel's fp32 loop only when asked
+            # (fused=True, as torch's fused kernels: fp32 math, rounded to nearest); by
+            # default they take the foreach path, as torch's default does.
+            not on_gpu and group.get("fused") and params[0].dtype in (torch.bfloat16, torch.float16)
+        ):
             storage = Storage(formats, states, self._salts(params), stochastic)
-        if gpu_path(params[0].device):
+        formats_kept = storage.formats if storage is not None else None
+        layout = Layout(bucket, params, moment_keys, self._scalar_keys, formats_kept)
+        if on_gpu:
             algorithm, second = type(self)._fused_algorithm, self._fused_second_key
-            return gpu_plan(algorithm, bucket, second, hyper.amsgrad, storage)
-        reason = fused_unsupported(bucket, widened)
+            return gpu_plan(algorithm, bucket, layout, second, hyper.amsgrad, storage)
+        reason = fused_unsupported(bucket, storage.formats if storage else None)
         if reason is not None:
             return None, reason
-        plan = FusedPlan(
-            type(self)._fused_algorithm,
-            bucket,
-            self._fused_second_key,
-            hyper.amsgrad,
-            params[0].dtype,
-            storage,
-        )
+        plan = FusedPlan(type(self)._fused_algorithm, bucket, layout, hyper.amsgrad, storage)
         return plan, None
 
     def _bucket(self, params: list[Tensor], moment_keys: tuple[str, ...]) -> Bucket:
@@ -509,10 +549,14 @@ class AdamFamily(Optimizer):
         return bucket
 
 
-def _by_device_and_dtype(
-    params: list[Tensor],
-) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
-    buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in params:
-        buckets.setdefault((p.device, p.dtype), []).append(p)
+_GRAD = operator.attrgetter("grad")
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_NONE = id(None)
+
+
+def _by_device_and_dtype(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """The positions in ``params`` of each (device, dtype) bucket, in order."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        buckets.setdefault((p.device, p.dtype), []).append(i)
     return buckets

@@ -21,7 +21,7 @@ Adam included: the CPU kernel's codecs and rounding streams, so both give the sa
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -30,14 +30,15 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library
-from ._core import Bucket, Hyper, real_view
+from ._core import Bucket, Hyper
 from ._fused import (
     _AMSGRAD,
+    _MU_F64,
     _STEP_F64,
     ALGORITHMS,
+    Layout,
+    Reading,
     Storage,
-    address,
-    addresses_match,
     common_unsupported,
     layout_unsupported,
     pointers,
@@ -56,7 +57,12 @@ def gpu_path(device: torch.device) -> bool:
 
 
 def gpu_plan(
-    algorithm: str, bucket: Bucket, second_key: str, amsgrad: bool, storage: Storage | None
+    algorithm: str,
+    bucket: Bucket,
+    layout: Layout,
+    second_key: str,
+    amsgrad: bool,
+    storage: Storage | None,
 ) -> tuple[TorchFusedPlan | TritonPlan | None, str | None]:
     """The GPU plan for ``bucket``, or why no GPU kernel can step it. ``storage``: how its
     low-precision state (or stochastically rounded parameters) is stored, if it has any."""
@@ -69,14 +75,14 @@ def gpu_plan(
         what = " with low-precision state or rounding" if widened else ""
         reason = f"the fused GPU kernels support {names} parameters{what}, not {dtype}"
     if reason is None:
-        reason = layout_unsupported(bucket, widened)
+        reason = layout_unsupported(bucket, storage.formats if storage is not None else None)
     if reason is None and (algorithm != "adam" or widened):
         reason = triton_unavailable()
     if reason is not None:
         return None, reason
     if algorithm == "adam" and storage is None:
-        return TorchFusedPlan(bucket, amsgrad), None
-    return TritonPlan(algorithm, bucket, second_key, amsgrad, storage), None
+        return TorchFusedPlan(bucket, layout, amsgrad), None
+    return TritonPlan(algorithm, bucket, layout, second_key, amsgrad, storage), None
 
 
 def triton_unavailable() -> str | None:
@@ -92,13 +98,16 @@ class _GpuPlanBase:
     """What both GPU plans share: the bucket, the addresses that tell it has not changed, and
     host buffers the CPU fills each step and copies to the GPU without waiting for it."""
 
-    def __init__(self, bucket: Bucket) -> None:
+    def __init__(self, bucket: Bucket, layout: Layout) -> None:
         self.bucket = bucket  # keeps every tensor the plan points to alive
+        self.layout = layout
         self.device = bucket.params[0].device
         self.dtype = bucket.params[0].dtype
         self.params = pointers(bucket.params)
         self.exp_avgs = pointers(bucket.state["exp_avg"])
-        self.steps = pointers(bucket.steps)
+        # The addresses the device tables were built from (parameters and state, not the
+        # gradients or counters, which are read afresh each step): set at the first reading.
+        self.fixed: array[int] | None = None
         self.cuda = self.device.type == "cuda"
         # Recorded after the last step's copies: the host buffers are rewritten after it.
         self.copied = torch.cuda.Event() if self.cuda else None  # type: ignore[no-untyped-call]
@@ -141,25 +150,30 @@ class _GpuPlanBase:
         if self.copied is not None:
             self.copied.record()
 
-    def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
-        return addresses_match(self.params, self.exp_avgs, self.bucket.steps, params, entries)
-
-    def _real_grads(self, grads: list[Tensor]) -> list[Tensor] | str:
-        views = [real_view(g) for g in grads]
-        for g in views:
-            if g.dtype != self.dtype or not g.is_contiguous() or g.device != self.device:
-                return (
-                    f"the fused GPU kernels need contiguous gradients of dtype {self.dtype} "
-                    f"on {self.device}"
-                )
-        return views
+    def read(
+        self, params: list[Tensor], grads: list[Tensor], states: Sequence[Mapping[str, Any]]
+    ) -> Reading | str | None:
+        """This step's tensors, checked (``Layout.read``); ``None`` also when a parameter or
+        state tensor is no longer at the address the device tables hold (plan again)."""
+        reading = self.layout.read(params, grads, states)
+        if not isinstance(reading, Reading):
+            return reading
+        count = reading.count
+        moments, scalars = len(self.layout.moment_keys), len(self.layout.scalar_keys)
+        fixed = reading.table[:count] + reading.table[2 * count : (2 + moments) * count]
+        fixed += reading.table[(3 + moments + scalars) * count :]  # 8-bit scales
+        if self.fixed is None:
+            self.fixed = fixed
+        elif fixed != self.fixed:
+            return None
+        return reading
 
 
 class TorchFusedPlan(_GpuPlanBase):
     """Adam and AdamW through torch's fused kernels, which read step counts on the device."""
 
-    def __init__(self, bucket: Bucket, amsgrad: bool) -> None:
-        super().__init__(bucket)
+    def __init__(self, bucket: Bucket, layout: Layout, amsgrad: bool) -> None:
+        super().__init__(bucket, layout)
         self.amsgrad = amsgrad
         self.step_f64 = int(bucket.steps[0].dtype == torch.float64)
         # torch's fused kernels take float32 step counters on the parameters' device. The CPU
@@ -169,26 +183,24 @@ class TorchFusedPlan(_GpuPlanBase):
         self.device_steps = self.on_device(self.host_counts)
         self.device_step_list = list(self.device_steps.unbind())
 
-    def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
-        return self._real_grads(grads)
-
-    def run(self, grads: list[Tensor], h: Hyper) -> None:
-        b = self.bucket
+    def run(self, reading: Reading, h: Hyper) -> None:
+        tensors = reading.tensors
         library = fused_library()
         assert library is not None  # gpu_plan checked it
         self.wait_for_host_buffers()
+        steps = reading.row(self.layout.roles.index("step"))
         library.adamkit_count_steps(
-            len(self.steps), address(self.steps), self.step_f64, self.host_counts.data_ptr()
+            reading.count, steps, self.step_f64, self.host_counts.data_ptr()
         )
         fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
         with self.launching():
             self.send((self.host_counts, self.device_steps))
             fused(
-                b.params,
-                grads,
-                b.state["exp_avg"],
-                b.state["exp_avg_sq"],
-                b.state["max_exp_avg_sq"] if self.amsgrad else [],
+                tensors["params"],
+                tensors["grads"],
+                tensors["exp_avg"],
+                tensors["exp_avg_sq"],
+                tensors["max_exp_avg_sq"] if self.amsgrad else [],
                 self.device_step_list,
                 amsgrad=self.amsgrad,
                 lr=h.lr,
@@ -210,13 +222,14 @@ class TritonPlan(_GpuPlanBase):
         self,
         algorithm: str,
         bucket: Bucket,
+        layout: Layout,
         second_key: str,
         amsgrad: bool,
         storage: Storage | None = None,
     ) -> None:
         from ..kernels.fused_triton import BLOCK
 
-        super().__init__(bucket)
+        super().__init__(bucket, layout)
         self.storage = storage
         self.algorithm = ALGORITHMS[algorithm]
         self.amsgrad = amsgrad
@@ -269,19 +282,18 @@ class TritonPlan(_GpuPlanBase):
         self.grad_addresses: array[int] | None = None
         self.grads_aligned = False
         mu = bucket.state.get("mu_product")
-        self.mu_products = pointers(mu) if mu is not None else None
-        self.flags = (_AMSGRAD if amsgrad else 0) | (
-            _STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0
+        self.flags = (
+            (_AMSGRAD if amsgrad else 0)
+            | (_STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0)
+            | (_MU_F64 if mu is not None and mu[0].dtype == torch.float64 else 0)
         )
 
-    def gradients(self, grads: list[Tensor]) -> list[Tensor] | str:
-        return self._real_grads(grads)
-
-    def run(self, grads: list[Tensor], h: Hyper) -> None:
+    def run(self, reading: Reading, h: Hyper) -> None:
         from ..kernels.fused_triton import launch, specialization
 
         self.wait_for_host_buffers()
-        addresses = pointers(grads)
+        count, roles = reading.count, self.layout.roles
+        addresses = reading.table[count : 2 * count]
         new_grads = addresses != self.grad_addresses  # zero_grad(set_to_none=True) may move them
         if new_grads:
             self.grad_host.numpy()[:] = np.frombuffer(addresses, dtype=np.int64)
@@ -297,8 +309,8 @@ class TritonPlan(_GpuPlanBase):
             h.beta2,
             h.momentum_decay,
             self.count,
-            address(self.steps),
-            address(self.mu_products),
+            reading.row(roles.index("step")),
+            reading.row(roles.index("mu_product")) if "mu_product" in roles else None,
             self.host.data_ptr(),
         )
         if self.storage is not None:  # the low-precision loop multiplies by 1 / b, as the CPU's

@@ -1,16 +1,26 @@
 """The fused execution path: one compiled kernel call per bucket, one pass over memory.
 
 The kernel (``adamkit/kernels/fused_cpu.c``) implements every rule of this package for fp32 and
-fp64 CPU tensors. It takes raw pointers, so a bucket of 2000 tensors costs one call, and it
-increments the step counters itself (torch's fused path spends as long on 2000 separate
-``step += 1`` as on the update). It allocates no parameter-sized temporaries.
+fp64 CPU tensors, and for fp32, bf16 and fp16 ones through its codecs. It takes raw pointers,
+so a bucket of 2000 tensors costs one call, and it increments the step counters itself
+(torch's fused path spends as long on 2000 separate ``step += 1`` as on the update). It
+allocates no parameter-sized temporaries.
+
+Raw pointers are only safe if they are fresh. A plan keeps what does not change between steps
+(the algorithm, the storage formats, and the size and dtype each tensor must have); at every
+step :meth:`Layout.read` takes the tensors that are *now* in ``param``, ``param.grad`` and
+``optimizer.state`` (whatever a training loop replaced or resized), checks each one's element
+count, dtype, device and contiguity against the plan, and reads its address. The kernel never
+sees an address that was not read, and checked, in the same step. Tensors that overlap in
+memory (two parameters viewing one storage) are found the first time a set of addresses is
+seen and stepped one at a time, in order, instead (:data:`OVERLAPPING`).
 """
 
 from __future__ import annotations
 
 import operator
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,26 +28,43 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library, unavailable_reason
-from ._core import PLAIN_TENSORS, Bucket, Hyper, local
-from ._precision import BF16, BF16_SR, NATIVE, Q8, scale_key
+from ._core import PLAIN_TENSORS, Bucket, Hyper, real_view
+from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 
 __all__ = [
     "ALGORITHMS",
+    "OVERLAPPING",
     "FusedPlan",
+    "Layout",
+    "Reading",
     "Storage",
     "address",
-    "addresses_match",
+    "check_state_sizes",
     "common_unsupported",
     "fused_unsupported",
     "kernel_available",
     "layout_unsupported",
     "pointers",
+    "prepare_counters",
 ]
 
 #: The kernel's algorithm codes (``enum`` in fused_cpu.c).
 ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
-_MAXIMIZE, _DECOUPLED, _AMSGRAD, _STEP_F64 = 1, 2, 4, 8
+_MAXIMIZE, _DECOUPLED, _AMSGRAD, _STEP_F64, _MU_F64 = 1, 2, 4, 8, 16
 _DTYPES = (torch.float32, torch.float64)
+_HALF = (torch.bfloat16, torch.float16)
+_COUNTER_DTYPES = (torch.float32, torch.float64)
+#: The start of the reason given for tensors that overlap in memory: such a bucket is stepped
+#: one parameter at a time (deterministic, as torch's for-loop), not by the threaded kernel.
+OVERLAPPING = "tensors of this bucket overlap in memory"
+
+_numel = Tensor.numel
+_pointer = Tensor.data_ptr
+_contiguous = Tensor.is_contiguous
+_dtype = operator.attrgetter("dtype")
+_is_cpu = operator.attrgetter("is_cpu")
+_device = operator.attrgetter("device")
+_step = operator.itemgetter("step")
 
 
 def kernel_available() -> bool:
@@ -52,28 +79,52 @@ def common_unsupported(bucket: Bucket) -> str | None:
     subclass = next((t for t in _tensors(bucket) if type(t) not in PLAIN_TENSORS), None)
     if subclass is not None:  # a DTensor's data_ptr() is not its shard's memory
         return f"the fused kernel takes plain tensors, not {type(subclass).__name__}"
-    step_dtype = bucket.steps[0].dtype
-    if any(s.dtype != step_dtype or s.device.type != "cpu" for s in bucket.steps):
-        return "the step counters of these parameters differ in dtype or device"
+    for key in ("step", "mu_product"):
+        counters = bucket.steps if key == "step" else bucket.state.get(key, [])
+        if not counters:
+            continue
+        dtype = counters[0].dtype
+        if any(s.dtype != dtype or not s.is_cpu or s.numel() != 1 for s in counters):
+            return f"the {key} counters of these parameters differ in dtype or device"
     return None
 
 
-def layout_unsupported(bucket: Bucket, widened: bool) -> str | None:
-    """A non-contiguous tensor, or full-precision state of another dtype than the parameter."""
-    dtype = bucket.params[0].dtype
+def layout_unsupported(bucket: Bucket, formats: Sequence[int] | None) -> str | None:
+    """A non-contiguous tensor, or state of another dtype than its format stores.
+
+    ``formats``: each tensor's stored format when the bucket's state is stored in low
+    precision (or its parameters are rounded), ``None`` when it is all full precision.
+    """
     for t in _tensors(bucket):
         if not t.is_contiguous():
             return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
-        if not widened and t.dim() > 0 and t.dtype != dtype:  # 0-d: the step dtype
-            return f"the state dtype {t.dtype} differs from the parameter dtype {dtype}"
+    dtype = bucket.params[0].dtype
+    if any(p.dtype != dtype for p in bucket.params):
+        return "the parameters of this bucket differ in dtype"
+    for key, tensors in bucket.state.items():
+        if key == "mu_product":
+            continue
+        for i, t in enumerate(tensors):
+            want = state_dtype(formats[i] if formats is not None else NATIVE, dtype)
+            if t.dtype != want:
+                return f"the state {key!r} is {t.dtype}, where the kernel stores {want}"
     return None
 
 
-def fused_unsupported(bucket: Bucket, widened: bool) -> str | None:
+def state_dtype(fmt: int, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a moment tensor stored in ``fmt`` beside a parameter of ``param_dtype``."""
+    if fmt == Q8:
+        return torch.uint8
+    if fmt in (BF16, BF16_SR):
+        return torch.bfloat16
+    return param_dtype
+
+
+def fused_unsupported(bucket: Bucket, formats: Sequence[int] | None) -> str | None:
     """Why the CPU kernel cannot step this bucket, or ``None`` when it can.
 
-    ``widened``: the bucket's state is stored in low precision (or its bf16 parameters are
-    rounded stochastically), so the kernel's fp32-with-codecs loop is the one to take.
+    ``formats``: the bucket's stored formats when its state is stored in low precision, or
+    its bf16 / fp16 parameters are stepped in fp32 (the kernel's codec loop), else ``None``.
     """
     reason = common_unsupported(bucket)
     if reason is not None:
@@ -81,16 +132,65 @@ def fused_unsupported(bucket: Bucket, widened: bool) -> str | None:
     first = bucket.params[0]
     if first.device.type != "cpu":
         return f"the fused kernels run on the CPU and CUDA GPUs, not on {first.device}"
-    supported = (torch.float32, torch.bfloat16) if widened else _DTYPES
+    supported = (torch.float32, *_HALF) if formats is not None else _DTYPES
     if first.dtype not in supported:
         names = " and ".join(str(d).removeprefix("torch.") for d in supported)
-        what = " with low-precision state or rounding" if widened else ""
+        what = " with low-precision state or rounding" if formats is not None else ""
         return f"the fused kernel supports {names} parameters{what}, not {first.dtype}"
-    return layout_unsupported(bucket, widened)
+    return layout_unsupported(bucket, formats)
 
 
 def _tensors(bucket: Bucket) -> list[Tensor]:
     return [*bucket.params, *bucket.grads, *(t for ts in bucket.state.values() for t in ts)]
+
+
+def check_state_sizes(
+    optimizer: str,
+    params: Sequence[Tensor],
+    states: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    label: Callable[[Tensor], str],
+) -> None:
+    """Refuse state whose size no longer matches its parameter's (``p.data = torch.zeros(2n)``
+    after the first step): torch's own step raises a size mismatch there too."""
+    for p, entry in zip(params, states, strict=True):
+        for key in keys:
+            value = entry.get(key)
+            if isinstance(value, Tensor) and value.numel() != p.numel():
+                raise RuntimeError(
+                    f"adamkit.{optimizer}: {label(p)} has {p.numel()} elements "
+                    f"{tuple(p.shape)} but its state {key!r} has {value.numel()} "
+                    f"{tuple(value.shape)}: was the parameter replaced or resized "
+                    "(p.data = ...) after its state was created? Clear its state "
+                    "(optimizer.state[p].clear()) to start it afresh, or load a matching "
+                    "checkpoint"
+                )
+
+
+def prepare_counters(
+    optimizer: str,
+    states: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    dtype: torch.dtype,
+    label: Callable[[int], str],
+) -> None:
+    """Give the kernel counters it can read: a 0-d CPU float tensor per ``step`` (and
+    ``mu_product``). A counter of another dtype (``state["step"] = torch.tensor(0)``, int64,
+    as a training loop's reset may write it) is replaced by a ``dtype`` tensor of the same
+    value, which is what torch's optimizers create; one that is not a single number is refused.
+    """
+    for i, entry in enumerate(states):
+        for key in keys:
+            value = entry.get(key)
+            if not isinstance(value, Tensor):
+                continue  # a plain number: the kernel cannot take it (common_unsupported)
+            if value.numel() != 1:
+                raise ValueError(
+                    f"adamkit.{optimizer}: state[{key!r}] of {label(i)} must hold one number, "
+                    f"got a tensor of shape {tuple(value.shape)}"
+                )
+            if value.dtype not in _COUNTER_DTYPES and value.device.type == "cpu":
+                entry[key] = torch.tensor(float(value), dtype=dtype)
 
 
 @dataclass
@@ -103,9 +203,11 @@ class Storage:
     stochastic: bool  # round bf16 parameters stochastically
 
     def kernel_formats(self, params: list[Tensor]) -> list[int]:
-        # Full-precision state of a bf16 parameter is bf16 rounded to nearest (as torch keeps it).
+        # Full-precision state of a half parameter is of its dtype, rounded to nearest (as
+        # torch keeps it).
+        half = {torch.bfloat16: BF16, torch.float16: F16}
         return [
-            BF16 if f == NATIVE and p.dtype == torch.bfloat16 else f
+            half.get(p.dtype, f) if f == NATIVE else f
             for f, p in zip(self.formats, params, strict=True)
         ]
 
@@ -113,9 +215,11 @@ class Storage:
         if all(f != Q8 for f in self.formats):
             return None
         name = scale_key(key)
-        return array("Q", [local(s[name]).data_ptr() if name in s else 0 for s in self.states])
+        return array("Q", [s[name].data_ptr() if name in s else 0 for s in self.states])
 
     def param_format(self, dtype: torch.dtype) -> int:
+        if dtype == torch.float16:
+            return F16  # rounded to nearest, as torch's fused kernels do
         if dtype != torch.bfloat16:
             return NATIVE  # fp32: stored as computed
         return BF16_SR if self.stochastic else BF16
@@ -125,79 +229,239 @@ def pointers(tensors: list[Tensor]) -> array[int]:
     return array("Q", [t.data_ptr() for t in tensors])
 
 
-def addresses_match(
-    param_pointers: array[int],
-    exp_avg_pointers: array[int],
-    steps: list[Tensor],
-    params: list[Tensor],
-    entries: list[Mapping[str, Any]],
-) -> bool:
-    """Whether ``params`` and their state ``entries`` are still the tensors, at the addresses, a
-    plan was built for (ZeroRedundancyOptimizer, for one, replaces state entries directly; a
-    training loop may reset ``state["step"]`` with a new tensor: checked by identity, a quarter
-    of the cost of reading addresses, as the kernels write the counters in place)."""
-    if param_pointers != array("Q", [local(p).data_ptr() for p in params]):
-        return False
-    if not all(map(operator.is_, map(_STEP, entries), steps)):
-        return False
-    return exp_avg_pointers == array("Q", [local(e["exp_avg"]).data_ptr() for e in entries])
+@dataclass
+class Reading:
+    """One step's tensors and their addresses, read and checked just now.
+
+    ``table`` holds ``count`` addresses per role, in :attr:`Layout.roles` order; scales of
+    8-bit state follow, one row per moment key (0 where a tensor's state is not 8-bit).
+    """
+
+    table: array[int]
+    count: int
+    tensors: dict[str, list[Tensor]]
+
+    def row(self, index: int) -> int:
+        return self.table.buffer_info()[0] + 8 * self.count * index
 
 
-_STEP = operator.itemgetter("step")
+class Layout:
+    """The size, dtype and device each tensor of a bucket must have, from when its plan was
+    built, and the per-step reading of the tensors now in the optimizer against them."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        params: list[Tensor],
+        moment_keys: Sequence[str],
+        scalar_keys: Sequence[str],
+        formats: Sequence[int] | None,
+    ) -> None:
+        self.complex = any(p.is_complex() for p in params)
+        self.device = bucket.params[0].device
+        self.cpu = self.device.type == "cpu"
+        self.dtype = bucket.params[0].dtype  # a complex parameter's real dtype
+        self.numels = [p.numel() for p in bucket.params]
+        self.moment_keys = tuple(moment_keys)
+        self.scalar_keys = tuple(scalar_keys)
+        self.roles = ("params", "grads", *self.moment_keys, "step", *self.scalar_keys)
+        self.dtypes = {key: [t.dtype for t in bucket.state[key]] for key in self.moment_keys}
+        self.counter_dtypes = {"step": bucket.steps[0].dtype}
+        for key in self.scalar_keys:
+            self.counter_dtypes[key] = bucket.state[key][0].dtype
+        self.q8 = [i for i, f in enumerate(formats or ()) if f == Q8]
+        self.scale_numels = [blocks(self.numels[i]) for i in self.q8]
+        # The roles of 8-bit scales in a reading, and the state entries they are read from.
+        self.scale_keys = {f"{k}:scales": scale_key(k) for k in self.moment_keys if self.q8}
+        self.stateful = (*self.moment_keys, "step", *self.scalar_keys, *self.scale_keys)
+        self.held: dict[str, list[Tensor]] | None = None  # the state last checked in full
+        self.pinned: list[Any] = []
+        self.held_table = array("Q")
+        # Bytes and written flags per table row, for the overlap check (fixed by the checks).
+        sizes = [n * self.dtype.itemsize for n in self.numels] * 2
+        for key in self.moment_keys:
+            sizes += [n * d.itemsize for n, d in zip(self.numels, self.dtypes[key], strict=True)]
+        for key in ("step", *self.scalar_keys):
+            sizes += [self.counter_dtypes[key].itemsize] * len(self.numels)
+        coded = set(self.q8)
+        for _ in self.moment_keys if self.q8 else ():
+            sizes += [4 * blocks(n) if i in coded else 0 for i, n in enumerate(self.numels)]
+        count = len(self.numels)
+        self.sizes = array("Q", sizes)
+        self.written = array("B", [1] * len(sizes))
+        self.written[count : 2 * count] = array("B", [0] * count)  # gradients are only read
+        self.overlap_free: array[int] | None = None  # the last table found free of overlaps
+
+    def _fits(self, tensors: list[Tensor], numels: list[int], dtypes: list[torch.dtype]) -> bool:
+        if list(map(_numel, tensors)) != numels or list(map(_dtype, tensors)) != dtypes:
+            return False
+        if not all(map(_contiguous, tensors)):
+            return False
+        if self.cpu:
+            return all(map(_is_cpu, tensors))
+        return list(map(_device, tensors)).count(self.device) == len(tensors)
+
+    def read(
+        self, params: list[Tensor], grads: list[Tensor], states: Sequence[Mapping[str, Any]]
+    ) -> Reading | str | None:
+        """The tensors of this step, checked, with their addresses; ``None`` when a parameter
+        or its state no longer has the plan's size or dtype (plan again); or why the kernel
+        cannot take this step's gradients.
+
+        Parameters and gradients (a new tensor each step, after ``zero_grad()``) are checked
+        in full at every step: element count, dtype, contiguity, device. State tensors and
+        counters are checked in full when first seen; after that, a step finds each one by
+        identity in ``optimizer.state`` and reads its address, and anything else (a tensor
+        replaced, its ``.data`` swapped, its storage moved) checks it in full again. The
+        storages of the checked tensors are held, so an address cannot be freed and reused by
+        another tensor between two steps.
+        """
+        count = len(params)
+        real = real_view if self.complex else None
+        if real is not None:
+            params, grads = [real(p) for p in params], [real(g) for g in grads]
+        same = [self.dtype] * count
+        if list(map(_numel, params)) != self.numels or list(map(_dtype, params)) != same:
+            return None
+        if not self._fits(grads, self.numels, same):
+            return (
+                "the fused kernel needs contiguous gradients of the parameters' shape and "
+                f"dtype ({self.dtype}) on {self.device}"
+            )
+        tensors = {"params": params, "grads": grads}
+        held = self.held
+        try:
+            for key in self.stateful:
+                if key in self.scale_keys:
+                    values = [states[i][self.scale_keys[key]] for i in self.q8]
+                else:
+                    values = list(map(operator.itemgetter(key), states))
+                if real is not None and key in self.moment_keys:
+                    values = [real(v) for v in values]
+                tensors[key] = values
+        except (KeyError, TypeError):
+            return None  # a state entry went missing, or a state is not a dict: plan again
+        table = self._table(tensors)
+        if held is None or not self._same(tensors, held, table):
+            checked = self._check(tensors)
+            if checked is False:
+                return None
+            if isinstance(checked, str):
+                return checked
+            self._hold(tensors, table)
+        if table != self.overlap_free:
+            if 0 in table and any(a == 0 and self.sizes[i] for i, a in enumerate(table)):
+                return "a tensor of this bucket has no memory (a null data pointer)"
+            if self._overlap(table):
+                return f"{OVERLAPPING} (two parameters share storage, or a state is a view of one)"
+            self.overlap_free = table
+        return Reading(table, count, tensors)
+
+    def _table(self, tensors: dict[str, list[Tensor]]) -> array[int]:
+        """Every tensor's address, a row per role (8-bit scales: 0 where a tensor has none)."""
+        addresses = list(map(_pointer, tensors["params"]))
+        for role in self.roles[1:]:
+            addresses += map(_pointer, tensors[role])
+        table = array("Q", addresses)
+        for key in self.scale_keys:
+            row = array("Q", bytes(8 * len(self.numels)))
+            for i, t in zip(self.q8, tensors[key], strict=True):
+                row[i] = t.data_ptr()
+            table += row
+        return table
+
+    def _same(
+        self, tensors: dict[str, list[Tensor]], held: dict[str, list[Tensor]], table: array[int]
+    ) -> bool:
+        """Whether every state tensor and counter is the one checked before, at its address."""
+        for key in self.stateful:
+            if not all(map(operator.is_, tensors[key], held[key])):
+                return False
+        count = len(self.numels)
+        return table[2 * count :] == self.held_table[2 * count :]
+
+    def _check(self, tensors: dict[str, list[Tensor]]) -> str | bool | None:
+        """Check the state tensors and counters in full: ``None`` if they fit the plan,
+        ``False`` if they do not (plan again), or why a storage cannot be used."""
+        for key in self.moment_keys:
+            if not self._fits(tensors[key], self.numels, self.dtypes[key]):
+                return False
+        for key in ("step", *self.scalar_keys):
+            if not self._counters_fit(tensors[key], self.counter_dtypes[key]):
+                return False
+        for key in self.scale_keys:
+            values = tensors[key]
+            if not self._fits(values, self.scale_numels, [torch.float32] * len(values)):
+                return False
+        for key in self.stateful:
+            for t in tensors[key]:
+                # A view past the end of a storage that was shrunk in place (storage.resize_).
+                end = (t.storage_offset() + t.numel()) * t.element_size()
+                if t.numel() and t.untyped_storage().nbytes() < end:
+                    return f"the state {key!r} is a view past the end of its storage"
+        return None
+
+    def _hold(self, tensors: dict[str, list[Tensor]], table: array[int]) -> None:
+        self.held = {key: tensors[key] for key in self.stateful}
+        # Holding the storages keeps their memory from being reused at the same address by
+        # another tensor while the tensors above are held by identity only.
+        self.pinned = [t.untyped_storage() for key in self.stateful for t in tensors[key]]
+        self.held_table = table
+
+    def _counters_fit(self, values: list[Any], dtype: torch.dtype) -> bool:
+        if list(map(type, values)).count(Tensor) != len(values):
+            return False  # a plain number (or a subclass): plan again, which says why
+        if list(map(_dtype, values)).count(dtype) != len(values):
+            return False
+        return list(map(_numel, values)).count(1) == len(values) and all(map(_is_cpu, values))
+
+    def _overlap(self, table: array[int]) -> bool:
+        library = fused_library()
+        assert library is not None  # a CPU plan is only built where the kernel is available
+        found = library.adamkit_overlap(
+            len(table), address(table), address(self.sizes), address(self.written)
+        )
+        if found == -2:
+            raise MemoryError("adamkit: no memory for the fused kernel's overlap check")
+        return bool(found >= 0)
 
 
 class FusedPlan:
-    """The kernel's view of one bucket, built once and reused while the bucket stays the same.
+    """What the CPU kernel needs to know about one bucket that does not change between steps.
 
-    Building a bucket (real views, checks, pointer arrays) costs about as much Python per tensor
-    as the update itself costs the kernel for small tensors, so the pointers to parameters,
-    state and step counters are kept (with references to their tensors, so the memory stays
-    valid). Each step only reads the gradients' pointers and checks that no parameter's storage
-    moved. :meth:`AdamFamily.load_state_dict` drops the plans, since it replaces the state.
+    Building a bucket's plan (real views, checks, formats) costs about as much Python per
+    tensor as the update itself costs the kernel for small tensors, so it is kept; each step
+    reads the tensors afresh through :attr:`layout` and passes only those addresses.
+    :meth:`AdamFamily.load_state_dict` drops the plans, since it replaces the state.
     """
 
     def __init__(
         self,
         algorithm: str,
         bucket: Bucket,
-        second_key: str,
+        layout: Layout,
         amsgrad: bool,
-        param_dtype: torch.dtype,
         storage: Storage | None = None,
     ) -> None:
         self.algorithm = ALGORITHMS[algorithm]
-        self.bucket = bucket  # keeps every tensor below alive
+        self.layout = layout
         self.dtype = bucket.params[0].dtype
-        self.grad_dtype = param_dtype  # complex parameters are stepped as real pairs
-        self.step_f64 = bucket.steps[0].dtype == torch.float64
-        self.numels = array("q", [p.numel() for p in bucket.params])
-        self.params = pointers(bucket.params)
-        self.exp_avgs = pointers(bucket.state["exp_avg"])
-        self.seconds = pointers(bucket.state[second_key])
-        self.maxes = pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
-        self.steps = pointers(bucket.steps)
-        state = bucket.state
-        self.mu_products = pointers(state["mu_product"]) if "mu_product" in state else None
+        self.numels = array("q", layout.numels)
+        self.amsgrad = amsgrad
+        self.counter_flags = (
+            _STEP_F64 if layout.counter_dtypes["step"] == torch.float64 else 0
+        ) | (_MU_F64 if layout.counter_dtypes.get("mu_product") == torch.float64 else 0)
         self.storage = storage
         if storage is not None:
-            keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
             self.state_formats = array("B", storage.kernel_formats(bucket.params))
             self.salts = array("I", storage.salts)
-            self.scales = [storage.scale_pointers(key) for key in keys] + [None] * (3 - len(keys))
 
-    def matches(self, params: list[Tensor], entries: list[Mapping[str, Any]]) -> bool:
-        return addresses_match(self.params, self.exp_avgs, self.bucket.steps, params, entries)
+    def read(
+        self, params: list[Tensor], grads: list[Tensor], states: Sequence[Mapping[str, Any]]
+    ) -> Reading | str | None:
+        return self.layout.read(params, grads, states)
 
-    def gradients(self, grads: list[Tensor]) -> array[int] | str:
-        """The gradients' addresses, or why the kernel cannot read them."""
-        dtype = self.grad_dtype
-        grads = [local(g) for g in grads]
-        for g in grads:
-            if g.dtype is not dtype or not g.is_contiguous() or not g.is_cpu:
-                return "the fused kernel needs contiguous CPU gradients of the parameter's dtype"
-        return array("Q", [g.data_ptr() for g in grads])
-
-    def run(self, grads: array[int], h: Hyper) -> None:
+    def run(self, reading: Reading, h: Hyper) -> None:
         library = fused_library()
         assert library is not None  # a plan is only built where the kernel is available
         if self.storage is not None:
@@ -209,15 +473,24 @@ class FusedPlan:
         flags = (
             (_MAXIMIZE if h.maximize else 0)
             | (_DECOUPLED if h.decoupled_weight_decay else 0)
-            | (_AMSGRAD if h.amsgrad else 0)
-            | (_STEP_F64 if self.step_f64 else 0)
+            | (_AMSGRAD if self.amsgrad else 0)
+            | self.counter_flags
         )
-        wide = []
+        roles = self.layout.roles
+        row = reading.row
+        moments = len(self.layout.moment_keys)
+        second = row(3)
+        maxes = row(4) if self.amsgrad else None
+        mu_products = row(roles.index("mu_product")) if "mu_product" in roles else None
+        codec = []
         if self.storage is not None:
-            wide = [
+            scales: list[int | None] = [None, None, None]
+            if self.layout.q8:
+                scales[:moments] = [row(len(roles) + i) for i in range(moments)]
+            codec = [
                 self.storage.param_format(self.dtype),
                 address(self.state_formats),
-                *map(address, self.scales),
+                *scales,
                 address(self.salts),
             ]
         status = kernel(
@@ -229,17 +502,17 @@ class FusedPlan:
             h.eps,
             h.weight_decay,
             h.momentum_decay,
-            len(self.numels),
+            reading.count,
             address(self.numels),
-            address(self.params),
-            address(grads),
-            address(self.exp_avgs),
-            address(self.seconds),
-            address(self.maxes),
-            address(self.steps),
-            address(self.mu_products),
+            row(0),
+            row(1),
+            row(2),
+            second,
+            maxes,
+            row(roles.index("step")),
+            mu_products,
             torch.get_num_threads(),
-            *wide,
+            *codec,
         )
         if status != 0:
             raise MemoryError("the fused kernel could not allocate its per-tensor scalars")

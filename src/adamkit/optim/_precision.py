@@ -73,6 +73,8 @@ MIN_NUMEL = 4096
 
 # Stored formats of one state tensor (the kernel's codes, see fused_cpu.c).
 NATIVE, BF16, BF16_SR, Q8 = 0, 1, 2, 3
+# fp16, rounded to nearest: only the kernels' view of an fp16 parameter and its state.
+F16 = 4
 # The stochastic-rounding noise of each tensor: (hash stream, which 16 bits of the hash). One
 # hash per element serves both moments: exp_avg takes its low half, the second moment its high
 # half (the kernel's SALT_* streams).

@@ -1,0 +1,561 @@
+"""The fused kernel under abuse: what a training loop or an adversary may do to the tensors
+between two steps, and the environments a cluster gives (shared caches, damaged files, no
+compiler, noexec mounts, small stacks).
+
+The kernel takes raw pointers, so each of these, before the fix, wrote out of bounds, read freed
+memory, reinterpreted bits, or raced. Whatever might crash runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+from adamkit.kernels import _build
+
+from .artifacts import run
+from .registry import ALGORITHMS
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {
+    "Adam": ("exp_avg", "exp_avg_sq"),
+    "AdamW": ("exp_avg", "exp_avg_sq"),
+    "RAdam": ("exp_avg", "exp_avg_sq"),
+    "NAdam": ("exp_avg", "exp_avg_sq", "mu_product"),
+    "Adamax": ("exp_avg", "exp_inf"),
+}
+
+
+def _script(body: str, tmp_path: Path, env: dict[str, str] | None = None) -> Any:
+    """Run ``body`` in a fresh interpreter; it prints one JSON line last, returned parsed."""
+    result = run([sys.executable, "-c", textwrap.dedent(body)], tmp_path, env)
+    assert result.returncode == 0, f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1]), result
+
+
+def _pair(
+    name: str, n: int = 4099, **kwargs: Any
+) -> tuple[Any, Any, list[torch.Tensor], list[torch.Tensor]]:
+    """adamkit's default (fused) optimizer and a for-loop twin, over equal parameters."""
+    torch.manual_seed(0)
+    ours_p = [torch.randn(n, requires_grad=True), torch.randn(3, 5, requires_grad=True)]
+    twin_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    cls = getattr(adamkit, name)
+    return (
+        cls(ours_p, lr=1e-2, **kwargs),
+        cls(twin_p, lr=1e-2, foreach=False, **kwargs),
+        ours_p,
+        twin_p,
+    )
+
+
+def _steps(
+    ours: Any, twin: Any, ours_p: list[torch.Tensor], twin_p: list[torch.Tensor], k: int
+) -> None:
+    for _ in range(k):
+        for p, q in zip(ours_p, twin_p, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        twin.step()
+
+
+def _close(ours_p: list[torch.Tensor], twin_p: list[torch.Tensor]) -> None:
+    for p, q in zip(ours_p, twin_p, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ 1. a resized parameter
+def test_a_resized_parameter_is_refused_naming_it_and_nothing_is_written(tmp_path: Path) -> None:
+    """``p.data = torch.zeros(2 * n)`` after a step: the old kernel wrote exp_avg/exp_avg_sq
+    past their end (heap corruption). Now every algorithm raises, naming the parameter."""
+    found, _ = _script(
+        """
+        import json, torch, adamkit
+        out = {}
+        for name in ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]:
+            for precision in ["fp32", "bf16", "8bit"]:
+                model = torch.nn.Linear(4096, 2)
+                opt = getattr(adamkit, name)(model.named_parameters(), state_precision=precision)
+                model(torch.randn(3, 4096)).sum().backward()
+                opt.step()
+                canary = torch.arange(10000.0)
+                model.weight.data = torch.zeros(2 * model.weight.numel())
+                model.weight.grad = torch.ones_like(model.weight)
+                try:
+                    opt.step()
+                    out[f"{name} {precision}"] = "stepped"
+                except RuntimeError as error:
+                    out[f"{name} {precision}"] = str(error)
+                assert torch.equal(canary, torch.arange(10000.0))
+                assert (model.weight == 0).all()
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    for key, message in found.items():
+        assert "parameter 'weight' has 16384 elements" in message, (key, message)
+        assert "was the parameter replaced or resized" in message
+
+
+# --------------------------------------------------- 2-3. state swapped or replaced by hand
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("how", ["data", "replace"])
+def test_state_swapped_or_replaced_by_hand_is_what_the_step_uses(name: str, how: str) -> None:
+    """``state[k].data = clone`` (the old plan kept the freed address) and ``state[k] =
+    torch.zeros_like(...)`` (the old plan kept stepping the old tensor): whatever is in
+    ``optimizer.state`` at the time of ``step()`` is what is used, as in torch."""
+    for key in KEYS[name] + (("max_exp_avg_sq",) if name == "Adam" else ()):
+        extra = {"amsgrad": True} if key == "max_exp_avg_sq" else {}
+        ours, twin, ours_p, twin_p = _pair(name, **extra)
+        _steps(ours, twin, ours_p, twin_p, 3)
+        for opt in (ours, twin):
+            for state in opt.state.values():
+                if how == "data":
+                    state[key].data = state[key].data.clone() * 0.5
+                else:
+                    state[key] = torch.zeros_like(state[key]) + (0.9 if key == "mu_product" else 0)
+        _steps(ours, twin, ours_p, twin_p, 3)
+        _close(ours_p, twin_p)
+        for state, twin_state in zip(ours.state.values(), twin.state.values(), strict=True):
+            torch.testing.assert_close(state[key], twin_state[key], rtol=1e-5, atol=1e-7)
+
+
+def test_replaced_8bit_scales_are_what_the_step_uses() -> None:
+    """The 8-bit block scales, replaced and swapped: the step must equal that of a fresh
+    optimizer loaded with the same state (no plan to go stale), bit for bit."""
+    import copy
+
+    ours, _, ours_p, _ = _pair("AdamW", state_precision="8bit")
+    for _ in range(2):
+        for p in ours_p:
+            p.grad = torch.randn_like(p)
+        ours.step()
+    for state in ours.state.values():
+        if "exp_avg_sq_scale" in state:
+            state["exp_avg_sq_scale"] = state["exp_avg_sq_scale"] * 4
+            state["exp_avg_scale"].data = state["exp_avg_scale"].data.clone() * 2
+    twin_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    twin = adamkit.AdamW(twin_p, lr=1e-2, state_precision="8bit")
+    twin.load_state_dict(copy.deepcopy(ours.state_dict()))
+    for _ in range(2):
+        for p, q in zip(ours_p, twin_p, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        twin.step()
+    for p, q in zip(ours_p, twin_p, strict=True):
+        assert torch.equal(p, q)
+
+
+# ------------------------------------------------------------------------ 4. counter dtypes
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.int32, torch.float16])
+def test_counters_of_another_dtype_count_as_torch_does(
+    tmp_path: Path, name: str, dtype: torch.dtype
+) -> None:
+    """``state["step"] = torch.tensor(0)`` (int64) got float bit patterns, a uint8 counter a
+    4-byte store; now such a counter is replaced by a float32 one of the same value and the
+    run continues exactly as torch's for-loop, which counts in the tensor's own dtype."""
+    torch.manual_seed(0)
+    ours_p = [torch.randn(300, requires_grad=True)]
+    torch_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    ours = getattr(adamkit, name)(ours_p, lr=1e-2)
+    theirs = getattr(torch.optim, name)(torch_p, lr=1e-2, foreach=False)
+    _steps(ours, theirs, ours_p, torch_p, 3)
+    for opt in (ours, theirs):
+        for state in opt.state.values():
+            state["step"] = torch.tensor(1, dtype=dtype)
+    _steps(ours, theirs, ours_p, torch_p, 4)
+    _close(ours_p, torch_p)
+    for state in ours.state.values():
+        assert state["step"].dtype == torch.float32 and state["step"].item() == 5.0
+
+
+def test_a_float64_mu_product_beside_a_float32_step_is_read_as_float64() -> None:
+    torch.manual_seed(0)
+    ours_p = [torch.randn(300, requires_grad=True)]
+    torch_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    ours, theirs = (
+        adamkit.NAdam(ours_p, lr=1e-2),
+        torch.optim.NAdam(torch_p, lr=1e-2, foreach=False),
+    )
+    _steps(ours, theirs, ours_p, torch_p, 2)
+    for opt in (ours, theirs):
+        for state in opt.state.values():
+            state["mu_product"] = state["mu_product"].double()
+    _steps(ours, theirs, ours_p, torch_p, 4)
+    _close(ours_p, torch_p)
+    state = next(iter(ours.state.values()))
+    twin = next(iter(theirs.state.values()))
+    assert state["mu_product"].dtype == torch.float64
+    assert state["mu_product"].item() == pytest.approx(twin["mu_product"].item(), rel=1e-12)
+
+
+def test_a_counter_that_is_not_one_number_is_refused() -> None:
+    p = torch.zeros(10, requires_grad=True)
+    opt = adamkit.Adam([p])
+    p.grad = torch.ones(10)
+    opt.step()
+    opt.state[p]["step"] = torch.zeros(0)
+    with pytest.raises(ValueError, match=r"state\['step'\] of parameter #0 must hold one number"):
+        opt.step()
+
+
+# ------------------------------------------------------- 5. a gradient of the wrong size
+def test_a_gradient_smaller_than_its_parameter_broadcasts_as_in_torch(tmp_path: Path) -> None:
+    """``p.grad.data = torch.ones(1)``: the old kernel read past the end (SIGSEGV at 5e7)."""
+    found, _ = _script(
+        """
+        import json, torch, adamkit
+        out = []
+        for name in ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]:
+            p = torch.zeros(50_000_000, requires_grad=True); q = torch.zeros(5, requires_grad=True)
+            ours = getattr(adamkit, name)([p])
+            theirs = getattr(torch.optim, name)([q], foreach=False)
+            for opt, t in ((ours, p), (theirs, q)):
+                t.grad = torch.ones_like(t); opt.step()
+                t.grad.data = torch.full((1,), 2.0); opt.step()
+            out.append([p[:5].tolist(), q.tolist(), bool((p == p[0]).all())])
+        try:
+            adamkit.Adam([p], fused=True).step()
+        except RuntimeError as error:
+            out.append(str(error))
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    *pairs, refusal = found
+    for ours, theirs, uniform in pairs:
+        assert ours == pytest.approx(theirs, rel=1e-6) and uniform
+    assert (
+        "fused=True): the fused kernel needs contiguous gradients of the parameters' shape"
+        in refusal
+    )
+
+
+# ------------------------------------------------------------ 6. overlapping parameters
+def test_overlapping_parameters_are_stepped_one_at_a_time_as_torch_does() -> None:
+    """Two parameters viewing one storage: the threaded kernel raced (5 different results
+    in 30 runs). Now such a bucket steps parameter by parameter, as torch's for-loop."""
+    results = set()
+    torch.set_num_threads(2)
+    for _ in range(30):
+        base = torch.zeros(400_000)
+        a, b = torch.nn.Parameter(base[:300_000]), torch.nn.Parameter(base[100_000:])
+        ref = torch.zeros(400_000)
+        c, d = torch.nn.Parameter(ref[:300_000]), torch.nn.Parameter(ref[100_000:])
+        ours = adamkit.Adam([a, b], lr=0.1)
+        theirs = torch.optim.Adam([c, d], lr=0.1, foreach=False)
+        for _ in range(3):
+            for x, y in ((a, c), (b, d)):
+                x.grad = torch.linspace(-1, 1, x.numel())
+                y.grad = x.grad.clone()
+            ours.step()
+            theirs.step()
+        torch.testing.assert_close(base, ref, rtol=0, atol=0)
+        results.add(base.sum().item())
+    assert len(results) == 1
+    with pytest.raises(RuntimeError, match="fused=True\\): tensors of this bucket overlap"):
+        adamkit.Adam([a, b], fused=True).step()
+
+
+def test_a_gradient_that_is_its_parameter_is_not_given_to_the_threads() -> None:
+    p = torch.nn.Parameter(torch.ones(200_000))
+    q = torch.nn.Parameter(torch.ones(200_000))
+    ours, theirs = adamkit.Adam([p]), torch.optim.Adam([q], foreach=False)
+    for _ in range(3):
+        p.grad, q.grad = p.data, q.data.clone()  # the gradient aliases the parameter
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------- 7-11. the build and its cache
+_STEP = """
+import json, warnings, torch, adamkit
+from adamkit.kernels import unavailable_reason
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    p = torch.zeros(3, requires_grad=True); p.grad = torch.ones(3)
+    opt = adamkit.Adam([p]); opt.step(); opt.step()
+print(json.dumps({"path": opt.execution_path(), "reason": unavailable_reason(),
+                  "p": p.tolist(), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+def _library(cache: Path) -> Path:
+    (library,) = cache.glob("fused_cpu-*.so")
+    return library
+
+
+def _fresh_cache(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    cache = tmp_path / "cache"
+    env = {"ADAMKIT_CACHE_DIR": str(cache)}
+    found, _ = _script(_STEP, tmp_path, env)
+    assert found["path"] == "fused"
+    return cache, env
+
+
+def test_the_cache_key_follows_what_the_compiler_targets(tmp_path: Path) -> None:
+    """A cache shared by machines with different CPUs: the key must differ where the
+    compiler targets other instructions (here: the same gcc, told this CPU lacks AVX2)."""
+    cache, env = _fresh_cache(tmp_path)
+    wrapper = tmp_path / "gcc-without-avx2"
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    wrapper.write_text(f'#!/bin/sh\nexec {gcc} "$@" -mno-avx2\n')
+    wrapper.chmod(0o755)
+    found, _ = _script(_STEP, tmp_path, {**env, "CC": str(wrapper)})
+    assert found["path"] == "fused"
+    assert len(list(cache.glob("fused_cpu-*.so"))) == 2
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncated", "zero tail", "empty", "random", "another library", "directory"]
+)
+def test_a_damaged_library_is_rebuilt_once(tmp_path: Path, damage: str) -> None:
+    """Truncated (SIGBUS), zeroed (SIGSEGV), empty, random, another library, a directory:
+    each used to be loaded unchecked. Now it fails its checksum and is rebuilt."""
+    cache, env = _fresh_cache(tmp_path)
+    library = _library(cache)
+    data = library.read_bytes()
+    if damage == "truncated":
+        library.write_bytes(data[: len(data) // 2])
+    elif damage == "zero tail":
+        library.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    elif damage == "empty":
+        library.write_bytes(b"")
+    elif damage == "random":
+        library.write_bytes(os.urandom(len(data)))
+    elif damage == "another library":
+        import ctypes.util
+
+        libm = ctypes.util.find_library("m") or "libm.so.6"
+        candidates = [
+            Path(d) / libm for d in ("/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib")
+        ]
+        source = next((c for c in candidates if c.is_file()), None)
+        if source is None:
+            pytest.skip("no libm file found to plant")
+        library.write_bytes(source.read_bytes())
+    else:
+        library.unlink()
+        library.mkdir()
+    found, _ = _script(_STEP, tmp_path, env)
+    assert found["path"] == "fused" and found["warnings"] == [], found
+    assert _library(cache).read_bytes() != b"" and _build._verified(_library(cache))
+
+
+def test_a_damaged_library_that_cannot_be_rebuilt_falls_back_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    cache, env = _fresh_cache(tmp_path)
+    library = _library(cache)
+    library.write_bytes(b"\0" * 100)
+    found, _ = _script(_STEP, tmp_path, {**env, "CC": "false"})
+    assert found["path"] == "foreach" and len(found["warnings"]) == 1
+    assert (
+        "exited with status 1" in found["reason"]
+        and "adamkit: the fused CPU kernel is unavailable" in found["warnings"][0]
+    )
+    assert found["p"] == pytest.approx([-0.002] * 3, rel=1e-4)  # the foreach path stepped
+
+
+def test_two_processes_building_at_once_compile_once(tmp_path: Path) -> None:
+    log = tmp_path / "compiles"
+    wrapper = tmp_path / "logging-cc"
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *fused_cpu.c*) echo x >> {log}; sleep 1;; esac\nexec {gcc} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {**os.environ, "ADAMKIT_CACHE_DIR": str(tmp_path / "cache"), "CC": str(wrapper)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _STEP], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    assert [o["path"] for o in outputs] == ["fused", "fused"]
+    assert log.read_text().count("x") == 1
+
+
+def test_a_noexec_cache_falls_back_with_the_reason(tmp_path: Path) -> None:
+    mount = tmp_path / "noexec"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "noexec,size=32m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a noexec tmpfs here")
+    try:
+        found, _ = _script(_STEP, tmp_path, {"ADAMKIT_CACHE_DIR": str(mount)})
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    assert found["path"] == "foreach" and len(found["warnings"]) == 1
+    assert "cannot be loaded" in found["reason"] and "failed to map segment" in found["reason"]
+    assert "set ADAMKIT_CACHE_DIR" in found["reason"]
+
+
+@pytest.mark.parametrize("setting", [".", ""])
+def test_a_relative_or_empty_cache_setting_is_resolved_once(tmp_path: Path, setting: str) -> None:
+    body = """
+        import json, os, torch, adamkit
+        from adamkit.kernels import _build
+        p = torch.zeros(3, requires_grad=True); p.grad = torch.ones(3)
+        opt = adamkit.Adam([p]); opt.step()
+        os.chdir("/")
+        opt.step()
+        print(json.dumps({"path": opt.execution_path(), "dir": str(_build.cache_dir())}))
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"ADAMKIT_CACHE_DIR": setting, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    found, _ = _script(body, work, env)
+    assert found["path"] == "fused"
+    expected = work if setting == "." else tmp_path / "xdg" / "adamkit"
+    assert list(expected.glob("fused_cpu-*.so"))
+
+
+def test_small_thread_stacks_are_enough_for_low_precision_state(tmp_path: Path) -> None:
+    """``OMP_STACKSIZE=16K`` segfaulted with bf16/8-bit state (20 KiB of tiles on each
+    thread's stack); the kernel now keeps its tiles on the heap and starts its own threads."""
+    body = """
+        import json, threading, torch, adamkit
+        torch.set_num_threads(2)
+        out = []
+        def run():
+            for precision in ("bf16", "8bit"):
+                p = torch.zeros(1_000_000, requires_grad=True); p.grad = torch.ones_like(p)
+                opt = adamkit.AdamW([p], state_precision=precision)
+                opt.step(); opt.step()
+                out.append([opt.execution_path(), p[0].item()])
+        threading.stack_size(64 * 1024)  # the step itself on a small stack, too
+        t = threading.Thread(target=run); t.start(); t.join()
+        print(json.dumps(out))
+    """
+    found, _ = _script(body, tmp_path, {"OMP_STACKSIZE": "16K"})
+    assert [path for path, _ in found] == ["fused", "fused"]
+    assert all(value < 0 for _, value in found)
+
+
+@pytest.mark.parametrize(
+    ("cc", "words"),
+    [
+        ("false", "exited with status 1"),
+        ("no-such-compiler", "CC='no-such-compiler' is not a program on PATH"),
+    ],
+)
+def test_a_broken_compiler_says_what_failed(tmp_path: Path, cc: str, words: str) -> None:
+    found, _ = _script(_STEP, tmp_path, {"ADAMKIT_CACHE_DIR": str(tmp_path / "c"), "CC": cc})
+    assert found["path"] == "foreach" and words in found["reason"], found
+    assert len(found["warnings"]) == 1
+
+
+# --------------------------------------------------------- 18. fused=True on half precision
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_fused_half_precision_parameters_match_torch_fused(
+    name: str, dtype: torch.dtype, amsgrad: bool
+) -> None:
+    """torch's fused CPU Adam/AdamW take bf16/fp16 parameters (fp32 math, each result
+    rounded to nearest); ``fused=True`` now does too, within one rounding of torch's."""
+    torch.manual_seed(0)
+    ours_p = [
+        torch.randn(5000, dtype=dtype, requires_grad=True),
+        torch.randn(7, 3, dtype=dtype, requires_grad=True),
+    ]
+    torch_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    kw = {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": amsgrad}
+    ours = getattr(adamkit, name)(ours_p, fused=True, **kw)
+    theirs = getattr(torch.optim, name)(torch_p, fused=True, **kw)
+    for _ in range(10):
+        for p, q in zip(ours_p, torch_p, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+        for p, q in zip(ours_p, torch_p, strict=True):
+            ulp = torch.finfo(dtype).eps * q.float().abs().clamp(min=torch.finfo(dtype).tiny)
+            assert ((p.float() - q.float()).abs() <= 2 * ulp).all()
+    assert ours.execution_path() == "fused"
+    for state, twin in zip(ours.state.values(), theirs.state.values(), strict=True):
+        assert state["exp_avg"].dtype == dtype
+        torch.testing.assert_close(
+            state["exp_avg_sq"].float(), twin["exp_avg_sq"].float(), rtol=2e-2, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["RAdam", "NAdam", "Adamax"])
+def test_fused_half_precision_parameters_step_in_fp32_and_round_once(
+    name: str, dtype: torch.dtype
+) -> None:
+    """RAdam, NAdam and Adamax have no torch fused kernel: each fused step must equal the
+    same step taken in fp32 on the upcast tensors (adamkit's for-loop), rounded once."""
+    torch.manual_seed(0)
+    p = torch.randn(3000, dtype=dtype, requires_grad=True)
+    opt = getattr(adamkit, name)([p], lr=1e-2, fused=True)
+    for _ in range(8):
+        p.grad = torch.randn_like(p)
+        wide = p.detach().float().requires_grad_()
+        wide.grad = p.grad.float()
+        twin = getattr(adamkit, name)([wide], lr=1e-2, foreach=False)
+        if opt.state[p]:
+            twin.state[wide] = {
+                k: (v.float() if v.dim() else v.clone()) for k, v in opt.state[p].items()
+            }
+        opt.step()
+        twin.step()
+        expected = wide.detach().to(dtype)
+        ulp = torch.finfo(dtype).eps * expected.float().abs().clamp(min=torch.finfo(dtype).tiny)
+        assert ((p.float() - expected.float()).abs() <= ulp).all()
+        eps = torch.finfo(dtype).eps
+        for key, value in twin.state[wide].items():
+            if value.dim():  # one rounding apart (torch's lerp uses FMA, the kernel does not)
+                scale = eps * value.abs().max().item()
+                ours = opt.state[p][key].float()
+                torch.testing.assert_close(ours, value.to(dtype).float(), rtol=eps, atol=scale)
+
+
+def test_fp16_rounding_matches_torch_bit_for_bit() -> None:
+    """The kernel's own float <-> half conversions (no compiler intrinsics) against torch's,
+    over every class of fp32 value: normals, subnormals, ties, overflow, inf, NaN."""
+    import ctypes
+
+    torch.manual_seed(0)
+    values = torch.cat(
+        [
+            torch.randn(20000) * 10.0 ** torch.randint(-9, 6, (20000,)).float(),
+            torch.tensor(
+                [65504.0, 65519.99, 65520.0, 1e9, -1e9, 6.1e-5, 5.96e-8, 2.98e-8, 2.99e-8]
+            ),
+            torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), -float("nan")]),
+            (torch.arange(2**10, dtype=torch.float32) + 0.5) * 2.0**-24,  # ties among subnormals
+            (torch.arange(2**10, dtype=torch.float32) + 1024.5) * 2.0**-10,  # ties among normals
+        ]
+    )
+    library = _build.fused_library()
+    assert library is not None
+    halves = torch.empty(values.numel(), dtype=torch.float16)
+    back = torch.empty(values.numel())
+    pointer = ctypes.c_void_p
+    library.adamkit_round_f16.argtypes = [pointer, ctypes.c_int64, pointer]
+    library.adamkit_f16_values.argtypes = [pointer, ctypes.c_int64, pointer]
+    library.adamkit_round_f16(values.data_ptr(), values.numel(), halves.data_ptr())
+    library.adamkit_f16_values(halves.data_ptr(), values.numel(), back.data_ptr())
+    expected = values.to(torch.float16)
+    nan = expected.isnan()
+    assert torch.equal(halves.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
+    assert halves[nan].isnan().all()
+    assert torch.equal(back[~nan], expected.float()[~nan]) and back[nan].isnan().all()
