@@ -94,3 +94,81 @@ def test_default_proceeds_as_torch_even_with_clipping(name: str) -> None:
     for a, b in zip(ours_p, theirs_p, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True)
     assert math.isnan(ours_p[0][..., 0].sum().item()) or math.isinf(ours_p[0][..., 0].sum().item())
+
+
+def test_counters_exist_before_the_first_step() -> None:
+    opt = adamkit.Adam(make_params())
+    assert opt.skipped_steps == 0 and opt.last_grad_norm is None
+    copied = copy.deepcopy(opt)  # torch pickles only defaults, state and param_groups
+    assert copied.skipped_steps == 0 and copied.last_grad_norm is None
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_the_groups_settings_are_the_ones_used(name: str) -> None:
+    # Set in the param groups (each the same), not in the constructor: still honoured.
+    a, b = make_params()[:2]
+    opt = getattr(adamkit, name)(
+        [{"params": [a], "nonfinite": "raise"}, {"params": [b], "nonfinite": "raise"}]
+    )
+    _with_inf([a, b])
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient in parameter #0"):
+        opt.step()
+    assert len(opt.state[a]) == 0
+
+    # Loaded from a checkpoint: its groups' settings replace the constructor's.
+    saver = getattr(adamkit, name)([a, b], max_grad_norm=0.5, nonfinite="skip")
+    loaded = getattr(adamkit, name)([a, b])
+    loaded.load_state_dict(saver.state_dict())
+    assert loaded.defaults["max_grad_norm"] == 0.5 and loaded.defaults["nonfinite"] == "skip"
+    loaded.step()
+    assert loaded.skipped_steps == 1
+    for p in (a, b):
+        p.grad = torch.full_like(p, 10.0)
+    expected = clone([a, b])
+    set_grads(expected, [a.grad, b.grad])
+    torch.nn.utils.clip_grad_norm_(expected, 0.5)
+    loaded.step()
+    for p, q in zip((a, b), expected, strict=True):
+        assert torch.equal(p.grad, q.grad)  # clipped to the checkpoint's 0.5
+    c = torch.zeros(3, requires_grad=True)
+    loaded.add_param_group({"params": [c]})  # takes the loaded settings: they agree
+    assert loaded.param_groups[1]["max_grad_norm"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "key,value,other", [("nonfinite", "raise", None), ("max_grad_norm", 1.0, 2.0)]
+)
+def test_groups_that_disagree_are_refused(key: str, value: object, other: object) -> None:
+    a, b, c = make_params()[:3]
+    shown = rf"param group 1 has {key}={other!r} but param group 0 has {key}={value!r}: {key} is "
+    shown += r"one setting for the whole optimizer \(.*\); set it in the constructor"
+    with pytest.raises(ValueError, match=shown):
+        adamkit.Adam([{"params": [a], key: value}, {"params": [b], key: other}])
+    with pytest.raises(ValueError, match=shown):
+        adamkit.Adam([{"params": [a]}, {"params": [b], key: other}], **{key: value})
+
+    opt = adamkit.Adam([a], **{key: value})
+    with pytest.raises(ValueError, match=shown):
+        opt.add_param_group({"params": [b], key: other})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [b], key: value})
+    opt.add_param_group({"params": [c]})  # from the defaults: the same
+    assert opt.param_groups[2][key] == value
+
+    # Changed by hand in one group only: refused at the step, before anything changes.
+    opt.param_groups[1][key] = other
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match=r"adamkit.Adam.step\(\): " + shown):
+        opt.step()
+    assert all(len(opt.state[p]) == 0 for p in (a, b, c))
+    for group in opt.param_groups:  # changed in every group: that is the setting now
+        group[key] = other
+    opt.step()
+
+    saved = opt.state_dict()
+    saved["param_groups"][1][key] = value
+    fresh = adamkit.Adam([{"params": [a]}, {"params": [b]}, {"params": [c]}])
+    with pytest.raises(ValueError, match=r"load_state_dict: in the checkpoint, param group 1"):
+        fresh.load_state_dict(saved)
+    assert fresh.defaults[key] is None and fresh.param_groups[0][key] is None

@@ -34,7 +34,7 @@ from ._precision import (
     widened_step,
 )
 from ._precision import zeros as zero_state
-from ._validation import check_group, scalar_value
+from ._validation import OPTIMIZER_WIDE, check_group, check_optimizer_wide, scalar_value
 
 __all__ = ["AdamFamily", "ParamsT", "step_dtype"]
 
@@ -90,13 +90,27 @@ class AdamFamily(Optimizer):
                 f"unavailable ({unavailable_reason()}); leave fused=None to use the "
                 "multi-tensor path"
             )
+        #: Steps skipped by ``nonfinite="skip"``, and the global gradient norm of the last
+        #: step that computed one (``nonfinite`` or ``max_grad_norm`` set).
+        self.skipped_steps = 0
+        self.last_grad_norm: float | None = None
+        self._last_step_skipped = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch pickles (and deep-copies) only defaults, state and param_groups.
+        super().__setstate__(state)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("last_grad_norm", None)
+        self.__dict__.setdefault("_last_step_skipped", False)
 
     # ----------------------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as torch does), validating its hyperparameters first.
 
         A parameter listed twice, in this group or across groups, is an error: torch only
-        warns for a duplicate inside one group, and the duplicate would be stepped twice.
+        warns for a duplicate inside one group, and the duplicate would be stepped twice. So is
+        a ``nonfinite`` or ``max_grad_norm`` other than the other groups': they are settings of
+        the whole optimizer.
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
@@ -104,6 +118,8 @@ class AdamFamily(Optimizer):
         where = f"param group {index}: "
         merged = {**self.defaults, **param_group}
         check_group(merged, type(self).__name__, where)
+        if self.param_groups:
+            check_optimizer_wide([*self.param_groups, merged], start=index)
 
         params = param_group.get("params")
         if isinstance(params, Tensor):
@@ -175,8 +191,9 @@ class AdamFamily(Optimizer):
         and ``stochastic_rounding``, and the loaded moments are converted to this optimizer's
         storage (an fp32 checkpoint, torch.optim's included, loads into an 8-bit optimizer and
         the reverse; a checkpoint of the same precision is restored bit for bit). Keys a checkpoint
-        lacks (an older torch's) take this optimizer's defaults. If loading fails for any
-        reason, the optimizer is left exactly as it was.
+        lacks (an older torch's) take this optimizer's defaults; the optimizer-wide ``nonfinite``
+        and ``max_grad_norm`` are the checkpoint's (every saved group must agree) and replace the
+        defaults. If loading fails for any reason, the optimizer is left exactly as it was.
         """
         from .. import __version__
 
@@ -198,6 +215,7 @@ class AdamFamily(Optimizer):
                 group.update(ex)
                 group.update(self._pinned_group_values)
                 check_group(group, type(self).__name__, f"loaded param group {index}: ")
+            check_optimizer_wide(self.param_groups, "load_state_dict: in the checkpoint, ")
             # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
             # as a number; a fused GPU run keeps it on the GPU).
             for entry in self.state.values():
@@ -208,6 +226,8 @@ class AdamFamily(Optimizer):
         except Exception:
             self.state, self.param_groups = before
             raise
+        for key in OPTIMIZER_WIDE:  # a group added later takes the loaded setting
+            self.defaults[key] = self.param_groups[0][key]
         return report
 
     def _convert_loaded(self, positional: Mapping[str, Any]) -> None:
@@ -294,7 +314,7 @@ class AdamFamily(Optimizer):
                 loss = closure()
         self._last_step_skipped = self._guard_gradients()
         if self._last_step_skipped:
-            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            self.skipped_steps += 1
             return loss
         for group in self.param_groups:
             self._step_group(group)
@@ -305,9 +325,12 @@ class AdamFamily(Optimizer):
 
         One ``torch._foreach_norm`` over every gradient gives both the check and the global
         norm. Clipping is ``torch.nn.utils.clip_grad_norm_``'s, operation for operation, and
-        scales the ``.grad`` tensors in place as that function does.
+        scales the ``.grad`` tensors in place as that function does. The settings are the
+        optimizer's, held by every group (they must agree).
         """
-        policy, max_norm = self.defaults.get("nonfinite"), self.defaults.get("max_grad_norm")
+        check_optimizer_wide(self.param_groups, f"adamkit.{type(self).__name__}.step(): ")
+        policy = self.param_groups[0].get("nonfinite")
+        max_norm = self.param_groups[0].get("max_grad_norm")
         if policy is None and max_norm is None:
             return False
         owners = [
