@@ -8,6 +8,7 @@ execution path. The math lives in the rules (``adam.py``, ``radam.py``, ...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, overload
 
@@ -325,8 +326,9 @@ class AdamFamily(Optimizer):
 
         One ``torch._foreach_norm`` over every gradient gives both the check and the global
         norm. Clipping is ``torch.nn.utils.clip_grad_norm_``'s, operation for operation, and
-        scales the ``.grad`` tensors in place as that function does. The settings are the
-        optimizer's, held by every group (they must agree).
+        scales the ``.grad`` tensors in place as that function does, a non-finite norm included
+        (with ``nonfinite=None``): a NaN norm makes every gradient NaN, an infinite one scales
+        them by 0. The settings are the optimizer's, held by every group (they must agree).
         """
         check_optimizer_wide(self.param_groups, f"adamkit.{type(self).__name__}.step(): ")
         policy = self.param_groups[0].get("nonfinite")
@@ -346,22 +348,53 @@ class AdamFamily(Optimizer):
         device = norms[0].device
         total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
         self.last_grad_norm = float(total)
-        if not torch.isfinite(total):
+        if not math.isfinite(self.last_grad_norm):
             if policy == "raise":
-                bad = [
-                    _param_label(self.param_groups[g], i)
-                    for (g, i, _), n in zip(owners, norms, strict=True)
-                    if not torch.isfinite(n)
-                ]
-                raise FloatingPointError(
-                    f"adamkit.{type(self).__name__}: non-finite gradient in {', '.join(bad)} "
-                    "(nonfinite='raise'; 'skip' skips such steps instead)"
-                )
-            return policy == "skip"  # None: proceed as torch does (and clip nothing)
+                raise FloatingPointError(self._nonfinite_message(owners, norms))
+            if policy == "skip":
+                return True  # an overflowed norm of finite gradients too: no step could use it
         if max_norm is not None:
+            # nonfinite=None clips a non-finite norm too, as clip_grad_norm_ does.
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             torch._foreach_mul_(grads, coef.to(grads[0].device))
         return False
+
+    def _nonfinite_message(
+        self, owners: list[tuple[int, int, Tensor]], norms: list[Tensor] | tuple[Tensor, ...]
+    ) -> str:
+        """Why the global gradient norm is not finite: which gradients hold a NaN or an inf,
+        or, when every element is finite, which norms overflowed (the rare branch: the
+        elements are only looked at here)."""
+        name = f"adamkit.{type(self).__name__}"
+        nonfinite: list[str] = []
+        overflowed: list[str] = []
+        for (g, i, p), norm in zip(owners, norms, strict=True):
+            if not torch.isfinite(norm):
+                finite = bool(torch.isfinite(p.grad).all())  # type: ignore[arg-type]
+                (overflowed if finite else nonfinite).append(_param_label(self.param_groups[g], i))
+        if nonfinite:
+            also = (
+                f"; the norm of {', '.join(overflowed)} overflowed to inf, its elements finite"
+                if overflowed
+                else ""
+            )
+            return (
+                f"{name}: non-finite gradient in {', '.join(nonfinite)}{also} "
+                "(nonfinite='raise'; 'skip' skips such steps instead)"
+            )
+        dtype = norms[0].dtype
+        where = (
+            f"the norm of {', '.join(overflowed)} is inf"
+            if overflowed
+            else "each parameter's norm is finite but their total is inf"
+        )
+        return (
+            f"{name}: the gradient norm overflowed: {where} in {dtype}, though every gradient "
+            f"element is finite (a sum of squares passes {dtype}'s range once an element "
+            f"reaches about {math.sqrt(torch.finfo(dtype).max):.3g}). The gradients are too "
+            "large to step with, not NaN or inf: scale the loss down, or nonfinite='skip' "
+            "skips such steps"
+        )
 
     def _step_group(self, group: dict[str, Any]) -> None:
         moment_keys = self._moment_keys(group)
