@@ -59,6 +59,11 @@ STATE_DICT_LABELS = [
     "an integer 'exp_avg'",
     "8-bit 'exp_avg' codes without their scales",
     "8-bit codes with the wrong number of block scales",
+    "'step' of -1 (a tensor)",
+    "'step' of NaN",
+    "an infinite 'step'",
+    "'step' of -1 (a number, as older torch saved it)",
+    "a NaN 'mu_product' (NAdam's)",
 ]
 
 

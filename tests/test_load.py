@@ -4,6 +4,7 @@ across state format versions (tests/data/format<N>/ holds files written by each 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,26 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
         ValueError,
         r"state 'exp_avg_scale' should hold 1 block scales \(a 1-d float tensor\)",
     ),
+    # Counters that load as numbers, and make every parameter NaN at the next step.
+    *(
+        (
+            lambda sd, step=step: {**sd, "state": {0: {**sd["state"][0], "step": step}}},
+            ValueError,
+            rf"parameter #0 of param group 0: state 'step' is {shown} \(expected a finite number "
+            r">= 0\): a corrupt checkpoint",
+        )
+        for step, shown in [
+            (torch.tensor(-1.0), r"-1\.0"),
+            (torch.tensor(math.nan), "nan"),
+            (torch.tensor(math.inf), "inf"),
+            (-1, r"-1\.0"),
+        ]
+    ),
+    (
+        lambda sd: {**sd, "state": {0: {**sd["state"][0], "mu_product": torch.tensor(math.nan)}}},
+        ValueError,
+        r"parameter #0 of param group 0: state 'mu_product' is nan \(expected a finite number\)",
+    ),
 ]
 
 
@@ -232,6 +253,29 @@ def test_a_failed_load_changes_nothing(
     _assert_unchanged(opt, before)
     p.grad = torch.ones(3)
     opt.step()  # still works
+
+
+@pytest.mark.parametrize("execution", [{"foreach": True}, {"fused": True}])
+def test_a_corrupt_counter_is_refused_by_name_even_when_not_strict(execution: dict) -> None:
+    model = _model()
+    opt = adamkit.NAdam(model.named_parameters(), lr=0.01, **execution)
+    _train(model, opt, 2)
+    checkpoint = copy.deepcopy(opt.state_dict())
+    checkpoint["state"][2]["step"] = torch.tensor(-1.0)
+    before = _snapshot(opt)
+    for strict in (True, False):
+        with pytest.raises(
+            ValueError, match=r"parameter '2.weight': state 'step' is -1.0 \(expected a finite"
+        ):
+            opt.load_state_dict(checkpoint, strict=strict)
+        _assert_unchanged(opt, before)
+    checkpoint["state"][2]["step"] = torch.tensor(2.0)
+    checkpoint["state"][1]["mu_product"] = torch.tensor(math.inf)
+    with pytest.raises(ValueError, match=r"parameter '0.bias': state 'mu_product' is inf"):
+        opt.load_state_dict(checkpoint)
+    _assert_unchanged(opt, before)
+    _train(model, opt, 1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize(

@@ -194,7 +194,8 @@ class AdamFamily(Optimizer):
         the reverse; a checkpoint of the same precision is restored bit for bit). Keys a checkpoint
         lacks (an older torch's) take this optimizer's defaults; the optimizer-wide ``nonfinite``
         and ``max_grad_norm`` are the checkpoint's (every saved group must agree) and replace the
-        defaults. If loading fails for any reason, the optimizer is left exactly as it was.
+        defaults. A ``step`` that is negative or not finite (or a non-finite ``mu_product``) is
+        refused. If loading fails for any reason, the optimizer is left exactly as it was.
         """
         from .. import __version__
 

@@ -7,6 +7,8 @@ optimizer is touched, so a refused checkpoint changes nothing:
 
 * the ``"adamkit"`` entry (format version) is read, and a format newer than this release's is
   refused; checkpoints without it (torch.optim's, or adamkit's before formats) load as format 1;
+* the step counters must be finite (``step`` also >= 0): a corrupt one would turn every
+  parameter into NaN at the next step;
 * when both the checkpoint and the optimizer know their parameters' names (``param_names``,
   saved by torch >= 2.6 when the optimizer was built from ``named_parameters()``), state is
   matched by name, and ``strict`` decides what a missing, unexpected or mismatched name means;
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ._core import local
 from ._precision import blocks, scale_key
 
 __all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare", "scalar_state"]
@@ -147,6 +150,54 @@ def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
     return None
 
 
+def _saved_labels(state_dict: Mapping[str, Any]) -> dict[Any, str]:
+    """How an error names each parameter of a checkpoint: its saved name, else its place."""
+    labels = {}
+    for g, group in enumerate(state_dict["param_groups"]):
+        names = group.get("param_names")
+        for i, saved_id in enumerate(group["params"]):
+            if isinstance(names, list) and i < len(names):
+                labels[saved_id] = f"parameter {names[i]!r}"
+            else:
+                labels[saved_id] = f"parameter #{i} of param group {g}"
+    return labels
+
+
+def _check_counter(key: str, value: Any, where: str) -> None:
+    """Refuse a ``step`` that is negative or non-finite, or a non-finite ``mu_product``: they
+    load as numbers, and the next step turns every parameter into NaN. (What is not one real
+    number at all is left to :func:`_misfit`'s message.)"""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return
+        number = float(local(value).item())
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        return
+    if key == "step" and not (math.isfinite(number) and number >= 0):
+        raise ValueError(
+            f"load_state_dict: {where}state 'step' is {number!r} (expected a finite number "
+            ">= 0): a corrupt checkpoint"
+        )
+    if not math.isfinite(number):
+        raise ValueError(
+            f"load_state_dict: {where}state {key!r} is {number!r} (expected a finite number): "
+            "a corrupt checkpoint"
+        )
+
+
+def _check_counters(state_dict: Mapping[str, Any]) -> None:
+    """Check every parameter's counters (:func:`_check_counter`). Entries that are no
+    parameter's (torch passes them through) are left alone."""
+    labels = _saved_labels(state_dict)
+    for saved_id, entry in state_dict["state"].items():
+        if saved_id in labels and isinstance(entry, Mapping):
+            for key in _SCALAR_KEYS:
+                if key in entry:
+                    _check_counter(key, entry[key], f"{labels[saved_id]}: ")
+
+
 def prepare(
     state_dict: Mapping[str, Any],
     groups: list[dict[str, Any]],
@@ -159,6 +210,7 @@ def prepare(
     ``needed(saved_group)`` lists the state keys a stepped parameter of that group must have.
     Raises (and so changes nothing) on anything that would load state into the wrong place.
     """
+    _check_counters(state_dict)
     saved_groups = state_dict["param_groups"]
     saved_state = state_dict["state"]
     if len(saved_groups) != len(groups):
