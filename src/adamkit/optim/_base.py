@@ -9,6 +9,7 @@ execution path. The math lives in the rules (``adam.py``, ``radam.py``, ...).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, overload
 
@@ -164,13 +165,16 @@ class AdamFamily(Optimizer):
         from .. import __version__
 
         state = super().state_dict()
-        # torch's entries are the live state dicts: replace, never modify them.
-        state["state"] = {i: reshardable(entry) for i, entry in state["state"].items()}
-        coded = any(
-            isinstance(v, Tensor) and v.dtype == torch.uint8
-            for entry in state["state"].values()
-            for v in entry.values()
-        )
+        parameters = {i for group in state["param_groups"] for i in group["params"]}
+        # torch's entries are the live state dicts: replace, never modify them. An entry that
+        # is no parameter's (`optimizer.state["key"] = value`) passes through, as in torch.
+        coded = False
+        for i, entry in state["state"].items():
+            if i in parameters and isinstance(entry, Mapping):
+                state["state"][i] = entry = reshardable(entry)
+                coded = coded or any(
+                    isinstance(v, Tensor) and v.dtype == torch.uint8 for v in entry.values()
+                )
         state["adamkit"] = {"format": STATE_FORMAT if coded else 1, "version": __version__}
         return state
 
@@ -196,6 +200,9 @@ class AdamFamily(Optimizer):
         and ``max_grad_norm`` are the checkpoint's (every saved group must agree) and replace the
         defaults. A ``step`` that is negative or not finite (or a non-finite ``mu_product``) is
         refused. If loading fails for any reason, the optimizer is left exactly as it was.
+        Entries of ``state`` that are no parameter's are kept, as torch keeps them. Hooks of
+        ``register_load_state_dict_post_hook`` run once the load is complete (settings
+        restored, state converted), in order, once each.
         """
         from .. import __version__
 
@@ -209,8 +216,16 @@ class AdamFamily(Optimizer):
         before = (self.state, self.param_groups)
         self.__dict__.pop("_fused_plans", None)  # the state tensors are about to be replaced
         execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in self.param_groups]
+        # torch's load ends by calling the post-hooks, before the settings below are restored
+        # and the state converted: they would see a half-loaded optimizer (the checkpoint's
+        # `foreach`). Held back here, they run at the end.
+        post_hooks = self._optimizer_load_state_dict_post_hooks
         try:
-            super().load_state_dict(positional)
+            self._optimizer_load_state_dict_post_hooks = OrderedDict()
+            try:
+                super().load_state_dict(positional)
+            finally:
+                self._optimizer_load_state_dict_post_hooks = post_hooks
             for index, (group, ex) in enumerate(zip(self.param_groups, execution, strict=True)):
                 for key, value in self.defaults.items():
                     group.setdefault(key, value)
@@ -219,8 +234,10 @@ class AdamFamily(Optimizer):
                 check_group(group, type(self).__name__, f"loaded param group {index}: ")
             check_optimizer_wide(self.param_groups, "load_state_dict: in the checkpoint, ")
             # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
-            # as a number; a fused GPU run keeps it on the GPU).
-            for entry in self.state.values():
+            # as a number; a fused GPU run keeps it on the GPU). Entries that are no parameter's
+            # stay as they were saved, as torch keeps them.
+            for p in (p for group in self.param_groups for p in group["params"]):
+                entry = self.state.get(p, {})
                 for key in ("step", *self._scalar_keys):
                     if key in entry:
                         entry[key] = scalar_state(entry[key], step_dtype())
@@ -230,6 +247,8 @@ class AdamFamily(Optimizer):
             raise
         for key in OPTIMIZER_WIDE:  # a group added later takes the loaded setting
             self.defaults[key] = self.param_groups[0][key]
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
         return report
 
     def _convert_loaded(self, positional: Mapping[str, Any]) -> None:

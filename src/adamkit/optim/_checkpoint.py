@@ -84,7 +84,10 @@ def check_format(state_dict: Any, version: str) -> None:
     ):
         raise TypeError("load_state_dict: 'param_groups' must be a list of dicts with 'params'")
     listed = {i for g in groups for i in g["params"] if isinstance(i, int | str)}
-    orphans = [k for k in state_dict["state"] if k not in listed]
+    # An integer key is a parameter's index: one no group lists is state loaded into nothing.
+    # Other keys are entries a user put in `optimizer.state` beside the parameters', which
+    # torch saves and loads unchanged.
+    orphans = [k for k in state_dict["state"] if isinstance(k, int) and k not in listed]
     if orphans:
         raise ValueError(
             f"load_state_dict: the checkpoint has state for {_listing([str(k) for k in orphans])}, "
@@ -294,6 +297,8 @@ def _by_name(
             ids.append(index)
             index += 1
         new_groups.append({**saved_group, "params": ids, "param_names": list(group["param_names"])})
+    listed = {saved_id for saved_id, _ in saved.values()}
+    state.update((k, v) for k, v in saved_state.items() if k not in listed)  # not parameters'
     return {**state_dict, "state": state, "param_groups": new_groups}, LoadReport(
         missing, unexpected, mismatched
     )
