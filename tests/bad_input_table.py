@@ -64,6 +64,8 @@ STATE_DICT_LABELS = [
     "an infinite 'step'",
     "'step' of -1 (a number, as older torch saved it)",
     "a NaN 'mu_product' (NAdam's)",
+    "both 'exp_avg' and 8-bit 'exp_avg_codes'",
+    "'exp_avg_sq_codes' that are not uint8",
 ]
 
 

@@ -234,6 +234,26 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
         ValueError,
         r"parameter #0 of param group 0: state 'mu_product' is nan \(expected a finite number\)",
     ),
+    (
+        lambda sd: {
+            **sd,
+            "state": {
+                0: {
+                    **sd["state"][0],
+                    "exp_avg_codes": torch.zeros(3, dtype=torch.uint8),
+                    "exp_avg_scale": torch.ones(1),
+                }
+            },
+        },
+        ValueError,
+        r"parameter #0 of param group 0: state has both 'exp_avg' and its codes 'exp_avg_codes'",
+    ),
+    (
+        lambda sd: {**sd, "state": {0: {**sd["state"][0], "exp_avg_sq_codes": torch.zeros(3)}}},
+        ValueError,
+        r"state 'exp_avg_sq_codes' should hold the 8-bit codes of 'exp_avg_sq' \(uint8\), it is "
+        r"a torch.float32 tensor",
+    ),
 ]
 
 
@@ -303,9 +323,9 @@ def test_checkpoints_of_every_released_format_load_and_continue(
         torch.testing.assert_close(p.detach(), expected, rtol=tolerance, atol=tolerance)
 
 
-def test_8bit_checkpoints_are_format_2_and_others_format_1() -> None:
+def test_8bit_checkpoints_are_format_3_and_others_format_1() -> None:
     p = torch.nn.Parameter(torch.randn(64, 80))
-    for precision, fmt in (("fp32", 1), ("bf16", 1), ("8bit", 2)):
+    for precision, fmt in (("fp32", 1), ("bf16", 1), ("8bit", 3)):
         opt = adamkit.Adam([p], state_precision=precision)
         p.grad = torch.ones_like(p)
         opt.step()
@@ -314,6 +334,81 @@ def test_8bit_checkpoints_are_format_2_and_others_format_1() -> None:
         assert full["adamkit"]["format"] == 1
         assert all(v.dtype == torch.float32 for v in full["state"][0].values())
         torch.optim.Adam([p]).load_state_dict(full)  # torch reads it
+
+
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf")
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_torch_fails_loudly_on_an_8bit_checkpoint(name: str) -> None:
+    # torch loads any state dict of the right size; with the codes under the moments' keys
+    # (format 2) its next step used the uint8 codes as moments, silently.
+    kwargs = {"amsgrad": True} if name in ("Adam", "AdamW") else {}
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = getattr(adamkit, name)([p], state_precision="8bit", **kwargs)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    saved = opt.state_dict()
+    entry = saved["state"][0]
+    assert not any(key in entry for key in MOMENTS)
+    assert entry["exp_avg_codes"].dtype == torch.uint8 and "exp_avg_scale" in entry
+    assert opt.state[p]["exp_avg"].dtype == torch.uint8  # the live state is unchanged
+    theirs = getattr(torch.optim, name)([p], **kwargs)
+    theirs.load_state_dict(copy.deepcopy(saved))  # torch checks nothing at load...
+    before = p.detach().clone()
+    with pytest.raises(KeyError, match="exp_avg"):
+        theirs.step()  # ...but its step fails at once
+    assert torch.equal(p, before)
+
+    # full_precision_state hands the same state to torch correctly.
+    full = getattr(torch.optim, name)([p], **kwargs)
+    full.load_state_dict(adamkit.full_precision_state(copy.deepcopy(saved)))
+    for key in opt.state[p]:
+        if key in MOMENTS:
+            expected = adamkit.optim._precision.decode(opt.state[p], key)
+            assert torch.equal(full.state[p][key], expected), key
+    full.step()
+    # And adamkit loads it back bit for bit.
+    again = getattr(adamkit, name)([p], state_precision="8bit", **kwargs)
+    again.load_state_dict(saved)
+    assert again.state[p].keys() == opt.state[p].keys()
+    for key, value in opt.state[p].items():
+        assert torch.equal(again.state[p][key], value), key
+
+
+def test_torch_continues_correctly_from_bf16_state() -> None:
+    # Not a trap: torch casts floating-point state to the parameter's dtype when it loads.
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.AdamW([p], state_precision="bf16")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    saved = opt.state_dict()
+    assert saved["adamkit"]["format"] == 1 and saved["state"][0]["exp_avg"].dtype == torch.bfloat16
+    theirs = torch.optim.AdamW([q := p.detach().clone().requires_grad_()])
+    theirs.load_state_dict(copy.deepcopy(saved))  # (torch's load keeps `step` shared)
+    reference = torch.optim.AdamW([r := p.detach().clone().requires_grad_()])
+    reference.load_state_dict(adamkit.full_precision_state(copy.deepcopy(saved)))
+    for optimizer, param in ((theirs, q), (reference, r)):
+        param.grad = p.grad.clone()
+        optimizer.step()
+    assert torch.equal(q, r)
+
+
+def test_a_format_2_state_dict_still_loads() -> None:
+    # Written by the release before format 3: the codes under the moments' own keys.
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.Adam([p], state_precision="8bit")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    live = {k: v.clone() for k, v in opt.state[p].items()}
+    old = {**opt.state_dict(), "state": {0: live}, "adamkit": {"format": 2, "version": "0.1.0"}}
+    again = adamkit.Adam([p], state_precision="8bit")
+    again.load_state_dict(old)
+    for key, value in live.items():
+        assert torch.equal(again.state[p][key], value), key
+    full = adamkit.full_precision_state(old)
+    assert full["state"][0]["exp_avg"].dtype == torch.float32
+    assert "exp_avg_scale" not in full["state"][0]
 
 
 def test_loaded_state_is_not_shared_with_the_state_dict() -> None:

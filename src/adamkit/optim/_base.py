@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
+from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, saved_entry, scalar_state
 from ._core import Bucket, Hyper, Rule, local, real_view
 from ._device import TorchFusedPlan, TritonPlan, gpu_path, gpu_plan
 from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
@@ -159,8 +159,9 @@ class AdamFamily(Optimizer):
         """torch's optimizer state dict, plus ``"adamkit": {"format", "version"}``.
 
         torch.optim ignores the extra entry, so the checkpoint still loads there, unless it
-        holds 8-bit state (format 2), which torch would misread: pass it through
-        :func:`adamkit.full_precision_state` first.
+        holds 8-bit state (format 3): its codes are saved under ``<moment>_codes``, so torch,
+        which would read codes as moments, fails at its next step (KeyError ``'exp_avg'``) rather
+        than training on them; pass it through :func:`adamkit.full_precision_state` first.
         """
         from .. import __version__
 
@@ -171,7 +172,7 @@ class AdamFamily(Optimizer):
         coded = False
         for i, entry in state["state"].items():
             if i in parameters and isinstance(entry, Mapping):
-                state["state"][i] = entry = reshardable(entry)
+                state["state"][i] = entry = saved_entry(reshardable(entry))
                 coded = coded or any(
                     isinstance(v, Tensor) and v.dtype == torch.uint8 for v in entry.values()
                 )

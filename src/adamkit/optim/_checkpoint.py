@@ -28,14 +28,27 @@ from torch import Tensor
 from ._core import local
 from ._precision import blocks, scale_key
 
-__all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare", "scalar_state"]
+__all__ = [
+    "STATE_FORMAT",
+    "LoadReport",
+    "check_format",
+    "code_key",
+    "live_entry",
+    "prepare",
+    "saved_entry",
+    "scalar_state",
+]
 
 #: The newest optimizer state format this release reads and writes
 #: (``state_dict()["adamkit"]["format"]``). Format 1: every moment is a tensor shaped like its
 #: parameter, as in torch.optim. Format 2: a moment may also be 8-bit codes (uint8, shaped like
-#: the parameter) with its block scales in ``<key>_scale``; ``state_dict()`` writes 2 only when
-#: the state holds such codes, so other checkpoints stay readable by format-1 releases.
-STATE_FORMAT = 2
+#: the parameter) under the moment's own key, with its block scales in ``<key>_scale``; torch
+#: loaded such a file without complaint and then stepped with the codes as moments. Format 3:
+#: the codes are under ``<key>_codes`` instead (scales unchanged), so the moment's key is absent
+#: and torch's step fails on it at once (KeyError) rather than training on garbage.
+#: ``state_dict()`` writes 3 only when the state holds codes, so other checkpoints stay readable
+#: by format-1 releases; every format loads.
+STATE_FORMAT = 3
 _SCALAR_KEYS = ("step", "mu_product")
 _SHOWN = 8
 
@@ -55,6 +68,44 @@ def _listing(names: Sequence[str]) -> str:
 
 def _describe(t: Tensor) -> str:
     return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+
+
+def code_key(key: str) -> str:
+    """The state dict entry holding moment ``key``'s 8-bit codes (format 3)."""
+    return f"{key}_codes"
+
+
+def _coded(entry: Mapping[str, Any], key: str) -> bool:
+    value = entry[key]
+    return isinstance(value, Tensor) and value.dtype == torch.uint8 and scale_key(key) in entry
+
+
+def saved_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A live state entry as ``state_dict()`` writes it: 8-bit codes moved from the moment's
+    key to :func:`code_key`'s (the live state keeps them under the moment's key, where the
+    kernels read them)."""
+    return {code_key(k) if _coded(entry, k) else k: v for k, v in entry.items()}
+
+
+def live_entry(entry: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """A saved state entry (any format) in the live layout: :func:`saved_entry` undone."""
+    out = dict(entry)
+    for key, value in entry.items():
+        base = key.removesuffix("_codes")
+        if base == key:
+            continue
+        if not isinstance(value, Tensor) or value.dtype != torch.uint8:
+            shown = _describe(value) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"load_state_dict: {where}state {key!r} should hold the 8-bit codes of {base!r} "
+                f"(uint8), it is {shown}"
+            )
+        if base in entry:
+            raise ValueError(
+                f"load_state_dict: {where}state has both {base!r} and its codes {key!r}"
+            )
+        out[base] = out.pop(key)
+    return out
 
 
 def scalar_state(value: Any, dtype: torch.dtype) -> Tensor:
@@ -190,15 +241,21 @@ def _check_counter(key: str, value: Any, where: str) -> None:
         )
 
 
-def _check_counters(state_dict: Mapping[str, Any]) -> None:
-    """Check every parameter's counters (:func:`_check_counter`). Entries that are no
-    parameter's (torch passes them through) are left alone."""
+def _live_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with every parameter's entry in the live layout (:func:`live_entry`) and
+    its counters checked. Entries that are no parameter's (torch passes them through) are
+    left alone."""
     labels = _saved_labels(state_dict)
+    state = {}
     for saved_id, entry in state_dict["state"].items():
         if saved_id in labels and isinstance(entry, Mapping):
+            where = f"{labels[saved_id]}: "
+            entry = live_entry(entry, where)
             for key in _SCALAR_KEYS:
                 if key in entry:
-                    _check_counter(key, entry[key], f"{labels[saved_id]}: ")
+                    _check_counter(key, entry[key], where)
+        state[saved_id] = entry
+    return {**state_dict, "state": state}
 
 
 def prepare(
@@ -208,12 +265,13 @@ def prepare(
     strict: bool,
 ) -> tuple[dict[str, Any], LoadReport]:
     """Check ``state_dict`` against the optimizer's ``groups`` and return it in torch's
-    positional layout for this optimizer, with the report of what was left out.
+    positional layout for this optimizer (and the live state layout: 8-bit codes under the
+    moment's key), with the report of what was left out.
 
     ``needed(saved_group)`` lists the state keys a stepped parameter of that group must have.
     Raises (and so changes nothing) on anything that would load state into the wrong place.
     """
-    _check_counters(state_dict)
+    state_dict = _live_state(state_dict)
     saved_groups = state_dict["param_groups"]
     saved_state = state_dict["state"]
     if len(saved_groups) != len(groups):
