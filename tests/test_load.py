@@ -314,7 +314,7 @@ def test_checkpoints_of_every_released_format_load_and_continue(
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt.step()
-    # The files were written on the foreach path. With 8-bit state (format 2) the fused
+    # The files were written on the foreach path. With 8-bit state (formats 2, 3) the fused
     # kernel's last-ulp differences can flip a code, which moves a parameter by a fraction of
     # lr per step (tests/test_precision.py bounds it by 0.1 lr).
     coded = saved["kwargs"].get("state_precision") == "8bit" and execution.get("fused")
