@@ -376,6 +376,26 @@ def test_torch_fails_loudly_on_an_8bit_checkpoint(name: str) -> None:
         assert torch.equal(again.state[p][key], value), key
 
 
+def test_a_saved_entry_written_straight_into_the_state_is_live() -> None:
+    # ZeroRedundancyOptimizer.load_state_dict puts each saved entry into its local optimizer's
+    # `state` itself (tests/distributed_worker.py resumes one for real).
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.Adam([p], state_precision="8bit")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    again = adamkit.Adam([p], state_precision="8bit")
+    again.state[p] = saved["state"][0]
+    assert again.state[p].keys() == opt.state[p].keys()
+    opt.step()
+    again.step()
+    for key, value in opt.state[p].items():
+        assert torch.equal(again.state[p][key], value), key
+    copied = copy.deepcopy(again)  # torch pickles the state: it stays one that does this
+    copied.state[copied.param_groups[0]["params"][0]] = copy.deepcopy(saved["state"][0])
+    assert "exp_avg" in next(iter(copied.state.values()))
+
+
 def test_torch_continues_correctly_from_bf16_state() -> None:
     # Not a trap: torch casts floating-point state to the parameter's dtype when it loads.
     p = torch.nn.Parameter(torch.randn(64, 80))

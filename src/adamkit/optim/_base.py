@@ -17,7 +17,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, saved_entry, scalar_state
+from ._checkpoint import (
+    STATE_FORMAT,
+    LiveState,
+    LoadReport,
+    check_format,
+    live_state,
+    prepare,
+    saved_entry,
+    scalar_state,
+)
 from ._core import Bucket, Hyper, Rule, local, real_view
 from ._device import TorchFusedPlan, TritonPlan, gpu_path, gpu_plan
 from ._fused import FusedPlan, Storage, fused_unsupported, kernel_available
@@ -97,10 +106,14 @@ class AdamFamily(Optimizer):
         self.skipped_steps = 0
         self.last_grad_norm: float | None = None
         self._last_step_skipped = False
+        self.state = live_state(self.state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch pickles (and deep-copies) only defaults, state and param_groups.
+        # torch pickles (and deep-copies) only defaults, state and param_groups; its
+        # load_state_dict comes here too, with a plain defaultdict.
         super().__setstate__(state)
+        if not isinstance(self.state, LiveState):
+            self.state = live_state(self.state)
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("last_grad_norm", None)
         self.__dict__.setdefault("_last_step_skipped", False)

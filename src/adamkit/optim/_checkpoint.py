@@ -19,6 +19,7 @@ optimizer is touched, so a refused checkpoint changes nothing:
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -30,10 +31,12 @@ from ._precision import blocks, scale_key
 
 __all__ = [
     "STATE_FORMAT",
+    "LiveState",
     "LoadReport",
     "check_format",
     "code_key",
     "live_entry",
+    "live_state",
     "prepare",
     "saved_entry",
     "scalar_state",
@@ -106,6 +109,28 @@ def live_entry(entry: Mapping[str, Any], where: str = "") -> dict[str, Any]:
             )
         out[base] = out.pop(key)
     return out
+
+
+class LiveState(defaultdict[Any, Any]):
+    """``optimizer.state`` (torch's ``defaultdict(dict)``) that keeps a parameter's entry in the
+    live layout when it is given one in a state dict's (8-bit codes under ``<moment>_codes``):
+    ``ZeroRedundancyOptimizer.load_state_dict`` writes the saved entries straight into its
+    local optimizer's state, past ``load_state_dict``. Reads are a plain dict's."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, Mapping) and any(
+            isinstance(k, str) and k.endswith("_codes") for k in value
+        ):
+            value = live_entry(value)
+        super().__setitem__(key, value)
+
+
+def live_state(state: Mapping[Any, Any]) -> LiveState:
+    """``state`` (an optimizer's) as a :class:`LiveState`."""
+    live = LiveState(dict)
+    for key, value in state.items():
+        live[key] = value
+    return live
 
 
 def scalar_state(value: Any, dtype: torch.dtype) -> Tensor:
