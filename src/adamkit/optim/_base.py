@@ -355,6 +355,43 @@ class AdamFamily(Optimizer):
             self._step_group(group)
         return loss
 
+    def _nonfinite_message(
+        self, owners: list[tuple[int, int, Tensor]], norms: list[Tensor] | tuple[Tensor, ...]
+    ) -> str:
+        """Why the global gradient norm is not finite: which gradients hold a NaN or an inf,
+        or, when every element is finite, which norms overflowed (the rare branch: the
+        elements are only looked at here)."""
+        name = f"adamkit.{type(self).__name__}"
+        nonfinite: list[str] = []
+        overflowed: list[str] = []
+        for (g, i, p), norm in zip(owners, norms, strict=True):
+            if not torch.isfinite(norm):
+                finite = bool(torch.isfinite(p.grad).all())  # type: ignore[arg-type]
+                (overflowed if finite else nonfinite).append(_param_label(self.param_groups[g], i))
+        if nonfinite:
+            also = (
+                f"; the norm of {', '.join(overflowed)} overflowed to inf, its elements finite"
+                if overflowed
+                else ""
+            )
+            return (
+                f"{name}: non-finite gradient in {', '.join(nonfinite)}{also} "
+                "(nonfinite='raise'; 'skip' skips such steps instead)"
+            )
+        dtype = norms[0].dtype
+        where = (
+            f"the norm of {', '.join(overflowed)} is inf"
+            if overflowed
+            else "each parameter's norm is finite but their total is inf"
+        )
+        return (
+            f"{name}: the gradient norm overflowed: {where} in {dtype}, though every gradient "
+            f"element is finite (a sum of squares passes {dtype}'s range once an element "
+            f"reaches about {math.sqrt(torch.finfo(dtype).max):.3g}). The gradients are too "
+            "large to step with, not NaN or inf: scale the loss down, or nonfinite='skip' "
+            "skips such steps"
+        )
+
     def _guard_gradients(self) -> bool:
         """Apply ``nonfinite`` and ``max_grad_norm``; return True if this step must be skipped.
 
@@ -392,43 +429,6 @@ class AdamFamily(Optimizer):
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             torch._foreach_mul_(grads, coef.to(grads[0].device))
         return False
-
-    def _nonfinite_message(
-        self, owners: list[tuple[int, int, Tensor]], norms: list[Tensor] | tuple[Tensor, ...]
-    ) -> str:
-        """Why the global gradient norm is not finite: which gradients hold a NaN or an inf,
-        or, when every element is finite, which norms overflowed (the rare branch: the
-        elements are only looked at here)."""
-        name = f"adamkit.{type(self).__name__}"
-        nonfinite: list[str] = []
-        overflowed: list[str] = []
-        for (g, i, p), norm in zip(owners, norms, strict=True):
-            if not torch.isfinite(norm):
-                finite = bool(torch.isfinite(p.grad).all())  # type: ignore[arg-type]
-                (overflowed if finite else nonfinite).append(_param_label(self.param_groups[g], i))
-        if nonfinite:
-            also = (
-                f"; the norm of {', '.join(overflowed)} overflowed to inf, its elements finite"
-                if overflowed
-                else ""
-            )
-            return (
-                f"{name}: non-finite gradient in {', '.join(nonfinite)}{also} "
-                "(nonfinite='raise'; 'skip' skips such steps instead)"
-            )
-        dtype = norms[0].dtype
-        where = (
-            f"the norm of {', '.join(overflowed)} is inf"
-            if overflowed
-            else "each parameter's norm is finite but their total is inf"
-        )
-        return (
-            f"{name}: the gradient norm overflowed: {where} in {dtype}, though every gradient "
-            f"element is finite (a sum of squares passes {dtype}'s range once an element "
-            f"reaches about {math.sqrt(torch.finfo(dtype).max):.3g}). The gradients are too "
-            "large to step with, not NaN or inf: scale the loss down, or nonfinite='skip' "
-            "skips such steps"
-        )
 
     def _step_group(self, group: dict[str, Any]) -> None:
         moment_keys = self._moment_keys(group)
