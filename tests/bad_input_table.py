@@ -17,7 +17,7 @@ import adamkit
 from adamkit.schedules import parse
 
 from .problems import make_params
-from .test_api import BAD_ARGUMENTS
+from .test_api import BAD_ARGUMENTS, BAD_PARAM_GROUPS
 from .test_load import BAD_STATE_DICTS
 from .test_schedules import BAD_SPECS
 
@@ -59,6 +59,13 @@ STATE_DICT_LABELS = [
     "an integer 'exp_avg'",
     "8-bit 'exp_avg' codes without their scales",
     "8-bit codes with the wrong number of block scales",
+    "'step' of -1 (a tensor)",
+    "'step' of NaN",
+    "an infinite 'step'",
+    "'step' of -1 (a number, as older torch saved it)",
+    "a NaN 'mu_product' (NAdam's)",
+    "both 'exp_avg' and 8-bit 'exp_avg_codes'",
+    "'exp_avg_sq_codes' that are not uint8",
 ]
 
 
@@ -79,6 +86,18 @@ def render() -> str:
     for kwargs, _, _ in BAD_ARGUMENTS:
         message = _error(lambda kwargs=kwargs: adamkit.Adam(make_params(), **kwargs))
         lines.append(f"| {_cell(_describe(kwargs))} | {_cell(message)} |")
+    lines += [
+        "",
+        "## Param groups (`a`, `b`: two parameters; `nonfinite` and `max_grad_norm` are the "
+        "whole optimizer's, the same in every group)",
+        "",
+        "| param groups | error |",
+        "|---|---|",
+    ]
+    for code, call, _, _ in BAD_PARAM_GROUPS:
+        a, b = make_params()[:2]
+        message = _error(lambda call=call, a=a, b=b: call(a, b))
+        lines.append(f"| {_cell(code)} | {_cell(message)} |")
     lines += [
         "",
         "## Schedule specs (`adamkit.schedules.parse(spec)`, `adamkit schedule SPEC`)",

@@ -129,12 +129,36 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "params": [_full(p) for p in model.parameters()],
             "local_state": len(zero.optim.state),  # this process's partition only
             "consolidated": consolidated,
+            "resumed": _zero_resumed(rank, precision),
         }
     for precision in ("fp32", "8bit"):
         results[f"full_into_shards/{precision}"] = _full_checkpoint_into_shards(rank, precision)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()  # leave together: tearing down first can abort the other process
     dist.destroy_process_group()
+
+
+def _zero_resumed(rank: int, precision: str) -> list[torch.Tensor]:
+    """The ZeRO run again, saved after SAVED_AFTER steps (consolidated, sent to every process)
+    and resumed by a new ZeroRedundancyOptimizer, whose load_state_dict writes the saved
+    entries straight into each process's adamkit state."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    def make(model: torch.nn.Module) -> ZeroRedundancyOptimizer:
+        return ZeroRedundancyOptimizer(
+            model.parameters(), optimizer_class=adamkit.Adam, lr=1e-2, state_precision=precision
+        )
+
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    zero = make(model)
+    train(model, zero, rank, WORLD, slice(0, SAVED_AFTER))
+    zero.consolidate_state_dict(to=0)
+    saved = [zero.state_dict() if rank == 0 else None]
+    dist.broadcast_object_list(saved, src=0)
+    resumed = make(model)
+    resumed.load_state_dict(saved[0])
+    train(model, resumed, rank, WORLD, slice(SAVED_AFTER, None))
+    return [_full(p) for p in model.parameters()]
 
 
 def _full_checkpoint_into_shards(rank: int, precision: str) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ hooks, GradScaler, closures, zero_grad, add_param_group) works unchanged with ad
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -79,6 +80,67 @@ BAD_ARGUMENT_CASES = [
 def test_bad_argument_is_named(name: str, kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         getattr(adamkit, name)(make_params(), **kwargs)
+
+
+def _stepped_after(change: Callable[[torch.optim.Optimizer], None]) -> None:
+    a, b = make_params()[:2]
+    opt = adamkit.Adam([{"params": [a]}, {"params": [b]}], nonfinite="raise")
+    change(opt)
+    a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+    opt.step()
+
+
+# (what is done, written as code; the call; exception; message regex) with a and b two
+# parameters: param groups that are refused, and the settings that must be the same in every
+# group (they are the optimizer's: one global norm, one decision per step).
+BAD_PARAM_GROUPS: list[tuple[str, Callable[[Any, Any], object], type[Exception], str]] = [
+    (
+        "Adam([{'params': [a]}, {'params': [b], 'lr': -5}])",
+        lambda a, b: adamkit.Adam([{"params": [a]}, {"params": [b], "lr": -5}]),
+        ValueError,
+        r"param group 1: Invalid learning rate: lr=-5",
+    ),
+    (
+        "Adam([{'params': [a, b]}, {'params': [a]}])",
+        lambda a, b: adamkit.Adam([{"params": [a, b]}, {"params": [a]}]),
+        ValueError,
+        r"param group 1: parameter given twice: params\[0\] is already in param group 0",
+    ),
+    (
+        "Adam([{'params': [a]}, {'params': [b], 'max_grad_norm': 1.0}])",
+        lambda a, b: adamkit.Adam([{"params": [a]}, {"params": [b], "max_grad_norm": 1.0}]),
+        ValueError,
+        r"param group 1 has max_grad_norm=1.0 but param group 0 has max_grad_norm=None: "
+        r"max_grad_norm is one setting for the whole optimizer \(the norm is taken over every "
+        r"group's gradients together.*set it in the constructor",
+    ),
+    (
+        "Adam([a], nonfinite='raise').add_param_group({'params': [b], 'nonfinite': 'skip'})",
+        lambda a, b: adamkit.Adam([a], nonfinite="raise").add_param_group(
+            {"params": [b], "nonfinite": "skip"}
+        ),
+        ValueError,
+        r"param group 1 has nonfinite='skip' but param group 0 has nonfinite='raise'",
+    ),
+    (
+        "opt.param_groups[1]['nonfinite'] = None; opt.step() (the optimizer's is 'raise')",
+        lambda a, b: _stepped_after(lambda opt: opt.param_groups[1].update(nonfinite=None)),
+        ValueError,
+        r"adamkit.Adam.step\(\): param group 1 has nonfinite=None but param group 0 has "
+        r"nonfinite='raise'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call,error,message",
+    [row[1:] for row in BAD_PARAM_GROUPS],
+    ids=[r[0] for r in BAD_PARAM_GROUPS],
+)
+def test_bad_param_groups_are_named(call: Callable, error: type, message: str) -> None:
+    a, b = make_params()[:2]
+    with pytest.raises(error, match=message):
+        call(a, b)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

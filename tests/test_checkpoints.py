@@ -152,3 +152,66 @@ def test_failed_load_leaves_the_optimizer_unchanged() -> None:
     assert opt.param_groups[0]["lr"] == 0.01
     for key, value in opt.state[ps[0]].items():
         assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["by_position", "by_name"])
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_entries_that_are_no_parameters_pass_through_as_in_torch(name: str, named: bool) -> None:
+    model = torch.nn.Linear(3, 2)
+    params = model.named_parameters() if named else model.parameters()
+    ours = getattr(adamkit, name)(params, state_precision="8bit")
+    theirs = getattr(torch.optim, name)(model.parameters())
+    for opt in (ours, theirs):
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        opt.state["extra"] = 1
+        opt.state["notes"] = {"epoch": 3}
+    saved = _through_bytes(ours.state_dict())
+    assert saved["state"]["extra"] == 1 == theirs.state_dict()["state"]["extra"]
+    assert saved["state"]["notes"] == {"epoch": 3}
+    assert adamkit.full_precision_state(saved)["state"]["extra"] == 1
+    assert adamkit.state_memory(ours).total_bytes > 0
+
+    again = getattr(adamkit, name)(
+        model.named_parameters() if named else model.parameters(), state_precision="8bit"
+    )
+    again.load_state_dict(saved)
+    assert again.state["extra"] == 1 and again.state["notes"] == {"epoch": 3}
+    assert torch.equal(again.state[model.weight]["exp_avg"], ours.state[model.weight]["exp_avg"])
+    getattr(torch.optim, name)(model.parameters()).load_state_dict(theirs.state_dict())
+
+
+def test_load_post_hooks_see_the_loaded_optimizer_once_each_in_order() -> None:
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    saver = torch.optim.Adam([p], foreach=False)  # a torch run, fp32 state
+    p.grad = torch.ones_like(p)
+    saver.step()
+    opt = adamkit.Adam([p], foreach=True, state_precision="8bit")
+    seen: list[tuple[str, object, torch.dtype]] = []
+
+    def hook(label: str):  # type: ignore[no-untyped-def]
+        def record(optimizer: torch.optim.Optimizer) -> None:
+            state = optimizer.state[p]
+            seen.append((label, optimizer.param_groups[0]["foreach"], state["exp_avg"].dtype))
+
+        return record
+
+    opt.register_load_state_dict_post_hook(hook("second"))
+    opt.register_load_state_dict_post_hook(hook("first"), prepend=True)
+    # A hook may keep its own entry in the state, as with torch.
+    opt.register_load_state_dict_post_hook(lambda o: o.state.__setitem__("loaded", True))
+    opt.load_state_dict(saver.state_dict())
+    # The live settings and the converted state: what the load ends with.
+    assert seen == [("first", True, torch.uint8), ("second", True, torch.uint8)]
+    assert opt.state["loaded"] is True
+    assert opt.param_groups[0]["foreach"] is True
+    opt.step()
+
+    # A failed load calls no hook, and the hooks stay registered.
+    bad = saver.state_dict()
+    bad["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        opt.load_state_dict(bad)
+    assert len(seen) == 2
+    opt.load_state_dict(saver.state_dict())
+    assert len(seen) == 4

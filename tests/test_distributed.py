@@ -16,7 +16,7 @@ process training the unsharded model on the same global batches.
 * ZeroRedundancyOptimizer with an adamkit class: each process owns whole parameters' state,
   so 8-bit blocks are those of the single-process run (a rare code flips with the all-reduce's
   rounding); ``consolidate_state_dict`` gathers a state dict that loads into a plain adamkit
-  optimizer.
+  optimizer, and into a new ZeroRedundancyOptimizer, which resumes the run exactly.
 """
 
 from __future__ import annotations
@@ -132,6 +132,10 @@ def test_zero_redundancy_optimizer(ranks: list[dict[str, Any]], precision: str) 
     model = make_model()
     opt = adamkit.Adam(model.parameters(), lr=LR, state_precision=precision)
     opt.load_state_dict(consolidated)
+    # And into a new ZeroRedundancyOptimizer, which continues the run exactly.
+    for rank in ranks:
+        for a, b in zip(rank[key]["resumed"], rank[key]["params"], strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "8bit"])

@@ -4,6 +4,7 @@ across state format versions (tests/data/format<N>/ holds files written by each 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,46 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
         ValueError,
         r"state 'exp_avg_scale' should hold 1 block scales \(a 1-d float tensor\)",
     ),
+    # Counters that load as numbers, and make every parameter NaN at the next step.
+    *(
+        (
+            lambda sd, step=step: {**sd, "state": {0: {**sd["state"][0], "step": step}}},
+            ValueError,
+            rf"parameter #0 of param group 0: state 'step' is {shown} \(expected a finite number "
+            r">= 0\): a corrupt checkpoint",
+        )
+        for step, shown in [
+            (torch.tensor(-1.0), r"-1\.0"),
+            (torch.tensor(math.nan), "nan"),
+            (torch.tensor(math.inf), "inf"),
+            (-1, r"-1\.0"),
+        ]
+    ),
+    (
+        lambda sd: {**sd, "state": {0: {**sd["state"][0], "mu_product": torch.tensor(math.nan)}}},
+        ValueError,
+        r"parameter #0 of param group 0: state 'mu_product' is nan \(expected a finite number\)",
+    ),
+    (
+        lambda sd: {
+            **sd,
+            "state": {
+                0: {
+                    **sd["state"][0],
+                    "exp_avg_codes": torch.zeros(3, dtype=torch.uint8),
+                    "exp_avg_scale": torch.ones(1),
+                }
+            },
+        },
+        ValueError,
+        r"parameter #0 of param group 0: state has both 'exp_avg' and its codes 'exp_avg_codes'",
+    ),
+    (
+        lambda sd: {**sd, "state": {0: {**sd["state"][0], "exp_avg_sq_codes": torch.zeros(3)}}},
+        ValueError,
+        r"state 'exp_avg_sq_codes' should hold the 8-bit codes of 'exp_avg_sq' \(uint8\), it is "
+        r"a torch.float32 tensor",
+    ),
 ]
 
 
@@ -234,6 +275,29 @@ def test_a_failed_load_changes_nothing(
     opt.step()  # still works
 
 
+@pytest.mark.parametrize("execution", [{"foreach": True}, {"fused": True}])
+def test_a_corrupt_counter_is_refused_by_name_even_when_not_strict(execution: dict) -> None:
+    model = _model()
+    opt = adamkit.NAdam(model.named_parameters(), lr=0.01, **execution)
+    _train(model, opt, 2)
+    checkpoint = copy.deepcopy(opt.state_dict())
+    checkpoint["state"][2]["step"] = torch.tensor(-1.0)
+    before = _snapshot(opt)
+    for strict in (True, False):
+        with pytest.raises(
+            ValueError, match=r"parameter '2.weight': state 'step' is -1.0 \(expected a finite"
+        ):
+            opt.load_state_dict(checkpoint, strict=strict)
+        _assert_unchanged(opt, before)
+    checkpoint["state"][2]["step"] = torch.tensor(2.0)
+    checkpoint["state"][1]["mu_product"] = torch.tensor(math.inf)
+    with pytest.raises(ValueError, match=r"parameter '0.bias': state 'mu_product' is inf"):
+        opt.load_state_dict(checkpoint)
+    _assert_unchanged(opt, before)
+    _train(model, opt, 1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize(
     "path", sorted(DATA.glob("format*/*.pt")), ids=lambda p: f"{p.parent.name}/{p.stem}"
 )
@@ -250,7 +314,7 @@ def test_checkpoints_of_every_released_format_load_and_continue(
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt.step()
-    # The files were written on the foreach path. With 8-bit state (format 2) the fused
+    # The files were written on the foreach path. With 8-bit state (formats 2, 3) the fused
     # kernel's last-ulp differences can flip a code, which moves a parameter by a fraction of
     # lr per step (tests/test_precision.py bounds it by 0.1 lr).
     coded = saved["kwargs"].get("state_precision") == "8bit" and execution.get("fused")
@@ -259,9 +323,9 @@ def test_checkpoints_of_every_released_format_load_and_continue(
         torch.testing.assert_close(p.detach(), expected, rtol=tolerance, atol=tolerance)
 
 
-def test_8bit_checkpoints_are_format_2_and_others_format_1() -> None:
+def test_8bit_checkpoints_are_format_3_and_others_format_1() -> None:
     p = torch.nn.Parameter(torch.randn(64, 80))
-    for precision, fmt in (("fp32", 1), ("bf16", 1), ("8bit", 2)):
+    for precision, fmt in (("fp32", 1), ("bf16", 1), ("8bit", 3)):
         opt = adamkit.Adam([p], state_precision=precision)
         p.grad = torch.ones_like(p)
         opt.step()
@@ -270,6 +334,101 @@ def test_8bit_checkpoints_are_format_2_and_others_format_1() -> None:
         assert full["adamkit"]["format"] == 1
         assert all(v.dtype == torch.float32 for v in full["state"][0].values())
         torch.optim.Adam([p]).load_state_dict(full)  # torch reads it
+
+
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf")
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_torch_fails_loudly_on_an_8bit_checkpoint(name: str) -> None:
+    # torch loads any state dict of the right size; with the codes under the moments' keys
+    # (format 2) its next step used the uint8 codes as moments, silently.
+    kwargs = {"amsgrad": True} if name in ("Adam", "AdamW") else {}
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = getattr(adamkit, name)([p], state_precision="8bit", **kwargs)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    saved = opt.state_dict()
+    entry = saved["state"][0]
+    assert not any(key in entry for key in MOMENTS)
+    assert entry["exp_avg_codes"].dtype == torch.uint8 and "exp_avg_scale" in entry
+    assert opt.state[p]["exp_avg"].dtype == torch.uint8  # the live state is unchanged
+    theirs = getattr(torch.optim, name)([p], **kwargs)
+    theirs.load_state_dict(copy.deepcopy(saved))  # torch checks nothing at load...
+    before = p.detach().clone()
+    with pytest.raises(KeyError, match="exp_avg"):
+        theirs.step()  # ...but its step fails at once
+    assert torch.equal(p, before)
+
+    # full_precision_state hands the same state to torch correctly.
+    full = getattr(torch.optim, name)([p], **kwargs)
+    full.load_state_dict(adamkit.full_precision_state(copy.deepcopy(saved)))
+    for key in opt.state[p]:
+        if key in MOMENTS:
+            expected = adamkit.optim._precision.decode(opt.state[p], key)
+            assert torch.equal(full.state[p][key], expected), key
+    full.step()
+    # And adamkit loads it back bit for bit.
+    again = getattr(adamkit, name)([p], state_precision="8bit", **kwargs)
+    again.load_state_dict(saved)
+    assert again.state[p].keys() == opt.state[p].keys()
+    for key, value in opt.state[p].items():
+        assert torch.equal(again.state[p][key], value), key
+
+
+def test_a_saved_entry_written_straight_into_the_state_is_live() -> None:
+    # ZeroRedundancyOptimizer.load_state_dict puts each saved entry into its local optimizer's
+    # `state` itself (tests/distributed_worker.py resumes one for real).
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.Adam([p], state_precision="8bit")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    again = adamkit.Adam([p], state_precision="8bit")
+    again.state[p] = saved["state"][0]
+    assert again.state[p].keys() == opt.state[p].keys()
+    opt.step()
+    again.step()
+    for key, value in opt.state[p].items():
+        assert torch.equal(again.state[p][key], value), key
+    copied = copy.deepcopy(again)  # torch pickles the state: it stays one that does this
+    copied.state[copied.param_groups[0]["params"][0]] = copy.deepcopy(saved["state"][0])
+    assert "exp_avg" in next(iter(copied.state.values()))
+
+
+def test_torch_continues_correctly_from_bf16_state() -> None:
+    # Not a trap: torch casts floating-point state to the parameter's dtype when it loads.
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.AdamW([p], state_precision="bf16")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    saved = opt.state_dict()
+    assert saved["adamkit"]["format"] == 1 and saved["state"][0]["exp_avg"].dtype == torch.bfloat16
+    theirs = torch.optim.AdamW([q := p.detach().clone().requires_grad_()])
+    theirs.load_state_dict(copy.deepcopy(saved))  # (torch's load keeps `step` shared)
+    reference = torch.optim.AdamW([r := p.detach().clone().requires_grad_()])
+    reference.load_state_dict(adamkit.full_precision_state(copy.deepcopy(saved)))
+    for optimizer, param in ((theirs, q), (reference, r)):
+        param.grad = p.grad.clone()
+        optimizer.step()
+    assert torch.equal(q, r)
+
+
+def test_a_format_2_state_dict_still_loads() -> None:
+    # Written by the release before format 3: the codes under the moments' own keys.
+    p = torch.nn.Parameter(torch.randn(64, 80))
+    opt = adamkit.Adam([p], state_precision="8bit")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    live = {k: v.clone() for k, v in opt.state[p].items()}
+    old = {**opt.state_dict(), "state": {0: live}, "adamkit": {"format": 2, "version": "0.1.0"}}
+    again = adamkit.Adam([p], state_precision="8bit")
+    again.load_state_dict(old)
+    for key, value in live.items():
+        assert torch.equal(again.state[p][key], value), key
+    full = adamkit.full_precision_state(old)
+    assert full["state"][0]["exp_avg"].dtype == torch.float32
+    assert "exp_avg_scale" not in full["state"][0]
 
 
 def test_loaded_state_is_not_shared_with_the_state_dict() -> None:

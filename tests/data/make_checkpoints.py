@@ -27,9 +27,20 @@ ALGORITHMS = {
 BEFORE, AFTER = 8, 4
 
 
-#: What each format adds: format 2 files hold 8-bit state (a tensor big enough to be coded).
-FORMAT_KWARGS: dict[int, dict[str, object]] = {1: {}, 2: {"state_precision": "8bit"}}
-FORMAT_SHAPES: dict[int, list[tuple[int, ...]]] = {1: [(3, 2), (4,)], 2: [(3, 2), (4,), (64, 80)]}
+#: What each format adds: format 2 files hold 8-bit state (a tensor big enough to be coded),
+#: with the codes under the moments' keys; format 3 files the same state, its codes under
+#: ``<moment>_codes``.
+CODED_SHAPES = [(3, 2), (4,), (64, 80)]
+FORMAT_KWARGS: dict[int, dict[str, object]] = {
+    1: {},
+    2: {"state_precision": "8bit"},
+    3: {"state_precision": "8bit"},
+}
+FORMAT_SHAPES: dict[int, list[tuple[int, ...]]] = {
+    1: [(3, 2), (4,)],
+    2: CODED_SHAPES,
+    3: CODED_SHAPES,
+}
 
 
 def make(name: str, kwargs: dict[str, object]) -> dict[str, object]:

@@ -8,7 +8,9 @@ execution path. The math lives in the rules (``adam.py``, ``radam.py``, ...).
 
 from __future__ import annotations
 
+import math
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, overload
 
@@ -16,7 +18,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._checkpoint import STATE_FORMAT, LoadReport, check_format, prepare, scalar_state
+from ._checkpoint import (
+    STATE_FORMAT,
+    LiveState,
+    LoadReport,
+    check_format,
+    live_state,
+    prepare,
+    saved_entry,
+    scalar_state,
+)
 from ._core import Bucket, Hyper, Rule, local, real_view
 from ._device import TorchFusedPlan, TritonPlan, gpu_path, gpu_plan
 from ._fused import (
@@ -45,7 +56,7 @@ from ._precision import (
     widened_step,
 )
 from ._precision import zeros as zero_state
-from ._validation import check_group, scalar_value
+from ._validation import OPTIMIZER_WIDE, check_group, check_optimizer_wide, scalar_value
 
 __all__ = ["AdamFamily", "ParamsT", "step_dtype"]
 
@@ -106,13 +117,31 @@ class AdamFamily(Optimizer):
                 f"unavailable ({unavailable_reason()}); leave fused=None to use the "
                 "multi-tensor path"
             )
+        #: Steps skipped by ``nonfinite="skip"``, and the global gradient norm of the last
+        #: step that computed one (``nonfinite`` or ``max_grad_norm`` set).
+        self.skipped_steps = 0
+        self.last_grad_norm: float | None = None
+        self._last_step_skipped = False
+        self.state = live_state(self.state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch pickles (and deep-copies) only defaults, state and param_groups; its
+        # load_state_dict comes here too, with a plain defaultdict.
+        super().__setstate__(state)
+        if not isinstance(self.state, LiveState):
+            self.state = live_state(self.state)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("last_grad_norm", None)
+        self.__dict__.setdefault("_last_step_skipped", False)
 
     # ----------------------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as torch does), validating its hyperparameters first.
 
         A parameter listed twice, in this group or across groups, is an error: torch only
-        warns for a duplicate inside one group, and the duplicate would be stepped twice.
+        warns for a duplicate inside one group, and the duplicate would be stepped twice. So is
+        a ``nonfinite`` or ``max_grad_norm`` other than the other groups': they are settings of
+        the whole optimizer.
         """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
@@ -120,6 +149,8 @@ class AdamFamily(Optimizer):
         where = f"param group {index}: "
         merged = {**self.defaults, **param_group}
         check_group(merged, type(self).__name__, where)
+        if self.param_groups:
+            check_optimizer_wide([*self.param_groups, merged], start=index)
 
         params = param_group.get("params")
         if isinstance(params, Tensor):
@@ -157,19 +188,23 @@ class AdamFamily(Optimizer):
         """torch's optimizer state dict, plus ``"adamkit": {"format", "version"}``.
 
         torch.optim ignores the extra entry, so the checkpoint still loads there, unless it
-        holds 8-bit state (format 2), which torch would misread: pass it through
-        :func:`adamkit.full_precision_state` first.
+        holds 8-bit state (format 3): its codes are saved under ``<moment>_codes``, so torch,
+        which would read codes as moments, fails at its next step (KeyError ``'exp_avg'``) rather
+        than training on them; pass it through :func:`adamkit.full_precision_state` first.
         """
         from .. import __version__
 
         state = super().state_dict()
-        # torch's entries are the live state dicts: replace, never modify them.
-        state["state"] = {i: reshardable(entry) for i, entry in state["state"].items()}
-        coded = any(
-            isinstance(v, Tensor) and v.dtype == torch.uint8
-            for entry in state["state"].values()
-            for v in entry.values()
-        )
+        parameters = {i for group in state["param_groups"] for i in group["params"]}
+        # torch's entries are the live state dicts: replace, never modify them. An entry that
+        # is no parameter's (`optimizer.state["key"] = value`) passes through, as in torch.
+        coded = False
+        for i, entry in state["state"].items():
+            if i in parameters and isinstance(entry, Mapping):
+                state["state"][i] = entry = saved_entry(reshardable(entry))
+                coded = coded or any(
+                    isinstance(v, Tensor) and v.dtype == torch.uint8 for v in entry.values()
+                )
         state["adamkit"] = {"format": STATE_FORMAT if coded else 1, "version": __version__}
         return state
 
@@ -191,8 +226,13 @@ class AdamFamily(Optimizer):
         and ``stochastic_rounding``, and the loaded moments are converted to this optimizer's
         storage (an fp32 checkpoint, torch.optim's included, loads into an 8-bit optimizer and
         the reverse; a checkpoint of the same precision is restored bit for bit). Keys a checkpoint
-        lacks (an older torch's) take this optimizer's defaults. If loading fails for any
-        reason, the optimizer is left exactly as it was.
+        lacks (an older torch's) take this optimizer's defaults; the optimizer-wide ``nonfinite``
+        and ``max_grad_norm`` are the checkpoint's (every saved group must agree) and replace the
+        defaults. A ``step`` that is negative or not finite (or a non-finite ``mu_product``) is
+        refused. If loading fails for any reason, the optimizer is left exactly as it was.
+        Entries of ``state`` that are no parameter's are kept, as torch keeps them. Hooks of
+        ``register_load_state_dict_post_hook`` run once the load is complete (settings
+        restored, state converted), in order, once each.
         """
         from .. import __version__
 
@@ -206,17 +246,28 @@ class AdamFamily(Optimizer):
         before = (self.state, self.param_groups)
         self.__dict__.pop("_fused_plans", None)  # the state tensors are about to be replaced
         execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in self.param_groups]
+        # torch's load ends by calling the post-hooks, before the settings below are restored
+        # and the state converted: they would see a half-loaded optimizer (the checkpoint's
+        # `foreach`). Held back here, they run at the end.
+        post_hooks = self._optimizer_load_state_dict_post_hooks
         try:
-            super().load_state_dict(positional)
+            self._optimizer_load_state_dict_post_hooks = OrderedDict()
+            try:
+                super().load_state_dict(positional)
+            finally:
+                self._optimizer_load_state_dict_post_hooks = post_hooks
             for index, (group, ex) in enumerate(zip(self.param_groups, execution, strict=True)):
                 for key, value in self.defaults.items():
                     group.setdefault(key, value)
                 group.update(ex)
                 group.update(self._pinned_group_values)
                 check_group(group, type(self).__name__, f"loaded param group {index}: ")
+            check_optimizer_wide(self.param_groups, "load_state_dict: in the checkpoint, ")
             # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
-            # as a number; a fused GPU run keeps it on the GPU).
-            for entry in self.state.values():
+            # as a number; a fused GPU run keeps it on the GPU). Entries that are no parameter's
+            # stay as they were saved, as torch keeps them.
+            for p in (p for group in self.param_groups for p in group["params"]):
+                entry = self.state.get(p, {})
                 for key in ("step", *self._scalar_keys):
                     if key in entry:
                         entry[key] = scalar_state(entry[key], step_dtype())
@@ -224,6 +275,10 @@ class AdamFamily(Optimizer):
         except Exception:
             self.state, self.param_groups = before
             raise
+        for key in OPTIMIZER_WIDE:  # a group added later takes the loaded setting
+            self.defaults[key] = self.param_groups[0][key]
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
         return report
 
     def _convert_loaded(self, positional: Mapping[str, Any]) -> None:
@@ -310,20 +365,61 @@ class AdamFamily(Optimizer):
                 loss = closure()
         self._last_step_skipped = self._guard_gradients()
         if self._last_step_skipped:
-            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            self.skipped_steps += 1
             return loss
         for group in self.param_groups:
             self._step_group(group)
         return loss
+
+    def _nonfinite_message(
+        self, owners: list[tuple[int, int, Tensor]], norms: list[Tensor] | tuple[Tensor, ...]
+    ) -> str:
+        """Why the global gradient norm is not finite: which gradients hold a NaN or an inf,
+        or, when every element is finite, which norms overflowed (the rare branch: the
+        elements are only looked at here)."""
+        name = f"adamkit.{type(self).__name__}"
+        nonfinite: list[str] = []
+        overflowed: list[str] = []
+        for (g, i, p), norm in zip(owners, norms, strict=True):
+            if not torch.isfinite(norm):
+                finite = bool(torch.isfinite(p.grad).all())  # type: ignore[arg-type]
+                (overflowed if finite else nonfinite).append(_param_label(self.param_groups[g], i))
+        if nonfinite:
+            also = (
+                f"; the norm of {', '.join(overflowed)} overflowed to inf, its elements finite"
+                if overflowed
+                else ""
+            )
+            return (
+                f"{name}: non-finite gradient in {', '.join(nonfinite)}{also} "
+                "(nonfinite='raise'; 'skip' skips such steps instead)"
+            )
+        dtype = norms[0].dtype
+        where = (
+            f"the norm of {', '.join(overflowed)} is inf"
+            if overflowed
+            else "each parameter's norm is finite but their total is inf"
+        )
+        return (
+            f"{name}: the gradient norm overflowed: {where} in {dtype}, though every gradient "
+            f"element is finite (a sum of squares passes {dtype}'s range once an element "
+            f"reaches about {math.sqrt(torch.finfo(dtype).max):.3g}). The gradients are too "
+            "large to step with, not NaN or inf: scale the loss down, or nonfinite='skip' "
+            "skips such steps"
+        )
 
     def _guard_gradients(self) -> bool:
         """Apply ``nonfinite`` and ``max_grad_norm``; return True if this step must be skipped.
 
         One ``torch._foreach_norm`` over every gradient gives both the check and the global
         norm. Clipping is ``torch.nn.utils.clip_grad_norm_``'s, operation for operation, and
-        scales the ``.grad`` tensors in place as that function does.
+        scales the ``.grad`` tensors in place as that function does, a non-finite norm included
+        (with ``nonfinite=None``): a NaN norm makes every gradient NaN, an infinite one scales
+        them by 0. The settings are the optimizer's, held by every group (they must agree).
         """
-        policy, max_norm = self.defaults.get("nonfinite"), self.defaults.get("max_grad_norm")
+        check_optimizer_wide(self.param_groups, f"adamkit.{type(self).__name__}.step(): ")
+        policy = self.param_groups[0].get("nonfinite")
+        max_norm = self.param_groups[0].get("max_grad_norm")
         if policy is None and max_norm is None:
             return False
         owners = [
@@ -339,19 +435,13 @@ class AdamFamily(Optimizer):
         device = norms[0].device
         total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
         self.last_grad_norm = float(total)
-        if not torch.isfinite(total):
+        if not math.isfinite(self.last_grad_norm):
             if policy == "raise":
-                bad = [
-                    _param_label(self.param_groups[g], i)
-                    for (g, i, _), n in zip(owners, norms, strict=True)
-                    if not torch.isfinite(n)
-                ]
-                raise FloatingPointError(
-                    f"adamkit.{type(self).__name__}: non-finite gradient in {', '.join(bad)} "
-                    "(nonfinite='raise'; 'skip' skips such steps instead)"
-                )
-            return policy == "skip"  # None: proceed as torch does (and clip nothing)
+                raise FloatingPointError(self._nonfinite_message(owners, norms))
+            if policy == "skip":
+                return True  # an overflowed norm of finite gradients too: no step could use it
         if max_norm is not None:
+            # nonfinite=None clips a non-finite norm too, as clip_grad_norm_ does.
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             torch._foreach_mul_(grads, coef.to(grads[0].device))
         return False

@@ -7,6 +7,8 @@ optimizer is touched, so a refused checkpoint changes nothing:
 
 * the ``"adamkit"`` entry (format version) is read, and a format newer than this release's is
   refused; checkpoints without it (torch.optim's, or adamkit's before formats) load as format 1;
+* the step counters must be finite (``step`` also >= 0): a corrupt one would turn every
+  parameter into NaN at the next step;
 * when both the checkpoint and the optimizer know their parameters' names (``param_names``,
   saved by torch >= 2.6 when the optimizer was built from ``named_parameters()``), state is
   matched by name, and ``strict`` decides what a missing, unexpected or mismatched name means;
@@ -17,22 +19,39 @@ optimizer is touched, so a refused checkpoint changes nothing:
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ._core import local
 from ._precision import blocks, scale_key
 
-__all__ = ["STATE_FORMAT", "LoadReport", "check_format", "prepare", "scalar_state"]
+__all__ = [
+    "STATE_FORMAT",
+    "LiveState",
+    "LoadReport",
+    "check_format",
+    "code_key",
+    "live_entry",
+    "live_state",
+    "prepare",
+    "saved_entry",
+    "scalar_state",
+]
 
 #: The newest optimizer state format this release reads and writes
 #: (``state_dict()["adamkit"]["format"]``). Format 1: every moment is a tensor shaped like its
 #: parameter, as in torch.optim. Format 2: a moment may also be 8-bit codes (uint8, shaped like
-#: the parameter) with its block scales in ``<key>_scale``; ``state_dict()`` writes 2 only when
-#: the state holds such codes, so other checkpoints stay readable by format-1 releases.
-STATE_FORMAT = 2
+#: the parameter) under the moment's own key, with its block scales in ``<key>_scale``; torch
+#: loaded such a file without complaint and then stepped with the codes as moments. Format 3:
+#: the codes are under ``<key>_codes`` instead (scales unchanged), so the moment's key is absent
+#: and torch's step fails on it at once (KeyError) rather than training on garbage.
+#: ``state_dict()`` writes 3 only when the state holds codes, so other checkpoints stay readable
+#: by format-1 releases; every format loads.
+STATE_FORMAT = 3
 _SCALAR_KEYS = ("step", "mu_product")
 _SHOWN = 8
 
@@ -52,6 +71,66 @@ def _listing(names: Sequence[str]) -> str:
 
 def _describe(t: Tensor) -> str:
     return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+
+
+def code_key(key: str) -> str:
+    """The state dict entry holding moment ``key``'s 8-bit codes (format 3)."""
+    return f"{key}_codes"
+
+
+def _coded(entry: Mapping[str, Any], key: str) -> bool:
+    value = entry[key]
+    return isinstance(value, Tensor) and value.dtype == torch.uint8 and scale_key(key) in entry
+
+
+def saved_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A live state entry as ``state_dict()`` writes it: 8-bit codes moved from the moment's
+    key to :func:`code_key`'s (the live state keeps them under the moment's key, where the
+    kernels read them)."""
+    return {code_key(k) if _coded(entry, k) else k: v for k, v in entry.items()}
+
+
+def live_entry(entry: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """A saved state entry (any format) in the live layout: :func:`saved_entry` undone."""
+    out = dict(entry)
+    for key, value in entry.items():
+        base = key.removesuffix("_codes")
+        if base == key:
+            continue
+        if not isinstance(value, Tensor) or value.dtype != torch.uint8:
+            shown = _describe(value) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"load_state_dict: {where}state {key!r} should hold the 8-bit codes of {base!r} "
+                f"(uint8), it is {shown}"
+            )
+        if base in entry:
+            raise ValueError(
+                f"load_state_dict: {where}state has both {base!r} and its codes {key!r}"
+            )
+        out[base] = out.pop(key)
+    return out
+
+
+class LiveState(defaultdict[Any, Any]):
+    """``optimizer.state`` (torch's ``defaultdict(dict)``) that keeps a parameter's entry in the
+    live layout when it is given one in a state dict's (8-bit codes under ``<moment>_codes``):
+    ``ZeroRedundancyOptimizer.load_state_dict`` writes the saved entries straight into its
+    local optimizer's state, past ``load_state_dict``. Reads are a plain dict's."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, Mapping) and any(
+            isinstance(k, str) and k.endswith("_codes") for k in value
+        ):
+            value = live_entry(value)
+        super().__setitem__(key, value)
+
+
+def live_state(state: Mapping[Any, Any]) -> LiveState:
+    """``state`` (an optimizer's) as a :class:`LiveState`."""
+    live = LiveState(dict)
+    for key, value in state.items():
+        live[key] = value
+    return live
 
 
 def scalar_state(value: Any, dtype: torch.dtype) -> Tensor:
@@ -81,7 +160,10 @@ def check_format(state_dict: Any, version: str) -> None:
     ):
         raise TypeError("load_state_dict: 'param_groups' must be a list of dicts with 'params'")
     listed = {i for g in groups for i in g["params"] if isinstance(i, int | str)}
-    orphans = [k for k in state_dict["state"] if k not in listed]
+    # An integer key is a parameter's index: one no group lists is state loaded into nothing.
+    # Other keys are entries a user put in `optimizer.state` beside the parameters', which
+    # torch saves and loads unchanged.
+    orphans = [k for k in state_dict["state"] if isinstance(k, int) and k not in listed]
     if orphans:
         raise ValueError(
             f"load_state_dict: the checkpoint has state for {_listing([str(k) for k in orphans])}, "
@@ -147,6 +229,60 @@ def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
     return None
 
 
+def _saved_labels(state_dict: Mapping[str, Any]) -> dict[Any, str]:
+    """How an error names each parameter of a checkpoint: its saved name, else its place."""
+    labels = {}
+    for g, group in enumerate(state_dict["param_groups"]):
+        names = group.get("param_names")
+        for i, saved_id in enumerate(group["params"]):
+            if isinstance(names, list) and i < len(names):
+                labels[saved_id] = f"parameter {names[i]!r}"
+            else:
+                labels[saved_id] = f"parameter #{i} of param group {g}"
+    return labels
+
+
+def _check_counter(key: str, value: Any, where: str) -> None:
+    """Refuse a ``step`` that is negative or non-finite, or a non-finite ``mu_product``: they
+    load as numbers, and the next step turns every parameter into NaN. (What is not one real
+    number at all is left to :func:`_misfit`'s message.)"""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return
+        number = float(local(value).item())
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        return
+    if key == "step" and not (math.isfinite(number) and number >= 0):
+        raise ValueError(
+            f"load_state_dict: {where}state 'step' is {number!r} (expected a finite number "
+            ">= 0): a corrupt checkpoint"
+        )
+    if not math.isfinite(number):
+        raise ValueError(
+            f"load_state_dict: {where}state {key!r} is {number!r} (expected a finite number): "
+            "a corrupt checkpoint"
+        )
+
+
+def _live_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with every parameter's entry in the live layout (:func:`live_entry`) and
+    its counters checked. Entries that are no parameter's (torch passes them through) are
+    left alone."""
+    labels = _saved_labels(state_dict)
+    state = {}
+    for saved_id, entry in state_dict["state"].items():
+        if saved_id in labels and isinstance(entry, Mapping):
+            where = f"{labels[saved_id]}: "
+            entry = live_entry(entry, where)
+            for key in _SCALAR_KEYS:
+                if key in entry:
+                    _check_counter(key, entry[key], where)
+        state[saved_id] = entry
+    return {**state_dict, "state": state}
+
+
 def prepare(
     state_dict: Mapping[str, Any],
     groups: list[dict[str, Any]],
@@ -154,11 +290,13 @@ def prepare(
     strict: bool,
 ) -> tuple[dict[str, Any], LoadReport]:
     """Check ``state_dict`` against the optimizer's ``groups`` and return it in torch's
-    positional layout for this optimizer, with the report of what was left out.
+    positional layout for this optimizer (and the live state layout: 8-bit codes under the
+    moment's key), with the report of what was left out.
 
     ``needed(saved_group)`` lists the state keys a stepped parameter of that group must have.
     Raises (and so changes nothing) on anything that would load state into the wrong place.
     """
+    state_dict = _live_state(state_dict)
     saved_groups = state_dict["param_groups"]
     saved_state = state_dict["state"]
     if len(saved_groups) != len(groups):
@@ -242,6 +380,8 @@ def _by_name(
             ids.append(index)
             index += 1
         new_groups.append({**saved_group, "params": ids, "param_names": list(group["param_names"])})
+    listed = {saved_id for saved_id, _ in saved.values()}
+    state.update((k, v) for k, v in saved_state.items() if k not in listed)  # not parameters'
     return {**state_dict, "state": state, "param_groups": new_groups}, LoadReport(
         missing, unexpected, mismatched
     )

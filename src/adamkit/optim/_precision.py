@@ -284,6 +284,8 @@ def state_memory(optimizer: torch.optim.Optimizer) -> StateMemory:
     """
     by_key: dict[str, int] = {}
     for entry in optimizer.state.values():
+        if not isinstance(entry, Mapping):
+            continue  # an entry a user put beside the parameters' (torch allows any value)
         for key, value in entry.items():
             if isinstance(value, Tensor):
                 value = local(value)
@@ -373,7 +375,9 @@ def convert(saved: Mapping[str, Any], key: str, fmt: int, param: Tensor) -> dict
 def full_precision_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of an optimizer state dict with every moment in full precision: 8-bit codes
     decoded (their scales dropped) and bf16 moments widened to fp32. torch.optim, and any
-    release that reads only state format 1, can load the result.
+    release that reads only state format 1, can load the result. Every state format is read
+    (8-bit codes under ``<moment>_codes`` or, format 2, under the moment's key); entries that
+    are no parameter's pass through.
 
     Example:
         >>> import torch, adamkit
@@ -382,8 +386,15 @@ def full_precision_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         >>> sd = adamkit.full_precision_state(opt.state_dict())
         >>> torch.optim.Adam(model.parameters()).load_state_dict(sd)
     """
-    state: dict[Any, dict[str, Any]] = {}
+    from ._checkpoint import live_entry  # (it imports this module)
+
+    parameters = {i for group in state_dict["param_groups"] for i in group["params"]}
+    state: dict[Any, Any] = {}
     for index, entry in state_dict["state"].items():
+        if index not in parameters or not isinstance(entry, Mapping):
+            state[index] = entry
+            continue
+        entry = live_entry(entry)
         converted = {}
         for key, value in entry.items():
             base = key.removesuffix("_scale")

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_group", "scalar_value"]
+__all__ = ["OPTIMIZER_WIDE", "check_group", "check_optimizer_wide", "scalar_value"]
+
+#: Group keys that are settings of the whole optimizer: every param group must hold the same
+#: value. Why each cannot differ between groups:
+OPTIMIZER_WIDE = {
+    "nonfinite": "a step is raised on or skipped as a whole",
+    "max_grad_norm": "the norm is taken over every group's gradients together, as "
+    "clip_grad_norm_(model.parameters()) does",
+}
 
 
 def scalar_value(value: float | Tensor) -> float:
@@ -113,3 +121,29 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
         )
     if "stochastic_rounding" in group:
         _flag("stochastic_rounding", group["stochastic_rounding"], where)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float | Tensor) and isinstance(b, int | float | Tensor):
+        return scalar_value(a) == scalar_value(b)  # 1.0 and tensor(1.0) are one setting
+    return a is b or (isinstance(a, str) and a == b)  # None, or a nonfinite policy
+
+
+def check_optimizer_wide(
+    groups: Sequence[Mapping[str, Any]], where: str = "", start: int = 1
+) -> None:
+    """Check that ``groups[start:]`` hold the :data:`OPTIMIZER_WIDE` settings of ``groups[0]``.
+
+    The value a group was given (or took from the defaults) is validated and kept in the
+    group as torch keeps every group value, but only one value can apply.
+    """
+    first = groups[0]
+    for index in range(start, len(groups)):
+        for key, why in OPTIMIZER_WIDE.items():
+            theirs, ours = first.get(key), groups[index].get(key)
+            if not _same(theirs, ours):
+                raise ValueError(
+                    f"{where}param group {index} has {key}={ours!r} but param group 0 has "
+                    f"{key}={theirs!r}: {key} is one setting for the whole optimizer ({why}); "
+                    f"set it in the constructor ({key}=...) and leave it out of the param groups"
+                )
