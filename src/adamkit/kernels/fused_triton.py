@@ -312,7 +312,9 @@ def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr, ALIG
             magnitude = code & 127
             value = ((magnitude << 20) + M_OFFSET).to(tl.float32, bitcast=True)
             value = tl.where(magnitude == 0, 0.0, value)
-            value = tl.where(code >= 128, -value, value)
+            # Signed by multiplying: Triton's -x is 0 - x, which makes code 128 +0.0, where
+            # the other paths decode -0.0.
+            value = value * tl.where(code >= 128, -1.0, 1.0)
         value = value * scale
     elif fmt == F_F32:
         value = tl.load(as_pointer(address, tl.float32, ALIGNED) + offsets, mask=mask, other=0.0)
