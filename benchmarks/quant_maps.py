@@ -40,7 +40,9 @@ What it measures
     20, 0, 255)``, 32 binades 2^-31 .. 1, and code 0 decodes to the lowest binade ``2**-31``
     (times the scale), never to 0, so that a v that underflows cannot turn
     ``m / (sqrt(v) + eps)`` into ``m / eps``. These are adamkit's ``encode_8bit`` and
-    ``decode_8bit`` (``adamkit/optim/_precision.py``), written out again here.
+    ``decode_8bit`` (``adamkit/optim/_precision.py``), written out again here for finite
+    values (the moments measured are finite); adamkit also keeps NaN and infinities in codes
+    of their own (m: magnitudes 125 and 126; v: 253 and 254), which finite values never take.
   - ``float-e3m4`` (m) and ``float-e4m4`` (v): the same construction with one exponent bit
     traded for a fourth mantissa bit (m: 8 binades 2^-7 .. 1; v: 16 binades 2^-15 .. 1, code 0
     decoding to 2^-15).

@@ -486,6 +486,16 @@ enum { SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3 };
 #define M_OFFSET (112 << 23) /* float bits of 2**-15, the exp_avg code's smallest binade */
 #define V_OFFSET (96 << 23)  /* 2**-31, the second moments' */
 #define HALF_ULP (1 << 19)   /* half a unit of the 3-bit mantissa */
+/* Codes of non-finite values, decoded as themselves whatever the block's scale: exp_avg's
+ * magnitudes 125 (NaN) and 126 (infinity, signed by bit 7), the unsigned code's 253 and 254
+ * (_precision.py explains why these: finite values never reach them, and 127 and 255 stay
+ * finite for the checkpoints written before). */
+#define M_NAN 125u
+#define M_INF (M_NAN + 1u) /* encode_q8 counts on each infinity's code following its NaN's */
+#define V_NAN 253u
+#define V_INF (V_NAN + 1u)
+#define INF_BITS 0x7f800000u /* +inf; a magnitude's bits above it are a NaN's */
+#define NAN_BITS 0x7fc00000u /* the NaN every path decodes to */
 
 static inline uint32_t bits_of(float x) {
     uint32_t u;
@@ -556,9 +566,47 @@ static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restric
     }
 }
 
-/* n elements from the start of a block run; scales[b] is the scale of the b-th block. */
-static void decode_q8(float *restrict out, const uint8_t *restrict codes,
-                      const float *restrict scales, int n, int is_unsigned) {
+/* NaN and infinities are rare: a run of blocks is coded as if it held none, and then those
+ * elements are given their own codes (or values) by these functions, out of line. */
+static __attribute__((noinline)) void decode_special(float *restrict out,
+                                                     const uint8_t *restrict codes, int n,
+                                                     int is_unsigned) {
+    const uint32_t mask = is_unsigned ? 255u : 127u, nan_code = is_unsigned ? V_NAN : M_NAN;
+    for (int i = 0; i < n; i++) {
+        uint32_t c = codes[i], mag = c & mask;
+        if (mag - nan_code < 2u) /* a NaN ignores exp_avg's sign bit, an infinity takes it */
+            out[i] = float_of(mag == nan_code ? NAN_BITS : INF_BITS | (c & ~mask) << 24);
+    }
+}
+static __attribute__((noinline)) void encode_special(uint8_t *restrict codes,
+                                                     const float *restrict in, int n,
+                                                     int is_unsigned) {
+    const uint32_t nan_code = is_unsigned ? V_NAN : M_NAN; /* the infinities': nan_code + 1 */
+    for (int i = 0; i < n; i++) {
+        uint32_t a = bits_of(in[i]) & 0x7fffffffu;
+        if (a >= INF_BITS) /* NaN < 0 is false: a NaN's code has no sign */
+            codes[i] = (uint8_t)((nan_code + (a == INF_BITS)) |
+                                 (!is_unsigned && in[i] < 0.0f ? 128u : 0u));
+    }
+}
+/* The largest finite magnitude's bits of n elements. */
+static __attribute__((noinline)) uint32_t finite_max_bits(const float *restrict in, int n) {
+    uint32_t most_bits = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t a = bits_of(in[i]) & 0x7fffffffu;
+        most_bits = a < INF_BITS && a > most_bits ? a : most_bits;
+    }
+    return most_bits;
+}
+
+/* n elements from the start of a block run; scales[b] is the scale of the b-th block. The
+ * codes of NaN and infinities decode to them without the scale (which may be 0). Both codecs
+ * are inlined into their callers, so is_unsigned is a constant in each copy (the fused step
+ * with 8-bit state is compute-bound: it runs about 10% slower when they are not). */
+static inline __attribute__((always_inline)) void decode_q8(float *restrict out,
+                                                            const uint8_t *restrict codes,
+                                                            const float *restrict scales, int n,
+                                                            int is_unsigned) {
     for (int b = 0; b * BLOCK < n; b++) {
         const int lo = b * BLOCK, hi = n < lo + BLOCK ? n : lo + BLOCK;
         const float scale = scales[b];
@@ -573,13 +621,20 @@ static void decode_q8(float *restrict out, const uint8_t *restrict codes,
             }
         }
     }
+    const uint8_t mask = is_unsigned ? 255 : 127, nan_code = is_unsigned ? V_NAN : M_NAN;
+    uint8_t special = 0; /* one pass over the bytes */
+    for (int i = 0; i < n; i++) special |= (uint8_t)((codes[i] & mask) - nan_code) < 2;
+    if (special) decode_special(out, codes, n, is_unsigned);
 }
-/* Each block's scale is its largest magnitude, NaN if it holds a NaN (as torch's amax): the
- * bits of non-negative floats are ordered as the floats, and a NaN's are above infinity's.
- * Magnitudes are normalized by multiplying with the scale's reciprocal (one division per
- * block, as _precision.encode_8bit does). */
-static void encode_q8(uint8_t *restrict codes, float *restrict scales, const float *restrict in,
-                      int n, int is_unsigned) {
+/* Each block's scale is its largest finite magnitude (0 if it has none): the bits of
+ * non-negative floats are ordered as the floats, and those of infinity and NaN are the highest,
+ * at or above INF_BITS. Finite magnitudes are normalized by multiplying with the scale's
+ * reciprocal (one division per block, as _precision.encode_8bit does). NaN and infinities get
+ * their own codes, so they leave the block's other elements as they would be without them. */
+static inline __attribute__((always_inline)) void encode_q8(uint8_t *restrict codes,
+                                                            float *restrict scales,
+                                                            const float *restrict in, int n,
+                                                            int is_unsigned) {
     const int32_t offset = is_unsigned ? V_OFFSET : M_OFFSET, most = is_unsigned ? 255 : 127;
     for (int b = 0; b * BLOCK < n; b++) {
         const int lo = b * BLOCK, hi = n < lo + BLOCK ? n : lo + BLOCK;
@@ -588,6 +643,8 @@ static void encode_q8(uint8_t *restrict codes, float *restrict scales, const flo
             uint32_t a = bits_of(in[i]) & 0x7fffffffu;
             most_bits = a > most_bits ? a : most_bits;
         }
+        const int special = most_bits >= INF_BITS; /* the block holds a NaN or an infinity */
+        if (special) most_bits = finite_max_bits(in + lo, hi - lo);
         const float top = float_of(most_bits);
         scales[b] = top;
         const float inverse = 1.0f / (top > 0.0f ? top : 1.0f);
@@ -596,6 +653,7 @@ static void encode_q8(uint8_t *restrict codes, float *restrict scales, const flo
             c = c < 0 ? 0 : (c > most ? most : c);
             codes[i] = (uint8_t)(c | (!is_unsigned && in[i] < 0.0f ? 128 : 0));
         }
+        if (special) encode_special(codes + lo, in + lo, hi - lo, is_unsigned);
     }
 }
 

@@ -263,6 +263,15 @@ Q8_BLOCK = tl.constexpr(256)  # elements per 8-bit scale
 M_OFFSET = tl.constexpr(112 << 23)  # float bits of 2**-15, the exp_avg code's smallest binade
 V_OFFSET = tl.constexpr(96 << 23)  # 2**-31, the second moments'
 HALF_ULP = tl.constexpr(1 << 19)  # half a unit of the codes' 3-bit mantissa
+# The codes of NaN and infinities (exp_avg's magnitudes, then the unsigned code's), decoded as
+# themselves whatever the block's scale, and the float bits involved.
+M_NAN = tl.constexpr(125)
+M_INF = tl.constexpr(126)
+V_NAN = tl.constexpr(253)
+V_INF = tl.constexpr(254)
+INF_BITS = tl.constexpr(0x7F800000)  # +inf; a magnitude's bits above it are a NaN's
+NEG_INF_BITS = tl.constexpr(0xFF800000 - (1 << 32))  # -inf, as an int32
+NAN_BITS = tl.constexpr(0x7FC00000)  # the NaN every path decodes to
 
 
 @triton.jit
@@ -308,12 +317,21 @@ def load_state(address, scales, offsets, mask, fmt, UNSIGNED: tl.constexpr, ALIG
         scale = tl.load(scale_ptr + offsets // Q8_BLOCK, mask=mask, other=0.0)
         if UNSIGNED:  # code 0 decodes to 2**-31 of the block's scale, never to 0
             value = ((code << 20) + V_OFFSET).to(tl.float32, bitcast=True)
+            bits = (value * scale).to(tl.int32, bitcast=True)
+            bits = tl.where(code == V_INF, INF_BITS, bits)
+            bits = tl.where(code == V_NAN, NAN_BITS, bits)
         else:
             magnitude = code & 127
             value = ((magnitude << 20) + M_OFFSET).to(tl.float32, bitcast=True)
             value = tl.where(magnitude == 0, 0.0, value)
-            value = tl.where(code >= 128, -value, value)
-        value = value * scale
+            # Signed by multiplying: Triton's -x is 0 - x, which makes code 128 +0.0, where
+            # the other paths decode -0.0.
+            value = value * tl.where(code >= 128, -1.0, 1.0)
+            bits = (value * scale).to(tl.int32, bitcast=True)
+            inf = tl.where(code >= 128, NEG_INF_BITS, INF_BITS)
+            bits = tl.where(magnitude == M_INF, inf, bits)
+            bits = tl.where(magnitude == M_NAN, NAN_BITS, bits)
+        value = bits.to(tl.float32, bitcast=True)
     elif fmt == F_F32:
         value = tl.load(as_pointer(address, tl.float32, ALIGNED) + offsets, mask=mask, other=0.0)
     else:
@@ -340,25 +358,30 @@ def store_state(
 ):
     """Store fp32 ``value`` in the tensor's format (8-bit: codes and the blocks' scales)."""
     if fmt == F_Q8:
-        # Each block's scale is its largest magnitude (NaN if it holds one, as torch's amax:
-        # the bits of non-negative floats order as the floats, a NaN's above infinity's).
-        magnitude = tl.where(mask, tl.abs(value), 0.0)
-        bits = magnitude.to(tl.int32, bitcast=True)
+        # Each block's scale is its largest finite magnitude, 0 if it has none: the bits of
+        # non-negative floats order as the floats, infinity's and NaN's highest. The sign is
+        # cleared on the bits (what abs does to a NaN is the hardware's choice).
+        bits = tl.where(mask, value.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0)
+        magnitude = bits.to(tl.float32, bitcast=True)
+        finite = bits < INF_BITS
         # tl.max's own reduction: spelled out because tl.max is a Triton function, which the
         # interpreter cannot call when triton was imported before TRITON_INTERPRET was set;
         # the interpreter runs this combine function as numpy's max.
-        blocks = tl.reshape(bits, (BLOCK // Q8_BLOCK, Q8_BLOCK))
+        blocks = tl.reshape(tl.where(finite, bits, 0), (BLOCK // Q8_BLOCK, Q8_BLOCK))
         most = tl.reduce(blocks, 1, tl.standard._elementwise_max)
         top = most.to(tl.float32, bitcast=True)
         inverse = div(tl.full(top.shape, 1.0, tl.float32), tl.where(top > 0, top, 1.0), tl.float32)
         normalized = tl.reshape(magnitude, (BLOCK // Q8_BLOCK, Q8_BLOCK)) * inverse[:, None]
         normalized = tl.reshape(normalized, (BLOCK,))
+        # NaN and infinities get their own codes (a NaN's has no sign: NaN < 0 is false).
         if UNSIGNED:
             code = (normalized.to(tl.int32, bitcast=True) - V_OFFSET + HALF_ULP) >> 20
             code = tl.minimum(tl.maximum(code, 0), 255)
+            code = tl.where(finite, code, tl.where(bits == INF_BITS, V_INF, V_NAN))
         else:
             code = (normalized.to(tl.int32, bitcast=True) - M_OFFSET + HALF_ULP) >> 20
             code = tl.minimum(tl.maximum(code, 0), 127)
+            code = tl.where(finite, code, tl.where(bits == INF_BITS, M_INF, M_NAN))
             code = code | tl.where(value < 0, 128, 0)
         tl.store(as_pointer(address, tl.uint8, ALIGNED) + offsets, code.to(tl.uint8), mask=mask)
         block = start // Q8_BLOCK + tl.arange(0, BLOCK // Q8_BLOCK)
@@ -473,6 +496,27 @@ def wide_block(
         store_state(
             max_address, xs, start, offsets, mask, top, fmt, seed, numel, True, True, ALIGNED, BLOCK
         )
+
+
+@triton.jit
+def q8_encode(x, codes, scales, numel, UNSIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """The 8-bit encoder on its own: fp32 ``x`` to uint8 ``codes`` and fp32 block ``scales``
+    (for the tests that hold it equal to optim/_precision.py and fused_cpu.c's codecs)."""
+    start = tl.program_id(0) * BLOCK
+    offsets, mask = elements(start, numel, True, BLOCK)
+    value = tl.load(x + offsets, mask=mask, other=0.0)
+    store_state(
+        codes, scales, start, offsets, mask, value, F_Q8, 0, numel, UNSIGNED, UNSIGNED, False, BLOCK
+    )
+
+
+@triton.jit
+def q8_decode(codes, scales, out, numel, UNSIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """The 8-bit decoder on its own: ``codes`` and block ``scales`` to fp32 ``out`` (tests)."""
+    offsets, mask = elements(tl.program_id(0) * BLOCK, numel, True, BLOCK)
+    tl.store(
+        out + offsets, load_state(codes, scales, offsets, mask, F_Q8, UNSIGNED, False), mask=mask
+    )
 
 
 def specialization(

@@ -14,7 +14,7 @@ Adamax's ``exp_inf``) are *stored*; the update math always runs in fp32. Per par
 float64 and complex parameters always keep full-precision state.
 
 The 8-bit codes are small floating-point formats applied to ``|x| / scale``, where ``scale`` is
-the block's largest magnitude: a sign bit, 4 exponent bits and 3 mantissa bits for ``exp_avg``
+the block's largest finite magnitude: a sign bit, 4 exponent and 3 mantissa bits for ``exp_avg``
 (16 binades, ``2**-15 .. 1``), and 5 exponent bits and 3 mantissa bits for the non-negative
 second moments (32 binades, ``2**-31 .. 1``, which is ``2**-15.5`` in ``sqrt(v)``, the quantity
 the update divides by). Every element keeps the same *relative* precision (at most 1/16)
@@ -35,7 +35,12 @@ so it is reproducible and resumes exactly from a checkpoint. The fused kernel co
 noise and the same codecs bit for bit; its fp32 update arithmetic differs from the eager
 paths' by an ulp (it multiplies by ``1 / sqrt(1 - beta2^t)`` where they divide), which can flip
 a rounding decision, so a run resumes bit for bit on the path that wrote the checkpoint.
-A non-finite moment poisons its whole 8-bit block (its scale becomes inf or NaN).
+NaN and infinities have codes of their own (magnitudes 125 and 126 of ``exp_avg``'s code, 253
+and 254 of the unsigned one), which finite values never take, so a non-finite moment stays in
+its element, as in fp32: the block's scale and its other codes are what they would be without
+it. A huge *finite* moment is its block's scale, though, and the block's other elements then
+round to 0 (``exp_avg``) or to ``2**-31`` of it (the second moments) until it decays: the
+block-wise format has one scale per block and no place for an outlier.
 
 Everything here is written with torch operations; ``kernels/fused_cpu.c`` implements the same
 codecs bit for bit inside its update loop.
@@ -92,6 +97,17 @@ _M_OFFSET = 112 << 23  # float32 bits of 2**-15: the exp_avg code's smallest bin
 _V_OFFSET = 96 << 23  # 2**-31: the second moments'
 _HALF = 1 << 19  # half a unit of the 3-bit mantissa, in float32 bits
 _MASK32 = 0xFFFFFFFF
+# Codes of non-finite values, which decode as themselves whatever their block's scale: the
+# exp_avg code's magnitudes 125 (NaN) and 126 (infinity, signed by bit 7), the unsigned code's
+# 253 and 254. Finite values normalized by their block's scale stay <= 1 (magnitude 120,
+# unsigned 248), so these were never written; 127 and 255 stay finite (1.875 * scale), the
+# codes an older encoder clamped to (blocks whose scale is below 2**-128, where 1 / scale
+# overflows), so checkpoints written before these codes existed decode as they did.
+_M_NAN, _M_INF = 125, 126
+_V_NAN, _V_INF = 253, 254
+_INF_BITS = 0x7F800000  # float32 bits of +inf; a magnitude's bits above it are a NaN's
+_NEG_INF_BITS = 0xFF800000 - (1 << 32)  # -inf's, as an int32
+_NAN_BITS = 0x7FC00000  # the NaN every path decodes to (positive, quiet, no payload)
 
 
 def scale_key(key: str) -> str:
@@ -179,34 +195,51 @@ def to_bf16_stochastic(x: Tensor, seed: int, high: bool = True) -> Tensor:
 # ------------------------------------------------------------------------------ 8-bit
 def encode_8bit(x: Tensor, unsigned: bool) -> tuple[Tensor, Tensor]:
     """Quantize fp32 ``x`` blockwise: uint8 codes shaped like ``x``, and one fp32 scale (the
-    block's largest magnitude) per :data:`BLOCK` elements of the flattened tensor."""
+    largest finite magnitude of the block, 0 if it has none) per :data:`BLOCK` elements of the
+    flattened tensor. NaN and infinities get codes of their own, so they stay where they are:
+    the block's other elements are coded as if they were not there."""
     flat = x.reshape(-1)
     n = flat.numel()
     padded = torch.nn.functional.pad(flat, (0, blocks(n) * BLOCK - n)).view(-1, BLOCK)
-    magnitude = padded.abs()
-    scale = magnitude.amax(dim=1)
+    magnitude_bits = padded.view(torch.int32) & 0x7FFFFFFF  # |x|, NaN included
+    magnitude = magnitude_bits.view(torch.float32)
+    finite = magnitude_bits < _INF_BITS
+    scale = torch.where(finite, magnitude, 0.0).amax(dim=1)
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
     bits = (magnitude * (1.0 / divisor)[:, None]).view(torch.int32)  # as the kernel
     if unsigned:
         codes = ((bits - _V_OFFSET + _HALF) >> 20).clamp_(0, 255)
+        nan_code, inf_code = _V_NAN, _V_INF
     else:
         codes = ((bits - _M_OFFSET + _HALF) >> 20).clamp_(0, 127)
+        nan_code, inf_code = _M_NAN, _M_INF
+    special = torch.where(magnitude_bits == _INF_BITS, inf_code, nan_code).to(torch.int32)
+    codes = torch.where(finite, codes, special)
+    if not unsigned:  # NaN < 0 is false: a NaN's code has no sign
         codes = codes | torch.where(padded < 0, 128, 0).to(torch.int32)
     return codes.view(-1)[:n].to(torch.uint8).view(x.shape), scale
 
 
 def decode_8bit(codes: Tensor, scale: Tensor, unsigned: bool) -> Tensor:
-    """The fp32 values of blockwise codes (the inverse of :func:`encode_8bit`, up to rounding)."""
+    """The fp32 values of blockwise codes (the inverse of :func:`encode_8bit`, up to rounding;
+    NaN and infinities come back as such, every NaN as the same positive quiet NaN)."""
     flat = codes.reshape(-1).to(torch.int32)
     per_element = scale.repeat_interleave(BLOCK)[: flat.numel()]
     if unsigned:
         value = ((flat << 20) + _V_OFFSET).view(torch.float32)  # code 0: 2**-31, never 0
+        magnitude, nan_code, inf_code = flat, _V_NAN, _V_INF
+        inf_bits = torch.full_like(flat, _INF_BITS)
     else:
         magnitude = flat & 127
         value = ((magnitude << 20) + _M_OFFSET).view(torch.float32)
         value = torch.where(magnitude == 0, 0.0, value)
         value = torch.where(flat >= 128, -value, value)
-    return (value * per_element).view(codes.shape)
+        nan_code, inf_code = _M_NAN, _M_INF
+        inf_bits = torch.where(flat >= 128, _NEG_INF_BITS, _INF_BITS).to(torch.int32)
+    bits = (value * per_element).view(torch.int32)
+    bits = torch.where(magnitude == inf_code, inf_bits, bits)
+    bits = torch.where(magnitude == nan_code, _NAN_BITS, bits)
+    return bits.view(torch.float32).view(codes.shape)
 
 
 # ------------------------------------------------------------------- state entries
