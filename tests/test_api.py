@@ -290,15 +290,26 @@ def test_execution_path_selection(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_fused_true_refuses_what_the_kernel_cannot_take(name: str) -> None:
-    p = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+    p = torch.zeros(6, 4).t().requires_grad_()  # a transposed leaf: not contiguous
     p.grad = torch.ones_like(p)
     opt = getattr(adamkit, name)([p], fused=True)
-    with pytest.raises(RuntimeError, match=r"fused=True\): the fused kernel supports float32"):
+    with pytest.raises(RuntimeError, match=r"fused=True\): the fused kernel needs contiguous"):
         opt.step()
-    assert torch.equal(p, torch.zeros(4, dtype=torch.bfloat16))
-    default = getattr(adamkit, name)([p])  # fused=None: bf16 falls back to the foreach path
+    assert torch.equal(p, torch.zeros(4, 6))
+    default = getattr(adamkit, name)([p])  # fused=None: falls back to the foreach path
     default.step()
-    assert not torch.equal(p, torch.zeros(4, dtype=torch.bfloat16))
+    assert not torch.equal(p, torch.zeros(4, 6))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_half_precision_parameters_take_the_kernel_only_when_asked(name: str) -> None:
+    """As torch: fused=True steps bf16 in fp32 and rounds once; the default stays eager."""
+    p = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    p.grad = q.grad = torch.ones_like(p)
+    getattr(adamkit, name)([p], fused=True).step()
+    getattr(adamkit, name)([q]).step()  # fused=None: the foreach path, in bf16 arithmetic
+    assert not torch.equal(p, torch.zeros_like(p)) and not torch.equal(q, torch.zeros_like(q))
 
 
 def test_public_surface() -> None:

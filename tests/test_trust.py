@@ -299,18 +299,25 @@ def _library(cache: Path) -> Path:
     return library
 
 
-def _fresh_cache(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    cache = tmp_path / "cache"
-    env = {"ADAMKIT_CACHE_DIR": str(cache)}
-    found, _ = _script(_STEP, tmp_path, env)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kernel cache built once by a real first step, for the tests to copy and damage."""
+    where = tmp_path_factory.mktemp("built")
+    found, _ = _script(_STEP, where, {"ADAMKIT_CACHE_DIR": str(where / "cache")})
     assert found["path"] == "fused"
-    return cache, env
+    return where / "cache"
 
 
-def test_the_cache_key_follows_what_the_compiler_targets(tmp_path: Path) -> None:
+def _fresh_cache(tmp_path: Path, built: Path) -> tuple[Path, dict[str, str]]:
+    cache = tmp_path / "cache"
+    shutil.copytree(built, cache)
+    return cache, {"ADAMKIT_CACHE_DIR": str(cache)}
+
+
+def test_the_cache_key_follows_what_the_compiler_targets(tmp_path: Path, built: Path) -> None:
     """A cache shared by machines with different CPUs: the key must differ where the
     compiler targets other instructions (here: the same gcc, told this CPU lacks AVX2)."""
-    cache, env = _fresh_cache(tmp_path)
+    cache, env = _fresh_cache(tmp_path, built)
     wrapper = tmp_path / "gcc-without-avx2"
     gcc = shutil.which("gcc") or shutil.which("cc")
     wrapper.write_text(f'#!/bin/sh\nexec {gcc} "$@" -mno-avx2\n')
@@ -323,10 +330,10 @@ def test_the_cache_key_follows_what_the_compiler_targets(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     "damage", ["truncated", "zero tail", "empty", "random", "another library", "directory"]
 )
-def test_a_damaged_library_is_rebuilt_once(tmp_path: Path, damage: str) -> None:
+def test_a_damaged_library_is_rebuilt_once(tmp_path: Path, built: Path, damage: str) -> None:
     """Truncated (SIGBUS), zeroed (SIGSEGV), empty, random, another library, a directory:
     each used to be loaded unchecked. Now it fails its checksum and is rebuilt."""
-    cache, env = _fresh_cache(tmp_path)
+    cache, env = _fresh_cache(tmp_path, built)
     library = _library(cache)
     data = library.read_bytes()
     if damage == "truncated":
@@ -359,15 +366,25 @@ def test_a_damaged_library_is_rebuilt_once(tmp_path: Path, damage: str) -> None:
 def test_a_damaged_library_that_cannot_be_rebuilt_falls_back_with_one_warning(
     tmp_path: Path,
 ) -> None:
-    cache, env = _fresh_cache(tmp_path)
-    library = _library(cache)
-    library.write_bytes(b"\0" * 100)
-    found, _ = _script(_STEP, tmp_path, {**env, "CC": "false"})
-    assert found["path"] == "foreach" and len(found["warnings"]) == 1
-    assert (
-        "exited with status 1" in found["reason"]
-        and "adamkit: the fused CPU kernel is unavailable" in found["warnings"][0]
+    """The library is damaged and the rebuild fails (here: a compiler that stops compiling
+    once a flag file exists): the step runs on the foreach path, with one warning."""
+    flag, gcc = tmp_path / "broken", shutil.which("gcc") or shutil.which("cc")
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *fused_cpu.c*) if [ -e {flag} ]; then echo "cc1: out of memory" >&2; '
+        f"exit 1; fi;; esac\nexec {gcc} \"$@\"\n"
     )
+    wrapper.chmod(0o755)
+    env = {"ADAMKIT_CACHE_DIR": str(tmp_path / "cache"), "CC": str(wrapper)}
+    found, _ = _script(_STEP, tmp_path, env)
+    assert found["path"] == "fused"
+    _library(tmp_path / "cache").write_bytes(b"\0" * 100)
+    flag.touch()
+    found, _ = _script(_STEP, tmp_path, env)
+    assert found["path"] == "foreach" and len(found["warnings"]) == 1
+    assert "building fused_cpu.c failed" in found["reason"] and "out of memory" in found["reason"]
+    assert "adamkit: the fused CPU kernel is unavailable" in found["warnings"][0]
     assert found["p"] == pytest.approx([-0.002] * 3, rel=1e-4)  # the foreach path stepped
 
 
