@@ -373,7 +373,7 @@ def test_a_damaged_library_that_cannot_be_rebuilt_falls_back_with_one_warning(
     wrapper.write_text(
         "#!/bin/sh\n"
         f'case "$*" in *fused_cpu.c*) if [ -e {flag} ]; then echo "cc1: out of memory" >&2; '
-        f"exit 1; fi;; esac\nexec {gcc} \"$@\"\n"
+        f'exit 1; fi;; esac\nexec {gcc} "$@"\n'
     )
     wrapper.chmod(0o755)
     env = {"ADAMKIT_CACHE_DIR": str(tmp_path / "cache"), "CC": str(wrapper)}
