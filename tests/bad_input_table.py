@@ -20,6 +20,7 @@ from .problems import make_params
 from .test_api import BAD_ARGUMENTS, BAD_PARAM_GROUPS
 from .test_load import BAD_STATE_DICTS
 from .test_schedules import BAD_SPECS
+from .test_trust import BAD_BETWEEN_STEPS
 
 
 def _error(call: Callable[[], object]) -> str:
@@ -107,6 +108,18 @@ def render() -> str:
     for spec, _, _ in BAD_SPECS:
         message = _error(lambda spec=spec: parse(spec))
         lines.append(f"| {_cell(repr(spec))} | {_cell(message)} |")
+    lines += [
+        "",
+        "## Between steps (what a training loop did to the tensors; `optimizer.step()`)",
+        "",
+        "Without `fused=True` the last three fall back to an eager path instead (one parameter "
+        "at a time for overlapping tensors; torch's broadcasting for a smaller gradient).",
+        "",
+        "| what was done | error |",
+        "|---|---|",
+    ]
+    for code, action, _, _ in BAD_BETWEEN_STEPS:
+        lines.append(f"| {_cell(code)} | {_cell(_error(action))} |")
     lines += ["", "## Checkpoints (`optimizer.load_state_dict(state_dict)`)", ""]
     lines += ["| state dict | error |", "|---|---|"]
     assert len(STATE_DICT_LABELS) == len(BAD_STATE_DICTS)

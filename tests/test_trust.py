@@ -576,3 +576,78 @@ def test_fp16_rounding_matches_torch_bit_for_bit() -> None:
     assert torch.equal(halves.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
     assert halves[nan].isnan().all()
     assert torch.equal(back[~nan], expected.float()[~nan]) and back[nan].isnan().all()
+
+
+# ------------------------------------------------------- the refusals, for docs/bad-input.md
+def _trained(fused: bool | None = None, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = adamkit.Adam([p], fused=fused, **kwargs)
+    p.grad = torch.ones(4)
+    opt.step()
+    return opt, p
+
+
+def _resized() -> None:
+    opt, p = _trained()
+    p.data = torch.zeros(8)
+    p.grad = torch.ones(8)
+    opt.step()
+
+
+def _empty_counter() -> None:
+    opt, p = _trained()
+    opt.state[p]["step"] = torch.zeros(0)
+    opt.step()
+
+
+def _overlapping() -> None:
+    base = torch.zeros(6)
+    a, b = torch.nn.Parameter(base[:4]), torch.nn.Parameter(base[2:])
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    adamkit.Adam([a, b], fused=True).step()
+
+
+def _small_gradient() -> None:
+    opt, p = _trained(fused=True)
+    p.grad.data = torch.ones(1)
+    opt.step()
+
+
+def _strided_gradient() -> None:
+    opt, p = _trained(fused=True)
+    p.grad = torch.ones(8)[::2]
+    opt.step()
+
+
+#: What a training loop may do to the tensors between two steps that the step refuses:
+#: (code, the action, error type, message regex).
+BAD_BETWEEN_STEPS: list[tuple[str, Any, type[Exception], str]] = [
+    ("p.data = torch.zeros(8)  # p had 4 elements", _resized, RuntimeError, "has 8 elements"),
+    ('optimizer.state[p]["step"] = torch.zeros(0)', _empty_counter, ValueError, "one number"),
+    (
+        "Adam([base[:4], base[2:]], fused=True)  # overlapping parameters",
+        _overlapping,
+        RuntimeError,
+        "overlap in memory",
+    ),
+    (
+        "p.grad.data = torch.ones(1)  # with fused=True",
+        _small_gradient,
+        RuntimeError,
+        "gradients of the parameters' shape",
+    ),
+    (
+        "p.grad = torch.ones(8)[::2]  # with fused=True",
+        _strided_gradient,
+        RuntimeError,
+        "needs contiguous gradients",
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "action", "error", "message"), BAD_BETWEEN_STEPS)
+def test_what_the_step_refuses(
+    code: str, action: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        action()
