@@ -20,7 +20,7 @@ from .problems import make_params
 from .test_api import BAD_ARGUMENTS, BAD_PARAM_GROUPS
 from .test_load import BAD_STATE_DICTS
 from .test_schedules import BAD_SPECS
-from .test_trust import BAD_BETWEEN_STEPS
+from .trust_inproc import BAD_BETWEEN_STEPS
 
 
 def _error(call: Callable[[], object]) -> str:

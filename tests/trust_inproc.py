@@ -1,0 +1,211 @@
+"""Tests of tests/test_trust.py that ran into freed memory or out of bounds before the fix:
+test_trust.py runs each of them in a pytest process of its own, so that a regression fails
+one test instead of aborting the suite. (Not collected by itself: its name does not start
+with ``test_``.)"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+
+from .registry import ALGORITHMS
+
+KEYS = {
+    "Adam": ("exp_avg", "exp_avg_sq"),
+    "AdamW": ("exp_avg", "exp_avg_sq"),
+    "RAdam": ("exp_avg", "exp_avg_sq"),
+    "NAdam": ("exp_avg", "exp_avg_sq", "mu_product"),
+    "Adamax": ("exp_avg", "exp_inf"),
+}
+
+
+def _pair(
+    name: str, n: int = 4099, **kwargs: Any
+) -> tuple[Any, Any, list[torch.Tensor], list[torch.Tensor]]:
+    """adamkit's default (fused) optimizer and a for-loop twin, over equal parameters."""
+    torch.manual_seed(0)
+    ours_p = [torch.randn(n, requires_grad=True), torch.randn(3, 5, requires_grad=True)]
+    twin_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    cls = getattr(adamkit, name)
+    return (
+        cls(ours_p, lr=1e-2, **kwargs),
+        cls(twin_p, lr=1e-2, foreach=False, **kwargs),
+        ours_p,
+        twin_p,
+    )
+
+
+def _steps(
+    ours: Any, twin: Any, ours_p: list[torch.Tensor], twin_p: list[torch.Tensor], k: int
+) -> None:
+    for _ in range(k):
+        for p, q in zip(ours_p, twin_p, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        twin.step()
+
+
+def _close(ours_p: list[torch.Tensor], twin_p: list[torch.Tensor]) -> None:
+    for p, q in zip(ours_p, twin_p, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------- 2-3. state swapped or replaced by hand
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("how", ["data", "replace"])
+def test_state_swapped_or_replaced_by_hand_is_what_the_step_uses(name: str, how: str) -> None:
+    """``state[k].data = clone`` (the old plan kept the freed address) and ``state[k] =
+    torch.zeros_like(...)`` (the old plan kept stepping the old tensor): whatever is in
+    ``optimizer.state`` at the time of ``step()`` is what is used, as in torch."""
+    for key in KEYS[name] + (("max_exp_avg_sq",) if name == "Adam" else ()):
+        extra = {"amsgrad": True} if key == "max_exp_avg_sq" else {}
+        ours, twin, ours_p, twin_p = _pair(name, **extra)
+        _steps(ours, twin, ours_p, twin_p, 3)
+        for opt in (ours, twin):
+            for state in opt.state.values():
+                if how == "data":
+                    state[key].data = state[key].data.clone() * 0.5
+                else:
+                    state[key] = torch.zeros_like(state[key]) + (0.9 if key == "mu_product" else 0)
+        _steps(ours, twin, ours_p, twin_p, 3)
+        _close(ours_p, twin_p)
+        for state, twin_state in zip(ours.state.values(), twin.state.values(), strict=True):
+            torch.testing.assert_close(state[key], twin_state[key], rtol=1e-5, atol=1e-7)
+
+
+def test_replaced_8bit_scales_are_what_the_step_uses() -> None:
+    """The 8-bit block scales, replaced and swapped: the step must equal that of a fresh
+    optimizer loaded with the same state (no plan to go stale), bit for bit."""
+    ours, _, ours_p, _ = _pair("AdamW", state_precision="8bit")
+    for _ in range(2):
+        for p in ours_p:
+            p.grad = torch.randn_like(p)
+        ours.step()
+    for state in ours.state.values():
+        if "exp_avg_sq_scale" in state:
+            state["exp_avg_sq_scale"] = state["exp_avg_sq_scale"] * 4
+            state["exp_avg_scale"].data = state["exp_avg_scale"].data.clone() * 2
+    twin_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    twin = adamkit.AdamW(twin_p, lr=1e-2, state_precision="8bit")
+    twin.load_state_dict(copy.deepcopy(ours.state_dict()))
+    for _ in range(2):
+        for p, q in zip(ours_p, twin_p, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        twin.step()
+    for p, q in zip(ours_p, twin_p, strict=True):
+        assert torch.equal(p, q)
+
+
+# ------------------------------------------------------------------------ 4. counter dtypes
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.int32, torch.float16])
+def test_counters_of_another_dtype_count_as_torch_does(name: str, dtype: torch.dtype) -> None:
+    """``state["step"] = torch.tensor(0)`` (int64) got float bit patterns, a uint8 counter a
+    4-byte store; now such a counter is replaced by a float32 one of the same value and the
+    run continues exactly as torch's for-loop, which counts in the tensor's own dtype."""
+    torch.manual_seed(0)
+    ours_p = [torch.randn(300, requires_grad=True)]
+    torch_p = [p.detach().clone().requires_grad_() for p in ours_p]
+    ours = getattr(adamkit, name)(ours_p, lr=1e-2)
+    theirs = getattr(torch.optim, name)(torch_p, lr=1e-2, foreach=False)
+    _steps(ours, theirs, ours_p, torch_p, 3)
+    for opt in (ours, theirs):
+        for state in opt.state.values():
+            state["step"] = torch.tensor(1, dtype=dtype)
+    _steps(ours, theirs, ours_p, torch_p, 4)
+    _close(ours_p, torch_p)
+    for state in ours.state.values():
+        assert state["step"].dtype == torch.float32 and state["step"].item() == 5.0
+
+
+def test_a_counter_that_is_not_one_number_is_refused() -> None:
+    p = torch.zeros(10, requires_grad=True)
+    opt = adamkit.Adam([p])
+    p.grad = torch.ones(10)
+    opt.step()
+    opt.state[p]["step"] = torch.zeros(0)
+    with pytest.raises(ValueError, match=r"state\['step'\] of parameter #0 must hold one number"):
+        opt.step()
+
+
+# ------------------------------------------------------- the refusals, for docs/bad-input.md
+def _trained(fused: bool | None = None, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = adamkit.Adam([p], fused=fused, **kwargs)
+    p.grad = torch.ones(4)
+    opt.step()
+    return opt, p
+
+
+def _resized() -> None:
+    opt, p = _trained()
+    p.data = torch.zeros(8)
+    p.grad = torch.ones(8)
+    opt.step()
+
+
+def _empty_counter() -> None:
+    opt, p = _trained()
+    opt.state[p]["step"] = torch.zeros(0)
+    opt.step()
+
+
+def _overlapping() -> None:
+    base = torch.zeros(6)
+    a, b = torch.nn.Parameter(base[:4]), torch.nn.Parameter(base[2:])
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    adamkit.Adam([a, b], fused=True).step()
+
+
+def _small_gradient() -> None:
+    opt, p = _trained(fused=True)
+    p.grad.data = torch.ones(1)
+    opt.step()
+
+
+def _strided_gradient() -> None:
+    opt, p = _trained(fused=True)
+    p.grad = torch.ones(8)[::2]
+    opt.step()
+
+
+#: What a training loop may do to the tensors between two steps that the step refuses:
+#: (code, the action, error type, message regex).
+BAD_BETWEEN_STEPS: list[tuple[str, Any, type[Exception], str]] = [
+    ("p.data = torch.zeros(8)  # p had 4 elements", _resized, RuntimeError, "has 8 elements"),
+    ('optimizer.state[p]["step"] = torch.zeros(0)', _empty_counter, ValueError, "one number"),
+    (
+        "Adam([base[:4], base[2:]], fused=True)  # overlapping parameters",
+        _overlapping,
+        RuntimeError,
+        "overlap in memory",
+    ),
+    (
+        "p.grad.data = torch.ones(1)  # with fused=True",
+        _small_gradient,
+        RuntimeError,
+        "gradients of the parameters' shape",
+    ),
+    (
+        "p.grad = torch.ones(8)[::2]  # with fused=True",
+        _strided_gradient,
+        RuntimeError,
+        "needs contiguous gradients",
+    ),
+]
+
+
+@pytest.mark.parametrize(("code", "action", "error", "message"), BAD_BETWEEN_STEPS)
+def test_what_the_step_refuses(
+    code: str, action: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        action()
