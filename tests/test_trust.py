@@ -78,6 +78,16 @@ def test_a_resized_parameter_is_refused_naming_it_and_nothing_is_written(tmp_pat
         "test_counters_of_another_dtype_count_as_torch_does",
         "test_a_counter_that_is_not_one_number_is_refused",
         "test_what_the_step_refuses",
+        "test_a_parameter_restrided_in_place_is_checked_at_every_step",
+        "test_state_swapped_for_a_smaller_tensor_at_the_same_address_is_caught",
+        "test_state_changed_in_place_is_not_stepped_by_the_kernel",
+        "test_a_counter_viewed_as_int32_is_not_read_as_float",
+        "test_a_storage_shrunk_under_a_state_tensor_is_an_error_on_every_path",
+        "test_the_kernel_bumps_version_counters_as_torch_does",
+        "test_a_reason_from_one_step_s_gradients_is_not_kept",
+        "test_a_parameter_moved_to_another_dtype_is_bucketed_again",
+        "test_a_group_changed_by_hand_is_checked_at_the_step",
+        "test_a_negative_or_number_counter_is_handled",
     ],
 )
 def test_state_changed_by_hand(tmp_path: Path, test: str) -> None:

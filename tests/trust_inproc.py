@@ -209,3 +209,156 @@ def test_what_the_step_refuses(
 ) -> None:
     with pytest.raises(error, match=message):
         action()
+
+
+# ------------------------------------------- found by an adversarial review of the new path
+def _one(n: int = 1 << 16, **kwargs: Any) -> tuple[Any, torch.nn.Parameter]:
+    p = torch.nn.Parameter(torch.randn(n))
+    opt = adamkit.Adam([p], lr=0.1, **kwargs)
+    p.grad = torch.randn(n)
+    opt.step()
+    return opt, p
+
+
+def test_a_parameter_restrided_in_place_is_checked_at_every_step() -> None:
+    """Same element count, another layout: an expanded 1-element storage (the kernel would
+    write 256 KiB into 4 bytes), a transposed matrix, a strided view of a buffer."""
+    opt, p = _one()
+    p.data = torch.zeros(1).expand(1 << 16)
+    p.grad = torch.randn(1 << 16)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        opt.step()  # torch's own refusal, from the foreach path the step falls back to
+    buffer = torch.zeros(2 << 16)
+    opt, p = _one()
+    p.data = buffer[::2]
+    p.grad = torch.ones(1 << 16)
+    opt.step()
+    assert (buffer[1::2] == 0).all() and (buffer[::2] != 0).all()
+    torch.manual_seed(0)
+    q = torch.nn.Parameter(torch.randn(64, 64))
+    r = torch.nn.Parameter(q.detach().clone())
+    ours, theirs = adamkit.Adam([q], lr=0.1), torch.optim.Adam([r], lr=0.1, foreach=False)
+    for step in range(4):
+        if step == 2:
+            q.data, r.data = q.data.t(), r.data.t()
+        g = torch.randn(64, 64)
+        q.grad, r.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(q, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "exp_avg_sq"])
+def test_state_swapped_for_a_smaller_tensor_at_the_same_address_is_caught(key: str) -> None:
+    """The storage freed in place, and a smaller tensor put at the same address into the
+    same state tensor: identity and address agree, the element count does not."""
+    n = 1 << 16
+    opt, p = _one(n)
+    state = opt.state[p][key]
+    address = state.data_ptr()
+    state.untyped_storage().resize_(0)
+    for _ in range(50):
+        small = torch.zeros(n // 4)
+        if small.data_ptr() == address:
+            break
+    state.data = small
+    p.grad = torch.randn(n)
+    with pytest.raises(RuntimeError):  # torch's size mismatch, on the foreach path
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda t: setattr(t, "data", t.data[: t.numel() // 2]),
+        lambda t: t.resize_(t.numel() // 2),
+        lambda t: setattr(t, "data", t.data.view(torch.int32)),
+        lambda t: setattr(t, "data", t.data.view(torch.float16)),
+    ],
+    ids=["half view", "resize_", "int32 view", "float16 view"],
+)
+def test_state_changed_in_place_is_not_stepped_by_the_kernel(change: Any) -> None:
+    opt, p = _one()
+    change(opt.state[p]["exp_avg"])
+    p.grad = torch.randn_like(p)
+    with pytest.raises(RuntimeError):  # what torch's ops say on the eager path
+        opt.step()
+    with pytest.raises(RuntimeError):
+        _, q = _one(fused=True)
+        change(_.state[q]["exp_avg"])
+        q.grad = torch.randn_like(q)
+        _.step()
+
+
+def test_a_counter_viewed_as_int32_is_not_read_as_float() -> None:
+    opt, p = _one()
+    opt.state[p]["step"].data = opt.state[p]["step"].data.view(torch.int32)
+    p.grad = torch.randn_like(p)
+    opt.step()  # planned again: the counter is converted to float32, keeping its value
+    step = opt.state[p]["step"]
+    assert step.dtype == torch.float32  # the int32 value 1065353216 (the bits of 1.0), counted
+    assert step.item() == pytest.approx(1065353216 + 1, rel=1e-7)
+
+
+def test_a_storage_shrunk_under_a_state_tensor_is_an_error_on_every_path() -> None:
+    for fused in (None, True):
+        opt, p = _one(fused=fused)
+        opt.state[p]["exp_avg"].untyped_storage().resize_(64)
+        p.grad = torch.randn_like(p)
+        with pytest.raises(RuntimeError, match="past the end of its storage"):
+            opt.step()
+
+
+def test_the_kernel_bumps_version_counters_as_torch_does() -> None:
+    """torch's in-place updates make autograd refuse a graph that saved the old weights."""
+    lin = torch.nn.Linear(8, 8)
+    opt = adamkit.Adam(lin.parameters())
+    x = torch.randn(4, 8, requires_grad=True)
+    (lin(x) ** 2).sum().backward()
+    opt.step()
+    y = (lin(x) ** 2).sum()
+    (lin(x) ** 2).sum().backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_a_reason_from_one_step_s_gradients_is_not_kept() -> None:
+    """One non-contiguous gradient made the default path give up the kernel for good."""
+    p = torch.nn.Parameter(torch.randn(8, 8))
+    opt = adamkit.Adam([p])
+    p.grad = torch.randn(8, 8).t()
+    opt.step()
+    p.grad = torch.randn(8, 8)
+    opt.step()
+    entries = opt._fused_plans[id(opt.param_groups[0])][1]
+    assert entries[0][1] is not None and entries[0][2] is None, entries
+
+
+def test_a_parameter_moved_to_another_dtype_is_bucketed_again() -> None:
+    a, b = torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(10))
+    opt = adamkit.Adam([a, b], fused=True)
+    a.grad, b.grad = torch.randn(10), torch.randn(10)
+    opt.step()
+    a.data = a.data.double()
+    a.grad = torch.randn(10, dtype=torch.float64)
+    opt.state[a] = {}
+    opt.step()
+    assert opt.state[a]["exp_avg"].dtype == torch.float64
+
+
+def test_a_group_changed_by_hand_is_checked_at_the_step() -> None:
+    opt, _p = _one()
+    opt.param_groups[0]["betas"] = (1.0, 0.999)
+    with pytest.raises(ValueError, match="param group 0: Invalid beta parameter at index 0"):
+        opt.step()
+
+
+def test_a_negative_or_number_counter_is_handled() -> None:
+    opt, p = _one()
+    opt.state[p]["step"] = torch.tensor(-1.0)
+    with pytest.raises(ValueError, match="must be a finite number >= 0"):
+        opt.step()
+    opt.state[p]["step"] = 3  # a plain number, as older torch saved it
+    opt.step()
+    assert opt.state[p]["step"].item() == 4.0

@@ -36,6 +36,7 @@ from ._fused import (
     Layout,
     Reading,
     Storage,
+    bump_versions,
     check_state_sizes,
     fused_unsupported,
     kernel_available,
@@ -317,7 +318,7 @@ class AdamFamily(Optimizer):
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
         beta1, beta2 = group["betas"]
-        return Hyper(
+        h = Hyper(
             lr=scalar_value(group["lr"]),
             beta1=scalar_value(beta1),
             beta2=scalar_value(beta2),
@@ -328,6 +329,19 @@ class AdamFamily(Optimizer):
             amsgrad=group.get("amsgrad", False),
             momentum_decay=float(group.get("momentum_decay", 0.0)),
         )
+        # A group changed by hand after construction (group["betas"] = (1.0, 0.999)) is
+        # checked here, cheaply; check_group then says what is wrong, as at construction.
+        if not (
+            0 <= h.beta1 < 1
+            and 0 <= h.beta2 < 1
+            and 0 <= h.lr < math.inf
+            and 0 <= h.eps < math.inf
+            and 0 <= h.weight_decay < math.inf
+            and 0 <= h.momentum_decay < math.inf
+        ):
+            index = next(i for i, g in enumerate(self.param_groups) if g is group)
+            check_group(group, type(self).__name__, f"param group {index}: ")
+        return h
 
     def execution_path(self, group: dict[str, Any] | None = None) -> str:
         """The execution path ``step()`` uses for ``group`` (default: the first group).
@@ -464,7 +478,7 @@ class AdamFamily(Optimizer):
                 f"({_param_label(group, i)} has one); use torch.optim.SparseAdam, or "
                 "nn.Embedding(sparse=False)"
             )
-        states: list[dict[str, Any]] = list(map(self.state.__getitem__, params))
+        states = self._entries(params)
         if not all(states):  # an empty dict: state not created yet
             for p, state in zip(params, states, strict=True):
                 if len(state) == 0:
@@ -529,6 +543,26 @@ class AdamFamily(Optimizer):
             table = self._salt_table = {id(p): i for i, p in enumerate(every)}
         return [table[id(p)] for p in params]
 
+    def _entries(self, params: list[Tensor]) -> list[dict[str, Any]]:
+        """``[self.state[p] for p in params]``, kept while no entry of ``self.state`` was
+        reassigned (``LiveState.mutations``): a lookup by tensor calls ``Tensor.__hash__``, a
+        Python function, which for 2000 parameters costs a tenth of the kernel's time."""
+        state = self.state
+        ids = tuple(map(id, params))
+        kept = self.__dict__.get("_kept_entries")
+        mutations = getattr(state, "mutations", None)
+        if (
+            kept is not None
+            and mutations is not None
+            and kept[0] is state
+            and kept[1] == mutations
+            and kept[2] == ids
+        ):
+            return list(kept[3])
+        entries: list[dict[str, Any]] = list(map(state.__getitem__, params))
+        self._kept_entries = (state, getattr(state, "mutations", None), ids, entries)
+        return entries
+
     def _step_fused(
         self,
         group: dict[str, Any],
@@ -548,32 +582,25 @@ class AdamFamily(Optimizer):
         """
         plans = self.__dict__.setdefault("_fused_plans", {})
         # A plan fixes the storage and the rounding, so a change of either builds a new one.
-        key = (tuple(map(id, params)), group["state_precision"], group["stochastic_rounding"])
+        ids = tuple(map(id, params))
+        key = (ids, group["state_precision"], group["stochastic_rounding"], hyper.amsgrad)
         cached = plans.get(id(group))
-        if cached is None or cached[0] != (*key, hyper.amsgrad):
-            buckets = _by_device_and_dtype(params)
-            entries = [
-                (None if len(buckets) == 1 else indices, None, None) for indices in buckets.values()
-            ]
-            cached = plans[id(group)] = ((*key, hyper.amsgrad), entries)
-        entries = cached[1]
-        for e, (indices, plan, reason) in enumerate(entries):
-            if indices is None:
-                bucket_params, bucket_grads, bucket_states = params, grads, states
-            else:
-                bucket_params = [params[i] for i in indices]
-                bucket_grads = [grads[i] for i in indices]
-                bucket_states = [states[i] for i in indices]
-            reading = plan.read(bucket_params, bucket_grads, bucket_states) if plan else None
-            if reading is None and (plan is not None or reason is None):
-                # No plan yet, or the tensors changed (p.data = ..., state replaced): plan anew.
-                plan, reason = self._plan(group, bucket_params, hyper, moment_keys)
-                entries[e] = (indices, plan, reason)
-                if plan is not None:
-                    reading = plan.read(bucket_params, bucket_grads, bucket_states)
-                    reading = reading or "the tensors changed while their plan was built"
+        buckets = self._read_buckets(
+            group, params, grads, states, hyper, cached[1] if cached and cached[0] == key else None
+        )
+        if buckets is None:
+            # A bucket's tensors no longer fit its plan (p.data = ..., a dtype moved, state
+            # replaced): bucket and plan the group afresh. Nothing was stepped yet.
+            buckets = self._read_buckets(group, params, grads, states, hyper, None)
+            assert buckets is not None  # plans just built from these very tensors
+        plans[id(group)] = (key, [b[:3] for b in buckets])
+        for _, plan, reason, bucket_params, reading in buckets:
             if isinstance(reading, Reading):
+                assert plan is not None
                 plan.run(reading, hyper)
+                # torch's in-place updates bump the version counters autograd checks (a graph
+                # that saved a parameter must not be backpropagated through after a step).
+                bump_versions(reading.tensors["params"])
                 continue
             reason = reading if isinstance(reading, str) else reason
             if group.get("fused"):
@@ -586,6 +613,37 @@ class AdamFamily(Optimizer):
                     self._apply_rule(PATHS["forloop"], [p], group, hyper, moment_keys)
             else:
                 self._apply_rule(PATHS["foreach"], bucket_params, group, hyper, moment_keys)
+
+    def _read_buckets(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        hyper: Hyper,
+        entries: list[tuple[list[int] | None, Any, str | None]] | None,
+    ) -> list[tuple[Any, ...]] | None:
+        """Each bucket's (positions, plan, reason, parameters, reading or reason), planning
+        those without a plan; ``None`` when a planned bucket no longer fits its plan."""
+        if entries is None:
+            by_bucket = _by_device_and_dtype(params).values()
+            entries = [(None if len(by_bucket) == 1 else i, None, None) for i in by_bucket]
+        moment_keys = self._moment_keys(group)
+        out = []
+        for indices, plan, reason in entries:
+            if indices is None:
+                bucket_params, bucket_grads, bucket_states = params, grads, states
+            else:
+                bucket_params = [params[i] for i in indices]
+                bucket_grads = [grads[i] for i in indices]
+                bucket_states = [states[i] for i in indices]
+            if plan is None and reason is None:
+                plan, reason = self._plan(group, bucket_params, hyper, moment_keys)
+            reading = plan.read(bucket_params, bucket_grads, bucket_states) if plan else None
+            if plan is not None and reading is None:
+                return None
+            out.append((indices, plan, reason, bucket_params, reading))
+        return out
 
     def _plan(
         self,

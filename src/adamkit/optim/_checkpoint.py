@@ -117,12 +117,46 @@ class LiveState(defaultdict[Any, Any]):
     ``ZeroRedundancyOptimizer.load_state_dict`` writes the saved entries straight into its
     local optimizer's state, past ``load_state_dict``. Reads are a plain dict's."""
 
+    #: Counts every change of which entry a key holds (not changes inside an entry), so a
+    #: step can keep the list of its parameters' entries while nothing was reassigned.
+    mutations = 0
+
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, Mapping) and any(
             isinstance(k, str) and k.endswith("_codes") for k in value
         ):
             value = live_entry(value)
+        self.mutations += 1
         super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.mutations += 1
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        self.mutations += 1
+        super().clear()
+
+    def pop(self, *args: Any) -> Any:
+        self.mutations += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[Any, Any]:
+        self.mutations += 1
+        return super().popitem()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other: Any) -> LiveState:  # type: ignore[misc]
+        self.update(other)
+        return self
 
 
 def live_state(state: Mapping[Any, Any]) -> LiveState:

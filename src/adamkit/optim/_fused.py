@@ -18,6 +18,7 @@ seen and stepped one at a time, in order, instead (:data:`OVERLAPPING`).
 
 from __future__ import annotations
 
+import math
 import operator
 from array import array
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "Reading",
     "Storage",
     "address",
+    "bump_versions",
     "check_state_sizes",
     "common_unsupported",
     "fused_unsupported",
@@ -65,6 +67,7 @@ _dtype = operator.attrgetter("dtype")
 _is_cpu = operator.attrgetter("is_cpu")
 _device = operator.attrgetter("device")
 _step = operator.itemgetter("step")
+_PLAIN = frozenset(PLAIN_TENSORS)
 
 
 def kernel_available() -> bool:
@@ -141,7 +144,18 @@ def fused_unsupported(bucket: Bucket, formats: Sequence[int] | None) -> str | No
 
 
 def _tensors(bucket: Bucket) -> list[Tensor]:
-    return [*bucket.params, *bucket.grads, *(t for ts in bucket.state.values() for t in ts)]
+    """The tensors a plan is built for: not the gradients, which each step checks anew."""
+    return [*bucket.params, *(t for ts in bucket.state.values() for t in ts)]
+
+
+def bump_versions(tensors: list[Tensor]) -> None:
+    """Count an in-place update of ``tensors`` in their version counters, as torch's in-place
+    operations do (autograd then refuses a graph that saved an old value)."""
+    try:
+        torch.autograd.graph.increment_version(tensors)
+    except TypeError:  # torch before 2.5 takes one tensor at a time
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
 
 
 def check_state_sizes(
@@ -182,15 +196,25 @@ def prepare_counters(
     for i, entry in enumerate(states):
         for key in keys:
             value = entry.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = entry[key] = torch.tensor(
+                    float(value), dtype=dtype
+                )  # as older torch kept it
             if not isinstance(value, Tensor):
-                continue  # a plain number: the kernel cannot take it (common_unsupported)
+                continue  # the kernel cannot take it (common_unsupported says so)
             if value.numel() != 1:
                 raise ValueError(
                     f"adamkit.{optimizer}: state[{key!r}] of {label(i)} must hold one number, "
                     f"got a tensor of shape {tuple(value.shape)}"
                 )
+            number = float(value)
+            if not math.isfinite(number) or (key == "step" and number < 0):
+                raise ValueError(
+                    f"adamkit.{optimizer}: state[{key!r}] of {label(i)} is {number}; a step "
+                    "count must be a finite number >= 0 (and mu_product finite)"
+                )
             if value.dtype not in _COUNTER_DTYPES and value.device.type == "cpu":
-                entry[key] = torch.tensor(float(value), dtype=dtype)
+                entry[key] = torch.tensor(number, dtype=dtype)
 
 
 @dataclass
@@ -275,8 +299,9 @@ class Layout:
         self.scale_keys = {f"{k}:scales": scale_key(k) for k in self.moment_keys if self.q8}
         self.stateful = (*self.moment_keys, "step", *self.scalar_keys, *self.scale_keys)
         self.held: dict[str, list[Tensor]] | None = None  # the state last checked in full
-        self.pinned: list[Any] = []
         self.held_table = array("Q")
+        self.last_addresses: list[int] = []
+        self.last_table = array("Q")
         # Bytes and written flags per table row, for the overlap check (fixed by the checks).
         sizes = [n * self.dtype.itemsize for n in self.numels] * 2
         for key in self.moment_keys:
@@ -292,11 +317,22 @@ class Layout:
         self.written[count : 2 * count] = array("B", [0] * count)  # gradients are only read
         self.overlap_free: array[int] | None = None  # the last table found free of overlaps
 
-    def _fits(self, tensors: list[Tensor], numels: list[int], dtypes: list[torch.dtype]) -> bool:
+    def _fits(
+        self,
+        tensors: list[Tensor],
+        numels: list[int],
+        dtypes: list[torch.dtype],
+        device: bool = True,
+        contiguous: bool = True,
+    ) -> bool:
+        """Each tensor has its element count and dtype, is contiguous (and on the device)."""
         if list(map(_numel, tensors)) != numels or list(map(_dtype, tensors)) != dtypes:
             return False
-        if not all(map(_contiguous, tensors)):
+        if contiguous and not all(map(_contiguous, tensors)):
             return False
+        return not device or self._on_device(tensors)
+
+    def _on_device(self, tensors: list[Tensor]) -> bool:
         if self.cpu:
             return all(map(_is_cpu, tensors))
         return list(map(_device, tensors)).count(self.device) == len(tensors)
@@ -305,23 +341,24 @@ class Layout:
         self, params: list[Tensor], grads: list[Tensor], states: Sequence[Mapping[str, Any]]
     ) -> Reading | str | None:
         """The tensors of this step, checked, with their addresses; ``None`` when a parameter
-        or its state no longer has the plan's size or dtype (plan again); or why the kernel
-        cannot take this step's gradients.
+        or its state no longer has the plan's size, dtype or layout (plan again); or why the
+        kernel cannot take this step's tensors.
 
-        Parameters and gradients (a new tensor each step, after ``zero_grad()``) are checked
-        in full at every step: element count, dtype, contiguity, device. State tensors and
-        counters are checked in full when first seen; after that, a step finds each one by
-        identity in ``optimizer.state`` and reads its address, and anything else (a tensor
-        replaced, its ``.data`` swapped, its storage moved) checks it in full again. The
-        storages of the checked tensors are held, so an address cannot be freed and reused by
-        another tensor between two steps.
+        Every step checks every tensor's element count and dtype, and the contiguity of every
+        parameter, gradient and state tensor (cheap C getters: about 40 ns each), and reads
+        its address; parameters and gradients are also checked for their device. What
+        costs more is checked when a tensor is new or has moved since the last step: its
+        device, and that its storage still holds it (``untyped_storage().resize_`` can shrink
+        a storage under a tensor).
         """
         count = len(params)
         real = real_view if self.complex else None
         if real is not None:
             params, grads = [real(p) for p in params], [real(g) for g in grads]
         same = [self.dtype] * count
-        if list(map(_numel, params)) != self.numels or list(map(_dtype, params)) != same:
+        # A parameter's device is checked where its address changed (_check): a tensor on
+        # another device is new memory, at another address.
+        if not self._fits(params, self.numels, same, device=False):
             return None
         if not self._fits(grads, self.numels, same):
             return (
@@ -329,24 +366,37 @@ class Layout:
                 f"dtype ({self.dtype}) on {self.device}"
             )
         tensors = {"params": params, "grads": grads}
-        held = self.held
         try:
             for key in self.stateful:
                 if key in self.scale_keys:
                     values = [states[i][self.scale_keys[key]] for i in self.q8]
                 else:
                     values = list(map(operator.itemgetter(key), states))
+                if not set(map(type, values)) <= _PLAIN:
+                    return None  # a number, None, a subclass...: planning says what
                 if real is not None and key in self.moment_keys:
                     values = [real(v) for v in values]
                 tensors[key] = values
         except (KeyError, TypeError):
             return None  # a state entry went missing, or a state is not a dict: plan again
-        table = self._table(tensors)
-        if held is None or not self._same(tensors, held, table):
-            checked = self._check(tensors)
-            if checked is False:
+        # State tensors: contiguity and device where they are new or moved (_check). In
+        # place, a tensor can only be restrided within the storage it already has.
+        for key in self.moment_keys:
+            if not self._fits(tensors[key], self.numels, self.dtypes[key], False, False):
                 return None
-            if isinstance(checked, str):
+        for key in ("step", *self.scalar_keys):
+            if not self._counters_fit(tensors[key], self.counter_dtypes[key]):
+                return None
+        for key in self.scale_keys:
+            values = tensors[key]
+            if not self._fits(
+                values, self.scale_numels, [torch.float32] * len(values), False, False
+            ):
+                return None
+        table = self._table(tensors)
+        if self.held is None or not self._same(tensors, table):
+            checked = self._check(tensors, table)
+            if checked is not None:
                 return checked
             self._hold(tensors, table)
         if table != self.overlap_free:
@@ -362,58 +412,75 @@ class Layout:
         addresses = list(map(_pointer, tensors["params"]))
         for role in self.roles[1:]:
             addresses += map(_pointer, tensors[role])
+        if addresses == self.last_addresses and not self.scale_keys:
+            return self.last_table  # as last step: the same table, no conversion
         table = array("Q", addresses)
+        self.last_addresses = addresses
         for key in self.scale_keys:
             row = array("Q", bytes(8 * len(self.numels)))
             for i, t in zip(self.q8, tensors[key], strict=True):
                 row[i] = t.data_ptr()
             table += row
+        self.last_table = table
         return table
 
-    def _same(
-        self, tensors: dict[str, list[Tensor]], held: dict[str, list[Tensor]], table: array[int]
-    ) -> bool:
-        """Whether every state tensor and counter is the one checked before, at its address."""
+    def _same(self, tensors: dict[str, list[Tensor]], table: array[int]) -> bool:
+        """Whether the parameters, state tensors and counters are the ones checked before, at
+        the same addresses (the gradients are new at every step, and checked above)."""
+        assert self.held is not None
         for key in self.stateful:
-            if not all(map(operator.is_, tensors[key], held[key])):
+            if not all(map(operator.is_, tensors[key], self.held[key])):
                 return False
         count = len(self.numels)
-        return table[2 * count :] == self.held_table[2 * count :]
+        held = self.held_table
+        return table[:count] == held[:count] and table[2 * count :] == held[2 * count :]
 
-    def _check(self, tensors: dict[str, list[Tensor]]) -> str | bool | None:
-        """Check the state tensors and counters in full: ``None`` if they fit the plan,
-        ``False`` if they do not (plan again), or why a storage cannot be used."""
-        for key in self.moment_keys:
-            if not self._fits(tensors[key], self.numels, self.dtypes[key]):
-                return False
+    def _check(self, tensors: dict[str, list[Tensor]], table: array[int]) -> str | None:
+        """What is checked when a tensor is new or has moved: the device of state tensors,
+        that no parameter is an inference tensor (torch refuses to update those in place),
+        and that every tensor lies inside its storage. ``None`` when all is well, or why
+        the kernel cannot take them."""
         for key in ("step", *self.scalar_keys):
-            if not self._counters_fit(tensors[key], self.counter_dtypes[key]):
-                return False
-        for key in self.scale_keys:
-            values = tensors[key]
-            if not self._fits(values, self.scale_numels, [torch.float32] * len(values)):
-                return False
-        for key in self.stateful:
+            if not all(map(_is_cpu, tensors[key])):
+                return f"the {key!r} counters are not all on the CPU"
+            values = torch.stack([t.reshape(()) for t in tensors[key]]).double()
+            bad = ~values.isfinite() | (values < 0 if key == "step" else False)
+            if bool(bad.any()):
+                number = values[bad][0].item()
+                raise ValueError(
+                    f"adamkit: a state[{key!r}] is {number}; a step count must be a finite "
+                    "number >= 0 (and mu_product finite)"
+                )
+        for key in ("params", *self.moment_keys, *self.scale_keys):
+            if not self._on_device(tensors[key]):
+                return f"the {key!r} tensors are not all on {self.device}"
+            if not all(map(_contiguous, tensors[key])):
+                return f"the fused kernel needs contiguous tensors (the {key!r} are not)"
+        if any(map(Tensor.is_inference, tensors["params"])):
+            return "a parameter is an inference tensor (made under torch.inference_mode())"
+        for key in ("params", *self.stateful):
             for t in tensors[key]:
-                # A view past the end of a storage that was shrunk in place (storage.resize_).
                 end = (t.storage_offset() + t.numel()) * t.element_size()
                 if t.numel() and t.untyped_storage().nbytes() < end:
-                    return f"the state {key!r} is a view past the end of its storage"
+                    where = "a parameter" if key == "params" else f"the state {key!r}"
+                    raise RuntimeError(
+                        f"adamkit: {where} is a view past the end of its storage (was the "
+                        "storage resized in place, storage.resize_()?); no path can step it "
+                        "safely"
+                    )
         return None
 
     def _hold(self, tensors: dict[str, list[Tensor]], table: array[int]) -> None:
         self.held = {key: tensors[key] for key in self.stateful}
-        # Holding the storages keeps their memory from being reused at the same address by
-        # another tensor while the tensors above are held by identity only.
-        self.pinned = [t.untyped_storage() for key in self.stateful for t in tensors[key]]
         self.held_table = table
 
     def _counters_fit(self, values: list[Any], dtype: torch.dtype) -> bool:
+        """One number of ``dtype`` each (their device: where they are new or moved)."""
         if list(map(type, values)).count(Tensor) != len(values):
             return False  # a plain number (or a subclass): plan again, which says why
         if list(map(_dtype, values)).count(dtype) != len(values):
             return False
-        return list(map(_numel, values)).count(1) == len(values) and all(map(_is_cpu, values))
+        return list(map(_numel, values)).count(1) == len(values)
 
     def _overlap(self, table: array[int]) -> bool:
         library = fused_library()
