@@ -526,8 +526,10 @@ static inline uint32_t noise_hash(uint32_t x) {
     return x ^ (x >> 15);
 }
 static uint32_t rounding_seed(double step, uint32_t salt, uint32_t stream) {
-    return mix32((uint32_t)(int64_t)step * 0x9e3779b9u + salt * 0x85ebca6bu +
-                 stream * 0xc2b2ae35u);
+    /* A count outside int64 (NaN, inf; refused by the Python side) must not reach the
+     * conversion, which would be undefined behaviour. */
+    const int64_t count = step >= 0.0 && step < 9.2e18 ? (int64_t)step : 0;
+    return mix32((uint32_t)count * 0x9e3779b9u + salt * 0x85ebca6bu + stream * 0xc2b2ae35u);
 }
 
 static void load_bf16(float *restrict out, const uint16_t *restrict in, int n) {
