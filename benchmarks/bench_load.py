@@ -157,22 +157,12 @@ def report(
                     f"{1 / ratio:.2f}",
                 ]
             )
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    vector = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16") if f in flags]
     lines = [
         "## Under load: the default step against torch fused (`benchmarks/bench_load.py`)",
         "",
         f"Command: `python benchmarks/bench_load.py {shlex.join(argv)}`".replace(" `", " `", 1),
         "",
         *(f"- {m}" for m in machine_description()),
-        f"- CPU vector flags: {', '.join(vector) or 'none of avx2/avx512'}",
         f"- busy: {busy} other processes spinning on pure-Python arithmetic during the measurement",
         "",
         "Median time per step (interleaved; `torch default` is torch's for-loop on the CPU). "

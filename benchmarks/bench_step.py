@@ -541,16 +541,21 @@ def busy_warning() -> str:
 
 def machine_description() -> list[str]:
     cpu = platform.processor() or "unknown CPU"
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or "unknown CPU"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    vector = [
+        f for f in ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16") if f in flags
+    ]
     return [
         f"CPU: {cpu}, {os.cpu_count()} logical cores, torch.get_num_threads() = "
-        f"{torch.get_num_threads()}",
+        f"{torch.get_num_threads()}; vector flags: {', '.join(vector) or 'unknown'}",
         f"torch {torch.__version__}, adamkit {adamkit.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
     ]
