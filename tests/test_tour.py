@@ -29,9 +29,12 @@ def test_tour_runs_every_seed_section_and_writes_its_plots(tmp_path: Path) -> No
     text = result.stdout
     for section in range(1, 6):
         assert f"\n{section}. " in text
-    assert (
-        "torch.optim.Adam on the same run: largest difference over 400 iterations = 0.0e+00" in text
-    )
+    # The fused kernel's square roots are correctly rounded; torch's eager sqrt is not on
+    # every CPU (an Intel Xeon: one ulp off in 0.6% of elements; an AMD EPYC: never), so the
+    # gap is 0 on some machines and a few float32 ulps of a and b over 400 steps on others.
+    prefix = "torch.optim.Adam on the same run: largest difference over 400 iterations = "
+    gap = next(line for line in text.splitlines() if line.startswith(prefix))
+    assert float(gap.removeprefix(prefix).split()[0]) < 1e-4
     assert "converged after" in text and "b is nan" in text
     assert "momentum SGD (not rectified)" in text and "rectified Adam" in text
     final = next(line for line in text.splitlines() if line.startswith("final: a = "))

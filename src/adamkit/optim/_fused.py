@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library, unavailable_reason
-from ._core import PLAIN_TENSORS, Bucket, Hyper, real_view
+from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
 from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 
 __all__ = [
@@ -282,6 +282,8 @@ class Layout:
         formats: Sequence[int] | None,
     ) -> None:
         self.complex = any(p.is_complex() for p in params)
+        # DTensor parameters (FSDP2): the plan is built for, and each step reads, the shards.
+        self.sharded = any(type(p) not in PLAIN_TENSORS for p in params)
         self.device = bucket.params[0].device
         self.cpu = self.device.type == "cpu"
         self.dtype = bucket.params[0].dtype  # a complex parameter's real dtype
@@ -352,7 +354,7 @@ class Layout:
         a storage under a tensor).
         """
         count = len(params)
-        real = real_view if self.complex else None
+        real = real_view if self.complex or self.sharded else None
         if real is not None:
             params, grads = [real(p) for p in params], [real(g) for g in grads]
         same = [self.dtype] * count
@@ -372,10 +374,12 @@ class Layout:
                     values = [states[i][self.scale_keys[key]] for i in self.q8]
                 else:
                     values = list(map(operator.itemgetter(key), states))
+                if self.sharded:  # FSDP2 keeps DTensor state: its shards are the memory
+                    values = [local(v) if isinstance(v, Tensor) else v for v in values]
                 if not set(map(type, values)) <= _PLAIN:
                     return None  # a number, None, a subclass...: planning says what
-                if real is not None and key in self.moment_keys:
-                    values = [real(v) for v in values]
+                if self.complex and key in self.moment_keys:
+                    values = [real_view(v) for v in values]
                 tensors[key] = values
         except (KeyError, TypeError):
             return None  # a state entry went missing, or a state is not a dict: plan again
