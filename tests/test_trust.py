@@ -88,6 +88,8 @@ def test_a_resized_parameter_is_refused_naming_it_and_nothing_is_written(tmp_pat
         "test_a_parameter_moved_to_another_dtype_is_bucketed_again",
         "test_a_group_changed_by_hand_is_checked_at_the_step",
         "test_a_negative_or_number_counter_is_handled",
+        "test_state_restrided_in_place_is_stepped_as_torch_does",
+        "test_8bit_scales_that_do_not_fit_are_refused_naming_them",
     ],
 )
 def test_state_changed_by_hand(tmp_path: Path, test: str) -> None:

@@ -362,3 +362,49 @@ def test_a_negative_or_number_counter_is_handled() -> None:
     opt.state[p]["step"] = 3  # a plain number, as older torch saved it
     opt.step()
     assert opt.state[p]["step"].item() == 4.0
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_state_restrided_in_place_is_stepped_as_torch_does(name: str) -> None:
+    """``exp_avg.t_()`` keeps the tensor and its address but changes its layout: the kernel
+    read it as contiguous (parameters 2.35 off torch after 2 steps). The default path now
+    steps it as torch does; ``fused=True`` refuses it."""
+    torch.manual_seed(0)
+    ours_p = [torch.randn(64, 64, requires_grad=True)]
+    twin_p = [ours_p[0].detach().clone().requires_grad_()]
+    ours = getattr(adamkit, name)(ours_p, lr=0.1)
+    twin = getattr(torch.optim, name)(twin_p, lr=0.1, foreach=False)
+    _steps(ours, twin, ours_p, twin_p, 1)
+    for opt in (ours, twin):
+        next(iter(opt.state.values()))["exp_avg"].t_()
+    _steps(ours, twin, ours_p, twin_p, 2)
+    _close(ours_p, twin_p)
+    opt, p = _one(fused=True)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    opt.state[p]["exp_avg_sq"].as_strided_((p.numel(),), (0,))
+    with pytest.raises(RuntimeError, match="needs contiguous tensors"):
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [torch.ones(1), torch.ones(256, dtype=torch.float64), None],
+    ids=["too few", "float64", "missing"],
+)
+@pytest.mark.parametrize("fused", [None, True])
+def test_8bit_scales_that_do_not_fit_are_refused_naming_them(
+    bad: torch.Tensor | None, fused: bool | None
+) -> None:
+    """A scale of the wrong size or dtype, or none: a bare AssertionError before."""
+    opt, p = _one(state_precision="8bit", fused=fused)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    if bad is None:
+        del opt.state[p]["exp_avg_scale"]
+    else:
+        opt.state[p]["exp_avg_scale"] = bad
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match="'exp_avg_scale': 256 float32 block scales"):
+        opt.step()
+    assert torch.equal(p, before)

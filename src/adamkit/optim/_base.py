@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, overload
@@ -37,6 +38,7 @@ from ._fused import (
     Reading,
     Storage,
     bump_versions,
+    check_scales,
     check_state_sizes,
     fused_unsupported,
     kernel_available,
@@ -592,7 +594,20 @@ class AdamFamily(Optimizer):
             # A bucket's tensors no longer fit its plan (p.data = ..., a dtype moved, state
             # replaced): bucket and plan the group afresh. Nothing was stepped yet.
             buckets = self._read_buckets(group, params, grads, states, hyper, None)
-            assert buckets is not None  # plans just built from these very tensors
+        if buckets is None:
+            # Plans just built from these very tensors cannot read them: a case the checks
+            # above do not name. torch's own operations can still step it, safely.
+            warnings.warn(
+                f"adamkit.{type(self).__name__}: the fused kernel cannot read this group's "
+                "tensors as planned; stepping it on the foreach path (please report this)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            plans.pop(id(group), None)
+            for indices in _by_device_and_dtype(params).values():
+                bucket_params = [params[i] for i in indices]
+                self._apply_rule(PATHS["foreach"], bucket_params, group, hyper, moment_keys)
+            return
         plans[id(group)] = (key, [b[:3] for b in buckets])
         for _, plan, reason, bucket_params, reading in buckets:
             if isinstance(reading, Reading):
@@ -662,6 +677,7 @@ class AdamFamily(Optimizer):
         prepare_counters(name, states, counters, step_dtype(), label)
         bucket = self._bucket(params, moment_keys)
         formats = self._formats(params, group)
+        check_scales(name, params, states, moment_keys, formats, lambda p: _label_of(group, p))
         stochastic = group["stochastic_rounding"]
         on_gpu = gpu_path(params[0].device)
         storage = None

@@ -41,6 +41,7 @@ __all__ = [
     "Storage",
     "address",
     "bump_versions",
+    "check_scales",
     "check_state_sizes",
     "common_unsupported",
     "fused_unsupported",
@@ -179,6 +180,37 @@ def check_state_sizes(
                     "(optimizer.state[p].clear()) to start it afresh, or load a matching "
                     "checkpoint"
                 )
+
+
+def check_scales(
+    optimizer: str,
+    params: Sequence[Tensor],
+    states: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    formats: Sequence[int],
+    label: Callable[[Tensor], str],
+) -> None:
+    """Refuse 8-bit block scales that are missing or not one float32 per block of their
+    moment (``state["exp_avg_scale"] = torch.ones(1)``): the kernel reads one per block."""
+    for p, entry, fmt in zip(params, states, formats, strict=True):
+        if fmt != Q8:
+            continue
+        want = blocks(real_view(p).numel())
+        for key in keys:
+            value = entry.get(scale_key(key))
+            if isinstance(value, Tensor) and value.dtype == torch.float32:
+                if value.numel() == want:
+                    continue
+            if isinstance(value, Tensor):
+                what = f"{value.numel()} {value.dtype} values"
+            else:
+                what = "none" if value is None else f"a {type(value).__name__}"
+            raise RuntimeError(
+                f"adamkit.{optimizer}: {label(p)} keeps its {key!r} in 8 bits, which needs "
+                f"{scale_key(key)!r}: {want} float32 block scales, but the state holds {what}; "
+                "clear its state (optimizer.state[p].clear()) to start it afresh, or load a "
+                "matching checkpoint"
+            )
 
 
 def prepare_counters(
@@ -383,19 +415,17 @@ class Layout:
                 tensors[key] = values
         except (KeyError, TypeError):
             return None  # a state entry went missing, or a state is not a dict: plan again
-        # State tensors: contiguity and device where they are new or moved (_check). In
-        # place, a tensor can only be restrided within the storage it already has.
+        # State tensors: contiguity at every step (``exp_avg.t_()`` restrides a tensor in
+        # place, at its address), device where they are new or moved (_check).
         for key in self.moment_keys:
-            if not self._fits(tensors[key], self.numels, self.dtypes[key], False, False):
+            if not self._fits(tensors[key], self.numels, self.dtypes[key], False):
                 return None
         for key in ("step", *self.scalar_keys):
             if not self._counters_fit(tensors[key], self.counter_dtypes[key]):
                 return None
         for key in self.scale_keys:
             values = tensors[key]
-            if not self._fits(
-                values, self.scale_numels, [torch.float32] * len(values), False, False
-            ):
+            if not self._fits(values, self.scale_numels, [torch.float32] * len(values), False):
                 return None
         table = self._table(tensors)
         if self.held is None or not self._same(tensors, table):
