@@ -389,6 +389,58 @@ def test_small_thread_stacks_are_enough_for_low_precision_state(tmp_path: Path) 
     assert all(value < 0 for _, value in found)
 
 
+def test_the_kernel_s_worker_threads_survive_fork_and_concurrent_steps(tmp_path: Path) -> None:
+    """The kernel's workers are started once and parked between calls. A process forked after
+    they started (a DataLoader worker) has none of them, and must still step; steps made at
+    once from several Python threads (ctypes releases the GIL) share the pool safely. Every
+    result equals the single-threaded one, bit for bit.
+
+    torch's own intra-op threads (OpenMP) hang in a forked child once the parent has used
+    them, with or without adamkit; so torch's ops run on one thread here and only the
+    kernel's steps on two (the kernel takes its thread count from torch.get_num_threads())."""
+    body = """
+        import json, os, threading, torch, adamkit
+
+        def trained(kernel_threads, steps):
+            torch.set_num_threads(1)
+            seeded = torch.Generator().manual_seed(0)  # one per thread: the global one is shared
+            p = torch.randn(1_000_000, generator=seeded, requires_grad=True)
+            opt = adamkit.AdamW([p], lr=1e-2)
+            for step in range(steps):
+                p.grad = torch.full_like(p, 1.0 + step)
+                if step:  # the first step allocates the state with torch's ops
+                    torch.set_num_threads(kernel_threads)
+                opt.step()
+                torch.set_num_threads(1)
+            assert opt.execution_path() == "fused"
+            return p.detach()
+
+        alone = {steps: trained(1, steps) for steps in (3, 20)}
+        same = lambda p, steps: bool(torch.equal(p, alone[steps]))
+        out = {"pooled": same(trained(2, 3), 3)}
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.write(write, b"1" if same(trained(2, 3), 3) else b"0")
+            os._exit(0)
+        os.waitpid(child, 0)
+        out["forked"] = os.read(read, 1) == b"1"
+        results = []
+        threads = [
+            threading.Thread(target=lambda: results.append(same(trained(2, 20), 20)))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out["concurrent"] = results
+        print(json.dumps(out))
+    """
+    found, _ = _script(body, tmp_path)
+    assert found == {"pooled": True, "forked": True, "concurrent": [True] * 4}
+
+
 @pytest.mark.parametrize(
     ("cc", "words"),
     [
