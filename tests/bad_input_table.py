@@ -112,8 +112,10 @@ def render() -> str:
         "",
         "## Between steps (what a training loop did to the tensors; `optimizer.step()`)",
         "",
-        "Without `fused=True` the last three fall back to an eager path instead (one parameter "
-        "at a time for overlapping tensors; torch's broadcasting for a smaller gradient).",
+        "The rows marked `fused=True` are refusals of the fused kernel only: without "
+        "`fused=True` such a step falls back to an eager path instead (one parameter at a time "
+        "for overlapping tensors, torch's broadcasting for a smaller gradient, torch's "
+        "operations for a strided gradient or a float64 state).",
         "",
         "| what was done | error |",
         "|---|---|",

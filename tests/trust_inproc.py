@@ -177,6 +177,39 @@ def _strided_gradient() -> None:
     opt.step()
 
 
+def _nan_counter() -> None:
+    opt, p = _trained()
+    opt.state[p]["step"] = torch.tensor(float("nan"))
+    opt.step()
+
+
+def _shrunk_storage() -> None:
+    opt, p = _trained()
+    opt.state[p]["exp_avg"].untyped_storage().resize_(8)
+    opt.step()
+
+
+def _float64_state() -> None:
+    opt, p = _trained(fused=True)
+    opt.state[p]["exp_avg"] = opt.state[p]["exp_avg"].double()
+    opt.step()
+
+
+def _mismatched_scales() -> None:
+    p = torch.nn.Parameter(torch.zeros(4096))  # smaller tensors keep 32-bit state
+    opt = adamkit.Adam([p], state_precision="8bit")
+    p.grad = torch.ones(4096)
+    opt.step()
+    opt.state[p]["exp_avg_scale"] = torch.ones(3)
+    opt.step()
+
+
+def _overflowing_norm() -> None:
+    opt, p = _trained(nonfinite="raise")
+    p.grad = torch.full((4,), 1e30)
+    opt.step()
+
+
 #: What a training loop may do to the tensors between two steps that the step refuses:
 #: (code, the action, error type, message regex).
 BAD_BETWEEN_STEPS: list[tuple[str, Any, type[Exception], str]] = [
@@ -199,6 +232,36 @@ BAD_BETWEEN_STEPS: list[tuple[str, Any, type[Exception], str]] = [
         _strided_gradient,
         RuntimeError,
         "needs contiguous gradients",
+    ),
+    (
+        'optimizer.state[p]["step"] = torch.tensor(float("nan"))',
+        _nan_counter,
+        ValueError,
+        "a step count must be a finite number",
+    ),
+    (
+        'optimizer.state[p]["exp_avg"].untyped_storage().resize_(8)  # 2 of its 4 floats',
+        _shrunk_storage,
+        RuntimeError,
+        "past the end of its storage",
+    ),
+    (
+        'optimizer.state[p]["exp_avg"] = optimizer.state[p]["exp_avg"].double()  # fused=True',
+        _float64_state,
+        RuntimeError,
+        "where the kernel stores torch.float32",
+    ),
+    (
+        'optimizer.state[p]["exp_avg_scale"] = torch.ones(3)  # 8-bit state, 4096 elements',
+        _mismatched_scales,
+        RuntimeError,
+        "16 float32 block scales, but the state holds 3",
+    ),
+    (
+        "p.grad = torch.full((4,), 1e30)  # nonfinite='raise': 1e60 is past float32's range",
+        _overflowing_norm,
+        FloatingPointError,
+        "the gradient norm overflowed",
     ),
 ]
 
