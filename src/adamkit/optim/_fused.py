@@ -198,9 +198,8 @@ def check_scales(
         want = blocks(real_view(p).numel())
         for key in keys:
             value = entry.get(scale_key(key))
-            if isinstance(value, Tensor) and value.dtype == torch.float32:
-                if value.numel() == want:
-                    continue
+            if isinstance(value, Tensor) and value.dtype == torch.float32 and value.numel() == want:
+                continue
             if isinstance(value, Tensor):
                 what = f"{value.numel()} {value.dtype} values"
             else:
