@@ -14,9 +14,11 @@ What it measures
 * **Load.** ``quiet``: nothing else runs. ``busy``: ``--busy`` other processes (default 2, as
   many as this machine's 2 cores) spin on pure-Python arithmetic for the whole measurement.
 * **Timing.** Per case and load: 3 warm-up steps each, then K steps per sample (K chosen so a
-  sample lasts about 0.1 s), ``--reps`` samples per implementation, taken in turn (interleaved,
-  each rep starting with the next implementation). Reported: the median per-step time and its
-  ratio to torch fused in the same run.
+  sample lasts about 0.1 s), about ``--reps`` samples per implementation, taken in turn
+  (interleaved, each rep starting with the next implementation), split over as many fresh
+  sets of optimizers as there are implementations, each built in a rotated order (which one
+  is built first moves its step time by several percent at 10M elements). Reported: the
+  median per-step time and its ratio to torch fused in the same run.
 
 Usage: ``python benchmarks/bench_load.py [--quick] [--reps N] [--busy N] [--cases t1,t10,a,b,c]
 [--out BENCHMARKS.md]`` (``--out`` replaces this benchmark's section of the file).
@@ -100,33 +102,39 @@ class Busy:
 
 
 def measure(case: Case, reps: int, sample_seconds: float) -> dict[str, float]:
-    """Median seconds per step of each implementation, interleaved."""
-    optimizers = {}
-    for name, make in IMPLEMENTATIONS.items():
-        opt = make(params_for(case))
-        for _ in range(3):
-            opt.step()
-        optimizers[name] = opt
-    steps = {}
-    for name, opt in optimizers.items():
-        k, elapsed = 1, 0.0
-        while elapsed < sample_seconds / 4 and k < 1_000_000:
-            k *= 2
-            start = time.perf_counter()
-            for _ in range(k):
+    """Median seconds per step of each implementation, interleaved, pooled over rotated
+    construction orders (the same optimizer built first ran 4-8% slower at 10M elements than
+    built last, on torch's fused path as on adamkit's: where the allocator puts its memory)."""
+    names = list(IMPLEMENTATIONS)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    per_order = max(1, -(-reps // len(names)))
+    for first in range(len(names)):
+        order = names[first:] + names[:first]
+        optimizers = {}
+        for name in order:
+            opt = IMPLEMENTATIONS[name](params_for(case))
+            for _ in range(3):
                 opt.step()
-            elapsed = time.perf_counter() - start
-        steps[name] = max(1, round(sample_seconds * k / elapsed))
-    samples: dict[str, list[float]] = {name: [] for name in optimizers}
-    names = list(optimizers)
-    for rep in range(reps):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            opt, k = optimizers[name], steps[name]
-            start = time.perf_counter()
-            for _ in range(k):
-                opt.step()
-            samples[name].append((time.perf_counter() - start) / k)
-    assert optimizers["adamkit"].execution_path() == "fused"  # type: ignore[attr-defined]
+            optimizers[name] = opt
+        assert optimizers["adamkit"].execution_path() == "fused"  # type: ignore[attr-defined]
+        steps = {}
+        for name, opt in optimizers.items():
+            k, elapsed = 1, 0.0
+            while elapsed < sample_seconds / 4 and k < 1_000_000:
+                k *= 2
+                start = time.perf_counter()
+                for _ in range(k):
+                    opt.step()
+                elapsed = time.perf_counter() - start
+            steps[name] = max(1, round(sample_seconds * k / elapsed))
+        for rep in range(per_order):
+            for name in order[rep % len(order) :] + order[: rep % len(order)]:
+                opt, k = optimizers[name], steps[name]
+                start = time.perf_counter()
+                for _ in range(k):
+                    opt.step()
+                samples[name].append((time.perf_counter() - start) / k)
+        del optimizers
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
