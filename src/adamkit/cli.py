@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -46,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help="steps to draw (default: the longest schedule)"
     )
     schedule.add_argument(
-        "-o", "--out", default="schedule.png", help="PNG file to write (default: %(default)s)"
+        "-o",
+        "--out",
+        default=None,
+        help="PNG file to write (default: named after the specs, e.g. schedule_cosine_100.png)",
     )
     schedule.add_argument("--log", action="store_true", help="log scale for the lr axis")
     schedule.add_argument("--title", default=None, help="plot title")
@@ -72,8 +77,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     compare.add_argument("optimizers", nargs="+", metavar="OPTIMIZER")
-    compare.add_argument("--task", default="regression", help="regression or digits")
-    compare.add_argument("--steps", type=int, default=300, help="training steps per run")
+    compare.add_argument(
+        "--task",
+        default="regression",
+        choices=("regression", "digits"),
+        help="the built-in task (default: %(default)s)",
+    )
+    compare.add_argument(
+        "--steps", type=int, default=300, help="training steps per run (default: %(default)s)"
+    )
     compare.add_argument(
         "-o", "--out", default="compare.png", help="PNG of the loss curves (default: %(default)s)"
     )
@@ -95,24 +107,48 @@ def _arguments(cls: type) -> list[str]:
     ]
 
 
+def schedule_png(specs: Sequence[str]) -> str:
+    """A file name for the plot of ``specs``, so that plotting another spec does not replace
+    it: ``["lambda(0.67 ** t)"]`` -> ``schedule_lambda_0.67_t.png``."""
+    slugs = [re.sub(r"[^A-Za-z0-9.=-]+", "_", spec).strip("_.") for spec in specs]
+    name = "_vs_".join(slug for slug in slugs if slug)[:100].rstrip("_.")
+    return f"schedule_{name}.png" if name else "schedule.png"
+
+
 def _schedule_command(args: argparse.Namespace) -> int:
     from .schedules import SpecError, parse, plot_schedule
 
     try:
         schedules = [parse(spec) for spec in args.specs]
         path = plot_schedule(
-            schedules, args.out, lr=args.lr, steps=args.steps, title=args.title, logy=args.log
+            schedules,
+            args.out or schedule_png([str(s) for s in schedules]),
+            lr=args.lr,
+            steps=args.steps,
+            title=args.title,
+            logy=args.log,
         )
     except (SpecError, ValueError) as error:
-        print(f"adamkit schedule: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+        return _fail("schedule", error)
+    print(f"wrote {Path(path).resolve()}")
     return 0
+
+
+def _fail(command: str, error: Exception) -> int:
+    """Print ``error`` as the command's one-line complaint (without the library function's own
+    ``compare:`` prefix, which would repeat the command's name) and return exit status 2."""
+    message = re.sub(r"^(compare|plot_schedule|plot_telemetry): ", "", str(error))
+    print(f"adamkit {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # complain with the subcommand's usage, not the top level's
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        culprit = commands.choices.get(args.command, parser)
+        culprit.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.version:
         from . import __version__
 
@@ -132,8 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             compare(args.task, args.optimizers, steps=args.steps, out=args.out)
         except (SpecError, ValueError, TypeError) as error:
-            print(f"adamkit compare: {error}", file=sys.stderr)
-            return 2
+            return _fail("compare", error)
         return 0
     if args.command == "plot-telemetry":
         from .tools import plot_telemetry
@@ -141,9 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             path = plot_telemetry(args.file, args.out)
         except (OSError, ValueError) as error:
-            print(f"adamkit plot-telemetry: {error}", file=sys.stderr)
-            return 2
-        print(f"wrote {path}")
+            return _fail("plot-telemetry", error)
+        print(f"wrote {Path(path).resolve()}")
         return 0
     parser.print_help()
     return 2

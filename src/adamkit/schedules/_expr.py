@@ -15,7 +15,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Expr", "ExprError"]
+__all__ = ["Expr", "ExprError", "SpecError"]
 
 STEP_NAMES = ("t", "step", "epoch")
 CONSTANTS = {"pi": math.pi, "e": math.e}
@@ -38,7 +38,8 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
+    # In floats: an int power such as t ** 10**9 would be computed exactly, for minutes.
+    ast.Pow: math.pow,
 }
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt,
@@ -50,6 +51,16 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 }
 
 Evaluator = Callable[[int], Any]
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read or evaluated, with the position of the bad part."""
+
+    def __init__(self, message: str, spec: str, start: int = 0, end: int | None = None) -> None:
+        end = max(start + 1, len(spec) if end is None else end)
+        caret = " " * start + "^" * (end - start)
+        super().__init__(f"bad schedule spec: {message}\n  {spec}\n  {caret}")
+        self.reason, self.spec, self.start, self.end = message, spec, start, end
 
 
 class ExprError(ValueError):
@@ -129,7 +140,20 @@ class Expr:
         self.source = ast.unparse(node)
 
     def __call__(self, t: int) -> float:
-        return float(self._evaluate(t))
+        """The value at step ``t``; one that cannot be computed (``1 / t`` at 0, ``log(t)`` at
+        0, ``exp(t)`` past 709) or is not a finite number is a :class:`SpecError`."""
+        try:
+            value = float(self._evaluate(t))
+        except (ArithmeticError, ValueError, TypeError) as error:
+            reason = {
+                "math range error": "it overflows a float",
+                "math domain error": ("outside a function's domain"),
+            }.get(str(error), str(error) or type(error).__name__)
+            message = f"{self.source} cannot be evaluated at t={t}: {reason}"
+            raise SpecError(message, self.source) from None
+        if not math.isfinite(value):
+            raise SpecError(f"{self.source} is {value} at t={t}", self.source)
+        return value
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Expr) and other.source == self.source

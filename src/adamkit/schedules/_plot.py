@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -84,11 +85,21 @@ def plot_schedule(
         steps = default_steps(list(named.values()))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"plot_schedule: steps={steps!r} is invalid (expected an integer >= 1)")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"plot_schedule: lr={lr!r} is invalid (expected a finite number >= 0)")
+    multipliers = {label: s.values(steps) for label, s in named.items()}
+    for label, values in multipliers.items():
+        bad = next((t for t, v in enumerate(values) if not (math.isfinite(v) and v >= 0)), None)
+        if bad is not None:
+            raise ValueError(
+                f"plot_schedule: {label} gives lr multiplier {values[bad]!r} at step {bad} "
+                "(expected a finite number >= 0)"
+            )
     if terminal:
         for label, schedule in named.items():
             print(schedule_report(schedule, lr=lr, steps=steps, label=label))
     x = range(steps)
-    curves = {label: (x, [lr * v for v in s.values(steps)]) for label, s in named.items()}
+    curves = {label: (x, [lr * v for v in multipliers[label]]) for label in named}
     if title is None:
         title = (
             f"learning rate, base lr {lr:g}"

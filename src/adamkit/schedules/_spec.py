@@ -20,7 +20,7 @@ import re
 import warnings
 from typing import Any
 
-from ._expr import Expr, ExprError
+from ._expr import Expr, ExprError, SpecError
 from ._pieces import (
     WSD,
     Constant,
@@ -66,16 +66,6 @@ _EXPRESSION_ARGS = {("lambda", "fn"), ("multiplicative", "factor")}
 # `lambda` is a Python keyword; an identifier of the same length keeps every column in place.
 _LAMBDA = re.compile(r"\blambda(?=\s*\()")
 _LAMBDA_STANDIN = "LAMBDA"
-
-
-class SpecError(ValueError):
-    """A spec that cannot be read, with the position of the bad part."""
-
-    def __init__(self, message: str, spec: str, start: int = 0, end: int | None = None) -> None:
-        end = max(start + 1, len(spec) if end is None else end)
-        caret = " " * start + "^" * (end - start)
-        super().__init__(f"bad schedule spec: {message}\n  {spec}\n  {caret}")
-        self.reason, self.spec, self.start, self.end = message, spec, start, end
 
 
 def parse(spec: str) -> Schedule:

@@ -15,6 +15,7 @@ schedule spec: ``"RAdam(lr=0.01) @ warmup(20) + cosine(380)"``.
 from __future__ import annotations
 
 import ast
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,9 +61,14 @@ def parse_optimizer(text: str) -> tuple[Callable[[Any], torch.optim.Optimizer], 
     else:
         cls = getattr(optim, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        known = ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]
+        close = min(known, key=lambda k: (_edits(name.lower(), k.lower()), k))
+        hint = f"did you mean {close!r}? " if _edits(name.lower(), close.lower()) <= 2 else ""
+        if isinstance(getattr(torch.optim, name, None), type):
+            hint = f"did you mean 'torch.{name}'? "
         raise ValueError(
-            f"compare: unknown optimizer {name!r} (adamkit's: Adam, AdamW, RAdam, NAdam, "
-            "Adamax; torch's as torch.Name)"
+            f"compare: unknown optimizer {name!r} ({hint}adamkit's: {', '.join(known)}; "
+            "torch's as torch.Name)"
         )
     try:
         kwargs = {str(k.arg): ast.literal_eval(k.value) for k in call.keywords}
@@ -72,6 +78,19 @@ def parse_optimizer(text: str) -> tuple[Callable[[Any], torch.optim.Optimizer], 
     if spec is not None:
         parse(spec)  # fail now, with the spec error, not after training the others
     return (lambda params: cls(params, **kwargs)), spec
+
+
+def _edits(a: str, b: str) -> int:
+    """Edit distance counting a swap of two neighbours as one edit (``Adma`` -> ``Adam``: 1)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(
+                d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])
+            )
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
 
 
 def _regression(steps: int) -> tuple[nn.Module, Callable[[int], torch.Tensor], Callable[[], float]]:
@@ -142,13 +161,13 @@ def compare(
     plans = [(text, *parse_optimizer(text)) for text in optimizers]
     make_task, metric_name = TASKS[task]
     runs = []
-    for text, make_optimizer, spec in plans:
+    for number, (text, make_optimizer, spec) in enumerate(plans, 1):
         model, loss_at, metric = make_task(steps)
         optimizer = make_optimizer(model.parameters())
         scheduler = Scheduler(optimizer, spec) if spec else None
         run = Run(text)
         start = time.perf_counter()
-        with Progress(steps, text[:40], enabled=progress) as bar:
+        with Progress(steps, _progress_label(text, number, len(plans)), enabled=progress) as bar:
             for step in range(steps):
                 optimizer.zero_grad()
                 loss = loss_at(step)
@@ -162,6 +181,10 @@ def compare(
         run.metric = metric()
         runs.append(run)
     print(table(runs, metric_name))
+    for run in runs:
+        warning = convergence_warning(run)
+        if warning:
+            print(warning)
     if out is not None:
         path = save_curves(
             out,
@@ -173,6 +196,33 @@ def compare(
         )
         print(f"wrote {path}")
     return runs
+
+
+def _progress_label(text: str, number: int, total: int) -> str:
+    """``run 2/3: AdamW(lr=3e-3) @ schedule``: the optimizer whole, its schedule named only
+    when the line has room for all of it (a spec cut in the middle reads as a typo)."""
+    head, at, spec = (part.strip() for part in text.partition("@"))
+    label = f"{head} @ {spec}" if at else head
+    if len(label) > 48:
+        label = f"{head} @ schedule" if at else head
+    if len(label) > 48:
+        label = label[:47] + "…"
+    return f"run {number}/{total}: {label}" if total > 1 else label
+
+
+def convergence_warning(run: Run) -> str | None:
+    """A line for a run that has clearly not converged: a loss that is not finite, or that
+    fell by less than half from its first value. ``None`` otherwise."""
+    first, last = run.losses[0], run.losses[-1]
+    if not math.isfinite(last):
+        return f"{run.label}: diverged (the loss is {last} at the end); try a smaller lr"
+    if math.isfinite(first) and first > 0 and last > 0.5 * first:
+        return (
+            f"{run.label}: has not converged: the loss went from {first:.4g} to {last:.4g} in "
+            f"{len(run.losses)} steps ({(last / first - 1) * 100:+.0f}%); try a larger lr or "
+            "more --steps"
+        )
+    return None
 
 
 def table(runs: Sequence[Run], metric_name: str) -> str:
