@@ -4,23 +4,40 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Where pip finds torch. Empty: pip's own configuration, which on these machines finds the CPU
+# build kept on disk. On an ordinary Linux x86_64 machine PyPI's torch is the CUDA build (several
+# GB); for the CPU build there, run e.g. `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
+TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+# --no-compile: Python writes the bytecode of what it imports on first use, instead of pip
+# writing it for every module of torch up front (170 MB of the demo's venv).
+PIP := $(BIN)/python -m pip install --quiet --progress-bar off --no-compile
+# What `make demo` needs (torch, numpy, matplotlib), and on top of it what `make test` needs.
+BASE := $(VENV)/.adamkit-base
 STAMP := $(VENV)/.adamkit-installed
 
 .PHONY: demo test lint pytest bench bench-gpu clean
 
-$(STAMP): pyproject.toml
+# torch first: adamkit's own requirement (torch>=2.4) is then already met, and pip never reaches
+# for another build.
+$(BASE): pyproject.toml
+	@echo "==> [1/3] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, pinned to the CPU build this machine kind keeps on disk: adamkit's own
-	# requirement (torch>=2.4) is then already met and pip never fetches a multi-GB CUDA wheel.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	# The Triton that torch 2.13 pins (its CUDA builds ship it); here it runs the GPU kernel's
-	# tests in its interpreter. Only Linux x86_64 has wheels; elsewhere those tests skip.
-	if [ "$$(uname -sm)" = "Linux x86_64" ]; then $(BIN)/python -m pip install --quiet "triton==3.7.1"; fi
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "==> [2/3] torch 2.13.0 $(if $(TORCH_INDEX),from $(TORCH_INDEX),(pip's configured index))"
+	$(PIP) "torch==2.13.0" $(TORCH_SOURCE)
+	@echo "==> [3/3] adamkit and what the tour needs (numpy, matplotlib)"
+	$(PIP) -e .
+	touch $(BASE)
+
+# The Triton that torch 2.13 pins (its CUDA builds ship it); here it runs the GPU kernel's tests
+# in its interpreter. Only Linux x86_64 has wheels; elsewhere those tests skip.
+$(STAMP): $(BASE)
+	@echo "==> test tools: the [dev] extra (pytest, ruff, mypy, Lightning, transformers, ...)"
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then $(PIP) "triton==3.7.1"; fi
+	$(PIP) -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/adamkit tour --out adamkit-tour
 
 lint: $(STAMP)
@@ -28,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=10
 
 test: lint pytest
 

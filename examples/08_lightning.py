@@ -1,7 +1,12 @@
 """adamkit inside PyTorch Lightning: configure_optimizers returns an adamkit optimizer over
-adamkit.param_groups and an adamkit.Scheduler stepped every optimizer step."""
+adamkit.param_groups and an adamkit.Scheduler stepped every optimizer step.
 
-import lightning.pytorch as pl
+Needs: pip install 'adamkit[lightning]' (or: make test, whose [dev] set includes it)."""
+
+try:
+    import lightning.pytorch as pl
+except ModuleNotFoundError:
+    raise SystemExit("this example needs lightning: pip install 'adamkit[lightning]'") from None
 import torch
 from torch import nn
 

@@ -1,10 +1,16 @@
 """adamkit inside Hugging Face's Trainer: optimizers=(adamkit optimizer, adamkit.Scheduler), on a
-tiny BERT built from a config (nothing is downloaded)."""
+tiny BERT built from a config (nothing is downloaded).
+
+Needs: pip install 'adamkit[hf]' (or: make test, whose [dev] set includes it)."""
 
 import tempfile
 
 import torch
-import transformers
+
+try:
+    import transformers
+except ModuleNotFoundError:
+    raise SystemExit("this example needs transformers: pip install 'adamkit[hf]'") from None
 
 import adamkit
 

@@ -60,3 +60,24 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     assert result.stdout.strip()
     if "plt.savefig" in script.read_text():
         assert_real_png(png)
+
+
+@pytest.mark.parametrize(
+    ("script", "module", "extra"),
+    [
+        ("08_lightning.py", "lightning", "lightning"),
+        ("09_huggingface_trainer.py", "transformers", "hf"),
+    ],
+)
+def test_an_example_without_its_package_says_what_to_install(
+    script: str, module: str, extra: str, tmp_path: Path
+) -> None:
+    path = ROOT / "examples" / script
+    hide = f"import sys, runpy; sys.modules[{module!r}] = None; "  # as if not installed
+    result = run(
+        [sys.executable, "-c", hide + f"runpy.run_path({str(path)!r}, run_name='__main__')"],
+        tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"this example needs {module}: pip install 'adamkit[{extra}]'"
+    assert f"pip install 'adamkit[{extra}]'" in path.read_text().split('"""')[1]
