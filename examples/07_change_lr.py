@@ -34,6 +34,7 @@ for label, lrs in curves.items():
     plt.plot(range(10), lrs, marker="o", label=label)
     print(f"{label:25s}", [round(v, 3) for v in lrs])
 plt.legend()
+plt.title("Changing the learning rate: a restart at lr=120, and set_lr(50) at epoch 5")
 plt.xlabel("epoch")
 plt.ylabel("lr")
 plt.savefig(sys.argv[1] if len(sys.argv) > 1 else "change_lr.png")

@@ -138,3 +138,54 @@ def test_the_progress_label_never_cuts_a_schedule_spec() -> None:
     assert _progress_label("Adam() @ cosine(300)", 1, 1) == "Adam() @ cosine(300)"
     long = "AdamW(lr=3e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.1, amsgrad=True)"
     assert _progress_label(long, 1, 1) == long[:47] + "…"
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The matplotlib figures the code under test closes after saving them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: list[object] = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig))[1])
+    return figures
+
+
+def test_telemetry_draws_a_zero_on_a_log_panel_as_a_gap(
+    tmp_path: Path, drawn: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import math
+
+    rows = [
+        {"step": t, "group": 0, "lr": 0.1 * t, "grad_norm": 1.0, "skipped": t == 3,
+         "update_ratio": 0.0 if t in (0, 3) else 1e-3 * (t + 1)}
+        for t in range(6)
+    ]  # fmt: skip
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = cli(["plot-telemetry", str(path), "-o", str(tmp_path / "t.png")], capsys)
+    assert code == 0, err
+    (figure,) = drawn
+    ratio_axes = figure.axes[2]  # type: ignore[attr-defined]
+    assert ratio_axes.get_ylabel() == "update_ratio" and ratio_axes.get_yscale() == "log"
+    y = list(ratio_axes.lines[0].get_ydata())
+    assert math.isnan(y[0]) and math.isnan(y[3]) and y[1] == 2e-3
+    assert_real_png(tmp_path / "t.png")
+
+
+def test_compare_with_one_optimizer_has_a_legend_and_plain_ticks(
+    tmp_path: Path, drawn: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = str(tmp_path / "c.png")
+    code, _, err = cli(["compare", "Adam(lr=0.01)", "--steps", "100", "-o", png], capsys)
+    assert code == 0, err
+    (figure,) = drawn
+    (axes,) = figure.axes  # type: ignore[attr-defined]
+    figure.canvas.draw()  # type: ignore[attr-defined]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["Adam(lr=0.01)"]
+    labels = [t.get_text() for t in axes.get_yticklabels(minor=True) + axes.get_yticklabels()]
+    assert any(labels) and not any("10^" in label or "times" in label for label in labels), labels

@@ -37,6 +37,9 @@ def test_tour_runs_every_seed_section_and_writes_its_plots(tmp_path: Path) -> No
     assert float(gap.removeprefix(prefix).split()[0]) < 1e-4
     assert "converged after" in text and "b is nan" in text
     assert "momentum SGD (not rectified)" in text and "rectified Adam" in text
+    assert "b_ridge ~ b_true * 2/(2 + wd)" in text and "2b/" not in text
+    # change_lr.png draws the seed's restart at lr=120: the terminal shows it too
+    assert "multiplicative(0.69) from lr=120\n  lr: 120, 82.8, 57.13" in text
     final = next(line for line in text.splitlines() if line.startswith("final: a = "))
     a, b = float(final.split()[3]), float(final.split()[8])
     assert abs(a - 2.4785694) < 0.05 and abs(b - 7.3256989) < 0.05
@@ -60,6 +63,7 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     assert result.stdout.strip()
     if "plt.savefig" in script.read_text():
         assert_real_png(png)
+        assert "plt.title(" in script.read_text()  # every plot says what it shows
 
 
 @pytest.mark.parametrize(

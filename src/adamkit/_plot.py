@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["save_curves", "text_chart"]
 
@@ -36,14 +37,32 @@ def save_curves(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
-        ax.set_yscale("log")
+        log_axis(ax)
     ax.grid(True, alpha=0.3)
-    if len(curves) > 1:
-        ax.legend()
+    ax.legend()  # one curve too: the label says which run or schedule it is
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def log_axis(ax: Any) -> None:
+    """A log y axis labelled in plain numbers (``50``, ``0.001``). Call it after plotting: a
+    range within about a decade has few powers of ten, so its minor ticks are labelled too
+    (matplotlib writes those 5.4x10^1); a wider one labels only the major ticks."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    if high < 30 * low:  # label 2 and 5 of each decade; all nine would overlap
+        two_five = FuncFormatter(
+            lambda value, _: f"{value:.3g}" if f"{value:.1e}"[:3] in ("2.0", "5.0") else ""
+        )
+        ax.yaxis.set_minor_formatter(two_five if high > 4 * low else plain)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"

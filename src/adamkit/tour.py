@@ -197,9 +197,11 @@ def section_weight_decay(out: Path) -> None:
         print(f"{label:>20} {a:>12.6f} {b:>12.6f} {loss:>12.6f}")
         curves[label] = (range(1, len(history) + 1), [h[2] for h in history])
     ridge = B_TRUE * 2 / (2 + 0.1)
-    print(f"Coupled L2 settles at the ridge solution (b ~ 2b/(2 + wd) = {ridge:.3f}). Decoupled")
-    print("decay removes lr * wd * theta every step whatever the gradient's scale, so it pulls")
-    print("harder here and is still approaching its balance point (see weight_decay.png).")
+    print(
+        f"Coupled L2 settles at the ridge solution (b_ridge ~ b_true * 2/(2 + wd) = {ridge:.3f})."
+    )
+    print("Decoupled decay removes lr * wd * theta every step whatever the gradient's scale, so")
+    print("it pulls harder here and is still approaching its balance point (see weight_decay.png).")
     save_curves(
         out / "weight_decay.png",
         curves,
@@ -258,6 +260,8 @@ def section_learning_rates(out: Path) -> None:
     # epoch 5 with adamkit.set_lr. The Scheduler is rebased, so the schedule carries on from 50.
     restart = _lr_trace(120, lambda o: Scheduler(o, "multiplicative(0.69)"))
     by_hand = _lr_trace(100, lambda o: Scheduler(o, "multiplicative(0.69)"), change_at=(5, 50.0))
+    print("\nThe seed restarts the schedule with lr=120: multiplicative(0.69) from lr=120")
+    print("  lr:", ", ".join(f"{v:.4g}" for v in restart))
     print("\nChanging the learning rate by hand: adamkit.set_lr(optimizer, 50) at epoch 5")
     print(text_chart(by_hand, label="multiplicative(0.69) from lr=100, set to 50 at epoch 5"))
     print("  lr:", ", ".join(f"{v:.4g}" for v in by_hand))

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .._plot import log_axis
 from ..optim.radam import rectification
 
 __all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
@@ -192,13 +193,16 @@ def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
         for g in groups:
             rows = [r for r in records if r["group"] == g and r.get(key) is not None]
             label = next((r["name"] for r in rows if r.get("name")), f"group {g}")
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+            values = [r[key] for r in rows]
+            if log:  # a zero (an lr=0 warmup step, a skipped step) is a gap, not a cliff
+                values = [v if math.isfinite(v) and v > 0 else math.nan for v in values]
+            ax.plot([r["step"] for r in rows], values, label=label)
         skipped = [r["step"] for r in records if r.get("skipped")]
         for step in skipped:
             ax.axvline(step, color="red", alpha=0.3)
         ax.set_ylabel(key)
         if log:
-            ax.set_yscale("log")
+            log_axis(ax)
         ax.grid(True, alpha=0.3)
     axes[0].set_title(f"optimizer telemetry: {Path(path).name}")
     if len(groups) > 1:
