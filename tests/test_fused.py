@@ -196,3 +196,22 @@ def test_state_replaced_from_outside_is_used() -> None:
     opt.state[p]["step"] = torch.tensor(100.0)
     opt.step()
     assert opt.state[p]["step"].item() == 101.0
+
+
+def test_a_plan_that_cannot_read_its_own_tensors_steps_on_foreach_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line of defence: a plan built from these very tensors that still refuses
+    them (an internal fault no check names) never reaches the kernel; the group is stepped by
+    torch's operations instead, with one warning, and keeps matching the foreach path."""
+    from adamkit.optim import _fused
+
+    ours_p, eager_p, ours, eager = _twins("AdamW", weight_decay=0.1)
+    _step_both(ours_p, eager_p, ours, eager, steps=2)
+    monkeypatch.setattr(_fused.FusedPlan, "read", lambda self, *args: None)
+    with pytest.warns(RuntimeWarning, match=r"cannot read this group's tensors as planned"):
+        _step_both(ours_p, eager_p, ours, eager, steps=3)
+    _assert_close(ours_p, eager_p)
+    for p, q in zip(ours_p, eager_p, strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(ours.state[p][key], eager.state[q][key])
