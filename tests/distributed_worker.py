@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -134,8 +134,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     for precision in ("fp32", "8bit"):
         results[f"full_into_shards/{precision}"] = _full_checkpoint_into_shards(rank, precision)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    dist.barrier()  # leave together: tearing down first can abort the other process
-    dist.destroy_process_group()
+    leave()
 
 
 def _zero_resumed(rank: int, precision: str) -> list[torch.Tensor]:
@@ -227,8 +226,19 @@ def _checkpoint_worker(rank: int, world: int, port: int, out_dir: str, phase: st
         params = [_full(p) for p in model.parameters()]
         if rank == 0:
             torch.save({"params": params, "coded": any(coded)}, f"{where}.resumed.pt")
+    leave()
+
+
+def leave() -> NoReturn:
+    """Leave together (tearing down first can abort the other process), then without the
+    interpreter's tear-down: gloo's worker threads outlive destroy_process_group and release
+    the last collective's tensors asynchronously, and one that needs the GIL once Python is
+    finalising aborts the process (examples/10_fsdp2_torchrun.py says more)."""
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:

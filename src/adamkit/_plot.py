@@ -32,7 +32,10 @@ def save_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for label, (x, y) in curves.items():
-        ax.plot(list(x), list(y), marker="o" if markers else None, markersize=4, label=label)
+        values = list(y)
+        if logy:  # a zero (an lr=0 warmup step) is a gap, not a drop to the axis's bottom
+            values = [v if math.isfinite(v) and v > 0 else math.nan for v in values]
+        ax.plot(list(x), values, marker="o" if markers else None, markersize=4, label=label)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
