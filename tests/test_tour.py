@@ -100,3 +100,17 @@ def test_the_fsdp2_example_exits_cleanly_every_time(tmp_path: Path) -> None:
         result = run([sys.executable, str(ROOT / "examples" / "10_fsdp2_torchrun.py")], tmp_path)
         assert result.returncode == 0, f"run {i + 1} of {runs}:\n{result.stderr[-3000:]}"
         assert "terminate called" not in result.stderr
+
+
+def test_make_demo_installs_only_what_the_tour_needs(tmp_path: Path) -> None:
+    venv = f"VENV={tmp_path / 'venv'}"  # -n: print the commands of a fresh set-up, run none
+    cpu = "https://download.pytorch.org/whl/cpu"
+    demo = run(["make", "-n", "demo", venv, f"TORCH_INDEX={cpu}"], ROOT)
+    assert demo.returncode == 0, demo.stderr
+    assert f'"torch==2.13.0" --index-url {cpu}' in demo.stdout
+    assert " -e .\n" in demo.stdout and "[dev]" not in demo.stdout and "triton" not in demo.stdout
+    assert demo.stdout.count("==> [") == 3  # one line per step
+    test = run(["make", "-n", "test", venv], ROOT)
+    assert test.returncode == 0, test.stderr
+    assert '-e ".[dev]"' in test.stdout and "--index-url" not in test.stdout
+    assert "--durations=10" in test.stdout
