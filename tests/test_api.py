@@ -17,26 +17,30 @@ from .registry import ALGORITHMS
 
 # (kwargs, exception, message regex). Every row runs for every optimizer that has the argument.
 BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
-    ({"lr": -1e-3}, ValueError, r"Invalid learning rate: lr=-0\.001"),
-    ({"lr": math.nan}, ValueError, r"Invalid learning rate: lr=nan"),
-    ({"lr": math.inf}, ValueError, r"Invalid learning rate: lr=inf"),
+    ({"lr": -1e-3}, ValueError, r"Invalid learning rate: -0\.001"),
+    ({"lr": math.nan}, ValueError, r"Invalid learning rate: nan"),
+    ({"lr": math.inf}, ValueError, r"Invalid learning rate: inf"),
     ({"lr": "0.1"}, TypeError, r"lr must be a float or a 1-element Tensor, got str: '0.1'"),
     ({"lr": None}, TypeError, r"lr must be a float .* got NoneType"),
     ({"lr": True}, TypeError, r"lr must be a float .* got bool"),
     (
         {"lr": torch.tensor([0.1, 0.2])},
         ValueError,
-        r"Tensor lr must have exactly 1 element, got shape \(2,\)",
+        r"Tensor lr must be 1-element, got shape \(2,\)",
     ),
-    ({"lr": torch.tensor(-0.1)}, ValueError, r"Invalid learning rate: lr=tensor\(-0\.1000\)"),
-    ({"eps": -1e-8}, ValueError, r"Invalid epsilon value: eps=-1e-08"),
-    ({"eps": math.nan}, ValueError, r"Invalid epsilon value: eps=nan"),
-    ({"weight_decay": -0.1}, ValueError, r"Invalid weight_decay value: weight_decay=-0\.1"),
-    ({"weight_decay": math.nan}, ValueError, r"Invalid weight_decay value: weight_decay=nan"),
-    ({"betas": (1.0, 0.999)}, ValueError, r"Invalid beta parameter at index 0: betas\[0\]=1\.0"),
-    ({"betas": (-0.1, 0.999)}, ValueError, r"Invalid beta parameter at index 0: betas\[0\]=-0\.1"),
-    ({"betas": (0.9, 1.5)}, ValueError, r"Invalid beta parameter at index 1: betas\[1\]=1\.5"),
-    ({"betas": (0.9, math.nan)}, ValueError, r"Invalid beta parameter at index 1: betas\[1\]=nan"),
+    (
+        {"lr": torch.tensor(-0.1)},
+        ValueError,
+        r"Invalid learning rate: -0\.1000000\d* \(lr=tensor\(-0\.1000\)",
+    ),
+    ({"eps": -1e-8}, ValueError, r"Invalid epsilon value: -1e-08"),
+    ({"eps": math.nan}, ValueError, r"Invalid epsilon value: nan"),
+    ({"weight_decay": -0.1}, ValueError, r"Invalid weight_decay value: -0\.1"),
+    ({"weight_decay": math.nan}, ValueError, r"Invalid weight_decay value: nan"),
+    ({"betas": (1.0, 0.999)}, ValueError, r"Invalid beta parameter at index 0: 1\.0"),
+    ({"betas": (-0.1, 0.999)}, ValueError, r"Invalid beta parameter at index 0: -0\.1"),
+    ({"betas": (0.9, 1.5)}, ValueError, r"Invalid beta parameter at index 1: 1\.5"),
+    ({"betas": (0.9, math.nan)}, ValueError, r"Invalid beta parameter at index 1: nan"),
     ({"betas": 0.9}, TypeError, r"betas must be a pair \(beta1, beta2\), got 0\.9"),
     ({"betas": (0.9, 0.99, 0.999)}, TypeError, r"betas must be a pair"),
     ({"betas": ("a", 0.9)}, TypeError, r"betas\[0\] must be a float .* got str"),
@@ -45,9 +49,23 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"fused": True, "foreach": True}, ValueError, r"fused=True and foreach=True cannot be set"),
     ({"fused": "yes"}, TypeError, r"fused must be True, False or None, got str: 'yes'"),
     ({"capturable": True}, NotImplementedError, r"capturable=True is not supported yet"),
-    ({"differentiable": True}, NotImplementedError, r"differentiable=True is not supported yet"),
+    (
+        {"differentiable": True, "fused": True},
+        RuntimeError,
+        r"`fused` does not support `differentiable`",
+    ),
+    (
+        {"differentiable": True, "state_precision": "8bit"},
+        ValueError,
+        r"state_precision='8bit' cannot be combined with differentiable=True",
+    ),
+    (
+        {"differentiable": True, "max_grad_norm": 1.0},
+        ValueError,
+        r"max_grad_norm=1\.0 cannot be combined with differentiable=True",
+    ),
     ({"amsgrad": 1}, TypeError, r"amsgrad must be True or False, got int: 1"),
-    ({"momentum_decay": -1.0}, ValueError, r"Invalid momentum_decay value: momentum_decay=-1\.0"),
+    ({"momentum_decay": -1.0}, ValueError, r"Invalid momentum_decay value: -1\.0"),
     ({"decoupled_weight_decay": None}, TypeError, r"decoupled_weight_decay must be True or False"),
     ({"nonfinite": "ignore"}, ValueError, r"nonfinite='ignore' is invalid \(expected None"),
     ({"max_grad_norm": 0.0}, ValueError, r"Invalid max_grad_norm value: max_grad_norm=0\.0"),
@@ -98,7 +116,7 @@ BAD_PARAM_GROUPS: list[tuple[str, Callable[[Any, Any], object], type[Exception],
         "Adam([{'params': [a]}, {'params': [b], 'lr': -5}])",
         lambda a, b: adamkit.Adam([{"params": [a]}, {"params": [b], "lr": -5}]),
         ValueError,
-        r"param group 1: Invalid learning rate: lr=-5",
+        r"param group 1: Invalid learning rate: -5",
     ),
     (
         "Adam([{'params': [a, b]}, {'params': [a]}])",
@@ -146,10 +164,10 @@ def test_bad_param_groups_are_named(call: Callable, error: type, message: str) -
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_bad_param_group_value_is_named_with_its_group(name: str) -> None:
     a, b = make_params()[:2]
-    with pytest.raises(ValueError, match=r"param group 1: Invalid learning rate: lr=-5"):
+    with pytest.raises(ValueError, match=r"param group 1: Invalid learning rate: -5"):
         getattr(adamkit, name)([{"params": [a]}, {"params": [b], "lr": -5}])
     opt = getattr(adamkit, name)([a])
-    with pytest.raises(ValueError, match=r"param group 1: Invalid epsilon value: eps=-1"):
+    with pytest.raises(ValueError, match=r"param group 1: Invalid epsilon value: -1"):
         opt.add_param_group({"params": [b], "eps": -1})
     assert len(opt.param_groups) == 1
 

@@ -172,7 +172,7 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
     (
         lambda sd: {**sd, "param_groups": [{**sd["param_groups"][0], "lr": -1.0}]},
         ValueError,
-        r"loaded param group 0: Invalid learning rate: lr=-1.0",
+        r"loaded param group 0: Invalid learning rate: -1.0",
     ),
     (
         lambda sd: {**sd, "state": {0: {**sd["state"][0], "exp_avg": torch.zeros(7)}}},

@@ -44,7 +44,7 @@ from ._fused import (
     kernel_available,
     prepare_counters,
 )
-from ._paths import PATHS, TensorOps
+from ._paths import DIFFERENTIABLE, PATHS, TensorOps
 from ._precision import (
     convert,
     decode,
@@ -174,7 +174,8 @@ class AdamFamily(Optimizer):
             if id(t) in seen:
                 raise ValueError(
                     f"{where}parameter given twice: params[{i}] is the same tensor as "
-                    f"params[{seen[id(t)]}]"
+                    f"params[{seen[id(t)]}] (a parameter group with duplicate parameters; "
+                    "torch warns and steps it once, adamkit refuses)"
                 )
             seen[id(t)] = i
         for g, group in enumerate(self.param_groups):
@@ -182,7 +183,8 @@ class AdamFamily(Optimizer):
                 if id(p) in seen:
                     raise ValueError(
                         f"{where}parameter given twice: params[{seen[id(p)]}] is already in "
-                        f"param group {g}"
+                        f"param group {g} (some parameters appear in more than one parameter "
+                        "group)"
                     )
         super().add_param_group(param_group)
 
@@ -320,12 +322,15 @@ class AdamFamily(Optimizer):
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
         beta1, beta2 = group["betas"]
+        # differentiable=True keeps tensor hyperparameters as tensors: the step's graph then
+        # reaches them (hypergradients of lr, betas, weight_decay), as in torch.
+        value = _graph_value if group.get("differentiable") else scalar_value
         h = Hyper(
-            lr=scalar_value(group["lr"]),
-            beta1=scalar_value(beta1),
-            beta2=scalar_value(beta2),
+            lr=value(group["lr"]),
+            beta1=value(beta1),
+            beta2=value(beta2),
             eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
+            weight_decay=value(group["weight_decay"]),
             maximize=group.get("maximize", False),
             decoupled_weight_decay=group.get("decoupled_weight_decay", False),
             amsgrad=group.get("amsgrad", False),
@@ -357,6 +362,8 @@ class AdamFamily(Optimizer):
         ``fused=True`` was asked for explicitly, which then raises and says why.
         """
         group = self.param_groups[0] if group is None else group
+        if group.get("differentiable"):
+            return "differentiable"
         fused, foreach = group.get("fused"), group.get("foreach")
         if fused or (fused is None and foreach is None and kernel_available()):
             return "fused"
@@ -368,7 +375,6 @@ class AdamFamily(Optimizer):
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step.
 
@@ -379,12 +385,15 @@ class AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._last_step_skipped = self._guard_gradients()
+        with torch.no_grad():
+            self._last_step_skipped = self._guard_gradients()
         if self._last_step_skipped:
             self.skipped_steps += 1
             return loss
-        for group in self.param_groups:
-            self._step_group(group)
+        # As torch: autograd records the step exactly when the optimizer is differentiable.
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
+            for group in self.param_groups:
+                self._step_group(group)
         return loss
 
     def _nonfinite_message(
@@ -491,8 +500,8 @@ class AdamFamily(Optimizer):
         if path_name == "fused":
             self._step_fused(group, params, grads, states, hyper, moment_keys)
             return
-        path = PATHS[path_name]
-        if path.name == "forloop":
+        path = DIFFERENTIABLE if path_name == "differentiable" else PATHS[path_name]
+        if path.name != "foreach":
             # One parameter at a time: temporaries never exceed one parameter's size.
             for p in params:
                 self._apply_rule(path, [p], group, hyper, moment_keys)
@@ -711,6 +720,14 @@ class AdamFamily(Optimizer):
         for key in self._scalar_keys:
             bucket.state[key] = [s[key] for s in states]
         return bucket
+
+
+def _graph_value(value: float | Tensor) -> float:
+    """A hyperparameter for the differentiable step: a tensor that requires grad is kept (as
+    a float-like tensor), anything else becomes a Python float."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        return value  # type: ignore[return-value]
+    return scalar_value(value)
 
 
 _GRAD = operator.attrgetter("grad")

@@ -238,7 +238,7 @@ def prepare_counters(
                     f"adamkit.{optimizer}: state[{key!r}] of {label(i)} must hold one number, "
                     f"got a tensor of shape {tuple(value.shape)}"
                 )
-            number = float(value)
+            number = float(value.detach())
             if not math.isfinite(number) or (key == "step" and number < 0):
                 raise ValueError(
                     f"adamkit.{optimizer}: state[{key!r}] of {label(i)} is {number}; a step "

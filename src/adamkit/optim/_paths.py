@@ -33,11 +33,13 @@ from torch import Tensor
 Tensors: TypeAlias = list[Tensor]
 Scalars: TypeAlias = float | Sequence[float]
 
-__all__ = ["PATHS", "ForEach", "ForLoop", "Scalars", "TensorOps", "Tensors"]
+__all__ = ["DIFFERENTIABLE", "PATHS", "Differentiable", "ForEach", "ForLoop", "Scalars"]
+__all__ += ["TensorOps", "Tensors"]
 
 
 def _per_tensor(value: Scalars, n: int) -> Sequence[float]:
-    return [value] * n if isinstance(value, (int, float)) else value
+    # A tensor is one scalar for every tensor (a differentiable step's tensor hyperparameter).
+    return [value] * n if isinstance(value, (int, float, Tensor)) else value
 
 
 class TensorOps(Protocol):
@@ -59,6 +61,11 @@ class TensorOps(Protocol):
     def maximum_(self, xs: Tensors, ys: Tensors) -> None: ...
     def count_step(self, steps: Tensors) -> list[float]:
         """Add one to each step counter and return the new values as Python floats."""
+        ...
+
+    def values(self, xs: Tensors) -> list[float]:
+        """One-element state tensors (NAdam's ``mu_product``) as numbers to compute with:
+        Python floats, or the tensors themselves on the differentiable path."""
         ...
 
 
@@ -112,6 +119,9 @@ class ForEach:
     def count_step(self, steps: Tensors) -> list[float]:
         torch._foreach_add_(steps, 1.0)
         return [s.item() for s in steps]
+
+    def values(self, xs: Tensors) -> list[float]:
+        return [x.item() for x in xs]
 
 
 class ForLoop:
@@ -168,6 +178,81 @@ class ForLoop:
             s.add_(1.0)
         return [s.item() for s in steps]
 
+    def values(self, xs: Tensors) -> list[float]:
+        return [x.item() for x in xs]
 
-#: Execution paths by name. ``"fused"`` joins here when the fused kernels land.
+
+class Differentiable(ForLoop):
+    """``differentiable=True``: the for-loop path, recorded by autograd (torch's meaning of
+    the flag), so that a loss after the step can be differentiated with respect to the
+    parameters, gradients, state and tensor hyperparameters before it.
+
+    Two things differ from :class:`ForLoop`. A scalar may be a tensor that requires grad (a
+    tensor ``lr``, ``betas`` or ``weight_decay``), so it is applied by tensor arithmetic, not
+    as a Number argument. And each in-place update is computed out of place from a copy of
+    its target and copied back: autograd keeps the values a backward pass needs, and a later
+    in-place update of the same state (the next step's) cannot invalidate them.
+    """
+
+    name = "differentiable"
+
+    @staticmethod
+    def _set(x: Tensor, value: Tensor) -> None:
+        x.copy_(value)
+
+    # Results are copies: the rule may update them in place, and sqrt's backward keeps its
+    # own output, which must stay as it was.
+    def neg(self, xs: Tensors) -> Tensors:
+        return [x.neg() for x in xs]
+
+    def abs(self, xs: Tensors) -> Tensors:
+        return [x.clone().abs() for x in xs]
+
+    def sqrt(self, xs: Tensors) -> Tensors:
+        return [x.sqrt().clone() for x in xs]
+
+    def add(self, xs: Tensors, ys: Tensors, alpha: float) -> Tensors:
+        return [x + y.clone() * alpha for x, y in zip(xs, ys, strict=True)]
+
+    def add_(self, xs: Tensors, ys: Tensors, alpha: Scalars) -> None:
+        for x, y, a in zip(xs, ys, _per_tensor(alpha, len(xs)), strict=True):
+            self._set(x, x.clone() + y.clone() * a)
+
+    def add_scalar_(self, xs: Tensors, value: Scalars) -> None:
+        for x, v in zip(xs, _per_tensor(value, len(xs)), strict=True):
+            self._set(x, x.clone() + v)
+
+    def mul_(self, xs: Tensors, value: Scalars) -> None:
+        for x, v in zip(xs, _per_tensor(value, len(xs)), strict=True):
+            self._set(x, x.clone() * v)
+
+    def div_(self, xs: Tensors, value: Scalars) -> None:
+        for x, v in zip(xs, _per_tensor(value, len(xs)), strict=True):
+            self._set(x, x.clone() / v)
+
+    def lerp_(self, xs: Tensors, ys: Tensors, weight: float) -> None:
+        for x, y in zip(xs, ys, strict=True):
+            old = x.clone()
+            self._set(x, old + (y.clone() - old) * weight)
+
+    def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None:
+        for x, y, z in zip(xs, ys, zs, strict=True):
+            self._set(x, x.clone() + y.clone() * z.clone() * value)
+
+    def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: Scalars) -> None:
+        for x, y, z, v in zip(xs, ys, zs, _per_tensor(value, len(xs)), strict=True):
+            self._set(x, x.clone() + y.clone() / z.clone() * v)
+
+    def maximum_(self, xs: Tensors, ys: Tensors) -> None:
+        for x, y in zip(xs, ys, strict=True):
+            self._set(x, torch.maximum(x.clone(), y.clone()))
+
+    def values(self, xs: Tensors) -> list[float]:
+        # Copies that carry the graph: the next step updates the state itself in place.
+        return [x.clone() for x in xs]  # type: ignore[misc]
+
+
+#: Execution paths by name (the fused kernels are chosen in ``_base``; the differentiable path
+#: only by ``differentiable=True``).
 PATHS: dict[str, TensorOps] = {"foreach": ForEach(), "forloop": ForLoop()}
+DIFFERENTIABLE = Differentiable()

@@ -30,7 +30,7 @@ def _number(name: str, value: Any, where: str) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(
-                f"{where}Tensor {name} must have exactly 1 element, got shape {tuple(value.shape)}"
+                f"{where}Tensor {name} must be 1-element, got shape {tuple(value.shape)}"
             )
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{where}{name} must be a real number, got a {value.dtype} Tensor")
@@ -46,8 +46,9 @@ def _number(name: str, value: Any, where: str) -> float:
 def _non_negative(name: str, value: Any, where: str, label: str) -> None:
     x = _number(name, value, where)
     if not (math.isfinite(x) and x >= 0.0):
+        # torch's words first ("Invalid learning rate: -0.01"): code that matches them works.
         raise ValueError(
-            f"{where}Invalid {label}: {name}={value!r} (expected a finite number >= 0)"
+            f"{where}Invalid {label}: {value} ({name}={value!r}; expected a finite number >= 0)"
         )
 
 
@@ -65,15 +66,14 @@ def _betas(value: Any, where: str) -> None:
         b = _number(f"betas[{i}]", beta, where)
         if not 0.0 <= b < 1.0:  # also rejects NaN
             raise ValueError(
-                f"{where}Invalid beta parameter at index {i}: betas[{i}]={beta!r} "
-                "(expected 0 <= beta < 1)"
+                f"{where}Invalid beta parameter at index {i}: {beta} (betas[{i}]={beta!r}; "
+                "expected 0 <= beta < 1)"
             )
 
 
 # Execution settings accepted as in torch, with the values this release cannot honour yet.
 _UNSUPPORTED = {
     "capturable": "CUDA-graph capture is not implemented yet",
-    "differentiable": "differentiating through the optimizer step is not implemented yet",
 }
 
 
@@ -119,6 +119,22 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
         raise ValueError(
             f"{where}state_precision={precision!r} is invalid (expected 'fp32', 'bf16' or '8bit')"
         )
+    if group.get("differentiable"):
+        # torch's words for the first; the others have no torch equivalent to differentiate.
+        if group.get("fused"):
+            raise RuntimeError(f"{where}`fused` does not support `differentiable`")
+        if precision != "fp32":
+            raise ValueError(
+                f"{where}state_precision={precision!r} cannot be combined with "
+                "differentiable=True: the differentiable step keeps full-precision state "
+                "(state_precision='fp32'), as torch does"
+            )
+        if group.get("max_grad_norm") is not None:
+            raise ValueError(
+                f"{where}max_grad_norm={group['max_grad_norm']!r} cannot be combined with "
+                "differentiable=True (clipping rescales .grad in place); clip with "
+                "torch.nn.utils.clip_grad_norm_ before the step, or leave max_grad_norm=None"
+            )
     if "stochastic_rounding" in group:
         _flag("stochastic_rounding", group["stochastic_rounding"], where)
 

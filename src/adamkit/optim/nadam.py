@@ -31,7 +31,7 @@ def nadam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     mu_next = [momentum_schedule(t + 1, h.beta1, h.momentum_decay) for t in steps]
     # The running product of mu is state (torch's `mu_product`, a scalar tensor per parameter).
     ops.mul_(b.state["mu_product"], mu)
-    mu_product = [p.item() for p in b.state["mu_product"]]
+    mu_product = ops.values(b.state["mu_product"])
 
     denom = ops.sqrt(exp_avg_sq)
     ops.div_(denom, [bc**0.5 for bc in bias_corrections(h.beta2, steps)])

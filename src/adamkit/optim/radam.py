@@ -34,7 +34,9 @@ def rectification(step: float, beta2: float) -> tuple[float, float | None]:
     rho_t = rho_inf - 2 * step * beta2_t / (1 - beta2_t)
     if rho_t <= RHO_THRESHOLD:
         return rho_t, None
-    r_t = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+    # A tensor beta2 (differentiable=True) stays a tensor, so the graph runs through r_t.
+    r_t = math.sqrt(ratio) if isinstance(ratio, float) else ratio**0.5
     return rho_t, r_t
 
 
