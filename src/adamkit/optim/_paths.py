@@ -4,18 +4,18 @@ Every update rule in this package is written once, against the small list-of-ten
 of :class:`TensorOps` below. An execution path is an implementation of that vocabulary:
 
 * :class:`ForEach` runs each operation over a whole bucket of tensors with one
-  ``torch._foreach_*`` call (torch's multi-tensor kernels). This is the default. Measured on the
-  2-core CPU machine: 2x faster than torch's for-loop on 2000 tensors of 1000 elements (Python
-  overhead per tensor dominates there), within about 10% of it on 300 large tensors.
+  ``torch._foreach_*`` call (torch's multi-tensor kernels): ``foreach=True``, and the path of
+  buckets the fused kernels cannot take.
 * :class:`ForLoop` runs each operation tensor by tensor with ordinary tensor methods. The base
   optimizer calls the rule once per parameter on this path, so temporaries are only ever one
   parameter large (torch's ``foreach=False``): choose it when a step's peak memory matters,
   since the foreach path holds one parameter-sized temporary for the whole bucket at once.
+* :class:`Differentiable` is the for-loop recorded by autograd (``differentiable=True``).
 
-Both paths therefore execute the *same* rule, which is what lets the parity tests prove them
-equal. A fused path (one pass over memory per tensor, issue "fused step") plugs in beside these
-two as another entry of :data:`PATHS`; it takes the same buckets and hyperparameters, and is
-checked against these eager paths and the NumPy reference.
+They all execute the *same* rule, which is what lets the parity tests prove them equal. The
+default, fused path does not run a rule: its kernels (``_fused.py`` on the CPU, ``_device.py``
+on a GPU) are checked against these eager paths and the NumPy reference. Their speeds are in
+BENCHMARKS.md.
 
 Scalars handed to an operation are either one Python float for the whole bucket, or a list with
 one float per tensor (per-tensor bias corrections: parameters may have taken different numbers
