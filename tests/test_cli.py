@@ -82,7 +82,7 @@ def test_two_schedules_go_to_two_files_named_after_their_specs(
         assert code == 0, err
         written.append(Path(out.strip().splitlines()[-1].removeprefix("wrote ")))
     assert [p.name for p in written] == [
-        "schedule_lambda_0.67_epoch.png",
+        "schedule_lambda_0.67_epoch_fef29b.png",  # '**' is lost in the name: a hash keeps it
         "schedule_multiplicative_0.69.png",
     ]
     for path in written:
@@ -189,3 +189,55 @@ def test_compare_with_one_optimizer_has_a_legend_and_plain_ticks(
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["Adam(lr=0.01)"]
     labels = [t.get_text() for t in axes.get_yticklabels(minor=True) + axes.get_yticklabels()]
     assert any(labels) and not any("10^" in label or "times" in label for label in labels), labels
+
+
+def test_names_of_different_specs_differ_where_the_readable_part_is_alike() -> None:
+    from adamkit.cli import schedule_png
+
+    alike = ["lambda(0.5 ** t)", "lambda(0.5 * t)", "lambda(0.5 + t)"]
+    assert len({schedule_png([s]) for s in alike}) == 3
+    long = ["warmup(10) + " * 12 + end for end in ("cosine(100)", "cosine(200)", "linear(50)")]
+    assert len({schedule_png([s]) for s in long}) == 3
+    assert schedule_png(["cosine(100)"]) == "schedule_cosine_100.png"
+
+
+def test_and_or_in_an_expression_are_python_s() -> None:
+    values = adamkit.schedules.parse("lambda((t < 3) and 0.5 or 0.1)").values(5)
+    assert values == [0.5, 0.5, 0.5, 0.1, 0.1]
+    assert adamkit.schedules.parse("lambda(0.5 or 1)").values(1) == [0.5]
+
+
+def test_an_expression_that_would_not_end_or_nests_too_deeply_is_refused() -> None:
+    product = " * ".join(["floor(1e308)"] * 64)  # exact ints once grew without bound
+    start = time.perf_counter()
+    with pytest.raises(SpecError, match=r"overflows a float|is inf"):
+        adamkit.schedules.parse(f"lambda({product})").values(2)
+    assert time.perf_counter() - start < 5
+    with pytest.raises(SpecError, match="nested too deeply"):
+        adamkit.schedules.parse("lambda(t" + "+1" * 5000 + ")")
+
+
+def test_output_paths_are_what_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(["schedule", "cosine(100)", "-o", "myplot"], capsys)
+    assert code == 0 and out.strip().endswith(f"wrote {tmp_path.resolve() / 'myplot.png'}")
+    assert_real_png(tmp_path / "myplot.png")
+    for bad, words in [(str(tmp_path), "is a folder"), ("", "file name is empty")]:
+        code, _, err = cli(["schedule", "cosine(100)", "-o", bad], capsys)
+        assert code == 2 and words in err, err
+    code, _, err = cli(["schedule", "cosine(100)", "-o", str(tmp_path / "no" / "x.png")], capsys)
+    assert code == 0  # a missing folder is made
+    code, _, err = cli(["schedule", "cosine(100)", "--steps", "2000000000"], capsys)
+    assert code == 2 and "from 1 to 10,000,000" in err
+
+
+def test_compare_refuses_a_bad_optimizer_before_training_any(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cli(["compare", "Adam(lr=0.1)", "Adam(foo=1)", "-o", ""], capsys)
+    assert code == 2 and "Adam(foo=1)" in err and "unexpected keyword argument 'foo'" in err
+    assert "run 1/2" not in out + err
+    code, _, err = cli(["compare", "Adam(lr=0.1, capturable=True)"], capsys)
+    assert code == 2 and "capturable=True is not supported yet" in err and "Traceback" not in err

@@ -175,3 +175,29 @@ def test_non_leaf_parameters_need_differentiable_true() -> None:
     with pytest.raises(ValueError, match="can't optimize a non-leaf Tensor"):
         adamkit.Adam([p])
     adamkit.Adam([p], differentiable=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"foreach": True}, RuntimeError, "foreach=True cannot be combined with differentiable"),
+        ({"stochastic_rounding": True}, ValueError, "stochastic_rounding=True cannot be combined"),
+        ({"fused": True}, RuntimeError, "`fused` does not support `differentiable`"),
+    ],
+)
+def test_settings_that_would_cut_the_graph_are_refused(
+    kwargs: dict, error: type, match: str
+) -> None:
+    p = torch.randn(4, requires_grad=True).clone().bfloat16()
+    with pytest.raises(error, match=match):
+        adamkit.Adam([p], differentiable=True, **kwargs)
+
+
+def test_a_one_element_tensor_lr_steps_a_zero_dimensional_parameter() -> None:
+    lr = torch.tensor([0.01], requires_grad=True)
+    w = torch.tensor(1.0, requires_grad=True).clone()
+    opt = adamkit.Adam([w], lr=lr, differentiable=True)
+    w.grad = torch.tensor(0.5)
+    opt.step()
+    (d,) = torch.autograd.grad(w, lr)
+    assert w.shape == () and d.shape == (1,) and d.item() == pytest.approx(-1.0, rel=1e-3)

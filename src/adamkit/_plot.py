@@ -12,6 +12,18 @@ __all__ = ["save_curves", "text_chart"]
 Series = tuple[Sequence[float], Sequence[float]]
 
 
+def png_path(path: str | Path) -> Path:
+    """Where a plot asked for at ``path`` goes: ``.png`` added to a name without a suffix (as
+    matplotlib would add it, so the path reported is the file written); an empty name or a
+    folder is refused."""
+    if str(path).strip() == "":
+        raise ValueError("the output file name is empty")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name such as {path / 'plot.png'}")
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
 def save_curves(
     path: str | Path,
     curves: Mapping[str, Series],
@@ -28,7 +40,7 @@ def save_curves(
     matplotlib.use("Agg")  # files only: works on machines without a display
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    path = png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for label, (x, y) in curves.items():

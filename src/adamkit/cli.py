@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -109,10 +111,17 @@ def _arguments(cls: type) -> list[str]:
 
 def schedule_png(specs: Sequence[str]) -> str:
     """A file name for the plot of ``specs``, so that plotting another spec does not replace
-    it: ``["lambda(0.67 ** t)"]`` -> ``schedule_lambda_0.67_t.png``."""
+    it: ``["multiplicative(0.69)"]`` -> ``schedule_multiplicative_0.69.png``. Where the
+    readable part loses something (an operator, a cut at 100 characters), a short hash of the
+    specs keeps different specs apart: ``lambda(0.5 ** t)`` and ``lambda(0.5 * t)``."""
     slugs = [re.sub(r"[^A-Za-z0-9.=-]+", "_", spec).strip("_.") for spec in specs]
-    name = "_vs_".join(slug for slug in slugs if slug)[:100].rstrip("_.")
-    return f"schedule_{name}.png" if name else "schedule.png"
+    joined = "_vs_".join(slug for slug in slugs if slug)
+    name = joined[:100].rstrip("_.")
+    lossy = len(joined) > 100 or any(re.search(r"[^A-Za-z0-9.=,()\s_-]", s) for s in specs)
+    if lossy or not name:
+        digest = hashlib.sha1("\n".join(specs).encode()).hexdigest()[:6]
+        name = f"{name}_{digest}" if name else digest
+    return f"schedule_{name}.png"
 
 
 def _schedule_command(args: argparse.Namespace) -> int:
@@ -122,13 +131,13 @@ def _schedule_command(args: argparse.Namespace) -> int:
         schedules = [parse(spec) for spec in args.specs]
         path = plot_schedule(
             schedules,
-            args.out or schedule_png([str(s) for s in schedules]),
+            schedule_png([str(s) for s in schedules]) if args.out is None else args.out,
             lr=args.lr,
             steps=args.steps,
             title=args.title,
             logy=args.log,
         )
-    except (SpecError, ValueError) as error:
+    except (SpecError, ValueError, OSError) as error:
         return _fail("schedule", error)
     print(f"wrote {Path(path).resolve()}")
     return 0
@@ -162,12 +171,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schedule":
         return _schedule_command(args)
     if args.command == "compare":
+        from ._plot import png_path
         from .schedules import SpecError
         from .tools.compare import compare
 
         try:
+            if args.out:  # before training, not after
+                folder = png_path(args.out).resolve().parent
+                while not folder.exists():
+                    folder = folder.parent
+                if not os.access(folder, os.W_OK):
+                    raise OSError(f"cannot write {args.out}: {folder} is not writable")
             compare(args.task, args.optimizers, steps=args.steps, out=args.out)
-        except (SpecError, ValueError, TypeError) as error:
+        except (SpecError, ValueError, TypeError, RuntimeError, OSError) as error:
             return _fail("compare", error)
         return 0
     if args.command == "plot-telemetry":

@@ -726,7 +726,7 @@ def _graph_value(value: float | Tensor) -> float:
     """A hyperparameter for the differentiable step: a tensor that requires grad is kept (as
     a float-like tensor), anything else becomes a Python float."""
     if isinstance(value, Tensor) and value.requires_grad:
-        return value  # type: ignore[return-value]
+        return value.reshape(())  # type: ignore[return-value]  # lr of shape (1,): a scalar
     return scalar_value(value)
 
 

@@ -123,6 +123,16 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
         # torch's words for the first; the others have no torch equivalent to differentiate.
         if group.get("fused"):
             raise RuntimeError(f"{where}`fused` does not support `differentiable`")
+        if group.get("foreach"):  # torch fails later, on an assertion
+            raise RuntimeError(
+                f"{where}foreach=True cannot be combined with differentiable=True: torch's "
+                "_foreach ops don't support autograd (the differentiable step is a for-loop)"
+            )
+        if group.get("stochastic_rounding"):
+            raise ValueError(
+                f"{where}stochastic_rounding=True cannot be combined with differentiable=True: "
+                "it steps fp32 copies of the parameters, outside autograd's graph"
+            )
         if precision != "fp32":
             raise ValueError(
                 f"{where}state_precision={precision!r} cannot be combined with "

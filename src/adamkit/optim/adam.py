@@ -64,8 +64,13 @@ class Adam(AdamFamily):
             CUDA for fp32/fp64/fp16/bf16 tensors, with low-precision state for fp32/bf16
             parameters; an error otherwise. ``None`` (default, with ``foreach=None``): fused
             where it applies, the multi-tensor path elsewhere. ``False``: never fused.
-        capturable, differentiable: accepted as in torch; ``True`` is not supported yet and
-            raises ``NotImplementedError`` naming the setting.
+        capturable: accepted as in torch; ``True`` is not supported yet and raises
+            ``NotImplementedError`` naming the setting.
+        differentiable: record the step with autograd, as torch does, so that a loss after
+            it can be differentiated with respect to the parameters, gradients, state and
+            tensor hyperparameters (``lr``, ``betas``, ``weight_decay``) before it. Steps on
+            a for-loop path; takes fp32 state only, and refuses ``fused=True``,
+            ``foreach=True``, ``max_grad_norm`` and ``stochastic_rounding=True``.
         nonfinite: what a NaN or infinite gradient does: ``None`` (default) steps as torch
             does; ``"raise"`` raises ``FloatingPointError`` naming the parameters; ``"skip"``
             skips the whole step (state untouched; counted in ``optimizer.skipped_steps``; an

@@ -21,10 +21,10 @@ STEP_NAMES = ("t", "step", "epoch")
 CONSTANTS = {"pi": math.pi, "e": math.e}
 FUNCTIONS: dict[str, Callable[..., float]] = {
     "abs": abs,
-    "ceil": math.ceil,
+    "ceil": lambda x: float(math.ceil(x)),  # floats: products of ints grow without bound
     "cos": math.cos,
     "exp": math.exp,
-    "floor": math.floor,
+    "floor": lambda x: float(math.floor(x)),
     "log": math.log,
     "max": max,
     "min": min,
@@ -58,9 +58,17 @@ class SpecError(ValueError):
 
     def __init__(self, message: str, spec: str, start: int = 0, end: int | None = None) -> None:
         end = max(start + 1, len(spec) if end is None else end)
-        caret = " " * start + "^" * (end - start)
-        super().__init__(f"bad schedule spec: {message}\n  {spec}\n  {caret}")
         self.reason, self.spec, self.start, self.end = message, spec, start, end
+        # A long spec is shown as a window of it around the bad part.
+        shown, left, right = spec, start, min(end, start + 60)
+        if len(spec) > 100:
+            first = max(0, start - 30)
+            shown = ("..." if first else "") + spec[first : first + 100]
+            shown += "..." if first + 100 < len(spec) else ""
+            left = start - first + (3 if first else 0)
+            right = min(right - first + (3 if first else 0), len(shown))
+        caret = " " * left + "^" * max(1, right - left)
+        super().__init__(f"bad schedule spec: {message[:300]}\n  {shown}\n  {caret}")
 
 
 class ExprError(ValueError):
@@ -74,11 +82,15 @@ class ExprError(ValueError):
 def _compile(node: ast.AST) -> Evaluator:
     """Turn a whitelisted AST into a closure ``t -> value``."""
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        value = node.value
+        # Every value is a float: exact int arithmetic on a long product would not end.
+        try:
+            value = float(node.value)  # type: ignore[arg-type]  # an int or a float
+        except OverflowError:
+            raise ExprError(f"the number {ast.unparse(node)[:20]}... is too large", node) from None
         return lambda t: value
     if isinstance(node, ast.Name):
         if node.id in STEP_NAMES:
-            return lambda t: t
+            return lambda t: float(t)
         if node.id in CONSTANTS:
             constant = CONSTANTS[node.id]
             return lambda t: constant
@@ -105,11 +117,19 @@ def _compile(node: ast.AST) -> Evaluator:
             return True
 
         return compare
-    if isinstance(node, ast.BoolOp):
+    if isinstance(node, ast.BoolOp):  # Python's: the first false (and) or true (or) operand
         parts = [_compile(v) for v in node.values]
-        if isinstance(node.op, ast.And):
-            return lambda t: all(p(t) for p in parts)
-        return lambda t: any(p(t) for p in parts)
+        stop_when = not isinstance(node.op, ast.And)
+
+        def either(t: int) -> Any:
+            value: Any = None
+            for part in parts:
+                value = part(t)
+                if bool(value) == stop_when:
+                    return value
+            return value
+
+        return either
     if isinstance(node, ast.IfExp):
         test, body, orelse = _compile(node.test), _compile(node.body), _compile(node.orelse)
         return lambda t: body(t) if test(t) else orelse(t)
@@ -135,24 +155,31 @@ class Expr:
     """
 
     def __init__(self, source: str | ast.expr) -> None:
-        node = ast.parse(source.strip(), mode="eval").body if isinstance(source, str) else source
-        self._evaluate = _compile(node)
-        self.source = ast.unparse(node)
+        try:
+            node = (
+                ast.parse(source.strip(), mode="eval").body if isinstance(source, str) else source
+            )
+            self._evaluate = _compile(node)
+            self.source = ast.unparse(node)
+        except RecursionError:
+            raise ExprError("the expression is nested too deeply", None) from None
 
     def __call__(self, t: int) -> float:
         """The value at step ``t``; one that cannot be computed (``1 / t`` at 0, ``log(t)`` at
         0, ``exp(t)`` past 709) or is not a finite number is a :class:`SpecError`."""
         try:
             value = float(self._evaluate(t))
-        except (ArithmeticError, ValueError, TypeError) as error:
+        except (ArithmeticError, ValueError, TypeError, RecursionError) as error:
             reason = {
                 "math range error": "it overflows a float",
-                "math domain error": ("outside a function's domain"),
+                "math domain error": "outside a function's domain",
             }.get(str(error), str(error) or type(error).__name__)
-            message = f"{self.source} cannot be evaluated at t={t}: {reason}"
+            if isinstance(error, RecursionError):
+                reason = "it is nested too deeply"
+            message = f"the expression cannot be evaluated at t={t}: {reason}"
             raise SpecError(message, self.source) from None
         if not math.isfinite(value):
-            raise SpecError(f"{self.source} is {value} at t={t}", self.source)
+            raise SpecError(f"the expression is {value} at t={t}", self.source)
         return value
 
     def __eq__(self, other: object) -> bool:

@@ -13,6 +13,7 @@ from ._spec import parse
 __all__ = ["plot_schedule", "schedule_report"]
 
 ScheduleLike = Schedule | str
+MAX_STEPS = 10_000_000
 
 
 def _named(
@@ -83,8 +84,11 @@ def plot_schedule(
     named = _named(schedules)
     if steps is None:
         steps = default_steps(list(named.values()))
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"plot_schedule: steps={steps!r} is invalid (expected an integer >= 1)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(
+            f"plot_schedule: steps={steps!r} is invalid (expected an integer from 1 to "
+            f"{MAX_STEPS:,}; a plot has a few thousand pixels)"
+        )
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"plot_schedule: lr={lr!r} is invalid (expected a finite number >= 0)")
     multipliers = {label: s.values(steps) for label, s in named.items()}

@@ -80,6 +80,13 @@ def parse(spec: str) -> Schedule:
     spec = " ".join(spec.split())
     if not spec:
         raise SpecError("the spec is empty (try 'warmup(100) + cosine(1000)')", spec)
+    try:
+        return _parse(spec)
+    except RecursionError:  # thousands of terms or parentheses: Python's parser gives up
+        raise SpecError("the spec is nested too deeply to read", spec) from None
+
+
+def _parse(spec: str) -> Schedule:
     source = _LAMBDA.sub(_LAMBDA_STANDIN, spec)
     try:
         with warnings.catch_warnings():  # e.g. "invalid decimal literal": the error says it

@@ -77,6 +77,10 @@ def parse_optimizer(text: str) -> tuple[Callable[[Any], torch.optim.Optimizer], 
     spec = schedule.strip() or None
     if spec is not None:
         parse(spec)  # fail now, with the spec error, not after training the others
+    try:  # the same: a bad keyword or value fails before any run trains
+        cls([torch.zeros(1, requires_grad=True)], **kwargs)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+        raise ValueError(f"compare: {text.strip()}: {error}") from None
     return (lambda params: cls(params, **kwargs)), spec
 
 

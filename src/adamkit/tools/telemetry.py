@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .._plot import log_axis
+from .._plot import log_axis, png_path
 from ..optim.radam import rectification
 
 __all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
@@ -209,7 +209,7 @@ def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
         axes[0].legend()
     axes[-1].set_xlabel("step")
     fig.tight_layout()
-    out = Path(out)
+    out = png_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
