@@ -41,7 +41,7 @@ demo: $(BASE)
 	$(BIN)/adamkit tour --out adamkit-tour
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks conformance
 	$(BIN)/mypy
 
 pytest: $(STAMP)
