@@ -53,7 +53,7 @@ def test_a_checkpoint_continues_in_another_process() -> None:
 @pytest.mark.parametrize(
     ("cls", "failing"),
     [
-        (broken.ForgetsStep, {"state_dict_roundtrip", "serialization"}),
+        (broken.ForgetsStep, {"state_dict_roundtrip", "serialization", "named_parameters"}),
         (broken.IgnoresClosure, {"closure", "hooks"}),  # hooks: super().step() runs them twice
         (broken.MovesWithoutGrad, {"closure", "no_grad_is_a_no_op", "bad_hyperparameters"}),
         (broken.Float32Momentum, {"closure", "dtype", "complex", "bad_hyperparameters"}),

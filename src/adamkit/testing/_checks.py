@@ -261,8 +261,8 @@ def check_fresh_process(case: Case) -> None:
 
 
 def check_named_parameters(case: Case) -> None:
-    """Built from ``named_parameters()``-style pairs it steps as from the tensors, and its
-    state dict carries the names."""
+    """Built from ``named_parameters()``-style pairs it steps as from the tensors, its state
+    dict carries the names, and a named checkpoint resumes bit for bit with its names."""
     params, twin = make_params(), make_params()
     names = ["weight", "bias", "scale"]
     try:
@@ -276,6 +276,17 @@ def check_named_parameters(case: Case) -> None:
     held = named.state_dict()["param_groups"][0].get("param_names")
     if held != names:
         raise CheckFailed(f"state_dict()['param_groups'][0]['param_names'] is {held!r}")
+    # The same model in a new run: a named checkpoint loads (by position in torch, by name
+    # in adamkit) and keeps its names.
+    copies = clone_params(params)
+    fresh = case.make(list(zip(names, copies, strict=True)))
+    fresh.load_state_dict(copy.deepcopy(named.state_dict()))
+    loaded = fresh.state_dict()["param_groups"][0].get("param_names")
+    if loaded != names:
+        raise CheckFailed(f"after loading, param_names is {loaded!r}, not the checkpoint's")
+    train(named, params, case.steps, start=case.steps)
+    train(fresh, copies, case.steps, start=case.steps)
+    compare(snapshot(fresh, copies), snapshot(named, params), "a named checkpoint resumed")
 
 
 def check_hooks(case: Case) -> None:
