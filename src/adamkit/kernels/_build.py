@@ -44,6 +44,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ._abi import c_defines
+
 __all__ = ["fused_library", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("fused_cpu.c")
@@ -60,6 +62,7 @@ FLAGS = [
     "-shared",
     "-fPIC",
     "-std=c11",
+    *c_defines(),  # the numbers shared with Python and Triton (_abi.py)
 ]
 _BUILD_SECONDS = 120
 

@@ -26,10 +26,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { ADAM = 0, RADAM = 1, NADAM = 2, ADAMAX = 3 };
-enum { MAXIMIZE = 1, DECOUPLED = 2, AMSGRAD = 4, STEP_F64 = 8, MU_F64 = 16 };
+/* The numbers shared with Python and Triton come from adamkit/kernels/_abi.py, as -D flags
+ * (AK_<name>); the build adds them. */
+#ifndef AK_ADAM
+#error "build fused_cpu.c with the -D flags of adamkit.kernels._abi.c_defines()"
+#endif
+enum { ADAM = AK_ADAM, RADAM = AK_RADAM, NADAM = AK_NADAM, ADAMAX = AK_ADAMAX };
+enum {
+    MAXIMIZE = AK_MAXIMIZE,
+    DECOUPLED = AK_DECOUPLED,
+    AMSGRAD = AK_AMSGRAD,
+    STEP_F64 = AK_STEP_F64,
+    MU_F64 = AK_MU_F64
+};
 #define CHUNK 16384
-enum { K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX };
+enum {
+    K_ADAM = AK_K_ADAM,
+    K_AMSGRAD = AK_K_AMSGRAD,
+    K_RADAM = AK_K_RADAM,
+    K_RADAM_PLAIN = AK_K_RADAM_PLAIN,
+    K_NADAM = AK_K_NADAM,
+    K_ADAMAX = AK_K_ADAMAX
+};
 
 typedef struct {
     double a, b, c; /* per-algorithm step scalars, see step_scalars() */
@@ -551,26 +569,29 @@ DEFINE_STEP(f64, double, sqrt, fabs)
  * (1 ulp of fp32) far below that of the storage. */
 DEFINE_LOOPS(wide, float, sqrtf, fabsf, *)
 
-#define BLOCK 256
+#define BLOCK AK_Q8_BLOCK
 #define TILE 1024 /* a multiple of BLOCK that divides CHUNK */
-enum { F_F32 = 0, F_BF16 = 1, F_BF16_SR = 2, F_Q8 = 3, F_F16 = 4 };
+enum { F_F32 = AK_F_F32, F_BF16 = AK_F_BF16, F_BF16_SR = AK_F_BF16_SR, F_Q8 = AK_F_Q8, F_F16 = AK_F_F16 };
 #define SCRATCH_FLOATS (5 * TILE) /* a tile each of p, g, m, v and v_max, per thread */
 /* Streams of rounding noise: one hash per element serves both moments (exp_avg takes its low
  * 16 bits, the second moment its high 16 bits); max_exp_avg_sq and the parameter have their own. */
-enum { SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3 };
-#define M_OFFSET (112 << 23) /* float bits of 2**-15, the exp_avg code's smallest binade */
-#define V_OFFSET (96 << 23)  /* 2**-31, the second moments' */
-#define HALF_ULP (1 << 19)   /* half a unit of the 3-bit mantissa */
+enum { SALT_MOMENTS = AK_SALT_MOMENTS, SALT_MAX = AK_SALT_MAX, SALT_PARAM = AK_SALT_PARAM };
+#define M_OFFSET AK_M_OFFSET /* float bits of 2**-15, the exp_avg code's smallest binade */
+#define V_OFFSET AK_V_OFFSET /* 2**-31, the second moments' */
+#define HALF_ULP AK_HALF_ULP /* half a unit of the 3-bit mantissa */
 /* Codes of non-finite values, decoded as themselves whatever the block's scale: exp_avg's
  * magnitudes 125 (NaN) and 126 (infinity, signed by bit 7), the unsigned code's 253 and 254
  * (_precision.py explains why these: finite values never reach them, and 127 and 255 stay
  * finite for the checkpoints written before). */
-#define M_NAN 125u
-#define M_INF (M_NAN + 1u) /* encode_q8 counts on each infinity's code following its NaN's */
-#define V_NAN 253u
-#define V_INF (V_NAN + 1u)
-#define INF_BITS 0x7f800000u /* +inf; a magnitude's bits above it are a NaN's */
-#define NAN_BITS 0x7fc00000u /* the NaN every path decodes to */
+#define M_NAN AK_M_NAN
+#define M_INF AK_M_INF /* encode_q8 counts on each infinity's code following its NaN's */
+#define V_NAN AK_V_NAN
+#define V_INF AK_V_INF
+#if AK_M_INF != AK_M_NAN + 1 || AK_V_INF != AK_V_NAN + 1
+#error "each infinity's code must follow its NaN's"
+#endif
+#define INF_BITS AK_INF_BITS /* +inf; a magnitude's bits above it are a NaN's */
+#define NAN_BITS AK_NAN_BITS /* the NaN every path decodes to */
 
 static inline uint32_t bits_of(float x) {
     uint32_t u;
@@ -604,7 +625,7 @@ static uint32_t rounding_seed(double step, uint32_t salt, uint32_t stream) {
     /* A count outside int64 (NaN, inf; refused by the Python side) must not reach the
      * conversion, which would be undefined behaviour. */
     const int64_t count = step >= 0.0 && step < 9.2e18 ? (int64_t)step : 0;
-    return mix32((uint32_t)count * 0x9e3779b9u + salt * 0x85ebca6bu + stream * 0xc2b2ae35u);
+    return mix32((uint32_t)count * AK_SEED_COUNT + salt * AK_SEED_SALT + stream * AK_SEED_STREAM);
 }
 
 static void load_bf16(float *restrict out, const uint16_t *restrict in, int n) {
@@ -757,7 +778,7 @@ static void store_state(int fmt, void *base, float *scales, int64_t e, int n, in
 /* IEEE half precision, rounded to nearest even as torch's c10::Half (NaN -> 0x7e00 | sign). */
 static inline float f16_value(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0x1f) return float_of(sign | 0x7f800000u | (m << 13));
+    if (e == 0x1f) return float_of(sign | INF_BITS | (m << 13));
     if (e == 0) { /* zero or subnormal: m * 2**-24, exact in fp32 */
         const float x = (float)m * 5.9604644775390625e-8f;
         return sign ? -x : x;
@@ -769,7 +790,7 @@ static inline uint16_t f16_nearest(float x) {
     const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     u &= 0x7fffffffu;
     if (u >= (143u << 23)) /* >= 65536, inf or NaN (65520..65536 carry into inf below) */
-        return sign | (u > 0x7f800000u ? 0x7e00u : 0x7c00u);
+        return sign | (u > INF_BITS ? 0x7e00u : 0x7c00u);
     if (u < (113u << 23)) { /* below 2**-14: a subnormal half; fp32 addition rounds it */
         const float rounded = float_of(u) + 0.5f;
         return sign | (uint16_t)(bits_of(rounded) - 0x3f000000u);

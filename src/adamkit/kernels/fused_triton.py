@@ -42,6 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _abi as abi
+
 __all__ = ["BLOCK", "OPTIONS", "launch", "specialization"]
 
 #: Elements per program, with OPTIONS' 8 warps: 4 per thread, one 16-byte access per fp32
@@ -52,9 +54,9 @@ __all__ = ["BLOCK", "OPTIONS", "launch", "specialization"]
 BLOCK = 1024
 
 # The CPU library's element-loop kinds (scalars_t.kind in fused_cpu.c).
-K_RADAM = tl.constexpr(2)
+K_RADAM = tl.constexpr(abi.K_RADAM)
 #: Step scalars per tensor, as adamkit_step_scalars writes them: a, b, c, kind, t.
-ROW = tl.constexpr(5)
+ROW = tl.constexpr(abi.ROW)
 
 
 # IEEE-rounded square root and division, as the CPU kernel and torch's kernels compute
@@ -250,34 +252,35 @@ def full_precision_block(
 
 # ----------------------------------------------------------------- low-precision storage
 # The formats of optim/_precision.py, bit for bit as fused_cpu.c implements them.
-F_F32 = tl.constexpr(0)
-F_BF16 = tl.constexpr(1)
-F_BF16_SR = tl.constexpr(2)
-F_Q8 = tl.constexpr(3)
-# Each rounding stream's term of the seed, stream * 0xC2B2AE35 mod 2**32 (fused_cpu.c's
-# SALT_MOMENTS = 0, SALT_MAX = 2, SALT_PARAM = 3).
-MOMENTS_STREAM = tl.constexpr(0)
-MAX_STREAM = tl.constexpr((2 * 0xC2B2AE35) % (1 << 32))
-PARAM_STREAM = tl.constexpr((3 * 0xC2B2AE35) % (1 << 32))
-Q8_BLOCK = tl.constexpr(256)  # elements per 8-bit scale
-M_OFFSET = tl.constexpr(112 << 23)  # float bits of 2**-15, the exp_avg code's smallest binade
-V_OFFSET = tl.constexpr(96 << 23)  # 2**-31, the second moments'
-HALF_ULP = tl.constexpr(1 << 19)  # half a unit of the codes' 3-bit mantissa
+F_F32 = tl.constexpr(abi.F_F32)
+F_BF16 = tl.constexpr(abi.F_BF16)
+F_BF16_SR = tl.constexpr(abi.F_BF16_SR)
+F_Q8 = tl.constexpr(abi.F_Q8)
+# Each rounding stream's term of the seed, stream * SEED_STREAM mod 2**32.
+MOMENTS_STREAM = tl.constexpr((abi.SALT_MOMENTS * abi.SEED_STREAM) % (1 << 32))
+MAX_STREAM = tl.constexpr((abi.SALT_MAX * abi.SEED_STREAM) % (1 << 32))
+PARAM_STREAM = tl.constexpr((abi.SALT_PARAM * abi.SEED_STREAM) % (1 << 32))
+SEED_COUNT = tl.constexpr(abi.SEED_COUNT)
+SEED_SALT = tl.constexpr(abi.SEED_SALT)
+Q8_BLOCK = tl.constexpr(abi.Q8_BLOCK)  # elements per 8-bit scale
+M_OFFSET = tl.constexpr(abi.M_OFFSET)  # float bits of 2**-15, the exp_avg code's smallest binade
+V_OFFSET = tl.constexpr(abi.V_OFFSET)  # 2**-31, the second moments'
+HALF_ULP = tl.constexpr(abi.HALF_ULP)  # half a unit of the codes' 3-bit mantissa
 # The codes of NaN and infinities (exp_avg's magnitudes, then the unsigned code's), decoded as
 # themselves whatever the block's scale, and the float bits involved.
-M_NAN = tl.constexpr(125)
-M_INF = tl.constexpr(126)
-V_NAN = tl.constexpr(253)
-V_INF = tl.constexpr(254)
-INF_BITS = tl.constexpr(0x7F800000)  # +inf; a magnitude's bits above it are a NaN's
-NEG_INF_BITS = tl.constexpr(0xFF800000 - (1 << 32))  # -inf, as an int32
-NAN_BITS = tl.constexpr(0x7FC00000)  # the NaN every path decodes to
+M_NAN = tl.constexpr(abi.M_NAN)
+M_INF = tl.constexpr(abi.M_INF)
+V_NAN = tl.constexpr(abi.V_NAN)
+V_INF = tl.constexpr(abi.V_INF)
+INF_BITS = tl.constexpr(abi.INF_BITS)  # +inf; a magnitude's bits above it are a NaN's
+NEG_INF_BITS = tl.constexpr((abi.INF_BITS | 1 << 31) - (1 << 32))  # -inf, as an int32
+NAN_BITS = tl.constexpr(abi.NAN_BITS)  # the NaN every path decodes to
 
 
 @triton.jit
 def rounding_seed(t, salt, STREAM: tl.constexpr):
     """lowbias32 of (step, tensor, stream): one tensor's rounding seed for this step."""
-    x = t.to(tl.int64).to(tl.uint32) * 0x9E3779B9 + salt * 0x85EBCA6B + STREAM
+    x = t.to(tl.int64).to(tl.uint32) * SEED_COUNT + salt * SEED_SALT + STREAM
     x ^= x >> 16
     x *= 0x7FEB352D
     x ^= x >> 15

@@ -30,12 +30,9 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library
+from ..kernels._abi import ALGORITHMS, AMSGRAD, MU_F64, ROW, STEP_F64
 from ._core import Bucket, Hyper
 from ._fused import (
-    _AMSGRAD,
-    _MU_F64,
-    _STEP_F64,
-    ALGORITHMS,
     Layout,
     Reading,
     Storage,
@@ -47,7 +44,6 @@ from ._fused import (
 __all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "gpu_plan"]
 
 _GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-ROW = 5  # step scalars per tensor (adamkit_step_scalars): a, b, c, kind, t
 
 
 def gpu_path(device: torch.device) -> bool:
@@ -283,9 +279,9 @@ class TritonPlan(_GpuPlanBase):
         self.grads_aligned = False
         mu = bucket.state.get("mu_product")
         self.flags = (
-            (_AMSGRAD if amsgrad else 0)
-            | (_STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0)
-            | (_MU_F64 if mu is not None and mu[0].dtype == torch.float64 else 0)
+            (AMSGRAD if amsgrad else 0)
+            | (STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0)
+            | (MU_F64 if mu is not None and mu[0].dtype == torch.float64 else 0)
         )
 
     def run(self, reading: Reading, h: Hyper) -> None:

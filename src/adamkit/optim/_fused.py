@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import fused_library, unavailable_reason
+from ..kernels._abi import ALGORITHMS, AMSGRAD, DECOUPLED, MAXIMIZE, MU_F64, STEP_F64
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
 from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 
@@ -52,8 +53,6 @@ __all__ = [
 ]
 
 #: The kernel's algorithm codes (``enum`` in fused_cpu.c).
-ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
-_MAXIMIZE, _DECOUPLED, _AMSGRAD, _STEP_F64, _MU_F64 = 1, 2, 4, 8, 16
 _DTYPES = (torch.float32, torch.float64)
 _HALF = (torch.bfloat16, torch.float16)
 _COUNTER_DTYPES = (torch.float32, torch.float64)
@@ -548,9 +547,9 @@ class FusedPlan:
         self.dtype = bucket.params[0].dtype
         self.numels = array("q", layout.numels)
         self.amsgrad = amsgrad
-        self.counter_flags = (
-            _STEP_F64 if layout.counter_dtypes["step"] == torch.float64 else 0
-        ) | (_MU_F64 if layout.counter_dtypes.get("mu_product") == torch.float64 else 0)
+        self.counter_flags = (STEP_F64 if layout.counter_dtypes["step"] == torch.float64 else 0) | (
+            MU_F64 if layout.counter_dtypes.get("mu_product") == torch.float64 else 0
+        )
         self.storage = storage
         if storage is not None:
             self.state_formats = array("B", storage.kernel_formats(bucket.params))
@@ -571,9 +570,9 @@ class FusedPlan:
         else:
             kernel = library.adamkit_fused_step_f64
         flags = (
-            (_MAXIMIZE if h.maximize else 0)
-            | (_DECOUPLED if h.decoupled_weight_decay else 0)
-            | (_AMSGRAD if self.amsgrad else 0)
+            (MAXIMIZE if h.maximize else 0)
+            | (DECOUPLED if h.decoupled_weight_decay else 0)
+            | (AMSGRAD if self.amsgrad else 0)
             | self.counter_flags
         )
         roles = self.layout.roles

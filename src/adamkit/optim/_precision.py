@@ -55,6 +55,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..kernels._abi import (
+    F_BF16,
+    F_BF16_SR,
+    F_F16,
+    F_F32,
+    F_Q8,
+    HALF_ULP,
+    INF_BITS,
+    M_INF,
+    M_NAN,
+    M_OFFSET,
+    NAN_BITS,
+    Q8_BLOCK,
+    SALT_MAX,
+    SALT_MOMENTS,
+    SALT_PARAM,
+    SEED_COUNT,
+    SEED_SALT,
+    SEED_STREAM,
+    V_INF,
+    V_NAN,
+    V_OFFSET,
+)
 from ._core import Bucket, Hyper, Rule, local
 from ._paths import TensorOps
 
@@ -73,29 +96,26 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "8bit")
-BLOCK = 256
+BLOCK = Q8_BLOCK
 MIN_NUMEL = 4096
 
-# Stored formats of one state tensor (the kernel's codes, see fused_cpu.c).
-NATIVE, BF16, BF16_SR, Q8 = 0, 1, 2, 3
+# Stored formats of one state tensor (the kernels' codes).
+NATIVE, BF16, BF16_SR, Q8 = F_F32, F_BF16, F_BF16_SR, F_Q8
 # fp16, rounded to nearest: only the kernels' view of an fp16 parameter and its state.
-F16 = 4
+F16 = F_F16
 # The stochastic-rounding noise of each tensor: (hash stream, which 16 bits of the hash). One
 # hash per element serves both moments: exp_avg takes its low half, the second moment its high
 # half (the kernel's SALT_* streams).
 NOISE = {
-    "exp_avg": (0, False),
-    "exp_avg_sq": (0, True),
-    "exp_inf": (0, True),
-    "max_exp_avg_sq": (2, True),
-    "param": (3, True),
+    "exp_avg": (SALT_MOMENTS, False),
+    "exp_avg_sq": (SALT_MOMENTS, True),
+    "exp_inf": (SALT_MOMENTS, True),
+    "max_exp_avg_sq": (SALT_MAX, True),
+    "param": (SALT_PARAM, True),
 }
 # Which moments are non-negative (the unsigned code).
 UNSIGNED = frozenset({"exp_avg_sq", "exp_inf", "max_exp_avg_sq"})
 
-_M_OFFSET = 112 << 23  # float32 bits of 2**-15: the exp_avg code's smallest binade
-_V_OFFSET = 96 << 23  # 2**-31: the second moments'
-_HALF = 1 << 19  # half a unit of the 3-bit mantissa, in float32 bits
 _MASK32 = 0xFFFFFFFF
 # Codes of non-finite values, which decode as themselves whatever their block's scale: the
 # exp_avg code's magnitudes 125 (NaN) and 126 (infinity, signed by bit 7), the unsigned code's
@@ -103,11 +123,7 @@ _MASK32 = 0xFFFFFFFF
 # unsigned 248), so these were never written; 127 and 255 stay finite (1.875 * scale), the
 # codes an older encoder clamped to (blocks whose scale is below 2**-128, where 1 / scale
 # overflows), so checkpoints written before these codes existed decode as they did.
-_M_NAN, _M_INF = 125, 126
-_V_NAN, _V_INF = 253, 254
-_INF_BITS = 0x7F800000  # float32 bits of +inf; a magnitude's bits above it are a NaN's
-_NEG_INF_BITS = 0xFF800000 - (1 << 32)  # -inf's, as an int32
-_NAN_BITS = 0x7FC00000  # the NaN every path decodes to (positive, quiet, no payload)
+_NEG_INF_BITS = (INF_BITS | 1 << 31) - (1 << 32)  # -inf's, as an int32
 
 
 def scale_key(key: str) -> str:
@@ -170,7 +186,7 @@ def _mix32_int(x: int) -> int:
 
 def rounding_seed(step: float, salt: int, key: str) -> int:
     """The hash seed for one tensor's stochastic rounding at ``step`` (as the kernel's)."""
-    mixed = int(step) * 0x9E3779B9 + salt * 0x85EBCA6B + NOISE[key][0] * 0xC2B2AE35
+    mixed = int(step) * SEED_COUNT + salt * SEED_SALT + NOISE[key][0] * SEED_STREAM
     return _mix32_int(mixed & _MASK32)
 
 
@@ -203,17 +219,17 @@ def encode_8bit(x: Tensor, unsigned: bool) -> tuple[Tensor, Tensor]:
     padded = torch.nn.functional.pad(flat, (0, blocks(n) * BLOCK - n)).view(-1, BLOCK)
     magnitude_bits = padded.view(torch.int32) & 0x7FFFFFFF  # |x|, NaN included
     magnitude = magnitude_bits.view(torch.float32)
-    finite = magnitude_bits < _INF_BITS
+    finite = magnitude_bits < INF_BITS
     scale = torch.where(finite, magnitude, 0.0).amax(dim=1)
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale))
     bits = (magnitude * (1.0 / divisor)[:, None]).view(torch.int32)  # as the kernel
     if unsigned:
-        codes = ((bits - _V_OFFSET + _HALF) >> 20).clamp_(0, 255)
-        nan_code, inf_code = _V_NAN, _V_INF
+        codes = ((bits - V_OFFSET + HALF_ULP) >> 20).clamp_(0, 255)
+        nan_code, inf_code = V_NAN, V_INF
     else:
-        codes = ((bits - _M_OFFSET + _HALF) >> 20).clamp_(0, 127)
-        nan_code, inf_code = _M_NAN, _M_INF
-    special = torch.where(magnitude_bits == _INF_BITS, inf_code, nan_code).to(torch.int32)
+        codes = ((bits - M_OFFSET + HALF_ULP) >> 20).clamp_(0, 127)
+        nan_code, inf_code = M_NAN, M_INF
+    special = torch.where(magnitude_bits == INF_BITS, inf_code, nan_code).to(torch.int32)
     codes = torch.where(finite, codes, special)
     if not unsigned:  # NaN < 0 is false: a NaN's code has no sign
         codes = codes | torch.where(padded < 0, 128, 0).to(torch.int32)
@@ -226,19 +242,19 @@ def decode_8bit(codes: Tensor, scale: Tensor, unsigned: bool) -> Tensor:
     flat = codes.reshape(-1).to(torch.int32)
     per_element = scale.repeat_interleave(BLOCK)[: flat.numel()]
     if unsigned:
-        value = ((flat << 20) + _V_OFFSET).view(torch.float32)  # code 0: 2**-31, never 0
-        magnitude, nan_code, inf_code = flat, _V_NAN, _V_INF
-        inf_bits = torch.full_like(flat, _INF_BITS)
+        value = ((flat << 20) + V_OFFSET).view(torch.float32)  # code 0: 2**-31, never 0
+        magnitude, nan_code, inf_code = flat, V_NAN, V_INF
+        inf_bits = torch.full_like(flat, INF_BITS)
     else:
         magnitude = flat & 127
-        value = ((magnitude << 20) + _M_OFFSET).view(torch.float32)
+        value = ((magnitude << 20) + M_OFFSET).view(torch.float32)
         value = torch.where(magnitude == 0, 0.0, value)
         value = torch.where(flat >= 128, -value, value)
-        nan_code, inf_code = _M_NAN, _M_INF
-        inf_bits = torch.where(flat >= 128, _NEG_INF_BITS, _INF_BITS).to(torch.int32)
+        nan_code, inf_code = M_NAN, M_INF
+        inf_bits = torch.where(flat >= 128, _NEG_INF_BITS, INF_BITS).to(torch.int32)
     bits = (value * per_element).view(torch.int32)
     bits = torch.where(magnitude == inf_code, inf_bits, bits)
-    bits = torch.where(magnitude == nan_code, _NAN_BITS, bits)
+    bits = torch.where(magnitude == nan_code, NAN_BITS, bits)
     return bits.view(torch.float32).view(codes.shape)
 
 

@@ -1,0 +1,96 @@
+"""The numbers the fused step's Python, C and Triton sides share, defined once.
+
+Python modules import them from here; the Triton kernels wrap them in ``tl.constexpr``; the C
+kernel receives them as ``-D`` defines (:func:`c_defines`, added to the compiler flags, which the
+build cache's key already hashes) and refuses to compile without them. ``tests/test_abi.py``
+checks that no side spells one of them out again.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ALGORITHMS", "C_DEFINES", "c_defines"]
+
+#: Algorithm codes (``algo`` of the C entry points).
+ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
+
+# Flags of a kernel call (``flags``).
+MAXIMIZE, DECOUPLED, AMSGRAD, STEP_F64, MU_F64 = 1, 2, 4, 8, 16
+
+# Element-loop kinds (``scalars_t.kind``, and the GPU scalar row's ``kind``).
+K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX = range(6)
+
+#: Step scalars per tensor in the GPU scalar row, as ``adamkit_step_scalars`` writes them:
+#: a, b, c, kind, t.
+ROW = 5
+
+# Storage formats of a state tensor (``_precision``'s NATIVE, BF16, BF16_SR, Q8, F16).
+F_F32, F_BF16, F_BF16_SR, F_Q8, F_F16 = 0, 1, 2, 3, 4
+
+# Stochastic rounding: the seed of an element's hash is
+# count * SEED_COUNT + salt * SEED_SALT + stream * SEED_STREAM (mod 2**32), one stream per use.
+SEED_COUNT, SEED_SALT, SEED_STREAM = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35
+SALT_MOMENTS, SALT_MAX, SALT_PARAM = 0, 2, 3
+
+# The 8-bit codes.
+Q8_BLOCK = 256  # elements per float32 scale
+M_OFFSET = 112 << 23  # float32 bits of 2**-15: the exp_avg code's smallest binade
+V_OFFSET = 96 << 23  # 2**-31: the second moments'
+HALF_ULP = 1 << 19  # half a unit of the codes' 3-bit mantissa, in float32 bits
+M_NAN, M_INF = 125, 126  # exp_avg's magnitudes of NaN and infinity (signed by bit 7)
+V_NAN, V_INF = 253, 254  # the unsigned code's
+INF_BITS = 0x7F800000  # float32 bits of +inf; a magnitude's bits above it are a NaN's
+NAN_BITS = 0x7FC00000  # the NaN every path decodes to (positive, quiet, no payload)
+
+_UNSIGNED = {"SEED_COUNT", "SEED_SALT", "SEED_STREAM", "M_NAN", "M_INF", "V_NAN", "V_INF"}
+_UNSIGNED |= {"INF_BITS", "NAN_BITS"}
+
+#: What C is given, by name (the C source refers to each as ``AK_<name>``).
+C_DEFINES: dict[str, int] = {
+    **{name.upper(): code for name, code in ALGORITHMS.items()},
+    **{
+        name: globals()[name]
+        for name in [
+            "MAXIMIZE",
+            "DECOUPLED",
+            "AMSGRAD",
+            "STEP_F64",
+            "MU_F64",
+            "K_ADAM",
+            "K_AMSGRAD",
+            "K_RADAM",
+            "K_RADAM_PLAIN",
+            "K_NADAM",
+            "K_ADAMAX",
+            "F_F32",
+            "F_BF16",
+            "F_BF16_SR",
+            "F_Q8",
+            "F_F16",
+            "SEED_COUNT",
+            "SEED_SALT",
+            "SEED_STREAM",
+            "SALT_MOMENTS",
+            "SALT_MAX",
+            "SALT_PARAM",
+            "Q8_BLOCK",
+            "M_OFFSET",
+            "V_OFFSET",
+            "HALF_ULP",
+            "M_NAN",
+            "M_INF",
+            "V_NAN",
+            "V_INF",
+            "INF_BITS",
+            "NAN_BITS",
+        ]
+    },
+}
+
+
+def c_defines() -> list[str]:
+    """The compiler flags that give C these numbers: ``-DAK_ADAM=0``, ... (unsigned ones as
+    ``0x...u`` literals, as the C code uses them)."""
+    return [
+        f"-DAK_{name}={value:#x}u" if name in _UNSIGNED else f"-DAK_{name}={value}"
+        for name, value in C_DEFINES.items()
+    ]

@@ -1,0 +1,75 @@
+"""The numbers the Python, C and Triton sides of the fused step share are defined once, in
+``adamkit/kernels/_abi.py``: the others take them from there, and none spells one out again."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from adamkit.kernels import _abi
+from adamkit.optim import _device, _fused, _precision
+
+SRC = Path(_abi.__file__).resolve().parents[1]
+C_SOURCE = SRC / "kernels" / "fused_cpu.c"
+
+
+def test_python_takes_the_numbers_from_the_abi() -> None:
+    assert _fused.ALGORITHMS is _abi.ALGORITHMS and _device.ALGORITHMS is _abi.ALGORITHMS
+    assert (_precision.NATIVE, _precision.BF16, _precision.BF16_SR, _precision.Q8) == (
+        _abi.F_F32, _abi.F_BF16, _abi.F_BF16_SR, _abi.F_Q8,
+    )  # fmt: skip
+    assert _precision.F16 == _abi.F_F16 and _precision.BLOCK == _abi.Q8_BLOCK
+    assert _device.ROW == _abi.ROW
+    streams = {k: v[0] for k, v in _precision.NOISE.items()}
+    assert streams["exp_avg"] == _abi.SALT_MOMENTS and streams["param"] == _abi.SALT_PARAM
+    assert streams["max_exp_avg_sq"] == _abi.SALT_MAX
+
+
+def test_no_source_spells_a_shared_number_out_again() -> None:
+    spelled = {
+        "0x9e3779b9", "0x85ebca6b", "0xc2b2ae35", "0x7f800000", "0x7fc00000", "112 << 23",
+        "96 << 23",
+    }  # fmt: skip
+    for path in [*SRC.rglob("*.py"), C_SOURCE]:
+        if path.name == "_abi.py":
+            continue
+        text = path.read_text().lower()
+        found = sorted(n for n in spelled if n in text)
+        assert not found, f"{path.relative_to(SRC)} spells out {found}: import it from _abi"
+    c = C_SOURCE.read_text()
+    literal = re.findall(r"\b(ADAM|RADAM|NADAM|ADAMAX|MAXIMIZE|AMSGRAD|F_Q8|SALT_MAX)\s*=\s*\d", c)
+    assert not literal, literal
+
+
+def test_the_c_kernel_does_not_compile_without_the_abi() -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    bare = subprocess.run(
+        [cc, "-fsyntax-only", "-std=c11", str(C_SOURCE)], capture_output=True, text=True
+    )
+    assert bare.returncode != 0 and "adamkit.kernels._abi.c_defines()" in bare.stderr
+    given = subprocess.run(
+        [cc, "-fsyntax-only", "-std=c11", *_abi.c_defines(), str(C_SOURCE)],
+        capture_output=True,
+        text=True,
+    )
+    assert given.returncode == 0, given.stderr[-2000:]
+
+
+def test_triton_takes_the_numbers_from_the_abi() -> None:
+    pytest.importorskip("triton")
+    from adamkit.kernels import fused_triton as ft
+
+    pairs = {
+        "K_RADAM": _abi.K_RADAM, "ROW": _abi.ROW, "F_Q8": _abi.F_Q8, "Q8_BLOCK": _abi.Q8_BLOCK,
+        "M_NAN": _abi.M_NAN, "V_INF": _abi.V_INF, "NAN_BITS": _abi.NAN_BITS,
+        "SEED_COUNT": _abi.SEED_COUNT, "SEED_SALT": _abi.SEED_SALT,
+        "MAX_STREAM": (_abi.SALT_MAX * _abi.SEED_STREAM) % (1 << 32),
+    }  # fmt: skip
+    for name, value in pairs.items():
+        assert getattr(ft, name).value == value, name
