@@ -140,9 +140,13 @@ def test_kernel_builds_into_an_empty_cache_and_is_reused(tmp_path: Path) -> None
     env_cache = tmp_path / "cache"
     env = {"ADAMKIT_CACHE_DIR": str(env_cache)}
     first = run([sys.executable, "-c", script], tmp_path, env)
-    second = run([sys.executable, "-c", script], tmp_path, env)
     assert first.returncode == 0, first.stderr
+    (library,) = env_cache.glob("*.so")
+    built = library.stat()
+    second = run([sys.executable, "-c", script], tmp_path, env)
     assert second.returncode == 0, second.stderr
+    reused = library.stat()  # a rebuild renames a new file into place: another inode and time
+    assert (reused.st_ino, reused.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
     files = sorted(f.name for f in env_cache.iterdir())  # the library, its checksum, its lock
     assert len(files) == 3 and files[0].startswith("fused_cpu-")
     assert [Path(f).suffix for f in files] == [".lock", ".sha256", ".so"]

@@ -23,9 +23,14 @@ from .registry import ALGORITHMS
 G1, G2 = [0.5, 0.1], [-0.2, 0.3]
 
 
-def two_steps(opt_cls: type, foreach: bool, **kwargs: float) -> list[list[float]]:
+#: Every execution path: the by-hand values hold on each.
+PATHS = {"foreach": {"foreach": True}, "forloop": {"foreach": False}, "fused": {"fused": True}}
+
+
+def two_steps(opt_cls: type, path: str, **kwargs: float) -> list[list[float]]:
     p = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
-    opt = opt_cls([p], lr=0.1, foreach=foreach, **kwargs)
+    opt = opt_cls([p], lr=0.1, **PATHS[path], **kwargs)
+    assert opt.execution_path() == path
     seen = []
     for g in (G1, G2):
         p.grad = torch.tensor(g, dtype=torch.float64)
@@ -34,40 +39,40 @@ def two_steps(opt_cls: type, foreach: bool, **kwargs: float) -> list[list[float]
     return seen
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_adam_by_hand(foreach: bool) -> None:
-    step1, step2 = two_steps(adamkit.Adam, foreach)
+@pytest.mark.parametrize("path", PATHS)
+def test_adam_by_hand(path: str) -> None:
+    step1, step2 = two_steps(adamkit.Adam, path)
     # p1 = p0 - 0.1 * g1 / (|g1| + 1e-8)
     assert step1 == pytest.approx([0.900000002, -2.0999999900000001], abs=1e-15)
     # p2 = p1 - 0.1 * m_hat / (sqrt(v_hat) + 1e-8)
     assert step2 == pytest.approx([0.8654394181, -2.1917780978], abs=1e-9)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_adamw_by_hand(foreach: bool) -> None:
-    step1, _ = two_steps(adamkit.AdamW, foreach, weight_decay=0.5)
+@pytest.mark.parametrize("path", PATHS)
+def test_adamw_by_hand(path: str) -> None:
+    step1, _ = two_steps(adamkit.AdamW, path, weight_decay=0.5)
     # p0 * (1 - 0.1 * 0.5) first, then the Adam step: [0.95 - 0.099999998, -1.9 - 0.099999990]
     assert step1 == pytest.approx([0.850000002, -1.99999999], abs=1e-15)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_adam_coupled_l2_by_hand(foreach: bool) -> None:
-    step1, _ = two_steps(adamkit.Adam, foreach, weight_decay=0.5)
+@pytest.mark.parametrize("path", PATHS)
+def test_adam_coupled_l2_by_hand(path: str) -> None:
+    step1, _ = two_steps(adamkit.Adam, path, weight_decay=0.5)
     # g = g1 + 0.5 p0 = [1.0, -0.9]: the first step is lr * sign(g), whatever the decay size
     assert step1 == pytest.approx([0.9000000010, -1.9000000011], abs=1e-9)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_radam_by_hand(foreach: bool) -> None:
-    step1, step2 = two_steps(adamkit.RAdam, foreach)
+@pytest.mark.parametrize("path", PATHS)
+def test_radam_by_hand(path: str) -> None:
+    step1, step2 = two_steps(adamkit.RAdam, path)
     # rho_1, rho_2 <= 5: p -= lr * m_hat (momentum SGD)
     assert step1 == pytest.approx([0.95, -2.01], abs=1e-15)
     assert step2 == pytest.approx([0.9368421052631579, -2.0305263157894737], abs=1e-15)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_adamax_by_hand(foreach: bool) -> None:
-    step1, step2 = two_steps(adamkit.Adamax, foreach)
+@pytest.mark.parametrize("path", PATHS)
+def test_adamax_by_hand(path: str) -> None:
+    step1, step2 = two_steps(adamkit.Adamax, path)
     assert step1 == pytest.approx([0.900000002, -2.0999999900000001], abs=1e-15)
     # u2 = max(0.999 * 0.50000001, 0.20000001) = 0.49950000999; max(0.0999000099, 0.30000001)
     assert step2 == pytest.approx(
@@ -79,9 +84,9 @@ def test_adamax_by_hand(foreach: bool) -> None:
     )
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_nadam_by_hand(foreach: bool) -> None:
-    step1, _ = two_steps(adamkit.NAdam, foreach)
+@pytest.mark.parametrize("path", PATHS)
+def test_nadam_by_hand(path: str) -> None:
+    step1, _ = two_steps(adamkit.NAdam, path)
     mu1 = 0.9 * (1 - 0.5 * 0.96**0.004)  # 0.4508171...
     mu2 = 0.9 * (1 - 0.5 * 0.96**0.008)
     # step 1: m = 0.1 g, sqrt(v_hat) = |g|; p -= lr [(1-mu1)/(1-mu1) g + mu2/(1-mu1 mu2) 0.1 g]/|g|
@@ -145,11 +150,11 @@ ROSENBROCK = {
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
-@pytest.mark.parametrize("foreach", [True, False])
-def test_converges_on_a_parabola(name: str, foreach: bool) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_converges_on_a_parabola(name: str, path: str) -> None:
     x = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
-    opt = getattr(adamkit, name)([x], lr=0.1, foreach=foreach, weight_decay=0.0)
+    opt = getattr(adamkit, name)([x], lr=0.1, weight_decay=0.0, **PATHS[path])
     for _ in range(1000):
         opt.zero_grad()
         ((x - target) ** 2).sum().backward()
