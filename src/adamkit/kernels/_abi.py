@@ -23,6 +23,10 @@ K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX = range(6)
 #: a, b, c, kind, t.
 ROW = 5
 
+#: RAdam trusts the adaptive step once rho_t exceeds this (Liu et al. 2020 use 4 in the paper,
+#: 5 in their code; torch uses 5).
+RHO_THRESHOLD = 5
+
 # Storage formats of a state tensor (``_precision``'s NATIVE, BF16, BF16_SR, Q8, F16).
 F_F32, F_BF16, F_BF16_SR, F_Q8, F_F16 = 0, 1, 2, 3, 4
 
@@ -55,6 +59,8 @@ C_DEFINES: dict[str, int] = {
             "AMSGRAD",
             "STEP_F64",
             "MU_F64",
+            "ROW",
+            "RHO_THRESHOLD",
             "K_ADAM",
             "K_AMSGRAD",
             "K_RADAM",

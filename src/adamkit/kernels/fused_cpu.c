@@ -78,8 +78,10 @@ static scalars_t nadam_scalars(int flags, double mu, double mu_next, double b, v
     return s;
 }
 
-static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, double lr,
-                              double beta1, double beta2, double momentum_decay) {
+/* Every algorithm's scalars but NAdam's, whose running product differs per tensor
+ * (scalars_at calls nadam_scalars for it). */
+static scalars_t step_scalars(int algo, int flags, double t, double lr, double beta1,
+                              double beta2) {
     scalars_t s = {0.0, 0.0, 0.0, 0.0, K_ADAM};
     double bc1 = 1.0 - pow(beta1, t);
     double bc2 = 1.0 - pow(beta2, t);
@@ -93,7 +95,7 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
         double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
         double beta2_t = pow(beta2, t);
         double rho_t = rho_inf - 2.0 * t * beta2_t / (1.0 - beta2_t);
-        if (rho_t > 5.0) { /* p -= a * m / (sqrt(v) + eps) */
+        if (rho_t > AK_RHO_THRESHOLD) { /* p -= a * m / (sqrt(v) + eps) */
             double r = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
                             ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
             s.a = lr * r * sqrt(bc2) / bc1;
@@ -102,12 +104,6 @@ static scalars_t step_scalars(int algo, int flags, double t, void *mu_product, d
             s.a = lr / bc1;
             s.kind = K_RADAM_PLAIN;
         }
-        break;
-    }
-    case NADAM: {
-        double mu = beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
-        double mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * momentum_decay));
-        s = nadam_scalars(flags, mu, mu_next, sqrt(bc2), mu_product, lr);
         break;
     }
     case ADAMAX: /* p -= a * m / u */
@@ -131,7 +127,7 @@ static scalars_t scalars_at(memo_t *memo, int algo, int flags, double t, void *m
                             double lr, double beta1, double beta2, double momentum_decay) {
     if (algo != NADAM) {
         if (memo->t != t) {
-            memo->s = step_scalars(algo, flags, t, NULL, lr, beta1, beta2, momentum_decay);
+            memo->s = step_scalars(algo, flags, t, lr, beta1, beta2);
             memo->t = t;
         }
         return memo->s;
@@ -183,11 +179,12 @@ void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double b
         double t = bump(steps[k], flags & STEP_F64);
         scalars_t s = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr,
                                  beta1, beta2, momentum_decay);
-        out[5 * k] = s.a;
-        out[5 * k + 1] = s.b;
-        out[5 * k + 2] = s.c;
-        out[5 * k + 3] = (double)s.kind;
-        out[5 * k + 4] = t;
+        double *row = out + AK_ROW * k;
+        row[0] = s.a;
+        row[1] = s.b;
+        row[2] = s.c;
+        row[3] = (double)s.kind;
+        row[4] = t;
     }
 }
 

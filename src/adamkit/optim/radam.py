@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..kernels import _abi
 from ._base import AdamFamily, ParamsT
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
@@ -14,8 +15,8 @@ from ._paths import TensorOps
 __all__ = ["RAdam", "radam_rule", "rectification"]
 
 #: RAdam only trusts the adaptive step once the length of the approximated SMA exceeds this
-#: (Liu et al. 2020 use 4 in the paper and 5 in their code; torch uses 5).
-RHO_THRESHOLD = 5.0
+#: (the number the kernels use too).
+RHO_THRESHOLD = float(_abi.RHO_THRESHOLD)
 
 
 def rectification(step: float, beta2: float) -> tuple[float, float | None]:
