@@ -33,8 +33,8 @@ def test_python_takes_the_numbers_from_the_abi() -> None:
 
 def test_no_source_spells_a_shared_number_out_again() -> None:
     spelled = {
-        "0x9e3779b9", "0x85ebca6b", "0xc2b2ae35", "0x7f800000", "0x7fc00000", "112 << 23",
-        "96 << 23",
+        "0x9e3779b9", "0x85ebca6b", "0xc2b2ae35", "0x7feb352d", "0x846ca68b", "0x7f800000",
+        "0x7fc00000", "112 << 23", "96 << 23",
     }  # fmt: skip
     for path in [*SRC.rglob("*.py"), C_SOURCE]:
         if path.name == "_abi.py":

@@ -34,6 +34,9 @@ F_F32, F_BF16, F_BF16_SR, F_Q8, F_F16 = 0, 1, 2, 3, 4
 # count * SEED_COUNT + salt * SEED_SALT + stream * SEED_STREAM (mod 2**32), one stream per use.
 SEED_COUNT, SEED_SALT, SEED_STREAM = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35
 SALT_MOMENTS, SALT_MAX, SALT_PARAM = 0, 2, 3
+# The multipliers of lowbias32, the 32-bit hash of the seeds (both rounds) and of each element's
+# noise (its first round only).
+HASH_MUL1, HASH_MUL2 = 0x7FEB352D, 0x846CA68B
 
 # The 8-bit codes.
 Q8_BLOCK = 256  # elements per float32 scale
@@ -45,7 +48,17 @@ V_NAN, V_INF = 253, 254  # the unsigned code's
 INF_BITS = 0x7F800000  # float32 bits of +inf; a magnitude's bits above it are a NaN's
 NAN_BITS = 0x7FC00000  # the NaN every path decodes to (positive, quiet, no payload)
 
-_UNSIGNED = {"SEED_COUNT", "SEED_SALT", "SEED_STREAM", "M_NAN", "M_INF", "V_NAN", "V_INF"}
+_UNSIGNED = {
+    "HASH_MUL1",
+    "HASH_MUL2",
+    "SEED_COUNT",
+    "SEED_SALT",
+    "SEED_STREAM",
+    "M_NAN",
+    "M_INF",
+    "V_NAN",
+    "V_INF",
+}
 _UNSIGNED |= {"INF_BITS", "NAN_BITS"}
 
 #: What C is given, by name (the C source refers to each as ``AK_<name>``).
@@ -72,6 +85,8 @@ C_DEFINES: dict[str, int] = {
             "F_BF16_SR",
             "F_Q8",
             "F_F16",
+            "HASH_MUL1",
+            "HASH_MUL2",
             "SEED_COUNT",
             "SEED_SALT",
             "SEED_STREAM",

@@ -604,9 +604,9 @@ static inline float float_of(uint32_t u) {
 /* lowbias32, a 32-bit integer hash: each tensor's rounding seed per step. */
 static inline uint32_t mix32(uint32_t x) {
     x ^= x >> 16;
-    x *= 0x7feb352du;
+    x *= AK_HASH_MUL1;
     x ^= x >> 15;
-    x *= 0x846ca68bu;
+    x *= AK_HASH_MUL2;
     return x ^ (x >> 16);
 }
 /* The noise of element i is noise_hash(i ^ seed). Its first half round is enough: for a fixed
@@ -615,7 +615,7 @@ static inline uint32_t mix32(uint32_t x) {
  * neighbouring elements within a step (it costs half of lowbias32). */
 static inline uint32_t noise_hash(uint32_t x) {
     x ^= x >> 16;
-    x *= 0x7feb352du;
+    x *= AK_HASH_MUL1;
     return x ^ (x >> 15);
 }
 static uint32_t rounding_seed(double step, uint32_t salt, uint32_t stream) {

@@ -260,6 +260,8 @@ F_Q8 = tl.constexpr(abi.F_Q8)
 MOMENTS_STREAM = tl.constexpr((abi.SALT_MOMENTS * abi.SEED_STREAM) % (1 << 32))
 MAX_STREAM = tl.constexpr((abi.SALT_MAX * abi.SEED_STREAM) % (1 << 32))
 PARAM_STREAM = tl.constexpr((abi.SALT_PARAM * abi.SEED_STREAM) % (1 << 32))
+HASH_MUL1 = tl.constexpr(abi.HASH_MUL1)
+HASH_MUL2 = tl.constexpr(abi.HASH_MUL2)
 SEED_COUNT = tl.constexpr(abi.SEED_COUNT)
 SEED_SALT = tl.constexpr(abi.SEED_SALT)
 Q8_BLOCK = tl.constexpr(abi.Q8_BLOCK)  # elements per 8-bit scale
@@ -282,9 +284,9 @@ def rounding_seed(t, salt, STREAM: tl.constexpr):
     """lowbias32 of (step, tensor, stream): one tensor's rounding seed for this step."""
     x = t.to(tl.int64).to(tl.uint32) * SEED_COUNT + salt * SEED_SALT + STREAM
     x ^= x >> 16
-    x *= 0x7FEB352D
+    x *= HASH_MUL1
     x ^= x >> 15
-    x *= 0x846CA68B
+    x *= HASH_MUL2
     return x ^ (x >> 16)
 
 
@@ -293,7 +295,7 @@ def noise(offsets, seed, HIGH: tl.constexpr):
     """16 uniform bits per element: half of the first round of lowbias32 of index ^ seed."""
     x = offsets.to(tl.uint32) ^ seed
     x ^= x >> 16
-    x *= 0x7FEB352D
+    x *= HASH_MUL1
     x ^= x >> 15
     return x >> 16 if HIGH else x & 0xFFFF
 

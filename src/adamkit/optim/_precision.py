@@ -62,6 +62,8 @@ from ..kernels._abi import (
     F_F32,
     F_Q8,
     HALF_ULP,
+    HASH_MUL1,
+    HASH_MUL2,
     INF_BITS,
     M_INF,
     M_NAN,
@@ -170,7 +172,7 @@ def _noise_hash(x: Tensor) -> Tensor:
     is uniform, so each rounding is unbiased; the multiply decorrelates neighbouring elements
     within a step. (It is half the kernel's cost of the full hash.)"""
     x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
+    x = (x * HASH_MUL1) & _MASK32
     return x ^ (x >> 15)
 
 
@@ -178,9 +180,9 @@ def _mix32_int(x: int) -> int:
     """lowbias32 (a 32-bit integer hash) of a Python int: the per-step seed."""
     x &= _MASK32
     x ^= x >> 16
-    x = (x * 0x7FEB352D) & _MASK32
+    x = (x * HASH_MUL1) & _MASK32
     x ^= x >> 15
-    x = (x * 0x846CA68B) & _MASK32
+    x = (x * HASH_MUL2) & _MASK32
     return x ^ (x >> 16)
 
 
