@@ -4,9 +4,11 @@ catch: the check named in each docstring fails, naming what differs."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim import Adam, Optimizer
 
 
@@ -27,20 +29,28 @@ class IgnoresClosure(Adam):
         return super().step()
 
 
-class MovesWithoutGrad(Optimizer):
-    """no_grad_is_a_no_op: shrinks every parameter, gradient or not; bad_hyperparameters:
-    takes lr < 0."""
+class _PlainLr(Optimizer):
+    """An optimizer with only ``lr`` (not checked), whose step visits every parameter."""
 
     def __init__(self, params: Any, lr: float = 0.1) -> None:
         super().__init__(params, {"lr": lr})
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+    def each(self) -> Iterator[tuple[dict[str, Any], Tensor]]:
         for group in self.param_groups:
             for p in group["params"]:
-                p.mul_(0.99)
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
+                yield group, p
+
+
+class MovesWithoutGrad(_PlainLr):
+    """no_grad_is_a_no_op: shrinks every parameter, gradient or not; bad_hyperparameters:
+    takes lr < 0."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group, p in self.each():
+            p.mul_(0.99)
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-group["lr"])
 
 
 class Noisy(Adam):
@@ -55,23 +65,19 @@ class Noisy(Adam):
         return loss
 
 
-class Float32Momentum(Optimizer):
+class Float32Momentum(_PlainLr):
     """dtype: keeps float32 state for float64 parameters; complex: drops imaginary parts."""
-
-    def __init__(self, params: Any, lr: float = 0.1) -> None:
-        super().__init__(params, {"lr": lr})
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum" not in state:
-                    state["momentum"] = torch.zeros(p.shape, dtype=torch.float32)
-                state["momentum"].mul_(0.9).add_(p.grad.real.float())
-                p.add_(state["momentum"].to(p.dtype), alpha=-group["lr"])
+        for group, p in self.each():
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum" not in state:
+                state["momentum"] = torch.zeros(p.shape, dtype=torch.float32)
+            state["momentum"].mul_(0.9).add_(p.grad.real.float())
+            p.add_(state["momentum"].to(p.dtype), alpha=-group["lr"])
 
 
 class SlightlyOff(Adam):

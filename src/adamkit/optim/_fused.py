@@ -237,7 +237,7 @@ def prepare_counters(
                     f"adamkit.{optimizer}: state[{key!r}] of {label(i)} must hold one number, "
                     f"got a tensor of shape {tuple(value.shape)}"
                 )
-            number = float(value.detach())
+            number = value.item()  # not float(): no warning for a counter that requires grad
             if not math.isfinite(number) or (key == "step" and number < 0):
                 raise ValueError(
                     f"adamkit.{optimizer}: state[{key!r}] of {label(i)} is {number}; a step "
