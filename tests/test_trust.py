@@ -369,22 +369,42 @@ def test_a_relative_or_empty_cache_setting_is_resolved_once(tmp_path: Path, sett
 
 def test_small_thread_stacks_are_enough_for_low_precision_state(tmp_path: Path) -> None:
     """``OMP_STACKSIZE=16K`` segfaulted with bf16/8-bit state (20 KiB of tiles on each
-    thread's stack); the kernel now keeps its tiles on the heap and starts its own threads."""
+    thread's stack); the kernel now keeps its tiles on the heap and starts its own threads.
+
+    The step also runs on the smallest thread stack Python allows (32 KiB), where the caller's
+    share of the kernel runs: whatever torch's own optimizer survives there, adamkit must too.
+    Only the steps run on it (creating a large tensor on a new thread takes more than 56 KiB of
+    torch's own stack on one machine and more than 64 KiB on another); torch steps first, and
+    if torch itself dies there, there is nothing of ours to judge."""
     body = """
         import json, threading, torch, adamkit
         torch.set_num_threads(2)
+        def make(factory):
+            p = torch.zeros(1_000_000, requires_grad=True); p.grad = torch.ones_like(p)
+            opt = factory([p]); opt.step()
+            return p, opt
+        references = [make(lambda ps, f=f: torch.optim.AdamW(ps, fused=f)) for f in (False, True)]
+        ours = [
+            make(lambda ps, s=s: adamkit.AdamW(ps, state_precision=s))
+            for s in ("bf16", "8bit")
+        ]
         out = []
         def run():
-            for precision in ("bf16", "8bit"):
-                p = torch.zeros(1_000_000, requires_grad=True); p.grad = torch.ones_like(p)
-                opt = adamkit.AdamW([p], state_precision=precision)
+            for _, opt in references:
+                opt.step()
+            print("torch stepped", flush=True)
+            for p, opt in ours:
                 opt.step(); opt.step()
                 out.append([opt.execution_path(), p[0].item()])
-        threading.stack_size(64 * 1024)  # the step itself on a small stack, too
+        threading.stack_size(32 * 1024)
         t = threading.Thread(target=run); t.start(); t.join()
         print(json.dumps(out))
     """
-    found, _ = _script(body, tmp_path, {"OMP_STACKSIZE": "16K"})
+    result = run([sys.executable, "-c", textwrap.dedent(body)], tmp_path, {"OMP_STACKSIZE": "16K"})
+    if result.returncode != 0 and "torch stepped" not in result.stdout:
+        pytest.skip(f"torch.optim itself dies on a 32 KiB stack here (rc {result.returncode})")
+    assert result.returncode == 0, f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"
+    found = json.loads(result.stdout.strip().splitlines()[-1])
     assert [path for path, _ in found] == ["fused", "fused"]
     assert all(value < 0 for _, value in found)
 
