@@ -16,8 +16,10 @@ os.environ.setdefault("PYTORCH_TESTING_DEVICE_ONLY_FOR", "cpu")
 from torch.testing._internal import common_optimizers
 
 import adamkit
+from adamkit.optim._algorithms import ALGORITHMS
 
-FAMILY = ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]
+#: adamkit's algorithms that have a torch.optim twin, whose optim_db entry they join.
+FAMILY = [name for name, row in ALGORITHMS.items() if row.torch_twin]
 
 
 class AdamkitOptimizerInfo(common_optimizers.OptimizerInfo):

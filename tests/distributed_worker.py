@@ -24,16 +24,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import adamkit
+from adamkit.optim._algorithms import ALGORITHMS
 
-#: Every adamkit optimizer (and AMSGrad) is run under FSDP2 in every state precision.
-OPTIMIZERS: list[tuple[str, dict[str, Any]]] = [
-    ("Adam", {}),
-    ("Adam", {"amsgrad": True}),
-    ("AdamW", {}),
-    ("RAdam", {}),
-    ("NAdam", {}),
-    ("Adamax", {}),
-]
+
+def _optimizers() -> list[tuple[str, dict[str, Any]]]:
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for name, row in ALGORITHMS.items():
+        chosen.append((name, {}))
+        if row.amsgrad_state and not any(kwargs for _, kwargs in chosen):
+            chosen.append((name, {"amsgrad": True}))
+    return chosen
+
+
+#: Every adamkit optimizer (and AMSGrad, once) is run under FSDP2 in every state precision.
+OPTIMIZERS = _optimizers()
 WORLD = 2
 STEPS = 6
 BATCH = 8  # per process; the global batch is WORLD * BATCH

@@ -29,7 +29,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from adamkit.kernels import fused_triton
+from adamkit.kernels import _abi, fused_triton
 
 #: An H100: compute capability 9.0, 32-thread warps.
 TARGET = GPUTarget("cuda", 90, 32)
@@ -102,7 +102,8 @@ def every_variant() -> list[dict[str, Any]]:
     return variants
 
 
-ALGORITHM_NAMES = ("Adam", "RAdam", "NAdam", "Adamax")
+#: Each kernel code's name (the codes are the kernels' own, in kernels/_abi.py).
+ALGORITHM_NAMES = {code: name for name, code in _abi.ALGORITHMS.items()}
 PARAM_FORMATS = ("fp32 params", "bf16 params", "SR bf16 params")
 
 

@@ -1,11 +1,16 @@
 """The one table every property test runs over: (optimizer, keyword arguments) cases.
 
-Adding an optimizer or a flag means adding rows here; parity with torch, parity with the NumPy
-reference, checkpoint exchange, convergence and dtype handling then all cover it.
+The rows are generated from adamkit's table of algorithms (``adamkit.optim._algorithms``): each
+algorithm on each execution path, with ``maximize``, each weight-decay form its signature
+takes, AMSGrad where its row keeps a running maximum, non-default shared hyperparameters, and
+each of its own hyperparameters away from its default. Adding an algorithm to that table
+adds it here; parity with torch, parity with the NumPy reference, checkpoint exchange,
+convergence and dtype handling then all cover it.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,13 +19,18 @@ import pytest
 import torch
 
 import adamkit
-from adamkit import reference
+from adamkit.optim._algorithms import ALGORITHMS as TABLE
+from adamkit.optim._algorithms import Algorithm
 
 
 @dataclass(frozen=True)
 class Case:
-    name: str  # class name, the same in adamkit, torch.optim and adamkit.reference.REFERENCES
+    name: str  # class name in adamkit, and the key of its row in the table of algorithms
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row(self) -> Algorithm:
+        return TABLE[self.name]
 
     @property
     def ours(self) -> type[torch.optim.Optimizer]:
@@ -28,11 +38,15 @@ class Case:
 
     @property
     def torch(self) -> type[torch.optim.Optimizer]:
-        return getattr(torch.optim, self.name)  # type: ignore[no-any-return]
+        """The torch.optim twin (tests that compare with torch run only where there is one)."""
+        twin = self.row.torch_twin
+        if twin is None:
+            pytest.skip(f"{self.name} has no torch.optim twin")
+        return getattr(torch.optim, twin)  # type: ignore[no-any-return]
 
     @property
     def reference(self) -> Any:
-        return reference.REFERENCES[self.name]
+        return self.row.reference
 
     def math_kwargs(self) -> dict[str, Any]:
         """The kwargs without execution settings (what the NumPy reference takes)."""
@@ -48,13 +62,40 @@ class Case:
         return ",".join(parts)
 
 
-WEIGHT_DECAY = [
-    {},
-    {"weight_decay": 0.1},
-    {"weight_decay": 0.1, "decoupled_weight_decay": True},
-]
+#: Every algorithm, by class name.
+ALGORITHMS = list(TABLE)
 # Non-default hyperparameters, so a rule that ignores one is caught.
 ODD = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6}
+# The arguments every algorithm shares (torch's); the rest of a signature is its own.
+SHARED = {"params", "lr", "betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"}
+
+
+def signature(name: str) -> dict[str, Any]:
+    """The constructor's arguments and their defaults."""
+    parameters = inspect.signature(getattr(adamkit, name)).parameters
+    return {k: p.default for k, p in parameters.items()}
+
+
+def own_hyperparameters(name: str) -> dict[str, float]:
+    """An algorithm's own numeric hyperparameters (NAdam's ``momentum_decay``), each at five
+    times its default: far enough to change every step."""
+    return {
+        k: v * 5
+        for k, v in signature(name).items()
+        if k not in SHARED and isinstance(v, float) and not isinstance(v, bool)
+    }
+
+
+def weight_decays(name: str) -> list[dict[str, Any]]:
+    """No decay, coupled (L2) decay, and decoupled decay where the signature takes it (AdamW's
+    is decoupled by default, so it gets a stronger one instead)."""
+    decays: list[dict[str, Any]] = [{}, {"weight_decay": 0.1}]
+    arguments = signature(name)
+    if "decoupled_weight_decay" in arguments:
+        decays.append({"weight_decay": 0.1, "decoupled_weight_decay": True})
+    elif TABLE[name].pinned.get("decoupled_weight_decay"):
+        decays[1] = {"weight_decay": 0.3}
+    return decays
 
 
 def _cases() -> list[Case]:
@@ -62,46 +103,41 @@ def _cases() -> list[Case]:
     # The three execution paths: multi-tensor, one tensor at a time, and the fused kernel.
     foreach = [{"foreach": True}, {"foreach": False}, {"fused": True}]
     maximize = [{}, {"maximize": True}]
-    for fe, mx, wd, ams in itertools.product(
-        foreach, maximize, WEIGHT_DECAY, [{}, {"amsgrad": True}]
-    ):
-        cases.append(Case("Adam", {**fe, **mx, **wd, **ams}))
-    for fe, mx, ams, wd in itertools.product(
-        foreach, maximize, [{}, {"amsgrad": True}], [{}, {"weight_decay": 0.3}]
-    ):
-        cases.append(Case("AdamW", {**fe, **mx, **ams, **wd}))
-    for fe, mx, wd in itertools.product(foreach, maximize, WEIGHT_DECAY):
-        cases.append(Case("RAdam", {**fe, **mx, **wd}))
-        cases.append(Case("NAdam", {**fe, **mx, **wd}))
-    for fe, mx, wd in itertools.product(foreach, maximize, [{}, {"weight_decay": 0.1}]):
-        cases.append(Case("Adamax", {**fe, **mx, **wd}))
-    for name, fe in itertools.product(["Adam", "AdamW", "RAdam", "NAdam", "Adamax"], foreach):
-        cases.append(Case(name, {**fe, **ODD}))
-    for fe in foreach:
-        cases.append(Case("NAdam", {**fe, "momentum_decay": 0.02}))
-        cases.append(
-            Case(
-                "Adam",
-                {**fe, "amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1, **ODD},
-            )
-        )
+    for name, row in TABLE.items():
+        amsgrad = [{}, {"amsgrad": True}] if row.amsgrad_state else [{}]
+        for fe, mx, wd, ams in itertools.product(foreach, maximize, weight_decays(name), amsgrad):
+            cases.append(Case(name, {**fe, **mx, **wd, **ams}))
+        for fe in foreach:
+            cases.append(Case(name, {**fe, **ODD}))
+            own = own_hyperparameters(name)
+            if own:
+                cases.append(Case(name, {**fe, **own}))
+            if row.amsgrad_state and "decoupled_weight_decay" in signature(name):
+                everything = {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1}
+                cases.append(Case(name, {**fe, **everything, **ODD}))
     return cases
 
 
 CASES = _cases()
-ALGORITHMS = ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]
 
 
 def _precision_cases() -> list[Case]:
-    """Every algorithm (and AMSGrad, maximize, both weight decays) x low precision x path."""
-    algorithms = [
-        Case("Adam"),
-        Case("Adam", {"amsgrad": True, "weight_decay": 0.1}),
-        Case("AdamW", {"maximize": True}),
-        Case("RAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
-        Case("NAdam"),
-        Case("Adamax", {"weight_decay": 0.1}),
+    """Every algorithm (one with AMSGrad; maximize and both weight decays in turn) x low
+    precision x path."""
+    variants: list[dict[str, Any]] = [
+        {},
+        {"maximize": True},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+        {"weight_decay": 0.1},
     ]
+    algorithms = []
+    for i, (name, row) in enumerate(TABLE.items()):
+        flags = variants[i % len(variants)]
+        if "decoupled_weight_decay" in flags and "decoupled_weight_decay" not in signature(name):
+            flags = {"weight_decay": 0.1}
+        algorithms.append(Case(name, flags))
+        if row.amsgrad_state and not any(c.kwargs.get("amsgrad") for c in algorithms):
+            algorithms.append(Case(name, {"amsgrad": True, "weight_decay": 0.1}))
     paths = [{"foreach": True}, {"foreach": False}, {"fused": True}]
     return [
         Case(case.name, {**path, **case.kwargs, "state_precision": precision})

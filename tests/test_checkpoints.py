@@ -11,16 +11,9 @@ import torch
 import adamkit
 
 from .problems import clone, grad_stream, make_params, set_grads
-from .registry import ALGORITHMS, CASES, Case, params
+from .registry import ALGORITHMS, CASES, TABLE, Case, params
 from .test_parity import assert_optimizers_equal, torch_tolerance
 
-TORCH_STATE_KEYS = {
-    "Adam": {"step", "exp_avg", "exp_avg_sq"},
-    "AdamW": {"step", "exp_avg", "exp_avg_sq"},
-    "RAdam": {"step", "exp_avg", "exp_avg_sq"},
-    "NAdam": {"step", "exp_avg", "exp_avg_sq", "mu_product"},
-    "Adamax": {"step", "exp_avg", "exp_inf"},
-}
 # One case per algorithm and flag set that changes the state (amsgrad), on both paths.
 EXCHANGE_CASES = [c for c in CASES if not c.kwargs.get("maximize") and "lr" not in c.kwargs]
 
@@ -89,7 +82,8 @@ def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
     )
     assert set(a["param_groups"][0]) == set(b["param_groups"][0]) | extra
     assert set(a["state"]) == set(b["state"])
-    expected = TORCH_STATE_KEYS[name] | ({"max_exp_avg_sq"} if amsgrad else set())
+    row = TABLE[name]  # what the table says adamkit keeps, which must be what torch keeps
+    expected = {"step", *row.state_keys(amsgrad), *row.scalars}
     for index, entry in a["state"].items():
         assert set(entry) == set(b["state"][index]) == expected
         for key, value in entry.items():

@@ -15,8 +15,10 @@ from adamkit.testing import CHECKS, check
 from adamkit.testing.__main__ import main
 
 from . import broken_optimizers as broken
+from .registry import TABLE
 
-FAMILY = ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]
+#: Every algorithm with a torch.optim twin to be checked against.
+FAMILY = [name for name, row in TABLE.items() if row.torch_twin]
 CONFIGS = [{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1, "maximize": True}]
 FAST = [n for n in CHECKS if n not in ("compile", "fresh_process")]
 

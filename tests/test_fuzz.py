@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import adamkit
 from adamkit.schedules import Schedule, SpecError, parse
 
-from .registry import Case
+from .registry import ALGORITHMS, TABLE, Case, own_hyperparameters, signature
 
 # Derandomized: CI sees the same examples every run (explore more locally with
 # `pytest tests/test_fuzz.py --hypothesis-seed=N` after removing derandomize).
@@ -29,7 +29,7 @@ PATHS = [{"foreach": True}, {"foreach": False}, {"fused": True}]
 
 @st.composite
 def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]], int]:
-    name = draw(st.sampled_from(["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]))
+    name = draw(st.sampled_from(ALGORITHMS))
     kwargs: dict[str, Any] = {
         "lr": draw(st.floats(1e-5, 0.5)),
         "betas": (draw(st.floats(0.0, 0.99)), draw(st.floats(0.5, 0.9999))),
@@ -38,12 +38,12 @@ def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]],
         "maximize": draw(st.booleans()),
         **draw(st.sampled_from(PATHS)),
     }
-    if name in ("Adam", "AdamW"):
+    if TABLE[name].amsgrad_state:
         kwargs["amsgrad"] = draw(st.booleans())
-    if name in ("Adam", "RAdam", "NAdam") and kwargs["weight_decay"]:
+    if "decoupled_weight_decay" in signature(name) and kwargs["weight_decay"]:
         kwargs["decoupled_weight_decay"] = draw(st.booleans())
-    if name == "NAdam":
-        kwargs["momentum_decay"] = draw(st.floats(0.0, 0.01))
+    for key, default in own_hyperparameters(name).items():  # five times the default
+        kwargs[key] = draw(st.floats(0.0, 2 * default))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     shapes = draw(st.lists(SHAPES, min_size=1, max_size=4))
     steps = draw(st.integers(1, 8))
@@ -149,7 +149,7 @@ def _apply(state_dict: dict[str, Any], edits: list[tuple[tuple[Any, ...], Any]])
 
 
 @settings(SETTINGS, max_examples=400)
-@given(name=st.sampled_from(["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]), edits=corruptions())
+@given(name=st.sampled_from(ALGORITHMS), edits=corruptions())
 def test_malformed_state_dicts_get_a_clear_error_and_change_nothing(
     name: str, edits: list[tuple[tuple[Any, ...], Any]]
 ) -> None:

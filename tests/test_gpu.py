@@ -32,7 +32,7 @@ import adamkit.optim._base as base
 from adamkit.optim import _device
 
 from .problems import clone, set_grads
-from .registry import CASES, Case, params
+from .registry import ALGORITHMS, CASES, Case, params
 from .test_parity import (
     NADAM_FP64_REF_TOL,
     REF_TOL,
@@ -190,7 +190,7 @@ def test_tensors_spanning_several_programs(name: str, kwargs: dict[str, Any]) ->
             torch.testing.assert_close(ours.state[a][key].cpu(), value, **tol)
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"])
+@pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_params_step_in_fp32(name: str, dtype: torch.dtype) -> None:
     """bf16 and fp16 parameters (and their state) are updated in fp32 and rounded to nearest,
@@ -570,7 +570,7 @@ def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.max_memory_allocated)")
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"])
+@pytest.mark.parametrize("name", ALGORITHMS)
 def test_step_allocates_no_parameter_sized_memory_on_the_gpu(name: str) -> None:
     """One pass, no temporaries: a step allocates its small tables at most, where torch's
     foreach path allocates at least the parameters' size (pytorch issue 97712)."""

@@ -13,15 +13,11 @@ import torch
 
 import adamkit
 
-from .registry import ALGORITHMS
+from .registry import ALGORITHMS, TABLE
 
-KEYS = {
-    "Adam": ("exp_avg", "exp_avg_sq"),
-    "AdamW": ("exp_avg", "exp_avg_sq"),
-    "RAdam": ("exp_avg", "exp_avg_sq"),
-    "NAdam": ("exp_avg", "exp_avg_sq", "mu_product"),
-    "Adamax": ("exp_avg", "exp_inf"),
-}
+#: The state each algorithm keeps (with AMSGrad's maximum where it has one): every entry a
+#: hand may swap.
+KEYS = {name: (*row.state_keys(amsgrad=True), *row.scalars) for name, row in TABLE.items()}
 
 
 def _pair(
@@ -63,8 +59,8 @@ def test_state_swapped_or_replaced_by_hand_is_what_the_step_uses(name: str, how:
     """``state[k].data = clone`` (the old plan kept the freed address) and ``state[k] =
     torch.zeros_like(...)`` (the old plan kept stepping the old tensor): whatever is in
     ``optimizer.state`` at the time of ``step()`` is what is used, as in torch."""
-    for key in KEYS[name] + (("max_exp_avg_sq",) if name == "Adam" else ()):
-        extra = {"amsgrad": True} if key == "max_exp_avg_sq" else {}
+    for key in KEYS[name]:
+        extra = {"amsgrad": True} if key == TABLE[name].amsgrad_state else {}
         ours, twin, ours_p, twin_p = _pair(name, **extra)
         _steps(ours, twin, ours_p, twin_p, 3)
         for opt in (ours, twin):

@@ -61,11 +61,12 @@ def _real_pairs(fn: Step) -> Step:
             return np.asarray(x[..., 0] + 1j * x[..., 1]) if is_complex else x
 
         if state is not None:
-            state = {k: real(v) if k not in ("step", "mu_product") else v for k, v in state.items()}
+            # Arrays (a 0-d one too) are viewed as real pairs; numbers (step, mu_product) stay.
+            state = {k: real(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
         new_theta, new_state = fn(real(theta_arr), real(grad_arr), state, **hyper)
         if is_complex:
             new_state = {
-                k: back(v) if k not in ("step", "mu_product") else v for k, v in new_state.items()
+                k: back(v) if isinstance(v, np.ndarray) else v for k, v in new_state.items()
             }
         return back(new_theta), new_state
 

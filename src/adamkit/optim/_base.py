@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._algorithms import Algorithm
 from ._checkpoint import (
     STATE_FORMAT,
     LiveState,
@@ -59,9 +60,15 @@ from ._precision import (
     widened_step,
 )
 from ._precision import zeros as zero_state
-from ._validation import OPTIMIZER_WIDE, check_group, check_optimizer_wide, scalar_value
+from ._validation import (
+    OPTIMIZER_WIDE,
+    check_flag,
+    check_group,
+    check_optimizer_wide,
+    scalar_value,
+)
 
-__all__ = ["AdamFamily", "ParamsT", "step_dtype"]
+__all__ = ["AdamFamily", "ParamsT", "group_defaults", "step_dtype"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
@@ -76,6 +83,15 @@ _EXECUTION_KEYS = (
     "state_precision",
     "stochastic_rounding",
 )
+
+
+def group_defaults(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """An optimizer constructor's arguments (its ``locals()``) as a param group's defaults:
+    every argument but ``self`` and ``params``, with ``betas`` given as a list made a tuple."""
+    defaults = {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+    if isinstance(defaults.get("betas"), list):
+        defaults["betas"] = tuple(defaults["betas"])
+    return defaults
 
 
 def step_dtype() -> torch.dtype:
@@ -96,22 +112,22 @@ def _param_label(group: dict[str, Any], index: int) -> str:
 class AdamFamily(Optimizer):
     """Base class: validation, lazy state, device/dtype buckets, dispatch to a rule.
 
-    Subclasses set :attr:`_rule` (the pure update function), list their per-parameter state
-    tensors in :meth:`_moment_keys` and any scalar state in :attr:`_scalar_keys`.
+    Subclasses set :attr:`algorithm` (their row of the table, which says what state they keep
+    and which kernel steps them) and :attr:`_rule` (the pure update function), and take
+    torch's signature, passing ``group_defaults(locals())`` here.
     """
 
+    algorithm: ClassVar[Algorithm]
     _rule: ClassVar[Rule]
-    #: The fused kernel's name for this algorithm, and the state it keeps beside ``exp_avg``.
-    _fused_algorithm: ClassVar[str]
-    _fused_second_key: ClassVar[str] = "exp_avg_sq"
-    #: State entries that are 0-d scalars (never viewed as real, never bucketed by shape).
-    _scalar_keys: ClassVar[tuple[str, ...]] = ()
-    #: Group values a loaded checkpoint may not change (AdamW stays decoupled).
-    _pinned_group_values: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         check_group(defaults, type(self).__name__)
         super().__init__(params, defaults)
+        if any(g.get("fused") for g in self.param_groups) and self.algorithm.kernel is None:
+            raise RuntimeError(
+                f"adamkit.{type(self).__name__}(fused=True): no fused kernel steps "
+                f"{self.algorithm.name}; leave fused=None to use the multi-tensor path"
+            )
         if any(g.get("fused") for g in self.param_groups) and not kernel_available():
             from ..kernels import unavailable_reason
 
@@ -245,6 +261,10 @@ class AdamFamily(Optimizer):
 
         def needed(saved_group: Mapping[str, Any]) -> tuple[str, ...]:
             group = {**self.defaults, **saved_group}
+            if "amsgrad" in group:  # it decides which state to expect: it must be a flag
+                saved = state_dict.get("param_groups", [])
+                index = next((i for i, g in enumerate(saved) if g is saved_group), "?")
+                check_flag("amsgrad", group["amsgrad"], f"loaded param group {index}: ")
             return ("step", *self._moment_keys(group), *self._scalar_keys)
 
         positional, report = prepare(state_dict, self.param_groups, needed, strict)
@@ -265,7 +285,7 @@ class AdamFamily(Optimizer):
                 for key, value in self.defaults.items():
                     group.setdefault(key, value)
                 group.update(ex)
-                group.update(self._pinned_group_values)
+                group.update(self.algorithm.pinned)
                 check_group(group, type(self).__name__, f"loaded param group {index}: ")
             check_optimizer_wide(self.param_groups, "load_state_dict: in the checkpoint, ")
             # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
@@ -311,10 +331,17 @@ class AdamFamily(Optimizer):
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the state tensors shaped like the parameter, in the rule's order."""
-        raise NotImplementedError
+        return self.algorithm.state_keys(group.get("amsgrad", False))
+
+    @property
+    def _scalar_keys(self) -> tuple[str, ...]:
+        """Names of the 0-d state tensors besides ``step``."""
+        return tuple(self.algorithm.scalars)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": torch.tensor(0.0, dtype=step_dtype())}
+        for key, value in self.algorithm.scalars.items():
+            state[key] = torch.tensor(value, dtype=step_dtype())
         fmt = state_format(p, group["state_precision"])
         for key in self._moment_keys(group):
             state.update(zero_state(p, fmt, key))
@@ -354,7 +381,8 @@ class AdamFamily(Optimizer):
         """The execution path ``step()`` uses for ``group`` (default: the first group).
 
         ``"fused"`` with ``fused=True``, or by default (``fused=None, foreach=None``) where the
-        kernel could be built; ``"forloop"`` with ``foreach=False``; ``"foreach"`` otherwise.
+        algorithm has a kernel and it could be built; ``"forloop"`` with ``foreach=False``;
+        ``"foreach"`` otherwise.
         On the fused path, CPU buckets take the C kernel and CUDA buckets the GPU kernels
         (``optim/_device.py``); buckets no kernel can take (plain bf16 or fp16 parameters on the
         CPU, fp16 parameters with low-precision state, a GPU without Triton for RAdam, NAdam,
@@ -365,7 +393,9 @@ class AdamFamily(Optimizer):
         if group.get("differentiable"):
             return "differentiable"
         fused, foreach = group.get("fused"), group.get("foreach")
-        if fused or (fused is None and foreach is None and kernel_available()):
+        if fused:
+            return "fused"
+        if fused is None and foreach is None and self.algorithm.kernel and kernel_available():
             return "fused"
         return "forloop" if foreach is False else "foreach"
 
@@ -699,13 +729,16 @@ class AdamFamily(Optimizer):
             storage = Storage(formats, states, self._salts(params), stochastic)
         formats_kept = storage.formats if storage is not None else None
         layout = Layout(bucket, params, moment_keys, self._scalar_keys, formats_kept)
+        kernel = self.algorithm.kernel
+        if kernel is None:
+            return None, f"no fused kernel steps {self.algorithm.name}"
         if on_gpu:
-            algorithm, second = type(self)._fused_algorithm, self._fused_second_key
-            return gpu_plan(algorithm, bucket, layout, second, hyper.amsgrad, storage)
+            second = self.algorithm.states[1]
+            return gpu_plan(kernel, bucket, layout, second, hyper.amsgrad, storage)
         reason = fused_unsupported(bucket, storage.formats if storage else None)
         if reason is not None:
             return None, reason
-        plan = FusedPlan(type(self)._fused_algorithm, bucket, layout, hyper.amsgrad, storage)
+        plan = FusedPlan(kernel, bucket, layout, hyper.amsgrad, storage)
         return plan, None
 
     def _bucket(self, params: list[Tensor], moment_keys: tuple[str, ...]) -> Bucket:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ._algorithms import SCALAR_KEYS
 from ._core import local
 from ._precision import blocks, scale_key
 
@@ -52,7 +53,6 @@ __all__ = [
 #: ``state_dict()`` writes 3 only when the state holds codes, so other checkpoints stay readable
 #: by format-1 releases; every format loads.
 STATE_FORMAT = 3
-_SCALAR_KEYS = ("step", "mu_product")
 _SHOWN = 8
 
 
@@ -229,7 +229,7 @@ def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
             f"its state lacks {absent} (it has {sorted(entry)}): a checkpoint of another optimizer?"
         )
     for key, value in entry.items():
-        if key in _SCALAR_KEYS:
+        if key in SCALAR_KEYS:
             # Older torch saved `step` as a Python number; it is converted on load.
             is_number = isinstance(value, int | float) and not isinstance(value, bool)
             if isinstance(value, Tensor):
@@ -310,7 +310,7 @@ def _live_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         if saved_id in labels and isinstance(entry, Mapping):
             where = f"{labels[saved_id]}: "
             entry = live_entry(entry, where)
-            for key in _SCALAR_KEYS:
+            for key in SCALAR_KEYS:
                 if key in entry:
                     _check_counter(key, entry[key], where)
         state[saved_id] = entry

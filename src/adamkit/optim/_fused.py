@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..kernels import fused_library, unavailable_reason
 from ..kernels._abi import ALGORITHMS, AMSGRAD, DECOUPLED, MAXIMIZE, MU_F64, STEP_F64
+from ._algorithms import SCALAR_KEYS
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
 from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 
@@ -82,7 +83,7 @@ def common_unsupported(bucket: Bucket) -> str | None:
     subclass = next((t for t in _tensors(bucket) if type(t) not in PLAIN_TENSORS), None)
     if subclass is not None:  # a DTensor's data_ptr() is not its shard's memory
         return f"the fused kernel takes plain tensors, not {type(subclass).__name__}"
-    for key in ("step", "mu_product"):
+    for key in SCALAR_KEYS:
         counters = bucket.steps if key == "step" else bucket.state.get(key, [])
         if not counters:
             continue
@@ -105,7 +106,7 @@ def layout_unsupported(bucket: Bucket, formats: Sequence[int] | None) -> str | N
     if any(p.dtype != dtype for p in bucket.params):
         return "the parameters of this bucket differ in dtype"
     for key, tensors in bucket.state.items():
-        if key == "mu_product":
+        if key in SCALAR_KEYS:
             continue
         for i, t in enumerate(tensors):
             want = state_dtype(formats[i] if formats is not None else NATIVE, dtype)

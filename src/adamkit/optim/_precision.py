@@ -80,6 +80,7 @@ from ..kernels._abi import (
     V_NAN,
     V_OFFSET,
 )
+from ._algorithms import ALGORITHMS, UNSIGNED
 from ._core import Bucket, Hyper, Rule, local
 from ._paths import TensorOps
 
@@ -106,17 +107,19 @@ NATIVE, BF16, BF16_SR, Q8 = F_F32, F_BF16, F_BF16_SR, F_Q8
 # fp16, rounded to nearest: only the kernels' view of an fp16 parameter and its state.
 F16 = F_F16
 # The stochastic-rounding noise of each tensor: (hash stream, which 16 bits of the hash). One
-# hash per element serves both moments: exp_avg takes its low half, the second moment its high
-# half (the kernel's SALT_* streams).
+# hash per element serves both moments: an algorithm's first state takes its low half, its
+# second state the high half (the kernel's SALT_* streams); AMSGrad's running maximum and the
+# parameter have streams of their own. Which moments are non-negative (the unsigned 8-bit code)
+# is the algorithms' table's to say.
 NOISE = {
-    "exp_avg": (SALT_MOMENTS, False),
-    "exp_avg_sq": (SALT_MOMENTS, True),
-    "exp_inf": (SALT_MOMENTS, True),
-    "max_exp_avg_sq": (SALT_MAX, True),
     "param": (SALT_PARAM, True),
+    **{key: (SALT_MAX, True) for row in ALGORITHMS.values() if (key := row.amsgrad_state)},
+    **{
+        key: (SALT_MOMENTS, i > 0)
+        for row in ALGORITHMS.values()
+        for i, key in enumerate(row.states)
+    },
 }
-# Which moments are non-negative (the unsigned code).
-UNSIGNED = frozenset({"exp_avg_sq", "exp_inf", "max_exp_avg_sq"})
 
 _MASK32 = 0xFFFFFFFF
 # Codes of non-finite values, which decode as themselves whatever their block's scale: the

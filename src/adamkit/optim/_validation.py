@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OPTIMIZER_WIDE", "check_group", "check_optimizer_wide", "scalar_value"]
+__all__ = [
+    "OPTIMIZER_WIDE",
+    "check_flag",
+    "check_group",
+    "check_optimizer_wide",
+    "scalar_value",
+]
 
 #: Group keys that are settings of the whole optimizer: every param group must hold the same
 #: value. Why each cannot differ between groups:
@@ -52,7 +58,8 @@ def _non_negative(name: str, value: Any, where: str, label: str) -> None:
         )
 
 
-def _flag(name: str, value: Any, where: str, allow_none: bool = False) -> None:
+def check_flag(name: str, value: Any, where: str, allow_none: bool = False) -> None:
+    """A boolean setting (``None`` too where ``allow_none``), or a TypeError naming it."""
     if isinstance(value, bool) or (allow_none and value is None):
         return
     expected = "True, False or None" if allow_none else "True or False"
@@ -90,10 +97,10 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
         _non_negative("momentum_decay", group["momentum_decay"], where, "momentum_decay value")
     for flag in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable", "differentiable"):
         if flag in group:
-            _flag(flag, group[flag], where)
+            check_flag(flag, group[flag], where)
     for flag in ("foreach", "fused"):
         if flag in group:
-            _flag(flag, group[flag], where, allow_none=True)
+            check_flag(flag, group[flag], where, allow_none=True)
     policy = group.get("nonfinite")
     if policy not in (None, "raise", "skip"):
         raise ValueError(
@@ -146,7 +153,7 @@ def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> No
                 "torch.nn.utils.clip_grad_norm_ before the step, or leave max_grad_norm=None"
             )
     if "stochastic_rounding" in group:
-        _flag("stochastic_rounding", group["stochastic_rounding"], where)
+        check_flag("stochastic_rounding", group["stochastic_rounding"], where)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from torch import Tensor
 
-from ._base import AdamFamily, ParamsT
+from ._algorithms import ALGORITHMS
+from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
 
@@ -129,32 +128,10 @@ class Adam(AdamFamily):
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
     ) -> None:
-        defaults: dict[str, Any] = {
-            "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, list) else betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "nonfinite": nonfinite,
-            "max_grad_norm": max_grad_norm,
-            "state_precision": state_precision,
-            "stochastic_rounding": stochastic_rounding,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, group_defaults(locals()))
 
+    algorithm = ALGORITHMS["Adam"]
     _rule = adam_rule
-    _fused_algorithm = "adam"
-
-    def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        if group["amsgrad"]:
-            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        return ("exp_avg", "exp_avg_sq")
 
 
 class AdamW(Adam):
@@ -220,5 +197,6 @@ class AdamW(Adam):
             stochastic_rounding=stochastic_rounding,
         )
 
-    # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch.
-    _pinned_group_values: ClassVar[dict[str, Any]] = {"decoupled_weight_decay": True}
+    # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch: the
+    # row pins decoupled_weight_decay.
+    algorithm = ALGORITHMS["AdamW"]

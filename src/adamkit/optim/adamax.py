@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
-from ._base import AdamFamily, ParamsT
+from ._algorithms import ALGORITHMS
+from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads
 from ._paths import TensorOps
 
@@ -77,26 +76,7 @@ class Adamax(AdamFamily):
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
     ) -> None:
-        defaults: dict[str, Any] = {
-            "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, list) else betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "capturable": capturable,
-            "fused": fused,
-            "nonfinite": nonfinite,
-            "max_grad_norm": max_grad_norm,
-            "state_precision": state_precision,
-            "stochastic_rounding": stochastic_rounding,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, group_defaults(locals()))
 
+    algorithm = ALGORITHMS["Adamax"]
     _rule = adamax_rule
-    _fused_algorithm = "adamax"
-    _fused_second_key = "exp_inf"
-
-    def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_inf")

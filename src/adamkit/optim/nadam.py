@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
 
-from ._base import AdamFamily, ParamsT, step_dtype
+from ._algorithms import ALGORITHMS
+from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
 
@@ -108,33 +106,7 @@ class NAdam(AdamFamily):
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
     ) -> None:
-        defaults: dict[str, Any] = {
-            "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, list) else betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum_decay": momentum_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "nonfinite": nonfinite,
-            "max_grad_norm": max_grad_norm,
-            "state_precision": state_precision,
-            "stochastic_rounding": stochastic_rounding,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, group_defaults(locals()))
 
+    algorithm = ALGORITHMS["NAdam"]
     _rule = nadam_rule
-    _fused_algorithm = "nadam"
-    _scalar_keys = ("mu_product",)
-
-    def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq")
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = super()._init_state(p, group)
-        state["mu_product"] = torch.tensor(1.0, dtype=step_dtype())
-        return state

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -60,8 +60,8 @@ def parse_optimizer(text: str) -> tuple[Callable[[Any], torch.optim.Optimizer], 
         cls = getattr(torch.optim, name.removeprefix("torch."), None)
     else:
         cls = getattr(optim, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        known = ["Adam", "AdamW", "RAdam", "NAdam", "Adamax"]
+    if not _is_optimizer(cls):
+        known = [k for k in optim.__all__ if _is_optimizer(getattr(optim, k))]
         close = min(known, key=lambda k: (_edits(name.lower(), k.lower()), k))
         hint = f"did you mean {close!r}? " if _edits(name.lower(), close.lower()) <= 2 else ""
         if isinstance(getattr(torch.optim, name, None), type):
@@ -82,6 +82,10 @@ def parse_optimizer(text: str) -> tuple[Callable[[Any], torch.optim.Optimizer], 
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise ValueError(f"compare: {text.strip()}: {error}") from None
     return (lambda params: cls(params, **kwargs)), spec
+
+
+def _is_optimizer(value: Any) -> TypeGuard[type[torch.optim.Optimizer]]:
+    return isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
 
 
 def _edits(a: str, b: str) -> int:

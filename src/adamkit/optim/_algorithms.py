@@ -1,0 +1,124 @@
+"""The table of algorithms: what every other part of adamkit knows about each one.
+
+A row says what an algorithm keeps (its state tensors, which of them are never negative, its
+0-d scalar state), which fused kernel steps it (or none), which torch.optim class it is a
+drop-in for (or none), and which NumPy function is its reference. The optimizer base, the
+low-precision codecs, the fused plans, the checkpoint loader, the command line and the test
+registry read this table; none of them lists algorithms by name.
+
+The update rule itself lives with the optimizer class (``adam.py``, ``radam.py``, ...), which
+names its row with ``algorithm = ALGORITHMS["RAdam"]``.
+
+Adding an algorithm: see ``docs/adding-an-algorithm.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import reference
+from ..kernels import _abi
+
+__all__ = ["ALGORITHMS", "SCALAR_KEYS", "UNSIGNED", "Algorithm"]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm of the table.
+
+    Attributes:
+        name: the class name in ``adamkit`` (and in ``adamkit.reference.REFERENCES``).
+        states: state tensors shaped like the parameter, in the order the rule and the
+            kernels take them (the first moment, then the second's stand-in).
+        unsigned: those of ``states`` (and ``amsgrad_state``) that are never negative: their
+            8-bit code has no sign bit, and their stochastic rounding takes the hash's high half.
+        amsgrad_state: the extra state tensor kept with ``amsgrad=True`` (``None``: the
+            algorithm has no AMSGrad variant).
+        scalars: 0-d state tensors besides ``step``, with their initial values (NAdam's
+            ``mu_product``); never viewed as real, never stored in low precision.
+        kernel: the fused kernels' code for the update (a key of ``kernels._abi.ALGORITHMS``);
+            ``None``: no fused kernel, so the default path is the multi-tensor one and
+            ``fused=True`` is refused with a reason.
+        torch_twin: the ``torch.optim`` class with the same semantics and signature, or
+            ``None``.
+        reference: the NumPy reference step (``adamkit.reference``), the oracle of the tests.
+        pinned: group values a loaded checkpoint may not change (AdamW stays decoupled).
+    """
+
+    name: str
+    states: tuple[str, ...]
+    unsigned: frozenset[str]
+    reference: Callable[..., Any]
+    amsgrad_state: str | None = None
+    scalars: dict[str, float] = field(default_factory=dict)
+    kernel: str | None = None
+    torch_twin: str | None = None
+    pinned: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
+        if not self.unsigned <= kept:
+            raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")
+        if self.kernel is not None and self.kernel not in _abi.ALGORITHMS:
+            raise ValueError(f"{self.name}: no kernel code {self.kernel!r} in kernels._abi")
+
+    def state_keys(self, amsgrad: bool = False) -> tuple[str, ...]:
+        """The state tensors shaped like the parameter, for a group with this ``amsgrad``."""
+        if self.amsgrad_state is not None and amsgrad:
+            return (*self.states, self.amsgrad_state)
+        return self.states
+
+
+_ADAM = {
+    "states": ("exp_avg", "exp_avg_sq"),
+    "unsigned": frozenset({"exp_avg_sq", "max_exp_avg_sq"}),
+    "amsgrad_state": "max_exp_avg_sq",
+    "kernel": "adam",
+}
+
+#: Every algorithm, by class name, in the order the documentation lists them.
+ALGORITHMS: dict[str, Algorithm] = {
+    row.name: row
+    for row in (
+        Algorithm("Adam", reference=reference.adam, torch_twin="Adam", **_ADAM),  # type: ignore[arg-type]
+        Algorithm(
+            "AdamW",
+            reference=reference.adamw,
+            torch_twin="AdamW",
+            pinned={"decoupled_weight_decay": True},
+            **_ADAM,  # type: ignore[arg-type]
+        ),
+        Algorithm(
+            "RAdam",
+            states=("exp_avg", "exp_avg_sq"),
+            unsigned=frozenset({"exp_avg_sq"}),
+            reference=reference.radam,
+            kernel="radam",
+            torch_twin="RAdam",
+        ),
+        Algorithm(
+            "NAdam",
+            states=("exp_avg", "exp_avg_sq"),
+            unsigned=frozenset({"exp_avg_sq"}),
+            scalars={"mu_product": 1.0},
+            reference=reference.nadam,
+            kernel="nadam",
+            torch_twin="NAdam",
+        ),
+        Algorithm(
+            "Adamax",
+            states=("exp_avg", "exp_inf"),
+            unsigned=frozenset({"exp_inf"}),
+            reference=reference.adamax,
+            kernel="adamax",
+            torch_twin="Adamax",
+        ),
+    )
+}
+
+#: Every state tensor that is never negative, across the table (the unsigned 8-bit code).
+UNSIGNED = frozenset().union(*(row.unsigned for row in ALGORITHMS.values()))
+#: Every 0-d state entry: ``step`` and the algorithms' scalars.
+SCALAR_KEYS = ("step", *dict.fromkeys(k for row in ALGORITHMS.values() for k in row.scalars))

@@ -1,0 +1,112 @@
+"""The table of algorithms says true things: each row's class uses it, the state it names is
+the state the optimizer keeps (and torch's twin keeps), the states it calls non-negative never go
+negative, and an algorithm without a kernel runs on the eager paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+from adamkit.kernels import _abi
+from adamkit.optim import _precision
+from adamkit.optim._algorithms import ALGORITHMS, SCALAR_KEYS, UNSIGNED
+from adamkit.optim._base import AdamFamily
+
+from .registry import signature
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_each_row_is_its_class_s(name: str) -> None:
+    row = ALGORITHMS[name]
+    cls = getattr(adamkit, name)
+    assert issubclass(cls, AdamFamily) and cls.algorithm is row
+    assert name in adamkit.__all__
+    if row.torch_twin is not None:
+        # A drop-in: torch's positional arguments in torch's order, and every keyword torch
+        # takes, all with torch's defaults.
+        ours, theirs = _arguments(cls), _arguments(getattr(torch.optim, row.torch_twin))
+        assert ours["positional"] == theirs["positional"]
+        assert theirs["keyword"].items() <= ours["keyword"].items()
+    if row.amsgrad_state:
+        assert "amsgrad" in signature(name)
+
+
+def _arguments(cls: type) -> dict[str, Any]:
+    parameters = inspect.signature(cls).parameters.values()
+    positional = [(p.name, p.default) for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD]
+    keyword = {p.name: p.default for p in parameters if p.kind == p.KEYWORD_ONLY}
+    return {"positional": positional, "keyword": keyword}
+
+
+@pytest.mark.parametrize(
+    ("name", "amsgrad"),
+    [(name, False) for name in ALGORITHMS]
+    + [(name, True) for name, row in ALGORITHMS.items() if row.amsgrad_state],
+)
+def test_the_state_kept_is_the_row_s_and_its_signs_hold(name: str, amsgrad: bool) -> None:
+    row = ALGORITHMS[name]
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(300, dtype=torch.float64))
+    opt = getattr(adamkit, name)([p], **({"amsgrad": True} if amsgrad else {}))
+    for _ in range(5):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    state = opt.state[p]
+    assert set(state) == {"step", *row.state_keys(amsgrad), *row.scalars}
+    for key in row.state_keys(amsgrad):
+        # Random gradients make every signed state negative somewhere: the table's sign
+        # claims are facts of the update, not choices.
+        assert bool((state[key] >= 0).all()) == (key in row.unsigned), key
+
+
+def test_the_tables_derived_from_the_rows_agree() -> None:
+    assert set(UNSIGNED) == {k for row in ALGORITHMS.values() for k in row.unsigned}
+    assert SCALAR_KEYS[0] == "step" and set(SCALAR_KEYS[1:]) == {
+        k for row in ALGORITHMS.values() for k in row.scalars
+    }
+    # One hash serves both moments: a state name must take the same half in every row.
+    for row in ALGORITHMS.values():
+        for i, key in enumerate(row.states):
+            assert _precision.NOISE[key] == (_abi.SALT_MOMENTS, i > 0), (row.name, key)
+        if row.amsgrad_state:
+            assert _precision.NOISE[row.amsgrad_state] == (_abi.SALT_MAX, True)
+    assert {row.kernel for row in ALGORITHMS.values()} - {None} <= set(_abi.ALGORITHMS)
+
+
+def test_a_row_that_names_a_missing_state_or_kernel_is_refused() -> None:
+    adam = ALGORITHMS["Adam"]
+    with pytest.raises(ValueError, match="unsigned"):
+        dataclasses.replace(adam, unsigned=frozenset({"exp_avg_sqq"}))
+    with pytest.raises(ValueError, match="no kernel code 'adem'"):
+        dataclasses.replace(adam, kernel="adem")
+
+
+class NoKernelAdam(adamkit.Adam):
+    """Adam as an algorithm that no fused kernel implements (a new row before its kernel)."""
+
+    algorithm = dataclasses.replace(ALGORITHMS["Adam"], name="NoKernelAdam", kernel=None)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "8bit"])
+def test_an_algorithm_without_a_kernel_runs_on_the_eager_paths(precision: str) -> None:
+    torch.manual_seed(1)
+    ps = [torch.nn.Parameter(torch.randn(5000)) for _ in range(2)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ours = NoKernelAdam(ps, lr=1e-2, state_precision=precision)
+    twin = adamkit.Adam(qs, lr=1e-2, state_precision=precision, foreach=True)
+    assert ours.execution_path() == "foreach"
+    for _ in range(4):
+        grads = [torch.randn(5000) for _ in ps]
+        for p, q, g in zip(ps, qs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        twin.step()
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(RuntimeError, match=r"fused=True\): no fused kernel steps NoKernelAdam"):
+        NoKernelAdam(ps, fused=True)
