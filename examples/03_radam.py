@@ -18,7 +18,7 @@ for step in range(1, 1001):
     loss.backward()
     optimizer.step()
     if step <= 7 or step % 200 == 0:
-        rho_t, r_t = adamkit.rectification(step, 0.999)
+        rho_t, r_t = adamkit.radam_rectification(step, 0.999)
         mode = "momentum SGD" if r_t is None else f"rectified, r_t = {r_t:.3f}"
         print(f"step {step:4d}  rho_t = {rho_t:7.3f}  {mode:24s} loss = {loss.item():.5f}")
 

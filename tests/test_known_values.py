@@ -98,13 +98,15 @@ def test_rectification_schedule() -> None:
     # beta2 = 0.999: rho_inf = 1999; 0.999^5 = 0.99500999, so rho_5 = 1999 - 10 * 0.99500999 /
     # 0.00499001 = 4.9960; 0.999^6 = 0.99401498, rho_6 = 1999 - 12 * 0.99401498 / 0.00598502
     # = 5.9942 -> the first rectified step is 6
-    assert adamkit.rectification(5, 0.999)[1] is None
-    rho6, r6 = adamkit.rectification(6, 0.999)
+    assert adamkit.radam_rectification(5, 0.999).r is None
+    rho6, r6 = adamkit.radam_rectification(6, 0.999)
     assert rho6 == pytest.approx(5.99416, abs=1e-4)
     assert r6 == pytest.approx(
         math.sqrt(1.99416 * 3.99416 * 1999 / (1995 * 1997 * 5.99416)), rel=1e-4
     )
-    assert adamkit.rectification(10**6, 0.999)[1] == pytest.approx(1.0, abs=1e-12)
+    assert adamkit.radam_rectification(10**6, 0.999).r == pytest.approx(1.0, abs=1e-12)
+    with pytest.deprecated_call(match="radam_rectification"):
+        assert adamkit.rectification(6, 0.999) == (rho6, r6)  # the old name, for now
 
 
 def test_adam_with_beta1_zero_is_bias_corrected_rmsprop() -> None:
@@ -165,7 +167,7 @@ def test_converges_on_a_parabola(name: str, path: str) -> None:
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_converges_on_rosenbrock(name: str) -> None:
     xy = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
-    opt = getattr(adamkit, name)([xy], **ROSENBROCK[name])
+    opt = getattr(adamkit, name)([xy], **ROSENBROCK.get(name, {"lr": 0.02}))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5000)
     for _ in range(5000):
         opt.zero_grad()

@@ -71,7 +71,7 @@ def test_radam_rectification_and_skipped_steps(tmp_path: Path) -> None:
     assert skipped[4] is True and not any(v for k, v in skipped.items() if k != 4)
     rectified = [r["rectified"] for r in records]
     assert rectified[0] is False and rectified[-1] is True  # rho_t passes 5 at step 6
-    assert records[-1]["rho_t"] == pytest.approx(adamkit.rectification(10, 0.999)[0])
+    assert records[-1]["rho_t"] == pytest.approx(adamkit.radam_rectification(10, 0.999).rho)
 
 
 def test_plot_telemetry_command(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import reference
 from ._plot import save_curves, text_chart
-from .optim import Adam, AdamW, RAdam, rectification
+from .optim import Adam, AdamW, RAdam, radam_rectification
 from .schedules import Scheduler, get_lr, plot_schedule, set_lr
 
 __all__ = ["run_tour"]
@@ -153,7 +153,7 @@ def section_radam(out: Path) -> None:
 
     def report(i: int, loss: float, a: float, b: float) -> None:
         if i <= 8 or i in (50, 100, 200, 400):
-            rho, r = rectification(i, 0.999)
+            rho, r = radam_rectification(i, 0.999)
             mode = "momentum SGD (not rectified)" if r is None else "rectified Adam"
             print(
                 f"{i:>5} {rho:>8.3f} {'-' if r is None else f'{r:.4f}':>8} {loss:>12.6f}   {mode}"

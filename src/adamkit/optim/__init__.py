@@ -5,7 +5,7 @@ from ._precision import StateMemory, full_precision_state, state_memory
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .nadam import NAdam
-from .radam import RAdam, rectification
+from .radam import RAdam, Rectification, radam_rectification, rectification
 
 __all__ = [
     "STATE_FORMAT",
@@ -15,8 +15,10 @@ __all__ = [
     "LoadReport",
     "NAdam",
     "RAdam",
+    "Rectification",
     "StateMemory",
     "full_precision_state",
+    "radam_rectification",
     "rectification",
     "state_memory",
 ]

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import NamedTuple
 
 from torch import Tensor
 
 from ..kernels import _abi
-from ._base import AdamFamily, ParamsT
+from ._algorithms import ALGORITHMS
+from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
 
-__all__ = ["RAdam", "radam_rule", "rectification"]
+__all__ = ["RAdam", "Rectification", "radam_rectification", "radam_rule", "rectification"]
 
 #: RAdam only trusts the adaptive step once the length of the approximated SMA exceeds this
 #: (the number the kernels use too).
 RHO_THRESHOLD = float(_abi.RHO_THRESHOLD)
 
 
-def rectification(step: float, beta2: float) -> tuple[float, float | None]:
+class Rectification(NamedTuple):
+    """RAdam's rectification at one step (unpacks as ``rho, r = ...``)."""
+
+    #: :math:`\rho_t`, the length of the approximated simple moving average.
+    rho: float
+    #: :math:`r_t`, the rectifier of the adaptive step; ``None`` while :math:`\rho_t \le 5`.
+    r: float | None
+
+
+def radam_rectification(step: float, beta2: float) -> Rectification:
     r"""RAdam's :math:`(\rho_t, r_t)` at ``step``; ``r_t`` is ``None`` while :math:`\rho_t \le 5`.
 
     .. math::
@@ -34,15 +45,28 @@ def rectification(step: float, beta2: float) -> tuple[float, float | None]:
     beta2_t = beta2**step
     rho_t = rho_inf - 2 * step * beta2_t / (1 - beta2_t)
     if rho_t <= RHO_THRESHOLD:
-        return rho_t, None
+        return Rectification(rho_t, None)
     ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
     # A tensor beta2 (differentiable=True) stays a tensor, so the graph runs through r_t.
     r_t = math.sqrt(ratio) if isinstance(ratio, float) else ratio**0.5
-    return rho_t, r_t
+    return Rectification(rho_t, r_t)
 
 
-def _pick(xs: list[Tensor], index: list[int]) -> list[Tensor]:
-    return xs if len(index) == len(xs) else [xs[i] for i in index]
+def rectification(step: float, beta2: float) -> Rectification:
+    """Deprecated name of :func:`radam_rectification` (``adamkit.reference.rectification``,
+    the NumPy oracle's, returns :math:`r_t` alone; one name for two results misled)."""
+    warnings.warn(
+        "adamkit.rectification is now adamkit.radam_rectification (same result); the old "
+        "name will be removed in adamkit 0.3",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return radam_rectification(step, beta2)
+
+
+def _select(tensors: list[Tensor], positions: list[int]) -> list[Tensor]:
+    """The tensors at ``positions`` (the list itself when that is all of them)."""
+    return tensors if len(positions) == len(tensors) else [tensors[i] for i in positions]
 
 
 def radam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -55,16 +79,20 @@ def radam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
 
     bc1 = bias_corrections(h.beta1, steps)
     bc2 = bias_corrections(h.beta2, steps)
-    rect = [rectification(t, h.beta2)[1] for t in steps]
-    on = [i for i, r in enumerate(rect) if r is not None]
-    off = [i for i, r in enumerate(rect) if r is None]
-    if off:  # theta -= lr * m_hat
-        ops.add_(_pick(b.params, off), _pick(exp_avg, off), [-h.lr / bc1[i] for i in off])
-    if on:  # theta -= lr * r_t * m_hat * sqrt(1 - beta2^t) / (sqrt(v) + eps)
-        denom = ops.sqrt(_pick(exp_avg_sq, on))
+    rectifiers = [radam_rectification(t, h.beta2).r for t in steps]
+    rectified = [i for i, r in enumerate(rectifiers) if r is not None]
+    momentum_only = [i for i, r in enumerate(rectifiers) if r is None]
+    if momentum_only:  # theta -= lr * m_hat
+        ops.add_(
+            _select(b.params, momentum_only),
+            _select(exp_avg, momentum_only),
+            [-h.lr / bc1[i] for i in momentum_only],
+        )
+    if rectified:  # theta -= lr * r_t * m_hat * sqrt(1 - beta2^t) / (sqrt(v) + eps)
+        denom = ops.sqrt(_select(exp_avg_sq, rectified))
         ops.add_scalar_(denom, h.eps)
-        step_size = [-h.lr * rect[i] * bc2[i] ** 0.5 / bc1[i] for i in on]  # type: ignore[operator]
-        ops.addcdiv_(_pick(b.params, on), _pick(exp_avg, on), denom, step_size)
+        step_size = [-h.lr * rectifiers[i] * bc2[i] ** 0.5 / bc1[i] for i in rectified]  # type: ignore[operator]
+        ops.addcdiv_(_select(b.params, rectified), _select(exp_avg, rectified), denom, step_size)
 
 
 class RAdam(AdamFamily):
@@ -79,7 +107,7 @@ class RAdam(AdamFamily):
             \theta_{t-1} - \gamma\, \dfrac{m_t}{1-\beta_1^t} & \text{otherwise}
         \end{cases}
 
-    with :math:`\rho_t, r_t` from :func:`rectification`. :math:`\gamma` is ``lr``,
+    with :math:`\rho_t, r_t` from :func:`radam_rectification`. :math:`\gamma` is ``lr``,
     :math:`(\beta_1, \beta_2)` are ``betas``, :math:`\epsilon` is ``eps``; ``weight_decay`` adds
     :math:`\lambda\theta` to :math:`g_t`, or with ``decoupled_weight_decay=True`` multiplies
     :math:`\theta` by :math:`1-\gamma\lambda` first (RAdamW).
@@ -123,26 +151,7 @@ class RAdam(AdamFamily):
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
     ) -> None:
-        defaults: dict[str, Any] = {
-            "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, list) else betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "differentiable": differentiable,
-            "fused": fused,
-            "nonfinite": nonfinite,
-            "max_grad_norm": max_grad_norm,
-            "state_precision": state_precision,
-            "stochastic_rounding": stochastic_rounding,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, group_defaults(locals()))
 
+    algorithm = ALGORITHMS["RAdam"]
     _rule = radam_rule
-    _fused_algorithm = "radam"
-
-    def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq")

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._plot import log_axis, png_path
-from ..optim.radam import rectification
+from ..optim.radam import radam_rectification
 
 __all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
 
@@ -124,7 +124,7 @@ class Telemetry:
         if type(optimizer).__name__ == "RAdam":
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
             if steps:
-                rho_t, r_t = rectification(float(steps[0]), float(group["betas"][1]))
+                rho_t, r_t = radam_rectification(float(steps[0]), float(group["betas"][1]))
                 record["rho_t"], record["rectified"] = rho_t, r_t is not None
         return record
 
