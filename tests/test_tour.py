@@ -113,4 +113,4 @@ def test_make_demo_installs_only_what_the_tour_needs(tmp_path: Path) -> None:
     test = run(["make", "-n", "test", venv], ROOT)
     assert test.returncode == 0, test.stderr
     assert '-e ".[dev]"' in test.stdout and "--index-url" not in test.stdout
-    assert "--durations=10" in test.stdout
+    assert "--durations=15" in test.stdout

@@ -11,7 +11,9 @@ as far as it can be checked:
 * **Keyed by what the compiler targets.** It is built with ``-march=native``, so the key hashes
   the source, the flags, the compiler's own version line and the macros it predefines for
   ``-march=native`` on this CPU (``__AVX512F__``, ``__AVX2__``, ...): a home directory shared by
-  machines with different CPUs never hands one of them another's build.
+  machines with different CPUs never hands one of them another's build. Extra compiler flags
+  come from ``$ADAMKIT_CFLAGS`` (e.g. ``-march=x86-64-v3`` for one build that every node of a
+  mixed cluster can run), and are part of the key.
 * **Verified before it is mapped.** A SHA-256 of the library is written beside it after the
   build; a file that does not match (truncated, zeroed, another library, a directory) is
   rebuilt once. After loading, a self-test step on a few elements must give the values Python
@@ -71,6 +73,16 @@ class KernelUnavailable(Exception):
     """Why the kernel cannot be used on this machine (the message says it to the user)."""
 
 
+def flags() -> list[str]:
+    """The compiler flags: :data:`FLAGS`, then ``$ADAMKIT_CFLAGS`` (later flags win)."""
+    extra = os.environ.get("ADAMKIT_CFLAGS", "")
+    try:
+        return [*FLAGS, *shlex.split(extra)]
+    except ValueError as error:  # an unclosed quote
+        reason = f"ADAMKIT_CFLAGS={extra!r} is not a list of flags: {error}"
+        raise KernelUnavailable(reason) from None
+
+
 def cache_dir() -> Path:
     """Where built kernels are kept (absolute: a relative or empty setting is resolved once)."""
     configured = os.environ.get("ADAMKIT_CACHE_DIR", "")
@@ -122,7 +134,7 @@ def _library_path(compiler: list[str]) -> Path:
     """The cache file for this source, these flags, this compiler and what it targets here."""
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update(" ".join(FLAGS).encode())
+    key.update(" ".join(flags()).encode())
     key.update(" ".join(compiler).encode())
     key.update(_ask(compiler, "--version").encode())
     # The macros -march=native defines: the instruction sets the build will use on this CPU.
@@ -174,7 +186,7 @@ def _build(compiler: list[str], path: Path) -> None:
     """Compile to a scratch file beside ``path``, record its checksum, then rename it in."""
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
         partial = Path(scratch) / path.name
-        args = (*FLAGS, "-o", str(partial), str(SOURCE), "-lm")
+        args = (*flags(), "-o", str(partial), str(SOURCE), "-lm")
         try:
             result = subprocess.run(
                 [*compiler, *args],
