@@ -66,8 +66,6 @@ class Case:
 ALGORITHMS = list(TABLE)
 # Non-default hyperparameters, so a rule that ignores one is caught.
 ODD = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6}
-# The arguments every algorithm shares (torch's); the rest of a signature is its own.
-SHARED = {"params", "lr", "betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"}
 
 
 def signature(name: str) -> dict[str, Any]:
@@ -77,13 +75,10 @@ def signature(name: str) -> dict[str, Any]:
 
 
 def own_hyperparameters(name: str) -> dict[str, float]:
-    """An algorithm's own numeric hyperparameters (NAdam's ``momentum_decay``), each at five
-    times its default: far enough to change every step."""
-    return {
-        k: v * 5
-        for k, v in signature(name).items()
-        if k not in SHARED and isinstance(v, float) and not isinstance(v, bool)
-    }
+    """An algorithm's own hyperparameters (its row's ``own``: NAdam's ``momentum_decay``),
+    each at five times its default: far enough to change every step."""
+    defaults = signature(name)
+    return {k: defaults[k] * 5 for k in TABLE[name].own}
 
 
 def weight_decays(name: str) -> list[dict[str, Any]]:

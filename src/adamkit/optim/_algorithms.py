@@ -44,6 +44,9 @@ class Algorithm:
         torch_twin: the ``torch.optim`` class with the same semantics and signature, or
             ``None``.
         reference: the NumPy reference step (``adamkit.reference``), the oracle of the tests.
+        own: the algorithm's own hyperparameters (arguments of its constructor beyond the
+            shared ones), each a number >= 0: validated with the group, and given to the rule
+            as ``h.own[name]``.
         pinned: group values a loaded checkpoint may not change (AdamW stays decoupled).
     """
 
@@ -55,6 +58,7 @@ class Algorithm:
     scalars: dict[str, float] = field(default_factory=dict)
     kernel: str | None = None
     torch_twin: str | None = None
+    own: tuple[str, ...] = ()
     pinned: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +110,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             reference=reference.nadam,
             kernel="nadam",
             torch_twin="NAdam",
+            own=("momentum_decay",),
         ),
         Algorithm(
             "Adamax",

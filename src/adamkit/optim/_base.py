@@ -121,7 +121,7 @@ class AdamFamily(Optimizer):
     _rule: ClassVar[Rule]
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        check_group(defaults, type(self).__name__)
+        check_group(defaults, type(self).__name__, own=self.algorithm.own)
         super().__init__(params, defaults)
         if any(g.get("fused") for g in self.param_groups) and self.algorithm.kernel is None:
             raise RuntimeError(
@@ -167,7 +167,7 @@ class AdamFamily(Optimizer):
         index = len(self.param_groups)
         where = f"param group {index}: "
         merged = {**self.defaults, **param_group}
-        check_group(merged, type(self).__name__, where)
+        check_group(merged, type(self).__name__, where, self.algorithm.own)
         if self.param_groups:
             check_optimizer_wide([*self.param_groups, merged], start=index)
 
@@ -286,7 +286,8 @@ class AdamFamily(Optimizer):
                     group.setdefault(key, value)
                 group.update(ex)
                 group.update(self.algorithm.pinned)
-                check_group(group, type(self).__name__, f"loaded param group {index}: ")
+                where = f"loaded param group {index}: "
+                check_group(group, type(self).__name__, where, self.algorithm.own)
             check_optimizer_wide(self.param_groups, "load_state_dict: in the checkpoint, ")
             # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
             # as a number; a fused GPU run keeps it on the GPU). Entries that are no parameter's
@@ -361,7 +362,7 @@ class AdamFamily(Optimizer):
             maximize=group.get("maximize", False),
             decoupled_weight_decay=group.get("decoupled_weight_decay", False),
             amsgrad=group.get("amsgrad", False),
-            momentum_decay=float(group.get("momentum_decay", 0.0)),
+            own={name: float(group[name]) for name in self.algorithm.own},
         )
         # A group changed by hand after construction (group["betas"] = (1.0, 0.999)) is
         # checked here, cheaply; check_group then says what is wrong, as at construction.
@@ -371,10 +372,10 @@ class AdamFamily(Optimizer):
             and 0 <= h.lr < math.inf
             and 0 <= h.eps < math.inf
             and 0 <= h.weight_decay < math.inf
-            and 0 <= h.momentum_decay < math.inf
+            and all(0 <= v < math.inf for v in h.own.values())
         ):
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
-            check_group(group, type(self).__name__, f"param group {index}: ")
+            check_group(group, type(self).__name__, f"param group {index}: ", self.algorithm.own)
         return h
 
     def execution_path(self, group: dict[str, Any] | None = None) -> str:

@@ -8,7 +8,7 @@ the variants share; each algorithm's module composes them and adds the one term 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -55,7 +55,9 @@ class Hyper:
     maximize: bool = False
     decoupled_weight_decay: bool = False
     amsgrad: bool = False
-    momentum_decay: float = 0.0
+    #: The algorithm's own hyperparameters (its row's ``own``), by name: NAdam's
+    #: ``momentum_decay``.
+    own: Mapping[str, float] = field(default_factory=dict)
 
 
 Rule = Callable[[TensorOps, Bucket, Hyper], None]

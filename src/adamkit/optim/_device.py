@@ -303,7 +303,7 @@ class TritonPlan(_GpuPlanBase):
             h.lr,
             h.beta1,
             h.beta2,
-            h.momentum_decay,
+            h.own.get("momentum_decay", 0.0),  # the kernels' one slot of an own value
             self.count,
             reading.row(roles.index("step")),
             reading.row(roles.index("mu_product")) if "mu_product" in roles else None,

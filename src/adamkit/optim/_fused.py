@@ -601,7 +601,7 @@ class FusedPlan:
             h.beta2,
             h.eps,
             h.weight_decay,
-            h.momentum_decay,
+            h.own.get("momentum_decay", 0.0),  # the kernels' one slot of an own value
             reading.count,
             address(self.numels),
             row(0),

@@ -84,17 +84,20 @@ _UNSUPPORTED = {
 }
 
 
-def check_group(group: Mapping[str, Any], optimizer: str, where: str = "") -> None:
+def check_group(
+    group: Mapping[str, Any], optimizer: str, where: str = "", own: tuple[str, ...] = ()
+) -> None:
     """Validate the hyperparameters and flags in a parameter group (or the defaults).
 
-    ``where`` prefixes every message, for example ``"param group 1: "``.
+    ``where`` prefixes every message, for example ``"param group 1: "``. ``own``: the
+    algorithm's own hyperparameters (its row's), each a number >= 0.
     """
     _non_negative("lr", group["lr"], where, "learning rate")
     _non_negative("eps", group["eps"], where, "epsilon value")
     _non_negative("weight_decay", group["weight_decay"], where, "weight_decay value")
     _betas(group["betas"], where)
-    if "momentum_decay" in group:
-        _non_negative("momentum_decay", group["momentum_decay"], where, "momentum_decay value")
+    for name in own:
+        _non_negative(name, group[name], where, f"{name} value")
     for flag in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable", "differentiable"):
         if flag in group:
             check_flag(flag, group[flag], where)

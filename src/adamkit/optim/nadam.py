@@ -25,8 +25,9 @@ def nadam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     exp_avg, exp_avg_sq = b.state["exp_avg"], b.state["exp_avg_sq"]
     update_moments(ops, exp_avg, exp_avg_sq, grads, h)
 
-    mu = [momentum_schedule(t, h.beta1, h.momentum_decay) for t in steps]
-    mu_next = [momentum_schedule(t + 1, h.beta1, h.momentum_decay) for t in steps]
+    psi = h.own["momentum_decay"]
+    mu = [momentum_schedule(t, h.beta1, psi) for t in steps]
+    mu_next = [momentum_schedule(t + 1, h.beta1, psi) for t in steps]
     # The running product of mu is state (torch's `mu_product`, a scalar tensor per parameter).
     ops.mul_(b.state["mu_product"], mu)
     mu_product = ops.values(b.state["mu_product"])
