@@ -241,9 +241,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cases", default=None)
     args = parser.parse_args(argv)
     if args.smoke:
-        import adamkit.optim._base as base
+        import adamkit.optim._router as router
 
-        base.gpu_path = lambda device: True  # the GPU path's code, on CPU tensors
+        router.gpu_path = lambda device: True  # the GPU path's code, on CPU tensors
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU (--smoke checks the harness on the CPU)")

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import adamkit
-import adamkit.optim._base as base
+import adamkit.optim._router as router
 from adamkit.optim import _device
 
 from .problems import clone, set_grads
@@ -58,7 +58,7 @@ except ImportError:
 @pytest.fixture(autouse=True)
 def on_the_gpu_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     if not CUDA:
-        monkeypatch.setattr(base, "gpu_path", lambda device: True)
+        monkeypatch.setattr(router, "gpu_path", lambda device: True)
         if HAVE_TRITON and "adamkit.kernels.fused_triton" not in sys.modules:
             # Triton decides at definition (import) whether a kernel is interpreted.
             monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -150,7 +150,7 @@ def _cpu_twin(
 def cpu_kernel() -> Iterator[None]:
     """CPU tensors take the CPU kernel again (the twins the GPU path is compared with)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(base, "gpu_path", lambda device: device.type == "cuda")
+        mp.setattr(router, "gpu_path", lambda device: device.type == "cuda")
         yield
 
 

@@ -41,7 +41,7 @@ import pytest
 import torch
 
 import adamkit
-import adamkit.optim._base as base
+import adamkit.optim._router as router
 from adamkit.kernels import fused_library
 from adamkit.optim import _precision as precision
 from adamkit.optim._checkpoint import live_entry
@@ -210,7 +210,7 @@ def _triton_device(monkeypatch: pytest.MonkeyPatch) -> str:
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         return "cuda"
-    monkeypatch.setattr(base, "gpu_path", lambda device: True)
+    monkeypatch.setattr(router, "gpu_path", lambda device: True)
     if "adamkit.kernels.fused_triton" not in sys.modules:
         # Triton decides at definition (import) whether a kernel is interpreted.
         monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -19,16 +19,30 @@ optimizer is touched, so a refused checkpoint changes nothing:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._algorithms import SCALAR_KEYS
-from ._core import local
-from ._precision import blocks, scale_key
+from ._core import local, step_dtype
+from ._precision import (
+    blocks,
+    convert,
+    decode,
+    is_sharded,
+    reshardable,
+    scale_key,
+    shard_like,
+    sharded_like,
+    state_format,
+)
+from ._validation import OPTIMIZER_WIDE, check_flag, check_group, check_optimizer_wide
+
+if TYPE_CHECKING:
+    from ._base import AdamFamily
 
 __all__ = [
     "STATE_FORMAT",
@@ -38,8 +52,10 @@ __all__ = [
     "code_key",
     "live_entry",
     "live_state",
+    "load_into",
     "prepare",
     "saved_entry",
+    "saved_state_dict",
     "scalar_state",
 ]
 
@@ -419,3 +435,119 @@ def _by_name(
     return {**state_dict, "state": state, "param_groups": new_groups}, LoadReport(
         missing, unexpected, mismatched
     )
+
+
+# Settings of how this optimizer runs and stores its state, not of the math: a loaded
+# checkpoint keeps the live optimizer's (and its state is converted to this storage).
+_EXECUTION_KEYS = (
+    "foreach",
+    "fused",
+    "capturable",
+    "differentiable",
+    "state_precision",
+    "stochastic_rounding",
+)
+
+
+def saved_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """torch's state dict of an adamkit optimizer (``Optimizer.state_dict()``) as adamkit saves
+    it: each parameter's entry in its saved form, and ``"adamkit": {"format", "version"}``."""
+    from .. import __version__
+
+    parameters = {i for group in state["param_groups"] for i in group["params"]}
+    # torch's entries are the live state dicts: replace, never modify them. An entry that
+    # is no parameter's (`optimizer.state["key"] = value`) passes through, as in torch.
+    coded = False
+    for i, entry in state["state"].items():
+        if i in parameters and isinstance(entry, Mapping):
+            state["state"][i] = entry = saved_entry(reshardable(entry))
+            coded = coded or any(
+                isinstance(v, Tensor) and v.dtype == torch.uint8 for v in entry.values()
+            )
+    state["adamkit"] = {"format": STATE_FORMAT if coded else 1, "version": __version__}
+    return state
+
+
+def load_into(
+    opt: AdamFamily,
+    state_dict: dict[str, Any],
+    strict: bool,
+    torch_load: Callable[[dict[str, Any]], None],
+) -> LoadReport:
+    """:meth:`AdamFamily.load_state_dict` (which documents it); ``torch_load`` is torch's own
+    ``Optimizer.load_state_dict`` of ``opt``, run on the checked, positional state dict."""
+    from .. import __version__
+
+    check_format(state_dict, __version__)
+
+    def needed(saved_group: Mapping[str, Any]) -> tuple[str, ...]:
+        group = {**opt.defaults, **saved_group}
+        if "amsgrad" in group:  # it decides which state to expect: it must be a flag
+            saved = state_dict.get("param_groups", [])
+            index = next((i for i, g in enumerate(saved) if g is saved_group), "?")
+            check_flag("amsgrad", group["amsgrad"], f"loaded param group {index}: ")
+        return ("step", *opt._moment_keys(group), *opt._scalar_keys)
+
+    positional, report = prepare(state_dict, opt.param_groups, needed, strict)
+    before = (opt.state, opt.param_groups)
+    opt.__dict__.pop("_fused_plans", None)  # the state tensors are about to be replaced
+    execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in opt.param_groups]
+    # torch's load ends by calling the post-hooks, before the settings below are restored
+    # and the state converted: they would see a half-loaded optimizer (the checkpoint's
+    # `foreach`). Held back here, they run at the end.
+    post_hooks = opt._optimizer_load_state_dict_post_hooks
+    try:
+        opt._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            torch_load(positional)
+        finally:
+            opt._optimizer_load_state_dict_post_hooks = post_hooks
+        for index, (group, ex) in enumerate(zip(opt.param_groups, execution, strict=True)):
+            for key, value in opt.defaults.items():
+                group.setdefault(key, value)
+            group.update(ex)
+            group.update(opt.algorithm.pinned)
+            where = f"loaded param group {index}: "
+            check_group(group, type(opt).__name__, where, opt.algorithm.own)
+        check_optimizer_wide(opt.param_groups, "load_state_dict: in the checkpoint, ")
+        # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
+        # as a number; a fused GPU run keeps it on the GPU). Entries that are no parameter's
+        # stay as they were saved, as torch keeps them.
+        for p in (p for group in opt.param_groups for p in group["params"]):
+            entry = opt.state.get(p, {})
+            for key in ("step", *opt._scalar_keys):
+                if key in entry:
+                    entry[key] = scalar_state(entry[key], step_dtype())
+        _convert_loaded(opt, positional)
+    except Exception:
+        opt.state, opt.param_groups = before
+        raise
+    for key in OPTIMIZER_WIDE:  # a group added later takes the loaded setting
+        opt.defaults[key] = opt.param_groups[0][key]
+    for hook in opt._optimizer_load_state_dict_post_hooks.values():
+        hook(opt)
+    return report
+
+
+def _convert_loaded(opt: AdamFamily, positional: Mapping[str, Any]) -> None:
+    """Store each loaded moment in this optimizer's format, from the checkpoint's own
+    tensors (torch's loader has cast floating-point state to the parameter's dtype)."""
+    saved_state = positional["state"]
+    for group, saved_group in zip(opt.param_groups, positional["param_groups"], strict=True):
+        keys = opt._moment_keys(group)
+        for p, saved_id in zip(group["params"], saved_group["params"], strict=True):
+            saved = saved_state.get(saved_id)
+            if not saved:
+                continue
+            entry = opt.state[p]
+            fmt = state_format(p, group["state_precision"])
+            for key in keys:
+                entry.pop(scale_key(key), None)
+                source = saved
+                if is_sharded(p) and not is_sharded(saved[key]):
+                    # A full (unsharded) checkpoint: take this process's part of it.
+                    source = {key: shard_like(p, decode(saved, key).to(local(p).device))}
+                for name, value in convert(source, key, fmt, p).items():
+                    if is_sharded(p) and not is_sharded(value) and name == key:
+                        value = sharded_like(p, value)  # codes are sharded as p is
+                    entry[name] = value.to(p.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,9 +23,13 @@ __all__ = [
     "Hyper",
     "Rule",
     "bias_corrections",
+    "by_device_and_dtype",
+    "label_of",
     "local",
+    "param_label",
     "prepare_grads",
     "real_view",
+    "step_dtype",
     "update_moments",
 ]
 
@@ -113,3 +118,30 @@ def real_view(t: Tensor) -> Tensor:
     """The local shard of ``t``, with a complex tensor viewed as real pairs."""
     t = local(t)
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def step_dtype() -> torch.dtype:
+    """The dtype of the 0-d counters (``step``, ``mu_product``): torch keeps them as CPU
+    float32 tensors (float64 when that is the default dtype)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def label_of(group: dict[str, Any], param: Tensor) -> str:
+    """How a message names ``param`` of ``group``: see :func:`param_label`."""
+    index = next(i for i, p in enumerate(group["params"]) if p is param)
+    return param_label(group, index)
+
+
+def param_label(group: dict[str, Any], index: int) -> str:
+    """How a message names the ``index``-th parameter of ``group``: by its name where the group
+    was built from ``named_parameters()``, else by its position."""
+    names = group.get("param_names")
+    return f"parameter {names[index]!r}" if names else f"parameter #{index}"
+
+
+def by_device_and_dtype(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """The positions in ``params`` of each (device, dtype) bucket, in order."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        buckets.setdefault((p.device, p.dtype), []).append(i)
+    return buckets
