@@ -79,3 +79,26 @@ def test_triton_takes_the_numbers_from_the_abi(monkeypatch: pytest.MonkeyPatch) 
     }  # fmt: skip
     for name, value in pairs.items():
         assert getattr(ft, name).value == value, name
+
+
+def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
+    """adamkit_step reads ``nstates`` rows of state addresses: a count outside 2 ..
+    MAX_STATES is refused (status 2) before any memory is touched."""
+    from array import array
+
+    from adamkit.kernels import fused_library
+
+    library = fused_library()
+    if library is None:
+        pytest.skip("the fused kernel is unavailable here")
+    step = array("f", [0.0])
+    for states in (1, _abi.MAX_STATES + 1):
+        # Only the step counter is real memory; the other rows are null and must not be read.
+        table = array("Q", [0] * (2 + states) + [step.buffer_info()[0]])
+        hyper = array("d", [0.1] * _abi.HYPER_SLOTS)
+        shape = array("q", [0] * _abi.SHAPE_SLOTS)
+        shape[_abi.S_COUNT], shape[_abi.S_STATES], shape[_abi.S_THREADS] = 1, states, 1
+        numels = array("q", [4])
+        addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
+        assert library.adamkit_step(*addresses, None, None, None) == 2
+        assert step[0] == 0.0

@@ -88,6 +88,11 @@ def test_a_row_that_names_a_missing_state_or_kernel_is_refused() -> None:
         dataclasses.replace(adam, unsigned=frozenset({"exp_avg_sqq"}))
     with pytest.raises(ValueError, match="no kernel code 'adem'"):
         dataclasses.replace(adam, kernel="adem")
+    four = ("exp_avg", "exp_avg_sq", "exp_avg_slow", "exp_avg_sq_slow")
+    assert len(four) + 1 > _abi.MAX_STATES  # (with AMSGrad's maximum)
+    with pytest.raises(ValueError, match=f"at most {_abi.MAX_STATES} states"):
+        dataclasses.replace(adam, states=four)
+    dataclasses.replace(adam, states=four, kernel=None)  # the eager paths take any number
 
 
 class NoKernelAdam(adamkit.Adam):

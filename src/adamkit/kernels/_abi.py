@@ -19,6 +19,19 @@ MAXIMIZE, DECOUPLED, AMSGRAD, STEP_F64, MU_F64 = 1, 2, 4, 8, 16
 # Element-loop kinds (``scalars_t.kind``, and the GPU scalar row's ``kind``).
 K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX = range(6)
 
+# adamkit_step's arguments: the slots of hyper[] (doubles) and of shape[] (int64), the element
+# loops, and the most state tensors a parameter may have (its row's states, and AMSGrad's).
+H_LR, H_BETA1, H_BETA2, H_EPS, H_WD, H_OWN = range(6)
+HYPER_SLOTS = 6
+S_ALGO, S_FLAGS, S_COUNT, S_STATES, S_SCALARS = range(5)
+S_THREADS, S_PARAM_FMT, S_SCALES, S_ELEMENT = range(5, 9)
+SHAPE_SLOTS = 9
+E_F32, E_F64, E_WIDE = range(3)
+MAX_STATES = 3
+# A state tensor's codec word: non-negative (the unsigned 8-bit code), which half of its
+# rounding hash it takes, and (from bit CODEC_STREAM) the hash's stream (a SALT_*).
+CODEC_UNSIGNED, CODEC_HIGH, CODEC_STREAM = 1, 2, 8
+
 #: Step scalars per tensor in the GPU scalar row, as ``adamkit_step_scalars`` writes them:
 #: a, b, c, kind, t.
 ROW = 5
@@ -67,6 +80,28 @@ C_DEFINES: dict[str, int] = {
     **{
         name: globals()[name]
         for name in [
+            "H_LR",
+            "H_BETA1",
+            "H_BETA2",
+            "H_EPS",
+            "H_WD",
+            "H_OWN",
+            "S_ALGO",
+            "S_FLAGS",
+            "S_COUNT",
+            "S_STATES",
+            "S_SCALARS",
+            "S_THREADS",
+            "S_PARAM_FMT",
+            "S_SCALES",
+            "S_ELEMENT",
+            "E_F32",
+            "E_F64",
+            "E_WIDE",
+            "MAX_STATES",
+            "CODEC_UNSIGNED",
+            "CODEC_HIGH",
+            "CODEC_STREAM",
             "MAXIMIZE",
             "DECOUPLED",
             "AMSGRAD",

@@ -46,6 +46,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from . import _abi
 from ._abi import c_defines
 
 __all__ = ["fused_library", "unavailable_reason"]
@@ -235,13 +236,8 @@ def _built(compiler: list[str]) -> Path:
 
 def _declare(library: ctypes.CDLL) -> None:
     pointer, f64, i32, i64 = ctypes.c_void_p, ctypes.c_double, ctypes.c_int, ctypes.c_int64
-    common: list[Any] = [i32, i32, f64, f64, f64, f64, f64, f64, i64, *[pointer] * 8, i32]
-    for name in ("adamkit_fused_step_f32", "adamkit_fused_step_f64"):
-        function = getattr(library, name)
-        function.restype = i32
-        function.argtypes = common
-    library.adamkit_fused_step_wide.restype = i32
-    library.adamkit_fused_step_wide.argtypes = [*common, i32, *[pointer] * 5]
+    library.adamkit_step.restype = i32
+    library.adamkit_step.argtypes = [pointer] * 7
     library.adamkit_step_scalars.restype = None
     library.adamkit_step_scalars.argtypes = [i32, i32, f64, f64, f64, f64, i64, *[pointer] * 3]
     library.adamkit_count_steps.restype = None
@@ -259,12 +255,20 @@ def _self_test(library: ctypes.CDLL) -> None:
     lr, beta1, beta2, eps = 0.1, 0.9, 0.999, 1e-8
     param, grad = array("f", [1.0, -2.0, 0.5]), array("f", [0.5, 0.25, -4.0])
     exp_avg, exp_avg_sq, step = array("f", [0.0] * 3), array("f", [0.0] * 3), array("f", [0.0])
-    tables = [array("Q", [_address(t)]) for t in (param, grad, exp_avg, exp_avg_sq, step)]
+    table = array("Q", map(_address, (param, grad, exp_avg, exp_avg_sq, step)))
     numels = array("q", [3])
-    status = library.adamkit_fused_step_f32(
-        0, 0, lr, beta1, beta2, eps, 0.0, 0.0, 1, _address(numels),
-        *map(_address, tables[:4]), None, _address(tables[4]), None, 1,
-    )  # fmt: skip
+    hyper = array("d", [0.0] * _abi.HYPER_SLOTS)
+    hyper[_abi.H_LR], hyper[_abi.H_BETA1], hyper[_abi.H_BETA2], hyper[_abi.H_EPS] = (
+        lr,
+        beta1,
+        beta2,
+        eps,
+    )
+    shape = array("q", [0] * _abi.SHAPE_SLOTS)
+    shape[_abi.S_ALGO], shape[_abi.S_COUNT], shape[_abi.S_STATES] = _abi.ALGORITHMS["adam"], 1, 2
+    shape[_abi.S_THREADS], shape[_abi.S_ELEMENT] = 1, _abi.E_F32
+    arrays: list[array[Any]] = [hyper, shape, numels, table]
+    status = library.adamkit_step(*map(_address, arrays), None, None, None)
     expected = [
         x
         - lr

@@ -12,7 +12,10 @@
  *
  * The caller (adamkit/optim/_fused.py) hands over addresses it has just read from the tensors,
  * with their sizes and element types checked, at every call; nothing here is cached between
- * calls, and no tensors may overlap (the loops use restrict pointers).
+ * calls, and no tensors may overlap (the loops use restrict pointers). One entry takes every
+ * bucket (adamkit_step): the addresses come as a table with a row per role, so the number of
+ * state tensors a parameter has (2 to MAX_STATES, in its algorithm's order) is an argument,
+ * not a signature; hyperparameters and sizes come in two arrays whose slots _abi.py names.
  *
  * The element math runs in the element type (float for fp32, double for fp64), with the
  * operation order of torch's fused Adam CPU kernel (exp_avg by lerp; denom = sqrt(v) /
@@ -40,6 +43,16 @@ enum {
     MU_F64 = AK_MU_F64
 };
 #define CHUNK 16384
+/* The slots of adamkit_step's hyper[] and shape[], the element loops, the most states a tensor
+ * has, and the bits of a state's codec word (_abi.py). */
+enum { H_LR = AK_H_LR, H_BETA1 = AK_H_BETA1, H_BETA2 = AK_H_BETA2, H_EPS = AK_H_EPS, H_WD = AK_H_WD,
+       H_OWN = AK_H_OWN };
+enum { S_ALGO = AK_S_ALGO, S_FLAGS = AK_S_FLAGS, S_COUNT = AK_S_COUNT, S_STATES = AK_S_STATES,
+       S_SCALARS = AK_S_SCALARS, S_THREADS = AK_S_THREADS, S_PARAM_FMT = AK_S_PARAM_FMT,
+       S_SCALES = AK_S_SCALES, S_ELEMENT = AK_S_ELEMENT };
+enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE };
+#define MAX_STATES AK_MAX_STATES
+enum { CODEC_UNSIGNED = AK_CODEC_UNSIGNED, CODEC_HIGH = AK_CODEC_HIGH, CODEC_STREAM = AK_CODEC_STREAM };
 enum {
     K_ADAM = AK_K_ADAM,
     K_AMSGRAD = AK_K_AMSGRAD,
@@ -450,8 +463,8 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
 #define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, DECAY)                                         \
     static void loop_##SUFFIX##_##KIND##_##DECAY(                                               \
         T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
-        T c, int64_t n, T *restrict p, const T *restrict g, T *restrict m, T *restrict v,       \
-        T *restrict vmax) {                                                                     \
+        T c, int64_t n, T *restrict p, const T *restrict g, T *const *states) {                 \
+        T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
         (void)shrink, (void)wd, (void)b, (void)c, (void)vmax, (void)one_minus_beta2, (void)eps; \
         for (int64_t i = 0; i < n; i++) {                                                       \
             HEAD(T, DECAY)                                                                      \
@@ -465,7 +478,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
 /* The arguments every element loop takes, as dispatch_<SUFFIX> names them. */
 #define LOOP_ARGS(T)                                                                            \
     (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
-     (T)s->c, n, p, g, m, v, vmax)
+     (T)s->c, n, p, g, states)
 #define CASE_KIND(SUFFIX, KIND, DECAY, ARGS)                                                    \
     case K_##KIND:                                                                              \
         if (DECAY == 0) loop_##SUFFIX##_##KIND##_0 ARGS;                                        \
@@ -485,7 +498,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
      * torch passes Python floats (1 - beta2 = 0.001 exactly, not 1 - (float)0.999). */       \
     static void dispatch_##SUFFIX(int kind, int flags, double lr, double beta1, double beta2,  \
                                   double eps, double wd, const scalars_t *s, int64_t n, T *p,   \
-                                  const T *g, T *m, T *v, T *vmax) {                            \
+                                  const T *g, T *const *states) {                               \
         const int decay = wd == 0 ? 0 : (flags & DECOUPLED ? 2 : 1);                            \
         const T sign = flags & MAXIMIZE ? (T)-1 : (T)1;                                         \
         const T shrink = (T)(1.0 - lr * wd), one_minus_beta1 = (T)(1.0 - beta1);               \
@@ -500,22 +513,26 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
         }                                                                                       \
     }
 
-/* One call's arguments, shared by the threads that run its chunks. */
+/* One call's arguments, shared by the threads that run its chunks. The state tensors are a
+ * table: states[q * count + k] is tensor k's state q (q < nstates <= MAX_STATES), in the order
+ * of the algorithm's row (exp_avg, its second state, AMSGrad's maximum). */
 typedef struct {
     int flags;
     double lr, beta1, beta2, eps, wd;
     int64_t count;
     const int64_t *numels, *first;
     const scalars_t *s;
-    void **params, **grads, **exp_avgs, **seconds, **maxes;
-    /* low-precision storage only (adamkit_fused_step_wide) */
+    void **params, **grads, **states;
+    int nstates;
+    /* low-precision storage only (element type AK_E_WIDE) */
     int param_fmt;
     const uint8_t *state_fmts;
-    float **m_scales, **v_scales, **max_scales;
+    void **scales; /* scales[q * count + k]: the 8-bit scales of state q of tensor k, or NULL */
+    const int32_t *codecs; /* per state q: CODEC_UNSIGNED, CODEC_HIGH, stream << CODEC_STREAM */
     const uint32_t *salts;
 } call_t;
 
-/* The exact loops (torch's operation order) and the kernel entry for one element type. */
+/* The exact loops (torch's operation order) and the chunk body for one element type. */
 #define DEFINE_STEP(SUFFIX, T, SQRT, FABS)                                                       \
     DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, /)                                                      \
     static void chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {               \
@@ -523,31 +540,12 @@ typedef struct {
         (void)scratch;                                                                          \
         const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
         const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
-        T *maxes = c->maxes ? (T *)c->maxes[k] + start : NULL;                                  \
+        T *states[MAX_STATES] = {NULL};                                                         \
+        for (int q = 0; q < c->nstates; q++)                                                    \
+            states[q] = (T *)c->states[q * c->count + k] + start;                               \
         dispatch_##SUFFIX(c->s[k].kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd,     \
                           &c->s[k], n, (T *)c->params[k] + start, (const T *)c->grads[k] + start, \
-                          (T *)c->exp_avgs[k] + start, (T *)c->seconds[k] + start, maxes);      \
-    }                                                                                           \
-    int adamkit_fused_step_##SUFFIX(int algo, int flags, double lr, double beta1, double beta2, \
-                                    double eps, double wd, double momentum_decay, int64_t count, \
-                                    const int64_t *numels, void **params, void **grads,         \
-                                    void **exp_avgs, void **seconds, void **maxes, void **steps, \
-                                    void **mu_products, int threads) {                          \
-        scalars_t *s;                                                                           \
-        int64_t *first;                                                                         \
-        if (plan(algo, flags, beta1, beta2, lr, momentum_decay, count, numels, steps,           \
-                 mu_products, &s, &first))                                                      \
-            return 1;                                                                           \
-        const call_t c = {.flags = flags, .lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps, \
-                          .wd = wd, .count = count, .numels = numels, .first = first, .s = s,   \
-                          .params = params, .grads = grads, .exp_avgs = exp_avgs,               \
-                          .seconds = seconds, .maxes = maxes};                                  \
-        int64_t elements = 0;                                                                   \
-        for (int64_t k = 0; k < count; k++) elements += numels[k];                              \
-        run_chunks(first[count], elements, threads, chunk_##SUFFIX, &c, NULL, 0);               \
-        free(s);                                                                                \
-        free(first);                                                                            \
-        return 0;                                                                               \
+                          states);                                                              \
     }
 
 DEFINE_STEP(f32, float, sqrtf, fabsf)
@@ -569,9 +567,10 @@ DEFINE_LOOPS(wide, float, sqrtf, fabsf, *)
 #define BLOCK AK_Q8_BLOCK
 #define TILE 1024 /* a multiple of BLOCK that divides CHUNK */
 enum { F_F32 = AK_F_F32, F_BF16 = AK_F_BF16, F_BF16_SR = AK_F_BF16_SR, F_Q8 = AK_F_Q8, F_F16 = AK_F_F16 };
-#define SCRATCH_FLOATS (5 * TILE) /* a tile each of p, g, m, v and v_max, per thread */
-/* Streams of rounding noise: one hash per element serves both moments (exp_avg takes its low
- * 16 bits, the second moment its high 16 bits); max_exp_avg_sq and the parameter have their own. */
+#define SCRATCH_FLOATS ((2 + MAX_STATES) * TILE) /* a tile each of p, g and every state */
+/* Streams of rounding noise: each state's codec word names its stream and half (_precision's
+ * NOISE): one hash per element serves both moments (exp_avg takes its low 16 bits, the second
+ * moment its high 16 bits); max_exp_avg_sq and the parameter have their own streams. */
 enum { SALT_MOMENTS = AK_SALT_MOMENTS, SALT_MAX = AK_SALT_MAX, SALT_PARAM = AK_SALT_PARAM };
 #define M_OFFSET AK_M_OFFSET /* float bits of 2**-15, the exp_avg code's smallest binade */
 #define V_OFFSET AK_V_OFFSET /* 2**-31, the second moments' */
@@ -642,12 +641,12 @@ static inline uint16_t bf16_stochastic(float x, uint32_t noise) {
 static void store_bf16(uint16_t *restrict out, const float *restrict in, int n) {
     for (int i = 0; i < n; i++) out[i] = bf16_nearest(in[i]);
 }
-/* Element `first + i` takes the high 16 bits of noise_hash(index ^ seed). */
+/* Element `first + i` takes the high (or low) 16 bits of noise_hash(index ^ seed). */
 static void store_bf16_stochastic(uint16_t *restrict out, const float *restrict in, int n,
-                                  uint32_t seed, int64_t first) {
-    const uint32_t base = (uint32_t)first;
+                                  uint32_t seed, int64_t first, int high) {
+    const uint32_t base = (uint32_t)first, shift = high ? 16 : 0;
     for (int i = 0; i < n; i++)
-        out[i] = bf16_stochastic(in[i], noise_hash((base + (uint32_t)i) ^ seed) >> 16);
+        out[i] = bf16_stochastic(in[i], (noise_hash((base + (uint32_t)i) ^ seed) >> shift) & 0xffffu);
 }
 /* Both moments from one hash per element: exp_avg the low 16 bits, the second the high. */
 static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restrict v_out,
@@ -756,18 +755,23 @@ static inline __attribute__((always_inline)) void encode_q8(uint8_t *restrict co
 static float *load_state(int fmt, void *base, const float *scales, int64_t e, int n,
                          int is_unsigned, float *buffer) {
     if (fmt == F_F32) return (float *)base + e;
-    if (fmt == F_Q8)
-        decode_q8(buffer, (const uint8_t *)base + e, scales + e / BLOCK, n, is_unsigned);
-    else
+    if (fmt == F_Q8) { /* a copy of the codec for each sign: is_unsigned a constant in each */
+        if (is_unsigned)
+            decode_q8(buffer, (const uint8_t *)base + e, scales + e / BLOCK, n, 1);
+        else
+            decode_q8(buffer, (const uint8_t *)base + e, scales + e / BLOCK, n, 0);
+    } else
         load_bf16(buffer, (const uint16_t *)base + e, n);
     return buffer;
 }
-static void store_state(int fmt, void *base, float *scales, int64_t e, int n, int is_unsigned,
+static void store_state(int fmt, void *base, float *scales, int64_t e, int n, int32_t codec,
                         const float *value, uint32_t seed) {
-    if (fmt == F_Q8)
-        encode_q8((uint8_t *)base + e, scales + e / BLOCK, value, n, is_unsigned);
+    if (fmt == F_Q8 && codec & CODEC_UNSIGNED)
+        encode_q8((uint8_t *)base + e, scales + e / BLOCK, value, n, 1);
+    else if (fmt == F_Q8)
+        encode_q8((uint8_t *)base + e, scales + e / BLOCK, value, n, 0);
     else if (fmt == F_BF16_SR)
-        store_bf16_stochastic((uint16_t *)base + e, value, n, seed, e);
+        store_bf16_stochastic((uint16_t *)base + e, value, n, seed, e, codec & CODEC_HIGH);
     else if (fmt == F_BF16)
         store_bf16((uint16_t *)base + e, value, n);
 }
@@ -815,86 +819,96 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
     const call_t *c = context;
     const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;
     const int64_t end = c->numels[k] - start < CHUNK ? c->numels[k] : start + CHUNK;
-    const int fmt = c->state_fmts[k], param_fmt = c->param_fmt;
+    const int fmt = c->state_fmts[k], param_fmt = c->param_fmt, nstates = c->nstates;
     scalars_t sk = c->s[k];
     sk.b = 1.0 / sk.b; /* dispatch_wide multiplies by it (unused where b is 0) */
     const uint32_t seed_p = rounding_seed(c->s[k].t, c->salts[k], SALT_PARAM);
-    const uint32_t seed_mv = rounding_seed(c->s[k].t, c->salts[k], SALT_MOMENTS);
-    const uint32_t seed_max = rounding_seed(c->s[k].t, c->salts[k], SALT_MAX);
-    float *m_scales = c->m_scales ? c->m_scales[k] : NULL;
-    float *v_scales = c->v_scales ? c->v_scales[k] : NULL;
-    float *max_scales = c->max_scales ? c->max_scales[k] : NULL;
+    void *bases[MAX_STATES];
+    float *scales[MAX_STATES];
+    uint32_t seeds[MAX_STATES];
+    for (int q = 0; q < nstates; q++) {
+        bases[q] = c->states[q * c->count + k];
+        scales[q] = c->scales ? (float *)c->scales[q * c->count + k] : NULL;
+        seeds[q] = rounding_seed(c->s[k].t, c->salts[k], (uint32_t)c->codecs[q] >> CODEC_STREAM);
+    }
+    /* States 0 and 1 of one stream, low and high half: one hash per element rounds both. */
+    const int paired = nstates >= 2 && c->codecs[0] >> CODEC_STREAM == c->codecs[1] >> CODEC_STREAM &&
+                       !(c->codecs[0] & CODEC_HIGH) && c->codecs[1] & CODEC_HIGH;
     /* Tiles on the heap (the caller's scratch), not the stack: no stack-size assumption. */
-    float *param_tile = scratch, *grad_tile = scratch + TILE, *m_tile = scratch + 2 * TILE;
-    float *v_tile = scratch + 3 * TILE, *max_tile = scratch + 4 * TILE;
+    float *param_tile = scratch, *grad_tile = scratch + TILE;
     void *params = c->params[k], *grads = c->grads[k];
     for (int64_t e = start; e < end; e += TILE) {
         const int n = (int)(end - e < TILE ? end - e : TILE);
         const int grad_fmt = param_fmt == F_BF16_SR ? F_BF16 : param_fmt;
         float *p = load_values(grad_fmt, params, e, n, param_tile);
         const float *g = load_values(grad_fmt, grads, e, n, grad_tile);
-        float *m, *v, *x = NULL;
-        if (fmt == F_F16) {
-            m = load_values(F_F16, c->exp_avgs[k], e, n, m_tile);
-            v = load_values(F_F16, c->seconds[k], e, n, v_tile);
-            if (c->maxes) x = load_values(F_F16, c->maxes[k], e, n, max_tile);
-        } else {
-            m = load_state(fmt, c->exp_avgs[k], m_scales, e, n, 0, m_tile);
-            v = load_state(fmt, c->seconds[k], v_scales, e, n, 1, v_tile);
-            if (c->maxes) x = load_state(fmt, c->maxes[k], max_scales, e, n, 1, max_tile);
+        float *tiles[MAX_STATES] = {NULL};
+        for (int q = 0; q < nstates; q++) {
+            float *buffer = scratch + (2 + q) * TILE;
+            tiles[q] = fmt == F_F16 ? load_values(F_F16, bases[q], e, n, buffer)
+                                    : load_state(fmt, bases[q], scales[q], e, n,
+                                                 c->codecs[q] & CODEC_UNSIGNED, buffer);
         }
         dispatch_wide(sk.kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd, &sk, n, p, g,
-                      m, v, x);
+                      tiles);
         if (param_fmt == F_BF16_SR)
-            store_bf16_stochastic((uint16_t *)params + e, p, n, seed_p, e);
+            store_bf16_stochastic((uint16_t *)params + e, p, n, seed_p, e, 1);
         else if (param_fmt == F_BF16)
             store_bf16((uint16_t *)params + e, p, n);
         else if (param_fmt == F_F16)
             store_f16((uint16_t *)params + e, p, n);
+        int q = 0;
         if (fmt == F_F16) {
-            store_f16((uint16_t *)c->exp_avgs[k] + e, m, n);
-            store_f16((uint16_t *)c->seconds[k] + e, v, n);
-            if (x) store_f16((uint16_t *)c->maxes[k] + e, x, n);
-        } else if (fmt == F_BF16_SR) {
-            store_moments_stochastic((uint16_t *)c->exp_avgs[k] + e, (uint16_t *)c->seconds[k] + e,
-                                     m, v, n, seed_mv, e);
-            if (x) store_state(fmt, c->maxes[k], max_scales, e, n, 1, x, seed_max);
-        } else {
-            store_state(fmt, c->exp_avgs[k], m_scales, e, n, 0, m, 0);
-            store_state(fmt, c->seconds[k], v_scales, e, n, 1, v, 0);
-            if (x) store_state(fmt, c->maxes[k], max_scales, e, n, 1, x, seed_max);
+            for (; q < nstates; q++) store_f16((uint16_t *)bases[q] + e, tiles[q], n);
+        } else if (fmt == F_BF16_SR && paired) {
+            store_moments_stochastic((uint16_t *)bases[0] + e, (uint16_t *)bases[1] + e, tiles[0],
+                                     tiles[1], n, seeds[0], e);
+            q = 2;
         }
+        for (; q < nstates; q++)
+            store_state(fmt, bases[q], scales[q], e, n, c->codecs[q], tiles[q], seeds[q]);
     }
 }
 
-/* The fused step for fp32, bf16 or fp16 parameters stepped in fp32 through codecs.
- * param_fmt: F_F32, F_BF16 (round to nearest), F_BF16_SR (stochastic) or F_F16 (nearest);
- * gradients have the parameter's dtype. state_fmts[k]: tensor k's moments are F_F32, F_BF16,
- * F_BF16_SR, F_F16 or F_Q8 (then *_scales[k] hold its block scales). salts[k] salts tensor
- * k's stochastic rounding. Adamax's exp_inf, like exp_avg_sq and max_exp_avg_sq, is
- * non-negative: the unsigned code. Returns nonzero, having changed nothing, if memory ran out. */
-int adamkit_fused_step_wide(int algo, int flags, double lr, double beta1, double beta2,
-                            double eps, double wd, double momentum_decay, int64_t count,
-                            const int64_t *numels, void **params, void **grads, void **exp_avgs,
-                            void **seconds, void **maxes, void **steps, void **mu_products,
-                            int threads, int param_fmt, const uint8_t *state_fmts,
-                            float **m_scales, float **v_scales, float **max_scales,
-                            const uint32_t *salts) {
-    float *scratch = malloc(sizeof(float) * SCRATCH_FLOATS);
+/* One fused step of a bucket (see the head of this file). hyper[H_*]: lr, betas, eps, weight
+ * decay and the algorithm's own value (NAdam's momentum_decay); shape[S_*]: the algorithm,
+ * flags, tensor count, number of states and of scalar states, threads, the parameters' format,
+ * whether 8-bit scales follow, and the element loop (E_F32, E_F64 or E_WIDE for low-precision
+ * storage). table: `count` addresses per role: params, grads, each state, step, each scalar
+ * state, then (shape[S_SCALES]) the 8-bit scales of each state (NULL where a tensor has none).
+ * E_WIDE only: state_fmts[k] (tensor k's states are F_F32, F_BF16, F_BF16_SR, F_F16 or F_Q8),
+ * salts[k] (its rounding's salt), codecs[q] (state q's sign and noise). Returns 0; 1, having
+ * changed nothing, if memory ran out; 2 for a number of states the kernel does not take. */
+int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *numels, void **table,
+                 const uint8_t *state_fmts, const uint32_t *salts, const int32_t *codecs) {
+    const int64_t count = shape[S_COUNT];
+    const int nstates = (int)shape[S_STATES], element = (int)shape[S_ELEMENT];
+    if (nstates < 2 || nstates > MAX_STATES) return 2;
+    void **steps = table + (2 + nstates) * count;
+    void **mu_products = shape[S_SCALARS] > 0 ? steps + count : NULL;
+    const int algo = (int)shape[S_ALGO], flags = (int)shape[S_FLAGS];
+    const double lr = hyper[H_LR], beta1 = hyper[H_BETA1], beta2 = hyper[H_BETA2];
+    float *scratch = NULL;
+    if (element == E_WIDE && !(scratch = malloc(sizeof(float) * SCRATCH_FLOATS))) return 1;
     scalars_t *s;
     int64_t *first;
-    if (!scratch) return 1;
-    if (plan(algo, flags, beta1, beta2, lr, momentum_decay, count, numels, steps, mu_products, &s,
+    if (plan(algo, flags, beta1, beta2, lr, hyper[H_OWN], count, numels, steps, mu_products, &s,
              &first)) {
         free(scratch);
         return 1;
     }
-    const call_t c = {flags,  lr,       beta1,      beta2,    eps,       wd,         count,
-                      numels, first,    s,          params,   grads,     exp_avgs,   seconds,
-                      maxes,  param_fmt, state_fmts, m_scales, v_scales, max_scales, salts};
+    const call_t c = {.flags = flags, .lr = lr, .beta1 = beta1, .beta2 = beta2,
+                      .eps = hyper[H_EPS], .wd = hyper[H_WD], .count = count, .numels = numels,
+                      .first = first, .s = s, .params = table, .grads = table + count,
+                      .states = table + 2 * count, .nstates = nstates,
+                      .param_fmt = (int)shape[S_PARAM_FMT], .state_fmts = state_fmts,
+                      .scales = shape[S_SCALES] ? steps + (1 + shape[S_SCALARS]) * count : NULL,
+                      .codecs = codecs, .salts = salts};
     int64_t elements = 0;
     for (int64_t k = 0; k < count; k++) elements += numels[k];
-    run_chunks(first[count], elements, threads, chunk_wide, &c, scratch, SCRATCH_FLOATS);
+    const chunk_body body = element == E_WIDE ? chunk_wide : element == E_F64 ? chunk_f64 : chunk_f32;
+    run_chunks(first[count], elements, (int)shape[S_THREADS], body, &c, scratch,
+               element == E_WIDE ? SCRATCH_FLOATS : 0);
     free(scratch);
     free(s);
     free(first);

@@ -67,6 +67,11 @@ class Algorithm:
             raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")
         if self.kernel is not None and self.kernel not in _abi.ALGORITHMS:
             raise ValueError(f"{self.name}: no kernel code {self.kernel!r} in kernels._abi")
+        if self.kernel is not None and len(self.state_keys(amsgrad=True)) > _abi.MAX_STATES:
+            raise ValueError(
+                f"{self.name}: the kernels take at most {_abi.MAX_STATES} states a tensor "
+                "(raise kernels._abi.MAX_STATES)"
+            )
 
     def state_keys(self, amsgrad: bool = False) -> tuple[str, ...]:
         """The state tensors shaped like the parameter, for a group with this ``amsgrad``."""

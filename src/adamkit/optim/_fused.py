@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels import fused_library, unavailable_reason
+from ..kernels import _abi, fused_library, unavailable_reason
 from ..kernels._abi import ALGORITHMS, AMSGRAD, DECOUPLED, MAXIMIZE, MU_F64, STEP_F64
-from ._algorithms import SCALAR_KEYS
+from ._algorithms import SCALAR_KEYS, UNSIGNED
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
-from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
+from ._precision import BF16, BF16_SR, F16, NATIVE, NOISE, Q8, blocks, scale_key
 
 __all__ = [
     "ALGORITHMS",
@@ -552,9 +552,28 @@ class FusedPlan:
             MU_F64 if layout.counter_dtypes.get("mu_product") == torch.float64 else 0
         )
         self.storage = storage
-        if storage is not None:
+        # What adamkit_step is told beside the addresses: the parts that do not change between
+        # steps are filled in here (kernels/_abi.py names the slots).
+        keys = layout.moment_keys
+        if not 2 <= len(keys) <= _abi.MAX_STATES:
+            raise ValueError(f"the fused kernel takes 2 to {_abi.MAX_STATES} states, not {keys}")
+        self.hyper = array("d", [0.0] * _abi.HYPER_SLOTS)
+        self.shape = array("q", [0] * _abi.SHAPE_SLOTS)
+        self.shape[_abi.S_ALGO] = self.algorithm
+        self.shape[_abi.S_STATES] = len(keys)
+        self.shape[_abi.S_SCALARS] = len(layout.scalar_keys)
+        self.shape[_abi.S_SCALES] = 1 if layout.q8 else 0
+        self.state_formats: array[int] | None = None
+        self.salts: array[int] | None = None
+        self.codecs: array[int] | None = None
+        if storage is None:
+            self.shape[_abi.S_ELEMENT] = _abi.E_F32 if self.dtype == torch.float32 else _abi.E_F64
+        else:
+            self.shape[_abi.S_ELEMENT] = _abi.E_WIDE
+            self.shape[_abi.S_PARAM_FMT] = storage.param_format(self.dtype)
             self.state_formats = array("B", storage.kernel_formats(bucket.params))
             self.salts = array("I", storage.salts)
+            self.codecs = array("i", map(state_codec, keys))
 
     def read(
         self, params: list[Tensor], grads: list[Tensor], states: Sequence[Mapping[str, Any]]
@@ -564,60 +583,42 @@ class FusedPlan:
     def run(self, reading: Reading, h: Hyper) -> None:
         library = fused_library()
         assert library is not None  # a plan is only built where the kernel is available
-        if self.storage is not None:
-            kernel = library.adamkit_fused_step_wide
-        elif self.dtype == torch.float32:
-            kernel = library.adamkit_fused_step_f32
-        else:
-            kernel = library.adamkit_fused_step_f64
-        flags = (
+        hyper = array("d", self.hyper)
+        hyper[_abi.H_LR], hyper[_abi.H_BETA1], hyper[_abi.H_BETA2] = h.lr, h.beta1, h.beta2
+        hyper[_abi.H_EPS], hyper[_abi.H_WD] = h.eps, h.weight_decay
+        # The kernels' one slot for a value of the algorithm's own (NAdam's momentum_decay).
+        hyper[_abi.H_OWN] = next(iter(h.own.values()), 0.0)
+        shape = array("q", self.shape)
+        shape[_abi.S_FLAGS] = (
             (MAXIMIZE if h.maximize else 0)
             | (DECOUPLED if h.decoupled_weight_decay else 0)
             | (AMSGRAD if self.amsgrad else 0)
             | self.counter_flags
         )
-        roles = self.layout.roles
-        row = reading.row
-        moments = len(self.layout.moment_keys)
-        second = row(3)
-        maxes = row(4) if self.amsgrad else None
-        mu_products = row(roles.index("mu_product")) if "mu_product" in roles else None
-        codec = []
-        if self.storage is not None:
-            scales: list[int | None] = [None, None, None]
-            if self.layout.q8:
-                scales[:moments] = [row(len(roles) + i) for i in range(moments)]
-            codec = [
-                self.storage.param_format(self.dtype),
-                address(self.state_formats),
-                *scales,
-                address(self.salts),
-            ]
-        status = kernel(
-            self.algorithm,
-            flags,
-            h.lr,
-            h.beta1,
-            h.beta2,
-            h.eps,
-            h.weight_decay,
-            h.own.get("momentum_decay", 0.0),  # the kernels' one slot of an own value
-            reading.count,
+        shape[_abi.S_COUNT] = reading.count
+        shape[_abi.S_THREADS] = torch.get_num_threads()
+        status = library.adamkit_step(
+            address(hyper),
+            address(shape),
             address(self.numels),
-            row(0),
-            row(1),
-            row(2),
-            second,
-            maxes,
-            row(roles.index("step")),
-            mu_products,
-            torch.get_num_threads(),
-            *codec,
+            reading.row(0),
+            address(self.state_formats),
+            address(self.salts),
+            address(self.codecs),
         )
-        if status != 0:
+        if status == 1:
             raise MemoryError("the fused kernel could not allocate its per-tensor scalars")
+        if status != 0:
+            raise RuntimeError(f"the fused kernel refused the call (status {status})")
 
 
-def address(values: array[int] | None) -> int | None:
+def state_codec(key: str) -> int:
+    """A state tensor's codec word for the kernel: its sign and its rounding noise."""
+    stream, high = NOISE[key]
+    unsigned = _abi.CODEC_UNSIGNED if key in UNSIGNED else 0
+    return unsigned | (_abi.CODEC_HIGH if high else 0) | stream << _abi.CODEC_STREAM
+
+
+def address(values: array[Any] | None) -> int | None:
     """The first element's address, for the C library (``None``: no array, or an empty one)."""
     return values.buffer_info()[0] if values is not None and len(values) else None
