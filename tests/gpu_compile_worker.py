@@ -30,11 +30,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from adamkit.kernels import _abi, fused_triton
+from adamkit.optim._algorithms import ALGORITHMS as TABLE
+from adamkit.optim._fused import state_codec
 
 #: An H100: compute capability 9.0, 32-thread warps.
 TARGET = GPUTarget("cuda", 90, 32)
 #: The kernels' tensor arguments that are not int64 tables (of addresses, sizes, offsets).
-ARGUMENT_TYPES = {"scalars": "*fp64", "hyper": "*fp64"}
+ARGUMENT_TYPES = {"scalars": "*fp64", "hyper": "*fp64", "count": "i64"}
 #: PTX instructions counted: contraction, rounding modes, and vector memory accesses.
 COUNTED = {
     "fma": r"\bfma\.rn\.f(32|64)",
@@ -46,9 +48,19 @@ COUNTED = {
 }
 
 
+def codecs_of(code: int, amsgrad: bool) -> tuple[int, ...]:
+    """The codec words of the states of the algorithm with kernel code ``code``."""
+    name = next(n for n, c in _abi.ALGORITHMS.items() if c == code)
+    row = next(r for r in TABLE.values() if r.kernel == name)
+    return tuple(map(state_codec, row.state_keys(amsgrad)))
+
+
 def compile_variant(arguments: dict[str, Any]) -> dict[str, Any]:
     dtype = getattr(torch, arguments["dtype"])
-    kernel, constants = fused_triton.specialization(**{**arguments, "dtype": dtype})
+    codecs = codecs_of(arguments["algorithm"], arguments["amsgrad"])
+    kernel, constants = fused_triton.specialization(
+        **{**arguments, "dtype": dtype, "codecs": codecs}
+    )
     signature = {
         name: "constexpr" if name in constants else ARGUMENT_TYPES.get(name, "*i64")
         for name in kernel.arg_names

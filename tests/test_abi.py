@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from adamkit.kernels import _abi
 from adamkit.optim import _device, _fused, _precision
@@ -75,10 +76,20 @@ def test_triton_takes_the_numbers_from_the_abi(monkeypatch: pytest.MonkeyPatch) 
         "K_RADAM": _abi.K_RADAM, "ROW": _abi.ROW, "F_Q8": _abi.F_Q8, "Q8_BLOCK": _abi.Q8_BLOCK,
         "M_NAN": _abi.M_NAN, "V_INF": _abi.V_INF, "NAN_BITS": _abi.NAN_BITS,
         "SEED_COUNT": _abi.SEED_COUNT, "SEED_SALT": _abi.SEED_SALT,
-        "MAX_STREAM": (_abi.SALT_MAX * _abi.SEED_STREAM) % (1 << 32),
+        "PARAM_STREAM": (_abi.SALT_PARAM * _abi.SEED_STREAM) % (1 << 32),
     }  # fmt: skip
     for name, value in pairs.items():
         assert getattr(ft, name).value == value, name
+    # A state's sign, half and stream reach the low-precision kernel from its codec word.
+    word = _abi.CODEC_UNSIGNED | _abi.CODEC_HIGH | _abi.SALT_MAX << _abi.CODEC_STREAM
+    _, constants = ft.specialization(0, 1, True, torch.float32, True, 0, (0, word, word))
+    assert (constants["UNSIGNED0"], constants["HIGH0"], constants["STREAM0"]) == (False, False, 0)
+    stream = (_abi.SALT_MAX * _abi.SEED_STREAM) % (1 << 32)
+    assert (constants["UNSIGNED2"], constants["HIGH2"], constants["STREAM2"]) == (
+        True,
+        True,
+        stream,
+    )
 
 
 def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:

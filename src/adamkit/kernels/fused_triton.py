@@ -191,9 +191,8 @@ def fused_step(
     numels,  # int64[count]
     params,  # int64[count] tables of addresses
     grads,
-    exp_avgs,
-    seconds,
-    maxes,
+    states,  # int64[NSTATES * count]: row q holds each tensor's state q (the row's order)
+    count,  # tensors in the bucket
     scalars,  # float64[count, ROW]: a, b, c, kind, t per tensor (adamkit_step_scalars)
     hyper,  # float64[7]: sign, shrink, 1 - beta1, beta2, 1 - beta2, eps, wd
     ALGO: tl.constexpr,  # 0 Adam, 1 RAdam, 2 NAdam, 3 Adamax (fused_cpu.c's enum)
@@ -206,7 +205,7 @@ def fused_step(
 ):
     """Full-precision state in the parameters' dtype."""
     k, start, numel = locate(chunk_tensor, chunk_start, numels, BLOCK)
-    block = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel)
+    block = (params, grads, states, count, scalars, hyper, k, start, numel)
     if start + BLOCK <= numel:
         full_precision_block(block, ALGO, DECAY, AMSGRAD, DTYPE, COMPUTE, ALIGNED, False, BLOCK)
     else:
@@ -226,19 +225,19 @@ def full_precision_block(
     BLOCK: tl.constexpr,
 ):
     """``fused_step`` on one block of tensor ``k``."""
-    params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel = block
+    params, grads, states, count, scalars, hyper, k, start, numel = block
     offsets, mask = elements(start, numel, MASKED, BLOCK)
     p_ptr = as_pointer(tl.load(params + k), DTYPE, ALIGNED)
     g_ptr = as_pointer(tl.load(grads + k), DTYPE, ALIGNED)
-    m_ptr = as_pointer(tl.load(exp_avgs + k), DTYPE, ALIGNED)
-    v_ptr = as_pointer(tl.load(seconds + k), DTYPE, ALIGNED)
+    m_ptr = as_pointer(tl.load(states + k), DTYPE, ALIGNED)
+    v_ptr = as_pointer(tl.load(states + count + k), DTYPE, ALIGNED)
     param = tl.load(p_ptr + offsets, mask=mask).to(COMPUTE)
     grad = tl.load(g_ptr + offsets, mask=mask).to(COMPUTE)
     m = tl.load(m_ptr + offsets, mask=mask).to(COMPUTE)
     v = tl.load(v_ptr + offsets, mask=mask).to(COMPUTE)
     old_max = v
     if AMSGRAD:
-        vmax_ptr = as_pointer(tl.load(maxes + k), DTYPE, ALIGNED)
+        vmax_ptr = as_pointer(tl.load(states + 2 * count + k), DTYPE, ALIGNED)
         old_max = tl.load(vmax_ptr + offsets, mask=mask).to(COMPUTE)
     param, m, v, top = update(
         param, grad, m, v, old_max, scalars, hyper, k, ALGO, DECAY, AMSGRAD, COMPUTE, False
@@ -256,9 +255,8 @@ F_F32 = tl.constexpr(abi.F_F32)
 F_BF16 = tl.constexpr(abi.F_BF16)
 F_BF16_SR = tl.constexpr(abi.F_BF16_SR)
 F_Q8 = tl.constexpr(abi.F_Q8)
-# Each rounding stream's term of the seed, stream * SEED_STREAM mod 2**32.
-MOMENTS_STREAM = tl.constexpr((abi.SALT_MOMENTS * abi.SEED_STREAM) % (1 << 32))
-MAX_STREAM = tl.constexpr((abi.SALT_MAX * abi.SEED_STREAM) % (1 << 32))
+# The parameters' rounding stream's term of the seed, stream * SEED_STREAM mod 2**32 (a
+# state's comes from its codec word: its sign, its half of the hash, its stream).
 PARAM_STREAM = tl.constexpr((abi.SALT_PARAM * abi.SEED_STREAM) % (1 << 32))
 HASH_MUL1 = tl.constexpr(abi.HASH_MUL1)
 HASH_MUL2 = tl.constexpr(abi.HASH_MUL2)
@@ -409,15 +407,12 @@ def fused_step_wide(
     numels,
     params,
     grads,
-    exp_avgs,
-    seconds,
-    maxes,
+    states,
+    count,
     scalars,
     hyper,
     formats,  # int64[count]: each tensor's state format (F_*)
-    m_scales,  # int64[count] addresses of the 8-bit scales (0 where not 8-bit)
-    v_scales,
-    max_scales,
+    scales,  # int64[NSTATES * count]: the 8-bit scales of each state (0 where not 8-bit)
     salts,  # int64[count]: each tensor's rounding salt
     ALGO: tl.constexpr,
     DECAY: tl.constexpr,
@@ -425,16 +420,34 @@ def fused_step_wide(
     PARAM_FORMAT: tl.constexpr,  # F_F32, F_BF16 (nearest) or F_BF16_SR (stochastic)
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
+    # Each state's codec (specialization() decodes kernels/_abi.py's codec words): whether it
+    # is non-negative (the unsigned 8-bit code), which half of its rounding hash it takes, and
+    # its rounding stream's term of the seed.
+    UNSIGNED0: tl.constexpr,
+    UNSIGNED1: tl.constexpr,
+    UNSIGNED2: tl.constexpr,
+    HIGH0: tl.constexpr,
+    HIGH1: tl.constexpr,
+    HIGH2: tl.constexpr,
+    STREAM0: tl.constexpr,
+    STREAM1: tl.constexpr,
+    STREAM2: tl.constexpr,
 ):
     """fp32 or bf16 parameters with bf16 or 8-bit state, or stochastically rounded bf16
     parameters: each element is decoded to fp32, stepped, and encoded back in one pass."""
     k, start, numel = locate(chunk_tensor, chunk_start, numels, BLOCK)
-    block = (params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel)
-    storage = (formats, m_scales, v_scales, max_scales, salts)
+    block = (params, grads, states, count, scalars, hyper, k, start, numel)
+    storage = (formats, scales, salts)
     if start + BLOCK <= numel:
-        wide_block(block, storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, False, BLOCK)
+        wide_block(
+            block, storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, False, BLOCK,
+            UNSIGNED0, UNSIGNED1, UNSIGNED2, HIGH0, HIGH1, HIGH2, STREAM0, STREAM1, STREAM2,
+        )  # fmt: skip
     else:
-        wide_block(block, storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, True, BLOCK)
+        wide_block(
+            block, storage, ALGO, DECAY, AMSGRAD, PARAM_FORMAT, ALIGNED, True, BLOCK,
+            UNSIGNED0, UNSIGNED1, UNSIGNED2, HIGH0, HIGH1, HIGH2, STREAM0, STREAM1, STREAM2,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -448,16 +461,25 @@ def wide_block(
     ALIGNED: tl.constexpr,
     MASKED: tl.constexpr,
     BLOCK: tl.constexpr,
+    UNSIGNED0: tl.constexpr,
+    UNSIGNED1: tl.constexpr,
+    UNSIGNED2: tl.constexpr,
+    HIGH0: tl.constexpr,
+    HIGH1: tl.constexpr,
+    HIGH2: tl.constexpr,
+    STREAM0: tl.constexpr,
+    STREAM1: tl.constexpr,
+    STREAM2: tl.constexpr,
 ):
     """``fused_step_wide`` on one block of tensor ``k``."""
-    params, grads, exp_avgs, seconds, maxes, scalars, hyper, k, start, numel = block
-    formats, m_scales, v_scales, max_scales, salts = storage
+    params, grads, states, count, scalars, hyper, k, start, numel = block
+    formats, scales, salts = storage
     offsets, mask = elements(start, numel, MASKED, BLOCK)
     fmt = tl.load(formats + k)
     t = tl.load(scalars + ROW * k + 4)
     salt = tl.load(salts + k).to(tl.uint32)
-    ms = tl.load(m_scales + k)
-    vs = tl.load(v_scales + k)
+    ms = tl.load(scales + k)
+    vs = tl.load(scales + count + k)
     if PARAM_FORMAT == F_F32:
         p_ptr = as_pointer(tl.load(params + k), tl.float32, ALIGNED)
         param = tl.load(p_ptr + offsets, mask=mask)
@@ -471,12 +493,15 @@ def wide_block(
         grad = (tl.load(g_ptr + offsets, mask=mask).to(tl.uint32) << 16).to(
             tl.float32, bitcast=True
         )
-    m = load_state(tl.load(exp_avgs + k), ms, offsets, mask, fmt, False, ALIGNED)
-    v = load_state(tl.load(seconds + k), vs, offsets, mask, fmt, True, ALIGNED)
+    m_address = tl.load(states + k)
+    v_address = tl.load(states + count + k)
+    m = load_state(m_address, ms, offsets, mask, fmt, UNSIGNED0, ALIGNED)
+    v = load_state(v_address, vs, offsets, mask, fmt, UNSIGNED1, ALIGNED)
     old_max = v
     if AMSGRAD:
-        xs = tl.load(max_scales + k)
-        old_max = load_state(tl.load(maxes + k), xs, offsets, mask, fmt, True, ALIGNED)
+        max_scales = tl.load(scales + 2 * count + k)
+        max_address = tl.load(states + 2 * count + k)
+        old_max = load_state(max_address, max_scales, offsets, mask, fmt, UNSIGNED2, ALIGNED)
     param, m, v, top = update(
         param, grad, m, v, old_max, scalars, hyper, k, ALGO, DECAY, AMSGRAD, tl.float32, True
     )
@@ -486,21 +511,21 @@ def wide_block(
         seed = rounding_seed(t, salt, PARAM_STREAM)
         bits = bf16_bits(param, seed, PARAM_FORMAT == F_BF16_SR, offsets, True)
         tl.store(p_ptr + offsets, bits, mask=mask)
-    seed = rounding_seed(t, salt, MOMENTS_STREAM)  # one hash: exp_avg its low, v its high bits
-    m_address = tl.load(exp_avgs + k)
+    # Each state's stream and half of the hash (one hash can serve two states of a stream).
+    seed = rounding_seed(t, salt, STREAM0)
     store_state(
-        m_address, ms, start, offsets, mask, m, fmt, seed, numel, False, False, ALIGNED, BLOCK
+        m_address, ms, start, offsets, mask, m, fmt, seed, numel, UNSIGNED0, HIGH0, ALIGNED, BLOCK
     )
-    v_address = tl.load(seconds + k)
+    seed = rounding_seed(t, salt, STREAM1)
     store_state(
-        v_address, vs, start, offsets, mask, v, fmt, seed, numel, True, True, ALIGNED, BLOCK
+        v_address, vs, start, offsets, mask, v, fmt, seed, numel, UNSIGNED1, HIGH1, ALIGNED, BLOCK
     )
     if AMSGRAD:
-        seed = rounding_seed(t, salt, MAX_STREAM)
-        max_address = tl.load(maxes + k)
+        seed = rounding_seed(t, salt, STREAM2)
         store_state(
-            max_address, xs, start, offsets, mask, top, fmt, seed, numel, True, True, ALIGNED, BLOCK
-        )
+            max_address, max_scales, start, offsets, mask, top, fmt, seed, numel,
+            UNSIGNED2, HIGH2, ALIGNED, BLOCK,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -531,10 +556,12 @@ def specialization(
     dtype: torch.dtype,
     aligned: bool,
     param_format: int | None = None,
+    codecs: tuple[int, ...] = (),
 ) -> tuple[Any, dict[str, Any]]:
     """The kernel that steps a bucket and its compile-time arguments: ``fused_step``, or with
     ``param_format`` (low-precision storage, see Storage in optim/_fused.py)
-    ``fused_step_wide``. ``aligned``: every address in the tables is a multiple of 16 bytes."""
+    ``fused_step_wide``, whose ``codecs`` are each state's codec word (optim/_fused.py's
+    ``state_codec``). ``aligned``: every address in the tables is a multiple of 16 bytes."""
     constants: dict[str, Any] = {
         "ALGO": algorithm,
         "DECAY": decay,
@@ -543,7 +570,15 @@ def specialization(
         "BLOCK": BLOCK,
     }
     if param_format is not None:
-        return fused_step_wide, {**constants, "PARAM_FORMAT": param_format}
+        if not 2 <= len(codecs) <= abi.MAX_STATES:
+            raise ValueError(f"fused_step_wide takes 2 to {abi.MAX_STATES} codecs, not {codecs}")
+        words = (*codecs, 0, 0)[: abi.MAX_STATES]
+        named: dict[str, Any] = {}
+        for q, word in enumerate(words):
+            named[f"UNSIGNED{q}"] = bool(word & abi.CODEC_UNSIGNED)
+            named[f"HIGH{q}"] = bool(word & abi.CODEC_HIGH)
+            named[f"STREAM{q}"] = (word >> abi.CODEC_STREAM) * abi.SEED_STREAM % (1 << 32)
+        return fused_step_wide, {**constants, "PARAM_FORMAT": param_format, **named}
     element = {
         torch.float32: tl.float32,
         torch.float64: tl.float64,

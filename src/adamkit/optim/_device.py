@@ -39,6 +39,7 @@ from ._fused import (
     common_unsupported,
     layout_unsupported,
     pointers,
+    state_codec,
 )
 
 __all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "gpu_plan"]
@@ -56,7 +57,6 @@ def gpu_plan(
     algorithm: str,
     bucket: Bucket,
     layout: Layout,
-    second_key: str,
     amsgrad: bool,
     storage: Storage | None,
 ) -> tuple[TorchFusedPlan | TritonPlan | None, str | None]:
@@ -78,7 +78,7 @@ def gpu_plan(
         return None, reason
     if algorithm == "adam" and storage is None:
         return TorchFusedPlan(bucket, layout, amsgrad), None
-    return TritonPlan(algorithm, bucket, layout, second_key, amsgrad, storage), None
+    return TritonPlan(algorithm, bucket, layout, amsgrad, storage), None
 
 
 def triton_unavailable() -> str | None:
@@ -100,7 +100,6 @@ class _GpuPlanBase:
         self.device = bucket.params[0].device
         self.dtype = bucket.params[0].dtype
         self.params = pointers(bucket.params)
-        self.exp_avgs = pointers(bucket.state["exp_avg"])
         # The addresses the device tables were built from (parameters and state, not the
         # gradients or counters, which are read afresh each step): set at the first reading.
         self.fixed: array[int] | None = None
@@ -219,7 +218,6 @@ class TritonPlan(_GpuPlanBase):
         algorithm: str,
         bucket: Bucket,
         layout: Layout,
-        second_key: str,
         amsgrad: bool,
         storage: Storage | None = None,
     ) -> None:
@@ -238,33 +236,36 @@ class TritonPlan(_GpuPlanBase):
         first = torch.cumsum(per_tensor, 0) - per_tensor
         chunk_start = (torch.arange(len(chunk_tensor)) - first[chunk_tensor]) * BLOCK
         self.chunks = len(chunk_tensor)
-        seconds = pointers(bucket.state[second_key])
-        maxes = pointers(bucket.state["max_exp_avg_sq"]) if amsgrad else None
+        # The state tensors as one table, a row per state in the row's order (as the CPU
+        # kernel takes them); the kernel reads the third row only with AMSGrad.
+        keys = layout.moment_keys
+        states = array("Q")
+        for key in keys:
+            states += pointers(bucket.state[key])
         columns = {
             "chunk_tensor": chunk_tensor,
             "chunk_start": chunk_start,
             "numels": numels,
             "params": _table(self.params),
-            "exp_avgs": _table(self.exp_avgs),
-            "seconds": _table(seconds),
-            # Without AMSGrad the kernel never reads it; any valid table will do.
-            "maxes": _table(maxes if maxes is not None else seconds),
+            "states": _table(states),
         }
         self.param_format = None
+        self.codecs: tuple[int, ...] = ()
         if storage is not None:
-            keys = ["exp_avg", second_key, *(["max_exp_avg_sq"] if amsgrad else [])]
-            scales = [storage.scale_pointers(key) for key in keys]
-            scales += [None] * (3 - len(scales))
             zeros = array("Q", [0] * count)
+            scales = array("Q")
+            for key in keys:
+                scales += storage.scale_pointers(key) or zeros
             columns["formats"] = torch.tensor(storage.kernel_formats(bucket.params))
-            for name, addresses in zip(("m_scales", "v_scales", "max_scales"), scales, strict=True):
-                columns[name] = _table(addresses if addresses is not None else zeros)
+            columns["scales"] = _table(scales)
             columns["salts"] = torch.tensor(storage.salts, dtype=torch.int64)
             self.param_format = storage.param_format(self.dtype)
+            self.codecs = tuple(map(state_codec, keys))
         self.tables = self.upload(columns)
+        self.tables["count"] = count  # type: ignore[assignment]  # a number, not a table
         # Whole blocks are loaded with 16-byte vector instructions where every element array
         # starts on a 16-byte boundary: torch's allocations do, views at an offset may not.
-        arrays = [self.params, self.exp_avgs, seconds, maxes or array("Q")]
+        arrays = [self.params, states]
         self.state_aligned = all(a % 16 == 0 for addresses in arrays for a in addresses)
         # Written each step: ROW scalars per tensor, then the group's seven; and the gradients'
         # addresses when they move.
@@ -338,6 +339,7 @@ class TritonPlan(_GpuPlanBase):
                 self.dtype,
                 self.state_aligned and self.grads_aligned,
                 self.param_format,
+                self.codecs,
             )
             launch(self.chunks, self.tables, kernel, constants)
 

@@ -171,8 +171,7 @@ def _plan(
     if kernel is None:
         return None, f"no fused kernel steps {opt.algorithm.name}"
     if on_gpu:
-        second = opt.algorithm.states[1]
-        return gpu_plan(kernel, bucket, layout, second, hyper.amsgrad, storage)
+        return gpu_plan(kernel, bucket, layout, hyper.amsgrad, storage)
     reason = fused_unsupported(bucket, storage.formats if storage else None)
     if reason is not None:
         return None, reason
