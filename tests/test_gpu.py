@@ -29,7 +29,6 @@ import torch
 
 import adamkit
 import adamkit.optim._router as router
-from adamkit.optim import _device
 
 from .problems import clone, set_grads
 from .registry import ALGORITHMS, CASES, Case, params
@@ -457,7 +456,7 @@ def test_without_triton_radam_falls_back_and_adam_is_unaffected(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reason = "Triton is not installed (No module named 'triton'); torch's CUDA builds ship it"
-    monkeypatch.setattr(_device, "triton_unavailable", lambda: reason)
+    monkeypatch.setattr(router, "triton_unavailable", lambda: reason)
     ps = [torch.randn(300, device=DEVICE, requires_grad=True)]
     ps[0].grad = torch.randn(300, device=DEVICE)
     with pytest.raises(RuntimeError, match=r"RAdam\(fused=True\): Triton is not installed"):

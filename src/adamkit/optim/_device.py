@@ -36,49 +36,17 @@ from ._fused import (
     Layout,
     Reading,
     Storage,
-    common_unsupported,
-    layout_unsupported,
     pointers,
     state_codec,
 )
 
-__all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "gpu_plan"]
-
-_GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+__all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "triton_unavailable"]
 
 
 def gpu_path(device: torch.device) -> bool:
     """Whether buckets on ``device`` take the GPU kernels. (The tests point this at the CPU,
     where Triton's interpreter runs the same kernel.)"""
     return device.type == "cuda"
-
-
-def gpu_plan(
-    algorithm: str,
-    bucket: Bucket,
-    layout: Layout,
-    amsgrad: bool,
-    storage: Storage | None,
-) -> tuple[TorchFusedPlan | TritonPlan | None, str | None]:
-    """The GPU plan for ``bucket``, or why no GPU kernel can step it. ``storage``: how its
-    low-precision state (or stochastically rounded parameters) is stored, if it has any."""
-    widened = storage is not None
-    reason = common_unsupported(bucket)
-    dtype = bucket.params[0].dtype
-    supported = (torch.float32, torch.bfloat16) if widened else _GPU_DTYPES
-    if reason is None and dtype not in supported:
-        names = ", ".join(str(d).removeprefix("torch.") for d in supported)
-        what = " with low-precision state or rounding" if widened else ""
-        reason = f"the fused GPU kernels support {names} parameters{what}, not {dtype}"
-    if reason is None:
-        reason = layout_unsupported(bucket, storage.formats if storage is not None else None)
-    if reason is None and (algorithm != "adam" or widened):
-        reason = triton_unavailable()
-    if reason is not None:
-        return None, reason
-    if algorithm == "adam" and storage is None:
-        return TorchFusedPlan(bucket, layout, amsgrad), None
-    return TritonPlan(algorithm, bucket, layout, amsgrad, storage), None
 
 
 def triton_unavailable() -> str | None:
@@ -181,7 +149,7 @@ class TorchFusedPlan(_GpuPlanBase):
     def run(self, reading: Reading, h: Hyper) -> None:
         tensors = reading.tensors
         library = fused_library()
-        assert library is not None  # gpu_plan checked it
+        assert library is not None  # the router checked it
         self.wait_for_host_buffers()
         steps = reading.row(self.layout.roles.index("step"))
         library.adamkit_count_steps(
@@ -297,7 +265,7 @@ class TritonPlan(_GpuPlanBase):
             self.grads_aligned = all(a % 16 == 0 for a in addresses)
             self.grad_addresses = addresses
         library = fused_library()
-        assert library is not None  # gpu_plan checked it
+        assert library is not None  # the router checked it
         library.adamkit_step_scalars(
             self.algorithm,
             self.flags,

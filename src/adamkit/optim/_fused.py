@@ -46,7 +46,6 @@ __all__ = [
     "check_scales",
     "check_state_sizes",
     "common_unsupported",
-    "fused_unsupported",
     "kernel_available",
     "layout_unsupported",
     "pointers",
@@ -54,8 +53,6 @@ __all__ = [
 ]
 
 #: The kernel's algorithm codes (``enum`` in fused_cpu.c).
-_DTYPES = (torch.float32, torch.float64)
-_HALF = (torch.bfloat16, torch.float16)
 _COUNTER_DTYPES = (torch.float32, torch.float64)
 #: The start of the reason given for tensors that overlap in memory: such a bucket is stepped
 #: one parameter at a time (deterministic, as torch's for-loop), not by the threaded kernel.
@@ -122,26 +119,6 @@ def state_dtype(fmt: int, param_dtype: torch.dtype) -> torch.dtype:
     if fmt in (BF16, BF16_SR):
         return torch.bfloat16
     return param_dtype
-
-
-def fused_unsupported(bucket: Bucket, formats: Sequence[int] | None) -> str | None:
-    """Why the CPU kernel cannot step this bucket, or ``None`` when it can.
-
-    ``formats``: the bucket's stored formats when its state is stored in low precision, or
-    its bf16 / fp16 parameters are stepped in fp32 (the kernel's codec loop), else ``None``.
-    """
-    reason = common_unsupported(bucket)
-    if reason is not None:
-        return reason
-    first = bucket.params[0]
-    if first.device.type != "cpu":
-        return f"the fused kernels run on the CPU and CUDA GPUs, not on {first.device}"
-    supported = (torch.float32, *_HALF) if formats is not None else _DTYPES
-    if first.dtype not in supported:
-        names = " and ".join(str(d).removeprefix("torch.") for d in supported)
-        what = " with low-precision state or rounding" if formats is not None else ""
-        return f"the fused kernel supports {names} parameters{what}, not {first.dtype}"
-    return layout_unsupported(bucket, formats)
 
 
 def _tensors(bucket: Bucket) -> list[Tensor]:

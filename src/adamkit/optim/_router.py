@@ -2,9 +2,10 @@
 that steps it, or the reason no kernel can (the bucket then steps on the multi-tensor path, or,
 with ``fused=True``, the step raises the reason).
 
-One place chooses: an algorithm without a kernel (its row's ``kernel`` is ``None``); a CUDA
-bucket (``_device.gpu_plan``: torch's fused Adam, or adamkit's Triton kernel); a CPU bucket the
-C kernel can take (``_fused.fused_unsupported``, then ``_fused.FusedPlan``). A group's plans
+One place chooses (:func:`route`): no kernel for an algorithm whose row has none; on the CPU,
+the C kernel (``_fused.FusedPlan``); on a CUDA GPU, torch's fused Adam/AdamW kernels
+(``_device.TorchFusedPlan``) or adamkit's Triton kernels (``_device.TritonPlan``); or the
+reason none of them can take the bucket (a dtype, a layout, a missing library). A group's plans
 are kept between steps, and every step reads the tensors afresh through them
 (``_fused.Layout.read``); a bucket whose tensors no longer fit its plan is planned again.
 """
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ._core import Hyper, by_device_and_dtype, label_of, step_dtype
-from ._device import TorchFusedPlan, TritonPlan, gpu_path, gpu_plan
+from ._algorithms import Algorithm
+from ._core import Bucket, Hyper, by_device_and_dtype, label_of, step_dtype
+from ._device import TorchFusedPlan, TritonPlan, gpu_path, triton_unavailable
 from ._fused import (
     OVERLAPPING,
     FusedPlan,
@@ -28,7 +30,8 @@ from ._fused import (
     bump_versions,
     check_scales,
     check_state_sizes,
-    fused_unsupported,
+    common_unsupported,
+    layout_unsupported,
     prepare_counters,
 )
 from ._paths import PATHS
@@ -37,7 +40,7 @@ from ._precision import needs_widening
 if TYPE_CHECKING:
     from ._base import AdamFamily
 
-__all__ = ["step_fused"]
+__all__ = ["route", "step_fused"]
 
 
 def step_fused(
@@ -167,13 +170,59 @@ def _plan(
         storage = Storage(formats, states, opt._salts(params), stochastic)
     formats_kept = storage.formats if storage is not None else None
     layout = Layout(bucket, params, moment_keys, opt._scalar_keys, formats_kept)
-    kernel = opt.algorithm.kernel
-    if kernel is None:
-        return None, f"no fused kernel steps {opt.algorithm.name}"
-    if on_gpu:
-        return gpu_plan(kernel, bucket, layout, hyper.amsgrad, storage)
-    reason = fused_unsupported(bucket, storage.formats if storage else None)
+    return route(opt.algorithm, bucket, layout, hyper.amsgrad, storage, on_gpu)
+
+
+#: The parameter dtypes each kernel steps: full-precision state, then with low-precision state
+#: or rounded parameters (the kernels' fp32 codec loops).
+_CPU_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+_CPU_WIDE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+_GPU_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_GPU_WIDE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
+
+
+def route(
+    algorithm: Algorithm,
+    bucket: Bucket,
+    layout: Layout,
+    amsgrad: bool,
+    storage: Storage | None,
+    on_gpu: bool,
+) -> tuple[FusedPlan | TorchFusedPlan | TritonPlan | None, str | None]:
+    """The plan of the kernel that steps ``bucket``, or the reason none can: the one place
+    that chooses. ``storage``: how its low-precision state (or rounded parameters) is stored,
+    if it has any. CPU buckets take the C kernel; CUDA buckets take torch's fused Adam/AdamW
+    (full-precision state) or adamkit's Triton kernel (the other algorithms, and every
+    algorithm with low-precision state)."""
+    if algorithm.kernel is None:
+        return None, f"no fused kernel steps {algorithm.name}"
+    formats = storage.formats if storage is not None else None
+    device = bucket.params[0].device
+    dtype = bucket.params[0].dtype
+    torch_fused = on_gpu and algorithm.kernel == "adam" and storage is None
+    reason = common_unsupported(bucket)
+    if reason is None and not on_gpu and device.type != "cpu":
+        reason = f"the fused kernels run on the CPU and CUDA GPUs, not on {device}"
+    if reason is None:
+        if on_gpu:
+            supported = _GPU_WIDE_DTYPES if formats is not None else _GPU_DTYPES
+        else:
+            supported = _CPU_WIDE_DTYPES if formats is not None else _CPU_DTYPES
+        if dtype not in supported:
+            names = (", " if on_gpu else " and ").join(
+                str(d).removeprefix("torch.") for d in supported
+            )
+            what = " with low-precision state or rounding" if formats is not None else ""
+            where = "GPU kernels support" if on_gpu else "kernel supports"
+            reason = f"the fused {where} {names} parameters{what}, not {dtype}"
+    if reason is None:
+        reason = layout_unsupported(bucket, formats)
+    if reason is None and on_gpu and not torch_fused:
+        reason = triton_unavailable()
     if reason is not None:
         return None, reason
-    plan = FusedPlan(kernel, bucket, layout, hyper.amsgrad, storage)
-    return plan, None
+    if not on_gpu:
+        return FusedPlan(algorithm.kernel, bucket, layout, amsgrad, storage), None
+    if torch_fused:
+        return TorchFusedPlan(bucket, layout, amsgrad), None
+    return TritonPlan(algorithm.kernel, bucket, layout, amsgrad, storage), None
