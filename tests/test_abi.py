@@ -15,6 +15,7 @@ import torch
 
 from adamkit.kernels import _abi
 from adamkit.optim import _device, _fused, _precision
+from adamkit.optim._algorithms import noise
 
 SRC = Path(_abi.__file__).resolve().parents[1]
 C_SOURCE = SRC / "kernels" / "fused_cpu.c"
@@ -27,7 +28,7 @@ def test_python_takes_the_numbers_from_the_abi() -> None:
     )  # fmt: skip
     assert _precision.F16 == _abi.F_F16 and _precision.BLOCK == _abi.Q8_BLOCK
     assert _device.ROW == _abi.ROW
-    streams = {k: v[0] for k, v in _precision.NOISE.items()}
+    streams = {k: noise(k)[0] for k in ("exp_avg", "param", "max_exp_avg_sq")}
     assert streams["exp_avg"] == _abi.SALT_MOMENTS and streams["param"] == _abi.SALT_PARAM
     assert streams["max_exp_avg_sq"] == _abi.SALT_MAX
 

@@ -44,6 +44,7 @@ import adamkit
 import adamkit.optim._router as router
 from adamkit.kernels import fused_library
 from adamkit.optim import _precision as precision
+from adamkit.optim._algorithms import noise
 from adamkit.optim._checkpoint import live_entry
 
 from .registry import PRECISION_CASES, Case, params
@@ -333,7 +334,7 @@ def test_kernel_bf16_rounding_is_bit_identical(key: str | None) -> None:
         expected = x.bfloat16()
     else:
         seed = precision.rounding_seed(17.0, 5, key)
-        high = precision.NOISE[key][1]
+        high = noise(key)[1]
         library.adamkit_round_bf16(x.data_ptr(), x.numel(), out.data_ptr(), 1 if high else 2, seed)
         expected = precision.to_bf16_stochastic(x, seed, high)
     nan = torch.isnan(x)

@@ -47,6 +47,8 @@ F_F32, F_BF16, F_BF16_SR, F_Q8, F_F16 = 0, 1, 2, 3, 4
 # count * SEED_COUNT + salt * SEED_SALT + stream * SEED_STREAM (mod 2**32), one stream per use.
 SEED_COUNT, SEED_SALT, SEED_STREAM = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35
 SALT_MOMENTS, SALT_MAX, SALT_PARAM = 0, 2, 3
+# The streams of an algorithm's third and further states: SALT_EXTRA, SALT_EXTRA + 1, ...
+SALT_EXTRA = 4
 # The multipliers of lowbias32, the 32-bit hash of the seeds (both rounds) and of each element's
 # noise (its first round only).
 HASH_MUL1, HASH_MUL2 = 0x7FEB352D, 0x846CA68B

@@ -21,7 +21,7 @@ from typing import Any
 from .. import reference
 from ..kernels import _abi
 
-__all__ = ["ALGORITHMS", "SCALAR_KEYS", "UNSIGNED", "Algorithm"]
+__all__ = ["ALGORITHMS", "SCALAR_KEYS", "UNSIGNED", "Algorithm", "is_unsigned", "noise"]
 
 
 @dataclass(frozen=True)
@@ -130,5 +130,30 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 #: Every state tensor that is never negative, across the table (the unsigned 8-bit code).
 UNSIGNED = frozenset().union(*(row.unsigned for row in ALGORITHMS.values()))
+
+
+def is_unsigned(key: str) -> bool:
+    """Whether the state ``key`` is never negative, by the rows of the table as it is now."""
+    return any(key in row.unsigned for row in ALGORITHMS.values())
+
+
+def noise(key: str) -> tuple[int, bool]:
+    """The stochastic-rounding noise of state ``key`` (or ``"param"``): its hash stream, and
+    whether it takes the hash's high 16 bits. One hash per element serves an algorithm's first
+    two states (the first takes the low half, the second the high half); AMSGrad's running
+    maximum, the parameter, and each further state have a stream of their own."""
+    if key == "param":
+        return _abi.SALT_PARAM, True
+    for row in ALGORITHMS.values():
+        if key == row.amsgrad_state:
+            return _abi.SALT_MAX, True
+        if key in row.states:
+            index = row.states.index(key)
+            if index < 2:
+                return _abi.SALT_MOMENTS, index == 1
+            return _abi.SALT_EXTRA + index - 2, True
+    raise KeyError(f"no algorithm keeps a state named {key!r}")
+
+
 #: Every 0-d state entry: ``step`` and the algorithms' scalars.
 SCALAR_KEYS = ("step", *dict.fromkeys(k for row in ALGORITHMS.values() for k in row.scalars))

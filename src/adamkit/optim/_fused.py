@@ -30,9 +30,9 @@ from torch import Tensor
 
 from ..kernels import _abi, fused_library, unavailable_reason
 from ..kernels._abi import ALGORITHMS, AMSGRAD, DECOUPLED, MAXIMIZE, MU_F64, STEP_F64
-from ._algorithms import SCALAR_KEYS, UNSIGNED
+from ._algorithms import SCALAR_KEYS, is_unsigned, noise
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
-from ._precision import BF16, BF16_SR, F16, NATIVE, NOISE, Q8, blocks, scale_key
+from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 
 __all__ = [
     "ALGORITHMS",
@@ -591,8 +591,8 @@ class FusedPlan:
 
 def state_codec(key: str) -> int:
     """A state tensor's codec word for the kernel: its sign and its rounding noise."""
-    stream, high = NOISE[key]
-    unsigned = _abi.CODEC_UNSIGNED if key in UNSIGNED else 0
+    stream, high = noise(key)
+    unsigned = _abi.CODEC_UNSIGNED if is_unsigned(key) else 0
     return unsigned | (_abi.CODEC_HIGH if high else 0) | stream << _abi.CODEC_STREAM
 
 

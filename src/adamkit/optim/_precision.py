@@ -70,9 +70,6 @@ from ..kernels._abi import (
     M_OFFSET,
     NAN_BITS,
     Q8_BLOCK,
-    SALT_MAX,
-    SALT_MOMENTS,
-    SALT_PARAM,
     SEED_COUNT,
     SEED_SALT,
     SEED_STREAM,
@@ -80,7 +77,8 @@ from ..kernels._abi import (
     V_NAN,
     V_OFFSET,
 )
-from ._algorithms import ALGORITHMS, UNSIGNED
+from ._algorithms import is_unsigned
+from ._algorithms import noise as state_noise
 from ._core import Bucket, Hyper, Rule, local
 from ._paths import TensorOps
 
@@ -106,21 +104,6 @@ MIN_NUMEL = 4096
 NATIVE, BF16, BF16_SR, Q8 = F_F32, F_BF16, F_BF16_SR, F_Q8
 # fp16, rounded to nearest: only the kernels' view of an fp16 parameter and its state.
 F16 = F_F16
-# The stochastic-rounding noise of each tensor: (hash stream, which 16 bits of the hash). One
-# hash per element serves both moments: an algorithm's first state takes its low half, its
-# second state the high half (the kernel's SALT_* streams); AMSGrad's running maximum and the
-# parameter have streams of their own. Which moments are non-negative (the unsigned 8-bit code)
-# is the algorithms' table's to say.
-NOISE = {
-    "param": (SALT_PARAM, True),
-    **{key: (SALT_MAX, True) for row in ALGORITHMS.values() if (key := row.amsgrad_state)},
-    **{
-        key: (SALT_MOMENTS, i > 0)
-        for row in ALGORITHMS.values()
-        for i, key in enumerate(row.states)
-    },
-}
-
 _MASK32 = 0xFFFFFFFF
 # Codes of non-finite values, which decode as themselves whatever their block's scale: the
 # exp_avg code's magnitudes 125 (NaN) and 126 (infinity, signed by bit 7), the unsigned code's
@@ -191,7 +174,7 @@ def _mix32_int(x: int) -> int:
 
 def rounding_seed(step: float, salt: int, key: str) -> int:
     """The hash seed for one tensor's stochastic rounding at ``step`` (as the kernel's)."""
-    mixed = int(step) * SEED_COUNT + salt * SEED_SALT + NOISE[key][0] * SEED_STREAM
+    mixed = int(step) * SEED_COUNT + salt * SEED_SALT + state_noise(key)[0] * SEED_STREAM
     return _mix32_int(mixed & _MASK32)
 
 
@@ -205,7 +188,7 @@ def random_bits(numel: int, seed: int, high: bool, device: torch.device | None =
 def to_bf16_stochastic(x: Tensor, seed: int, high: bool = True) -> Tensor:
     """Round fp32 ``x`` to bfloat16 stochastically: up with probability equal to the fraction
     of the way to the next bfloat16, so ``E[result] = x``. NaN stays NaN; infinities stay.
-    ``high`` picks which half of the hash is the noise (see :data:`NOISE`)."""
+    ``high`` picks which half of the hash is the noise (see ``_algorithms.noise``)."""
     bits = x.contiguous().view(torch.int32).to(torch.int64) & _MASK32
     noise = random_bits(x.numel(), seed, high, x.device).view(x.shape)
     rounded = (bits + noise) >> 16
@@ -269,7 +252,7 @@ def decode(entry: Mapping[str, Any], key: str) -> Tensor:
     it is already fp32/fp64), whatever form it was stored in."""
     value: Tensor = local(entry[key])
     if value.dtype == torch.uint8:
-        return decode_8bit(value, local(entry[scale_key(key)]).float(), key in UNSIGNED)
+        return decode_8bit(value, local(entry[scale_key(key)]).float(), is_unsigned(key))
     if value.dtype in (torch.float32, torch.float64) or value.is_complex():
         return value
     return value.float()
@@ -282,12 +265,12 @@ def encode(value: Tensor, fmt: int, key: str, param: Tensor, seed: int | None) -
     checkpoint, which must not depend on a step).
     """
     if fmt == Q8:
-        codes, scale = encode_8bit(value.float(), key in UNSIGNED)
+        codes, scale = encode_8bit(value.float(), is_unsigned(key))
         return {key: codes, scale_key(key): scale}
     if fmt == BF16_SR:
         if seed is None:
             return {key: value.bfloat16()}
-        return {key: to_bf16_stochastic(value.float(), seed, high=NOISE[key][1])}
+        return {key: to_bf16_stochastic(value.float(), seed, high=state_noise(key)[1])}
     return {key: value.to(param.dtype)}
 
 
