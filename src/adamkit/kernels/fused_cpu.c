@@ -68,7 +68,8 @@ typedef struct {
     int kind;       /* which element loop: K_ADAM, K_AMSGRAD, K_RADAM, ... */
 } scalars_t;
 
-static double bump(void *step, int f64) {
+/* Add one to a step counter (float or double) and return the new count. */
+static double count_step(void *step, int f64) {
     if (f64) return ++*(double *)step;
     return (double)++*(float *)step;
 }
@@ -169,7 +170,7 @@ static int plan(int algo, int flags, double beta1, double beta2, double lr, doub
     first[0] = 0;
     memo_t memo = {.t = NAN};
     for (int64_t k = 0; k < count; k++) {
-        double t = bump(steps[k], flags & STEP_F64);
+        double t = count_step(steps[k], flags & STEP_F64);
         s[k] = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1,
                           beta2, momentum_decay);
         s[k].t = t;
@@ -189,7 +190,7 @@ void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double b
                           double *out) {
     memo_t memo = {.t = NAN};
     for (int64_t k = 0; k < count; k++) {
-        double t = bump(steps[k], flags & STEP_F64);
+        double t = count_step(steps[k], flags & STEP_F64);
         scalars_t s = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr,
                                  beta1, beta2, momentum_decay);
         double *row = out + AK_ROW * k;
@@ -206,7 +207,7 @@ void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double b
  * counts[k] as float (what torch's fused kernels read), when counts is not NULL. */
 void adamkit_count_steps(int64_t count, void **steps, int f64, float *counts) {
     for (int64_t k = 0; k < count; k++) {
-        double t = bump(steps[k], f64);
+        double t = count_step(steps[k], f64);
         if (counts) counts[k] = (float)t;
     }
 }
@@ -434,7 +435,9 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
 /* Element loops: one per (update kind, weight decay mode, dtype), each a straight line the
  * compiler vectorises. `decay` is 0 (none), 1 (coupled L2: g += wd p) or 2 (decoupled:
  * p *= 1 - lr wd); `sign` is -1 for maximize (exact: -1 * g == -g). The maxima are written as
- * `a > b ? a : b` so a NaN second moment propagates as in torch. */
+ * `a > b ? a : b` so a NaN second moment propagates as in torch. The step scalars a, b, c are
+ * the kind's (step_scalars), and B_OP is how b = sqrt(1 - beta2^t) is applied: `/` in the
+ * exact loops, `*` by its inverse in the low-precision ones. */
 #define HEAD(T, DECAY)                                                                          \
     T grad = sign * g[i], param = p[i];                                                         \
     if (DECAY == 1) grad += wd * param;                                                         \
@@ -443,24 +446,24 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
     m[i] = mi;
 #define SECOND(T) T vi = beta2 * v[i] + one_minus_beta2 * grad * grad; v[i] = vi;
 
-#define BODY_ADAM(T, SQRT, FABS, DIVB) SECOND(T) p[i] = param - a * mi / (SQRT(vi) DIVB b + eps);
-#define BODY_AMSGRAD(T, SQRT, FABS, DIVB)                                                             \
+#define BODY_ADAM(T, SQRT, FABS, B_OP) SECOND(T) p[i] = param - a * mi / (SQRT(vi) B_OP b + eps);
+#define BODY_AMSGRAD(T, SQRT, FABS, B_OP)                                                             \
     SECOND(T) T old = vmax[i], top = old > vi ? old : vi;                                       \
     vmax[i] = top;                                                                              \
-    p[i] = param - a * mi / (SQRT(top) DIVB b + eps);
-#define BODY_RADAM(T, SQRT, FABS, DIVB) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
-#define BODY_RADAM_PLAIN(T, SQRT, FABS, DIVB) SECOND(T) p[i] = param - a * mi;
+    p[i] = param - a * mi / (SQRT(top) B_OP b + eps);
+#define BODY_RADAM(T, SQRT, FABS, B_OP) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
+#define BODY_RADAM_PLAIN(T, SQRT, FABS, B_OP) SECOND(T) p[i] = param - a * mi;
 /* One division where torch's two addcdiv_ take two: NAdam would otherwise be compute-bound. */
-#define BODY_NADAM(T, SQRT, FABS, DIVB)                                                               \
-    SECOND(T) T denom = SQRT(vi) DIVB b + eps;                                                     \
+#define BODY_NADAM(T, SQRT, FABS, B_OP)                                                               \
+    SECOND(T) T denom = SQRT(vi) B_OP b + eps;                                                     \
     p[i] = param - (a * grad + c * mi) / denom;
-#define BODY_ADAMAX(T, SQRT, FABS, DIVB)                                                              \
+#define BODY_ADAMAX(T, SQRT, FABS, B_OP)                                                              \
     T u = beta2 * v[i], norm = FABS(grad) + eps;                                                \
     u = u > norm ? u : norm;                                                                    \
     v[i] = u;                                                                                   \
     p[i] = param - a * mi / u;
 
-#define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, DECAY)                                         \
+#define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, DECAY)                                         \
     static void loop_##SUFFIX##_##KIND##_##DECAY(                                               \
         T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
         T c, int64_t n, T *restrict p, const T *restrict g, T *const *states) {                 \
@@ -468,13 +471,13 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
         (void)shrink, (void)wd, (void)b, (void)c, (void)vmax, (void)one_minus_beta2, (void)eps; \
         for (int64_t i = 0; i < n; i++) {                                                       \
             HEAD(T, DECAY)                                                                      \
-            BODY_##KIND(T, SQRT, FABS, DIVB)                                                          \
+            BODY_##KIND(T, SQRT, FABS, B_OP)                                                          \
         }                                                                                       \
     }
-#define DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, KIND)                                                \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, 0)                                                 \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, 1)                                                 \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, DIVB, KIND, 2)
+#define DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, KIND)                                                \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 0)                                                 \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 1)                                                 \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 2)
 /* The arguments every element loop takes, as dispatch_<SUFFIX> names them. */
 #define LOOP_ARGS(T)                                                                            \
     (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
@@ -486,13 +489,13 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
         else loop_##SUFFIX##_##KIND##_2 ARGS;                                                   \
         break;
 
-#define DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, DIVB)                                                \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, ADAM)                                                    \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, AMSGRAD)                                                 \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, RADAM)                                                   \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, RADAM_PLAIN)                                             \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, NADAM)                                                   \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, DIVB, ADAMAX)                                                  \
+#define DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, B_OP)                                                \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, ADAM)                                                    \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, AMSGRAD)                                                 \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, RADAM)                                                   \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, RADAM_PLAIN)                                             \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, NADAM)                                                   \
+    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, ADAMAX)                                                  \
                                                                                                 \
     /* Scalars derived from the hyperparameters are computed in double and rounded once, as  \
      * torch passes Python floats (1 - beta2 = 0.001 exactly, not 1 - (float)0.999). */       \
