@@ -337,6 +337,13 @@ def test_compiler_flags_that_cannot_be_split_say_so(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ADAMKIT_CFLAGS", '-O1 "-DX')
     with pytest.raises(_build.KernelUnavailable, match=r"ADAMKIT_CFLAGS='-O1 \"-DX' is not a list"):
         _build.flags()
+    # The numbers shared with Python are not the flags' to change.
+    for extra in ("-DAK_K_RADAM=0", "-D AK_ADAM=3", "-UAK_ROW", "-O2 -DFOO"):
+        monkeypatch.setenv("ADAMKIT_CFLAGS", extra)
+        with pytest.raises(_build.KernelUnavailable, match="may not define or undefine macros"):
+            _build.flags()
+    monkeypatch.setenv("ADAMKIT_CFLAGS", "-march=x86-64-v2 -O2")
+    assert _build.flags()[-2:] == ["-march=x86-64-v2", "-O2"]
 
 
 def test_a_noexec_cache_falls_back_with_the_reason(tmp_path: Path) -> None:

@@ -75,13 +75,25 @@ class KernelUnavailable(Exception):
 
 
 def flags() -> list[str]:
-    """The compiler flags: :data:`FLAGS`, then ``$ADAMKIT_CFLAGS`` (later flags win)."""
+    """The compiler flags: :data:`FLAGS`, then ``$ADAMKIT_CFLAGS`` (later flags win).
+
+    The extra flags may choose the target (``-march=x86-64-v3``) or the optimisation; macros
+    (``-D``, ``-U``) are refused, since the kernel's numbers are the ones it shares with Python
+    (``-DAK_...``, from ``_abi.py``). Flags that change
+    the arithmetic (``-ffast-math``, ``-ffp-contract=fast``) change the results, which then no
+    longer match torch's bit for bit; they are the setter's choice."""
     extra = os.environ.get("ADAMKIT_CFLAGS", "")
     try:
-        return [*FLAGS, *shlex.split(extra)]
+        words = shlex.split(extra)
     except ValueError as error:  # an unclosed quote
         reason = f"ADAMKIT_CFLAGS={extra!r} is not a list of flags: {error}"
         raise KernelUnavailable(reason) from None
+    if any(w[:2] in ("-D", "-U") for w in words):
+        raise KernelUnavailable(
+            f"ADAMKIT_CFLAGS={extra!r} may not define or undefine macros (-D, -U): the "
+            "kernel's numbers come from adamkit.kernels._abi"
+        )
+    return [*FLAGS, *words]
 
 
 def cache_dir() -> Path:
