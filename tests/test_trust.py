@@ -229,6 +229,12 @@ def test_the_cache_key_follows_what_the_compiler_targets(tmp_path: Path) -> None
     second, _ = _script(_STEP, tmp_path, {**env, "NO_AVX2": "1"})
     assert first["path"] == second["path"] == "fused"
     assert len(list(cache.glob("fused_cpu-*.so"))) == 2
+    # A portable target (ADAMKIT_CFLAGS) is the same build on both: one more library, shared.
+    portable = {**env, "ADAMKIT_CFLAGS": "-O1 -march=x86-64-v2"}
+    for extra in ({}, {"NO_AVX2": "1"}):
+        found, _ = _script(_STEP, tmp_path, {**portable, **extra})
+        assert found["path"] == "fused"
+    assert len(list(cache.glob("fused_cpu-*.so"))) == 3
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ The shared library is cached under ``$ADAMKIT_CACHE_DIR`` (default ``~/.cache/ad
 as far as it can be checked:
 
 * **Keyed by what the compiler targets.** It is built with ``-march=native``, so the key hashes
-  the source, the flags, the compiler's own version line and the macros it predefines for
-  ``-march=native`` on this CPU (``__AVX512F__``, ``__AVX2__``, ...): a home directory shared by
+  the source, the flags, the compiler's own version line and the macros it predefines for the
+  build's flags on this CPU (``__AVX512F__``, ``__AVX2__``, ...): a home directory shared by
   machines with different CPUs never hands one of them another's build. Extra compiler flags
   come from ``$ADAMKIT_CFLAGS`` (e.g. ``-march=x86-64-v3`` for one build that every node of a
   mixed cluster can run), and are part of the key.
@@ -150,8 +150,9 @@ def _library_path(compiler: list[str]) -> Path:
     key.update(" ".join(flags()).encode())
     key.update(" ".join(compiler).encode())
     key.update(_ask(compiler, "--version").encode())
-    # The macros -march=native defines: the instruction sets the build will use on this CPU.
-    macros = _ask(compiler, "-march=native", "-E", "-dM", "-x", "c", os.devnull)
+    # The macros the build's own flags define (-march=native, or a -march of ADAMKIT_CFLAGS):
+    # the instruction sets the library will use, on this CPU.
+    macros = _ask(compiler, *flags(), "-E", "-dM", "-x", "c", os.devnull)
     key.update("\n".join(sorted(macros.splitlines())).encode())
     return cache_dir() / f"fused_cpu-{key.hexdigest()[:20]}.so"
 
