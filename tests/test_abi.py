@@ -95,7 +95,8 @@ def test_triton_takes_the_numbers_from_the_abi(monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
     """adamkit_step reads ``nstates`` rows of state addresses: a count outside 2 ..
-    MAX_STATES is refused (status 2) before any memory is touched."""
+    MAX_STATES, or AMSGrad without a row for its maximum, is refused (status 2) before any
+    memory is touched."""
     from array import array
 
     from adamkit.kernels import fused_library
@@ -114,3 +115,9 @@ def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
         addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
         assert library.adamkit_step(*addresses, None, None, None) == 2
         assert step[0] == 0.0
+    # AMSGrad's running maximum needs its own row: two states with the AMSGrad flag are refused.
+    table = array("Q", [0] * 4 + [step.buffer_info()[0]])
+    shape[_abi.S_STATES], shape[_abi.S_FLAGS] = 2, _abi.AMSGRAD
+    addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
+    assert library.adamkit_step(*addresses, None, None, None) == 2
+    assert step[0] == 0.0

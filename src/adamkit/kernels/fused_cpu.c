@@ -881,12 +881,14 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
  * state, then (shape[S_SCALES]) the 8-bit scales of each state (NULL where a tensor has none).
  * E_WIDE only: state_fmts[k] (tensor k's states are F_F32, F_BF16, F_BF16_SR, F_F16 or F_Q8),
  * salts[k] (its rounding's salt), codecs[q] (state q's sign and noise). Returns 0; 1, having
- * changed nothing, if memory ran out; 2 for a number of states the kernel does not take. */
+ * changed nothing, if memory ran out; 2 for a number of states the kernel does not take (AMSGrad
+ * needs a third, its running maximum). */
 int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *numels, void **table,
                  const uint8_t *state_fmts, const uint32_t *salts, const int32_t *codecs) {
     const int64_t count = shape[S_COUNT];
     const int nstates = (int)shape[S_STATES], element = (int)shape[S_ELEMENT];
     if (nstates < 2 || nstates > MAX_STATES) return 2;
+    if ((shape[S_FLAGS] & AMSGRAD) && nstates < 3) return 2; /* no row for the running maximum */
     void **steps = table + (2 + nstates) * count;
     void **mu_products = shape[S_SCALARS] > 0 ? steps + count : NULL;
     const int algo = (int)shape[S_ALGO], flags = (int)shape[S_FLAGS];
