@@ -94,9 +94,9 @@ def test_triton_takes_the_numbers_from_the_abi(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
-    """adamkit_step reads ``nstates`` rows of state addresses: a count outside 2 ..
-    MAX_STATES, or AMSGrad without a row for its maximum, is refused (status 2) before any
-    memory is touched."""
+    """adamkit_step reads the rows its ``shape`` describes: a state count outside 2 ..
+    MAX_STATES, or a call whose flags need rows it does not pass, is refused (status 2)
+    before any memory is touched."""
     from array import array
 
     from adamkit.kernels import fused_library
@@ -115,9 +115,25 @@ def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
         addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
         assert library.adamkit_step(*addresses, None, None, None) == 2
         assert step[0] == 0.0
-    # AMSGrad's running maximum needs its own row: two states with the AMSGrad flag are refused.
+    # The rows must be there for what the call says: AMSGrad's running maximum, NAdam's
+    # mu_product, low-precision storage's formats/salts/codecs, 8-bit state's scales.
     table = array("Q", [0] * 4 + [step.buffer_info()[0]])
-    shape[_abi.S_STATES], shape[_abi.S_FLAGS] = 2, _abi.AMSGRAD
     addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
-    assert library.adamkit_step(*addresses, None, None, None) == 2
-    assert step[0] == 0.0
+    formats = array("B", [_abi.F_Q8])
+    salts, codecs = array("I", [0]), array("i", [0, 0])
+    wide = [a.buffer_info()[0] for a in (formats, salts, codecs)]
+    cases = [
+        ({_abi.S_FLAGS: _abi.AMSGRAD}, [None] * 3),
+        ({_abi.S_ALGO: _abi.ALGORITHMS["nadam"]}, [None] * 3),
+        ({_abi.S_ELEMENT: _abi.E_WIDE}, [None] * 3),
+        ({_abi.S_ELEMENT: _abi.E_WIDE}, wide),  # an 8-bit tensor, and no rows of scales
+        ({_abi.S_ELEMENT: 7}, [None] * 3),
+        ({_abi.S_COUNT: -1}, [None] * 3),
+    ]
+    for changes, rest in cases:
+        shape[:] = array("q", [0] * _abi.SHAPE_SLOTS)
+        shape[_abi.S_COUNT], shape[_abi.S_STATES], shape[_abi.S_THREADS] = 1, 2, 1
+        for slot, value in changes.items():
+            shape[slot] = value
+        assert library.adamkit_step(*addresses, *rest) == 2, changes
+        assert step[0] == 0.0

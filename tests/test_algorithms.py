@@ -13,7 +13,7 @@ import torch
 
 import adamkit
 from adamkit.kernels import _abi
-from adamkit.optim._algorithms import ALGORITHMS, SCALAR_KEYS, UNSIGNED, noise
+from adamkit.optim._algorithms import ALGORITHMS, SCALAR_KEYS, UNSIGNED, is_unsigned, noise
 from adamkit.optim._base import AdamFamily
 
 from .registry import signature
@@ -78,6 +78,11 @@ def test_the_tables_derived_from_the_rows_agree() -> None:
             assert noise(key) == (_abi.SALT_MOMENTS, i > 0), (row.name, key)
         if row.amsgrad_state:
             assert noise(row.amsgrad_state) == (_abi.SALT_MAX, True)
+        # A state's sign and stream are looked up by its name: every row must agree on them.
+        for i, key in enumerate(row.states[2:], start=2):
+            assert noise(key) == (_abi.SALT_EXTRA + i - 2, True), (row.name, key)
+        for key in row.state_keys(True):
+            assert is_unsigned(key) == (key in row.unsigned), (row.name, key)
     assert {row.kernel for row in ALGORITHMS.values()} - {None} <= set(_abi.ALGORITHMS)
 
 
@@ -89,7 +94,7 @@ def test_a_row_that_names_a_missing_state_or_kernel_is_refused() -> None:
         dataclasses.replace(adam, kernel="adem")
     four = ("exp_avg", "exp_avg_sq", "exp_avg_slow", "exp_avg_sq_slow")
     assert len(four) + 1 > _abi.MAX_STATES  # (with AMSGrad's maximum)
-    with pytest.raises(ValueError, match=f"at most {_abi.MAX_STATES} states"):
+    with pytest.raises(ValueError, match=f"take 2 to {_abi.MAX_STATES} states"):
         dataclasses.replace(adam, states=four)
     dataclasses.replace(adam, states=four, kernel=None)  # the eager paths take any number
 
@@ -118,3 +123,25 @@ def test_an_algorithm_without_a_kernel_runs_on_the_eager_paths(precision: str) -
         assert torch.equal(p, q)
     with pytest.raises(RuntimeError, match=r"fused=True\): no fused kernel steps NoKernelAdam"):
         NoKernelAdam(ps, fused=True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "8bit"])
+def test_a_stray_amsgrad_flag_on_another_algorithm_changes_nothing(precision: str) -> None:
+    """``amsgrad`` in a RAdam group (a param group may carry any key, as in torch): RAdam has
+    no running maximum, so the flag must not reach its kernels (the C kernel refused the call,
+    the GPU kernel read a row the table does not have)."""
+    torch.manual_seed(2)
+    ps = [torch.nn.Parameter(torch.randn(5000)) for _ in range(2)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ours = adamkit.RAdam(ps, state_precision=precision)
+    ours.param_groups[0]["amsgrad"] = True
+    twin = adamkit.RAdam(qs, state_precision=precision)
+    for _ in range(8):
+        for p, q in zip(ps, qs, strict=True):
+            p.grad = torch.randn(5000)
+            q.grad = p.grad.clone()
+        ours.step()
+        twin.step()
+    assert ours.execution_path() == "fused"
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)

@@ -617,3 +617,23 @@ def test_parameters_on_two_gpus(name: str) -> None:
     _train(cpu, cpu_p, grads)
     for a, b in zip(ps, cpu_p, strict=True):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=5e-6, atol=5e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "8bit"])
+def test_a_stray_amsgrad_flag_does_not_reach_the_triton_kernel(precision: str) -> None:
+    """``amsgrad`` in a RAdam group: RAdam keeps no running maximum, so the Triton kernel must
+    not be specialised for one (it read a third row of a two-row state table)."""
+    needs_triton("RAdam")
+    torch.manual_seed(5)
+    ps = [torch.randn(5000, device=DEVICE, requires_grad=True)]
+    qs = clone(ps)
+    ours = adamkit.RAdam(ps, state_precision=precision)
+    ours.param_groups[0]["amsgrad"] = True
+    twin = adamkit.RAdam(qs, state_precision=precision)
+    for _ in range(4):
+        grad = torch.randn(5000, device=DEVICE)
+        ps[0].grad, qs[0].grad = grad.clone(), grad.clone()
+        ours.step()
+        twin.step()
+    assert plan_kinds(ours) == {"TritonPlan"}
+    assert torch.equal(ps[0], qs[0])

@@ -885,10 +885,19 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
  * needs a third, its running maximum). */
 int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *numels, void **table,
                  const uint8_t *state_fmts, const uint32_t *salts, const int32_t *codecs) {
+    /* The call must describe the rows it passes: refused (2), nothing touched, if not. */
     const int64_t count = shape[S_COUNT];
+    if (count < 0 || shape[S_STATES] < 2 || shape[S_STATES] > MAX_STATES) return 2;
+    if (shape[S_SCALARS] < 0 || shape[S_SCALARS] > 1) return 2;
     const int nstates = (int)shape[S_STATES], element = (int)shape[S_ELEMENT];
-    if (nstates < 2 || nstates > MAX_STATES) return 2;
+    if (element != E_F32 && element != E_F64 && element != E_WIDE) return 2;
     if ((shape[S_FLAGS] & AMSGRAD) && nstates < 3) return 2; /* no row for the running maximum */
+    if (shape[S_ALGO] == NADAM && shape[S_SCALARS] < 1) return 2; /* no row for mu_product */
+    if (element == E_WIDE) {
+        if (!state_fmts || !salts || !codecs) return 2;
+        for (int64_t k = 0; k < count && !shape[S_SCALES]; k++)
+            if (state_fmts[k] == F_Q8) return 2; /* 8-bit state without its scales' rows */
+    }
     void **steps = table + (2 + nstates) * count;
     void **mu_products = shape[S_SCALARS] > 0 ? steps + count : NULL;
     const int algo = (int)shape[S_ALGO], flags = (int)shape[S_FLAGS];

@@ -237,7 +237,9 @@ class AdamFamily(Optimizer):
             weight_decay=value(group["weight_decay"]),
             maximize=group.get("maximize", False),
             decoupled_weight_decay=group.get("decoupled_weight_decay", False),
-            amsgrad=group.get("amsgrad", False),
+            # Only an algorithm with a running maximum has AMSGrad: a stray flag in another's
+            # group (add_param_group keeps any key) must not reach its kernels.
+            amsgrad=bool(group.get("amsgrad", False)) and self.algorithm.amsgrad_state is not None,
             own={name: float(group[name]) for name in self.algorithm.own},
         )
         # A group changed by hand after construction (group["betas"] = (1.0, 0.999)) is

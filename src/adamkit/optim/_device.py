@@ -36,6 +36,7 @@ from ._fused import (
     Layout,
     Reading,
     Storage,
+    own_value,
     pointers,
     state_codec,
 )
@@ -272,7 +273,7 @@ class TritonPlan(_GpuPlanBase):
             h.lr,
             h.beta1,
             h.beta2,
-            h.own.get("momentum_decay", 0.0),  # the kernels' one slot of an own value
+            own_value(h),
             self.count,
             reading.row(roles.index("step")),
             reading.row(roles.index("mu_product")) if "mu_product" in roles else None,

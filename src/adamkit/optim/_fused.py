@@ -531,9 +531,7 @@ class FusedPlan:
         self.storage = storage
         # What adamkit_step is told beside the addresses: the parts that do not change between
         # steps are filled in here (kernels/_abi.py names the slots).
-        keys = layout.moment_keys
-        if not 2 <= len(keys) <= _abi.MAX_STATES:
-            raise ValueError(f"the fused kernel takes 2 to {_abi.MAX_STATES} states, not {keys}")
+        keys = layout.moment_keys  # 2 to MAX_STATES of them: the router checked
         self.hyper = array("d", [0.0] * _abi.HYPER_SLOTS)
         self.shape = array("q", [0] * _abi.SHAPE_SLOTS)
         self.shape[_abi.S_ALGO] = self.algorithm
@@ -563,8 +561,7 @@ class FusedPlan:
         hyper = array("d", self.hyper)
         hyper[_abi.H_LR], hyper[_abi.H_BETA1], hyper[_abi.H_BETA2] = h.lr, h.beta1, h.beta2
         hyper[_abi.H_EPS], hyper[_abi.H_WD] = h.eps, h.weight_decay
-        # The kernels' one slot for a value of the algorithm's own (NAdam's momentum_decay).
-        hyper[_abi.H_OWN] = next(iter(h.own.values()), 0.0)
+        hyper[_abi.H_OWN] = own_value(h)
         shape = array("q", self.shape)
         shape[_abi.S_FLAGS] = (
             (MAXIMIZE if h.maximize else 0)
@@ -587,6 +584,12 @@ class FusedPlan:
             raise MemoryError("the fused kernel could not allocate its per-tensor scalars")
         if status != 0:
             raise RuntimeError(f"the fused kernel refused the call (status {status})")
+
+
+def own_value(h: Hyper) -> float:
+    """The kernels' one slot for a value of the algorithm's own: its first (NAdam's
+    momentum_decay), or 0."""
+    return next(iter(h.own.values()), 0.0)
 
 
 def state_codec(key: str) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..kernels import _abi
 from ._algorithms import Algorithm
 from ._core import Bucket, Hyper, by_device_and_dtype, label_of, step_dtype
 from ._device import TorchFusedPlan, TritonPlan, gpu_path, triton_unavailable
@@ -196,6 +197,9 @@ def route(
     algorithm with low-precision state)."""
     if algorithm.kernel is None:
         return None, f"no fused kernel steps {algorithm.name}"
+    if not 2 <= len(layout.moment_keys) <= _abi.MAX_STATES:
+        count = len(layout.moment_keys)
+        return None, f"the fused kernels take 2 to {_abi.MAX_STATES} state tensors, not {count}"
     formats = storage.formats if storage is not None else None
     device = bucket.params[0].device
     dtype = bucket.params[0].dtype
