@@ -571,8 +571,8 @@ DEFINE_LOOPS(wide, float, sqrtf, fabsf, *)
 #define TILE 1024 /* a multiple of BLOCK that divides CHUNK */
 enum { F_F32 = AK_F_F32, F_BF16 = AK_F_BF16, F_BF16_SR = AK_F_BF16_SR, F_Q8 = AK_F_Q8, F_F16 = AK_F_F16 };
 #define SCRATCH_FLOATS ((2 + MAX_STATES) * TILE) /* a tile each of p, g and every state */
-/* Streams of rounding noise: each state's codec word names its stream and half (_precision's
- * NOISE): one hash per element serves both moments (exp_avg takes its low 16 bits, the second
+/* Streams of rounding noise: each state's codec word names its stream and half (_algorithms.py's
+ * noise()): one hash per element serves both moments (exp_avg takes its low 16 bits, the second
  * moment its high 16 bits); max_exp_avg_sq and the parameter have their own streams. */
 enum { SALT_MOMENTS = AK_SALT_MOMENTS, SALT_MAX = AK_SALT_MAX, SALT_PARAM = AK_SALT_PARAM };
 #define M_OFFSET AK_M_OFFSET /* float bits of 2**-15, the exp_avg code's smallest binade */

@@ -191,7 +191,7 @@ def fused_step(
     numels,  # int64[count]
     params,  # int64[count] tables of addresses
     grads,
-    states,  # int64[NSTATES * count]: row q holds each tensor's state q (the row's order)
+    states,  # int64[states * count]: row q holds each tensor's state q (the row's order)
     count,  # tensors in the bucket
     scalars,  # float64[count, ROW]: a, b, c, kind, t per tensor (adamkit_step_scalars)
     hyper,  # float64[7]: sign, shrink, 1 - beta1, beta2, 1 - beta2, eps, wd
@@ -412,7 +412,7 @@ def fused_step_wide(
     scalars,
     hyper,
     formats,  # int64[count]: each tensor's state format (F_*)
-    scales,  # int64[NSTATES * count]: the 8-bit scales of each state (0 where not 8-bit)
+    scales,  # int64[states * count]: the 8-bit scales of each state (0 where not 8-bit)
     salts,  # int64[count]: each tensor's rounding salt
     ALGO: tl.constexpr,
     DECAY: tl.constexpr,
