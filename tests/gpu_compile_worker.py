@@ -29,8 +29,9 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from adamkit.kernels import _abi, fused_triton
+from adamkit.kernels import fused_triton
 from adamkit.optim._algorithms import ALGORITHMS as TABLE
+from adamkit.optim._algorithms import KINDS
 from adamkit.optim._fused import state_codec
 
 #: An H100: compute capability 9.0, 32-thread warps.
@@ -48,10 +49,9 @@ COUNTED = {
 }
 
 
-def codecs_of(code: int, amsgrad: bool) -> tuple[int, ...]:
-    """The codec words of the states of the algorithm with kernel code ``code``."""
-    name = next(n for n, c in _abi.ALGORITHMS.items() if c == code)
-    row = next(r for r in TABLE.values() if r.kernel == name)
+def codecs_of(kernel: str, amsgrad: bool) -> tuple[int, ...]:
+    """The codec words of the states of the algorithm whose kernel is ``kernel``."""
+    row = next(r for r in TABLE.values() if r.kernel == kernel)
     return tuple(map(state_codec, row.state_keys(amsgrad)))
 
 
@@ -59,7 +59,8 @@ def compile_variant(arguments: dict[str, Any]) -> dict[str, Any]:
     dtype = getattr(torch, arguments["dtype"])
     codecs = codecs_of(arguments["algorithm"], arguments["amsgrad"])
     kernel, constants = fused_triton.specialization(
-        **{**arguments, "dtype": dtype, "codecs": codecs}
+        **{**arguments, "algorithm": KINDS[arguments["algorithm"]], "dtype": dtype}
+        | {"codecs": codecs}
     )
     signature = {
         name: "constexpr" if name in constants else ARGUMENT_TYPES.get(name, "*i64")
@@ -99,13 +100,19 @@ def every_variant() -> list[dict[str, Any]]:
     three kinds differ by one or two operations)."""
     variants = []
     for aligned in (True, False):
-        for algorithm in (1, 2, 3):  # RAdam, NAdam, Adamax in full precision
+        for algorithm in ("radam", "nadam", "adamax"):  # in full precision
             for dtype in ("float32", "float64", "bfloat16", "float16"):
                 variants.append(
                     {"algorithm": algorithm, "decay": 1, "amsgrad": False, "dtype": dtype}
                     | {"aligned": aligned}
                 )
-        for algorithm, amsgrad in ((0, False), (0, True), (1, False), (2, False), (3, False)):
+        for algorithm, amsgrad in (
+            ("adam", False),
+            ("adam", True),
+            ("radam", False),
+            ("nadam", False),
+            ("adamax", False),
+        ):
             for param_format, dtype in ((0, "float32"), (1, "bfloat16"), (2, "bfloat16")):
                 variants.append(
                     {"algorithm": algorithm, "decay": 1, "amsgrad": amsgrad, "dtype": dtype}
@@ -114,8 +121,8 @@ def every_variant() -> list[dict[str, Any]]:
     return variants
 
 
-#: Each kernel code's name (the codes are the kernels' own, in kernels/_abi.py).
-ALGORITHM_NAMES = {code: name for name, code in _abi.ALGORITHMS.items()}
+#: Each kernel's algorithm, by the kernel's name.
+ALGORITHM_NAMES = {row.kernel: row.name for row in reversed(TABLE.values()) if row.kernel}
 PARAM_FORMATS = ("fp32 params", "bf16 params", "SR bf16 params")
 
 

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from adamkit.kernels import _abi
-from adamkit.optim import _device, _fused, _precision
-from adamkit.optim._algorithms import noise
+from adamkit.optim import _device, _precision
+from adamkit.optim._algorithms import KINDS, noise
 
 SRC = Path(_abi.__file__).resolve().parents[1]
 C_SOURCE = SRC / "kernels" / "fused_cpu.c"
 
 
 def test_python_takes_the_numbers_from_the_abi() -> None:
-    assert _fused.ALGORITHMS is _abi.ALGORITHMS and _device.ALGORITHMS is _abi.ALGORITHMS
+    assert _device.KINDS is KINDS
     assert (_precision.NATIVE, _precision.BF16, _precision.BF16_SR, _precision.Q8) == (
         _abi.F_F32, _abi.F_BF16, _abi.F_BF16_SR, _abi.F_Q8,
     )  # fmt: skip
@@ -45,8 +45,13 @@ def test_no_source_spells_a_shared_number_out_again() -> None:
         found = sorted(n for n in spelled if n in text)
         assert not found, f"{path.relative_to(SRC)} spells out {found}: import it from _abi"
     c = C_SOURCE.read_text()
-    literal = re.findall(r"\b(ADAM|RADAM|NADAM|ADAMAX|MAXIMIZE|AMSGRAD|F_Q8|SALT_MAX)\s*=\s*\d", c)
+    literal = re.findall(r"\b(K_\w+|MAXIMIZE|DECOUPLED|F_Q8|SALT_MAX|R_KIND)\s*=\s*\d", c)
     assert not literal, literal
+    # Every kind of the table has a loop in C and a number from the table.
+    for kind in KINDS:
+        assert f"DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, {kind.upper()})" in c, kind
+        assert f"CASE_KIND(SUFFIX, {kind.upper()}, " in c, kind
+    assert f"-DAK_K_AMSGRAD={KINDS['amsgrad']}" in _abi.c_defines()
 
 
 def test_the_c_kernel_does_not_compile_without_the_abi() -> None:
@@ -74,7 +79,8 @@ def test_triton_takes_the_numbers_from_the_abi(monkeypatch: pytest.MonkeyPatch) 
     ft = importlib.import_module("adamkit.kernels.fused_triton")
 
     pairs = {
-        "K_RADAM": _abi.K_RADAM, "ROW": _abi.ROW, "F_Q8": _abi.F_Q8, "Q8_BLOCK": _abi.Q8_BLOCK,
+        "K_RADAM": KINDS["radam"], "K_ADAMAX": KINDS["adamax"], "ROW": _abi.ROW,
+        "R_KIND": _abi.R_KIND, "R_T": _abi.R_T, "F_Q8": _abi.F_Q8, "Q8_BLOCK": _abi.Q8_BLOCK,
         "M_NAN": _abi.M_NAN, "V_INF": _abi.V_INF, "NAN_BITS": _abi.NAN_BITS,
         "SEED_COUNT": _abi.SEED_COUNT, "SEED_SALT": _abi.SEED_SALT,
         "PARAM_STREAM": (_abi.SALT_PARAM * _abi.SEED_STREAM) % (1 << 32),
@@ -93,10 +99,11 @@ def test_triton_takes_the_numbers_from_the_abi(monkeypatch: pytest.MonkeyPatch) 
     )
 
 
-def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
+def test_the_kernel_refuses_a_call_that_does_not_describe_its_rows() -> None:
     """adamkit_step reads the rows its ``shape`` describes: a state count outside 2 ..
-    MAX_STATES, or a call whose flags need rows it does not pass, is refused (status 2)
-    before any memory is touched."""
+    MAX_STATES, a kind it has no loop for, a kind that needs more states than are passed, or
+    low-precision storage without its arrays is refused (status 2) before any memory is
+    touched."""
     from array import array
 
     from adamkit.kernels import fused_library
@@ -104,36 +111,68 @@ def test_the_kernel_refuses_a_state_count_it_does_not_take() -> None:
     library = fused_library()
     if library is None:
         pytest.skip("the fused kernel is unavailable here")
-    step = array("f", [0.0])
-    for states in (1, _abi.MAX_STATES + 1):
-        # Only the step counter is real memory; the other rows are null and must not be read.
-        table = array("Q", [0] * (2 + states) + [step.buffer_info()[0]])
-        hyper = array("d", [0.1] * _abi.HYPER_SLOTS)
-        shape = array("q", [0] * _abi.SHAPE_SLOTS)
-        shape[_abi.S_COUNT], shape[_abi.S_STATES], shape[_abi.S_THREADS] = 1, states, 1
-        numels = array("q", [4])
-        addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
-        assert library.adamkit_step(*addresses, None, None, None) == 2
-        assert step[0] == 0.0
-    # The rows must be there for what the call says: AMSGrad's running maximum, NAdam's
-    # mu_product, low-precision storage's formats/salts/codecs, 8-bit state's scales.
-    table = array("Q", [0] * 4 + [step.buffer_info()[0]])
-    addresses = [a.buffer_info()[0] for a in (hyper, shape, numels, table)]
+    # Rows of null addresses that must not be read: any access would crash the test.
+    table = array("Q", [0] * (3 + _abi.MAX_STATES + 1))
+    hyper = array("d", [0.1] * _abi.HYPER_SLOTS)
+    sizes = array("q", [4, 0, 1])
     formats = array("B", [_abi.F_Q8])
-    salts, codecs = array("I", [0]), array("i", [0, 0])
-    wide = [a.buffer_info()[0] for a in (formats, salts, codecs)]
-    cases = [
-        ({_abi.S_FLAGS: _abi.AMSGRAD}, [None] * 3),
-        ({_abi.S_ALGO: _abi.ALGORITHMS["nadam"]}, [None] * 3),
-        ({_abi.S_ELEMENT: _abi.E_WIDE}, [None] * 3),
-        ({_abi.S_ELEMENT: _abi.E_WIDE}, wide),  # an 8-bit tensor, and no rows of scales
-        ({_abi.S_ELEMENT: 7}, [None] * 3),
-        ({_abi.S_COUNT: -1}, [None] * 3),
-    ]
-    for changes, rest in cases:
-        shape[:] = array("q", [0] * _abi.SHAPE_SLOTS)
+    salts, codecs, scratch = array("I", [0]), array("i", [0, 0]), array("f", [0.0] * 8192)
+    wide = [a.buffer_info()[0] for a in (formats, salts, codecs, scratch)]
+
+    def call(changes: dict[int, int], kind: float, rest: list[int | None]) -> int:
+        shape = array("q", [0] * _abi.SHAPE_SLOTS)
         shape[_abi.S_COUNT], shape[_abi.S_STATES], shape[_abi.S_THREADS] = 1, 2, 1
+        shape[_abi.S_SKIP] = 1
         for slot, value in changes.items():
             shape[slot] = value
-        assert library.adamkit_step(*addresses, *rest) == 2, changes
-        assert step[0] == 0.0
+        scalars = array("d", [0.1] * _abi.ROW)
+        scalars[_abi.R_KIND] = kind
+        arrays = (hyper, shape, sizes, scalars, table)
+        return int(library.adamkit_step(*[a.buffer_info()[0] for a in arrays], *rest))
+
+    none = [None] * 4
+    adam, amsgrad = KINDS["adam"], KINDS["amsgrad"]
+    cases = [
+        ({_abi.S_STATES: 1}, adam, none),
+        ({_abi.S_STATES: _abi.MAX_STATES + 1}, adam, none),
+        ({}, amsgrad, none),  # AMSGrad's loop, and no row for its running maximum
+        ({}, len(KINDS), none),  # a kind no loop implements
+        ({}, -1, none),
+        ({}, float("nan"), none),
+        ({}, 0.5, none),
+        ({_abi.S_ELEMENT: _abi.E_WIDE}, adam, none),
+        ({_abi.S_ELEMENT: _abi.E_WIDE}, adam, wide),  # an 8-bit tensor, and no rows of scales
+        ({_abi.S_ELEMENT: 7}, adam, none),
+        ({_abi.S_COUNT: -1}, adam, none),
+        ({_abi.S_SKIP: -1}, adam, none),
+    ]
+    for changes, kind, rest in cases:
+        assert call(changes, kind, rest) == 2, (changes, kind)
+
+
+def test_counters_advance_in_their_own_dtype() -> None:
+    """adamkit_advance rounds ``step += 1`` and ``mu_product *= mu`` as torch does."""
+    from array import array
+
+    from adamkit.kernels import fused_library
+
+    library = fused_library()
+    if library is None:
+        pytest.skip("the fused kernel is unavailable here")
+    for dtype in (torch.float32, torch.float64):
+        ours = [torch.tensor(v, dtype=dtype) for v in (0.0, 16777216.0, 0.3)]
+        theirs = [t.clone() for t in ours]
+        table = array("Q", [t.data_ptr() for t in ours])
+        out = array("d", [0.0] * 3)
+        f64 = int(dtype == torch.float64)
+        library.adamkit_advance(3, table.buffer_info()[0], f64, None, out.buffer_info()[0])
+        for t in theirs:
+            t += 1
+        assert [t.item() for t in ours] == [t.item() for t in theirs] == list(out)
+        factors = array("d", [0.9 * (1 - 0.5 * 0.96**0.004), 1 / 3, 0.7])
+        library.adamkit_advance(
+            3, table.buffer_info()[0], f64, factors.buffer_info()[0], out.buffer_info()[0]
+        )
+        for t, factor in zip(theirs, factors, strict=True):
+            t *= factor
+        assert [t.item() for t in ours] == [t.item() for t in theirs] == list(out)

@@ -13,7 +13,7 @@ import torch
 
 import adamkit
 from adamkit.kernels import _abi
-from adamkit.optim._algorithms import ALGORITHMS, SCALAR_KEYS, UNSIGNED, is_unsigned, noise
+from adamkit.optim._algorithms import ALGORITHMS, KINDS, SCALAR_KEYS, UNSIGNED, is_unsigned, noise
 from adamkit.optim._base import AdamFamily
 
 from .registry import signature
@@ -83,26 +83,26 @@ def test_the_tables_derived_from_the_rows_agree() -> None:
             assert noise(key) == (_abi.SALT_EXTRA + i - 2, True), (row.name, key)
         for key in row.state_keys(True):
             assert is_unsigned(key) == (key in row.unsigned), (row.name, key)
-    assert {row.kernel for row in ALGORITHMS.values()} - {None} <= set(_abi.ALGORITHMS)
+    kinds = [kind for row in ALGORITHMS.values() for kind in row.kinds]
+    assert list(KINDS) == list(dict.fromkeys(kinds))
+    assert list(KINDS.values()) == [*range(len(KINDS))]
 
 
-def test_a_row_that_names_a_missing_state_or_kernel_is_refused() -> None:
+def test_a_row_that_names_a_missing_state_or_too_many_is_refused() -> None:
     adam = ALGORITHMS["Adam"]
     with pytest.raises(ValueError, match="unsigned"):
         dataclasses.replace(adam, unsigned=frozenset({"exp_avg_sqq"}))
-    with pytest.raises(ValueError, match="no kernel code 'adem'"):
-        dataclasses.replace(adam, kernel="adem")
     four = ("exp_avg", "exp_avg_sq", "exp_avg_slow", "exp_avg_sq_slow")
     assert len(four) + 1 > _abi.MAX_STATES  # (with AMSGrad's maximum)
     with pytest.raises(ValueError, match=f"take 2 to {_abi.MAX_STATES} states"):
         dataclasses.replace(adam, states=four)
-    dataclasses.replace(adam, states=four, kernel=None)  # the eager paths take any number
+    dataclasses.replace(adam, states=four, kinds=())  # the eager paths take any number
 
 
 class NoKernelAdam(adamkit.Adam):
     """Adam as an algorithm that no fused kernel implements (a new row before its kernel)."""
 
-    algorithm = dataclasses.replace(ALGORITHMS["Adam"], name="NoKernelAdam", kernel=None)
+    algorithm = dataclasses.replace(ALGORITHMS["Adam"], name="NoKernelAdam", kinds=())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "8bit"])
@@ -145,3 +145,10 @@ def test_a_stray_amsgrad_flag_on_another_algorithm_changes_nothing(precision: st
     assert ours.execution_path() == "fused"
     for p, q in zip(ps, qs, strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_class_whose_row_names_kernels_must_give_their_step_scalars() -> None:
+    with pytest.raises(TypeError, match="sets no _scalars"):
+
+        class Unfinished(AdamFamily):
+            algorithm = dataclasses.replace(ALGORITHMS["Adam"], name="Unfinished")

@@ -517,32 +517,32 @@ def _has_ptxas() -> bool:
 
 
 def _variant(
-    algorithm: int, decay: int, dtype: str, aligned: bool = True, param_format: int | None = None
+    algorithm: str, decay: int, dtype: str, aligned: bool = True, param_format: int | None = None
 ) -> dict[str, Any]:
     """``specialization``'s arguments (AMSGrad for Adam, the only algorithm that has it)."""
-    variant = {"algorithm": algorithm, "decay": decay, "amsgrad": algorithm == 0, "dtype": dtype}
-    variant["aligned"] = aligned
+    variant = {"algorithm": algorithm, "decay": decay, "amsgrad": algorithm == "adam"}
+    variant |= {"dtype": dtype, "aligned": aligned}
     return variant if param_format is None else {**variant, "param_format": param_format}
 
 
 #: The kernels compiled by the test below: every algorithm the Triton plan takes in full
 #: precision, each element type, each parameter format with low-precision state, AMSGrad, all
-#: three kinds of weight decay, with and without aligned addresses. (Algorithms: 0 Adam,
-#: 1 RAdam, 2 NAdam, 3 Adamax; decay: 0 none, 1 coupled, 2 decoupled; parameter formats:
-#: 0 fp32, 1 bf16, 2 stochastically rounded bf16.)
+#: three kinds of weight decay, with and without aligned addresses. (Algorithms by their
+#: kernel's name; decay: 0 none, 1 coupled, 2 decoupled; parameter formats: 0 fp32, 1 bf16,
+#: 2 stochastically rounded bf16.)
 COMPILED = [
-    _variant(1, 1, "float32"),
-    _variant(2, 2, "float32"),
-    _variant(3, 0, "float32"),
-    _variant(2, 1, "float64"),
-    _variant(1, 2, "bfloat16"),
-    _variant(3, 1, "float16"),
-    _variant(2, 0, "float32", aligned=False),
-    _variant(0, 1, "float32", param_format=0),
-    _variant(1, 2, "bfloat16", param_format=1),
-    _variant(2, 0, "bfloat16", param_format=2),
-    _variant(3, 2, "float32", param_format=0),
-    _variant(0, 2, "bfloat16", aligned=False, param_format=2),
+    _variant("radam", 1, "float32"),
+    _variant("nadam", 2, "float32"),
+    _variant("adamax", 0, "float32"),
+    _variant("nadam", 1, "float64"),
+    _variant("radam", 2, "bfloat16"),
+    _variant("adamax", 1, "float16"),
+    _variant("nadam", 0, "float32", aligned=False),
+    _variant("adam", 1, "float32", param_format=0),
+    _variant("radam", 2, "bfloat16", param_format=1),
+    _variant("nadam", 0, "bfloat16", param_format=2),
+    _variant("adamax", 2, "float32", param_format=0),
+    _variant("adam", 2, "bfloat16", aligned=False, param_format=2),
 ]
 
 
@@ -570,7 +570,7 @@ def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
         variant = r["variant"]
         assert r["fma"] == 0 and r["approximate"] == 0, r
         assert r["div_rn"] > 0, r
-        assert (r["sqrt_rn"] > 0) == (variant["algorithm"] != 3), r  # Adamax takes no root
+        assert (r["sqrt_rn"] > 0) == (variant["algorithm"] != "adamax"), r  # Adamax takes no root
         if variant["aligned"]:  # every array: p, g, m, v (and v_max) read; p, m, v written
             arrays = 4 + variant["amsgrad"]
             assert r["vector_loads"] >= arrays and r["vector_stores"] >= arrays - 1, r
@@ -637,3 +637,43 @@ def test_a_stray_amsgrad_flag_does_not_reach_the_triton_kernel(precision: str) -
         twin.step()
     assert plan_kinds(ours) == {"TritonPlan"}
     assert torch.equal(ps[0], qs[0])
+
+
+def _without_the_cpu_library(mp: pytest.MonkeyPatch) -> None:
+    """As on a GPU machine where the C kernel could not be built (no compiler)."""
+    from adamkit.optim import _base, _fused, _router, _scalars
+
+    for module in (_scalars, _fused, _router):
+        mp.setattr(module, "fused_library", lambda: None)
+    mp.setattr(_base, "kernel_available", lambda: False)
+    mp.setattr(_base, "gpu_path", lambda device: True)
+
+
+@pytest.mark.parametrize("name", ["Adam", "RAdam", "NAdam", "Adamax"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_gpu_path_needs_no_cpu_library(name: str, precision: str) -> None:
+    """Without the CPU library the GPU plans advance the counters with torch and compute the
+    same step scalars (optim/_scalars.py): bit-identical to the plans with it, counters of
+    different steps in one bucket included."""
+    needs_triton(name if precision == "fp32" else "RAdam")
+    g = torch.Generator().manual_seed(3)
+    values = [torch.randn(n, generator=g) for n in (300, 1100, 7)]
+    grads = [[torch.randn(v.shape, generator=g) for v in values] for _ in range(6)]
+    runs = []
+    for library in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            if not library:
+                _without_the_cpu_library(mp)
+            ps = [v.to(DEVICE, copy=True).requires_grad_() for v in values]
+            opt = getattr(adamkit, name)(ps, lr=1e-2, fused=True, state_precision=precision)
+            assert opt.execution_path() == "fused"
+            _train(opt, ps, grads[:3])
+            opt.state[ps[1]]["step"].fill_(40.0)  # one tensor at another step count
+            _train(opt, ps, grads[3:])
+            assert plans(opt) and all(type(p).__name__.endswith("Plan") for p in plans(opt))
+            runs.append((opt, ps))
+    (ours, ours_p), (bare, bare_p) = runs
+    for p, q in zip(ours_p, bare_p, strict=True):
+        assert torch.equal(p, q)
+        for key, value in ours.state[p].items():
+            assert torch.equal(value, bare.state[q][key]), key

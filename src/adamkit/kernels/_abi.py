@@ -8,37 +8,27 @@ checks that no side spells one of them out again.
 
 from __future__ import annotations
 
-__all__ = ["ALGORITHMS", "C_DEFINES", "c_defines"]
-
-#: Algorithm codes (``algo`` of the C entry points).
-ALGORITHMS = {"adam": 0, "radam": 1, "nadam": 2, "adamax": 3}
+__all__ = ["C_DEFINES", "c_defines"]
 
 # Flags of a kernel call (``flags``).
-MAXIMIZE, DECOUPLED, AMSGRAD, STEP_F64, MU_F64 = 1, 2, 4, 8, 16
-
-# Element-loop kinds (``scalars_t.kind``, and the GPU scalar row's ``kind``).
-K_ADAM, K_AMSGRAD, K_RADAM, K_RADAM_PLAIN, K_NADAM, K_ADAMAX = range(6)
+MAXIMIZE, DECOUPLED = 1, 2
 
 # adamkit_step's arguments: the slots of hyper[] (doubles) and of shape[] (int64), the element
 # loops, and the most state tensors a parameter may have (its row's states, and AMSGrad's).
-H_LR, H_BETA1, H_BETA2, H_EPS, H_WD, H_OWN = range(6)
-HYPER_SLOTS = 6
-S_ALGO, S_FLAGS, S_COUNT, S_STATES, S_SCALARS = range(5)
-S_THREADS, S_PARAM_FMT, S_SCALES, S_ELEMENT = range(5, 9)
-SHAPE_SLOTS = 9
+H_LR, H_BETA1, H_BETA2, H_EPS, H_WD = range(5)
+HYPER_SLOTS = 5
+S_FLAGS, S_COUNT, S_STATES, S_SKIP, S_THREADS, S_PARAM_FMT, S_SCALES, S_ELEMENT = range(8)
+SHAPE_SLOTS = 8
 E_F32, E_F64, E_WIDE = range(3)
 MAX_STATES = 3
 # A state tensor's codec word: non-negative (the unsigned 8-bit code), which half of its
 # rounding hash it takes, and (from bit CODEC_STREAM) the hash's stream (a SALT_*).
 CODEC_UNSIGNED, CODEC_HIGH, CODEC_STREAM = 1, 2, 8
 
-#: Step scalars per tensor in the GPU scalar row, as ``adamkit_step_scalars`` writes them:
-#: a, b, c, kind, t.
+#: A tensor's step scalars, as ``optim/_scalars.py`` writes them for the C and Triton kernels:
+#: ROW doubles, a, b, c (the element loop's scalars), its kind (``_algorithms.KINDS``), and t.
+R_A, R_B, R_C, R_KIND, R_T = range(5)
 ROW = 5
-
-#: RAdam trusts the adaptive step once rho_t exceeds this (Liu et al. 2020 use 4 in the paper,
-#: 5 in their code; torch uses 5).
-RHO_THRESHOLD = 5
 
 # Storage formats of a state tensor (``_precision``'s NATIVE, BF16, BF16_SR, Q8, F16).
 F_F32, F_BF16, F_BF16_SR, F_Q8, F_F16 = 0, 1, 2, 3, 4
@@ -78,7 +68,6 @@ _UNSIGNED |= {"INF_BITS", "NAN_BITS"}
 
 #: What C is given, by name (the C source refers to each as ``AK_<name>``).
 C_DEFINES: dict[str, int] = {
-    **{name.upper(): code for name, code in ALGORITHMS.items()},
     **{
         name: globals()[name]
         for name in [
@@ -87,12 +76,10 @@ C_DEFINES: dict[str, int] = {
             "H_BETA2",
             "H_EPS",
             "H_WD",
-            "H_OWN",
-            "S_ALGO",
             "S_FLAGS",
             "S_COUNT",
             "S_STATES",
-            "S_SCALARS",
+            "S_SKIP",
             "S_THREADS",
             "S_PARAM_FMT",
             "S_SCALES",
@@ -106,17 +93,12 @@ C_DEFINES: dict[str, int] = {
             "CODEC_STREAM",
             "MAXIMIZE",
             "DECOUPLED",
-            "AMSGRAD",
-            "STEP_F64",
-            "MU_F64",
             "ROW",
-            "RHO_THRESHOLD",
-            "K_ADAM",
-            "K_AMSGRAD",
-            "K_RADAM",
-            "K_RADAM_PLAIN",
-            "K_NADAM",
-            "K_ADAMAX",
+            "R_A",
+            "R_B",
+            "R_C",
+            "R_KIND",
+            "R_T",
             "F_F32",
             "F_BF16",
             "F_BF16_SR",
@@ -146,9 +128,13 @@ C_DEFINES: dict[str, int] = {
 
 
 def c_defines() -> list[str]:
-    """The compiler flags that give C these numbers: ``-DAK_ADAM=0``, ... (unsigned ones as
-    ``0x...u`` literals, as the C code uses them)."""
+    """The compiler flags that give C these numbers: ``-DAK_ROW=5``, ... (unsigned ones as
+    ``0x...u`` literals, as the C code uses them), and the element loops' kinds of the
+    algorithm table: ``-DAK_K_ADAM=0``, ..., ``-DAK_KINDS=`` their number."""
+    from ..optim._algorithms import KINDS  # the table imports this module
+
+    kinds = {f"K_{kind.upper()}": code for kind, code in KINDS.items()}
     return [
         f"-DAK_{name}={value:#x}u" if name in _UNSIGNED else f"-DAK_{name}={value}"
-        for name, value in C_DEFINES.items()
+        for name, value in {**C_DEFINES, **kinds, "KINDS": len(KINDS)}.items()
     ]

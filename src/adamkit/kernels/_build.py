@@ -65,7 +65,6 @@ FLAGS = [
     "-shared",
     "-fPIC",
     "-std=c11",
-    *c_defines(),  # the numbers shared with Python and Triton (_abi.py)
 ]
 _BUILD_SECONDS = 120
 
@@ -93,7 +92,7 @@ def flags() -> list[str]:
             f"ADAMKIT_CFLAGS={extra!r} may not define or undefine macros (-D, -U): the "
             "kernel's numbers come from adamkit.kernels._abi"
         )
-    return [*FLAGS, *words]
+    return [*FLAGS, *c_defines(), *words]  # c_defines: the numbers shared with Python, Triton
 
 
 def cache_dir() -> Path:
@@ -248,13 +247,11 @@ def _built(compiler: list[str]) -> Path:
 
 
 def _declare(library: ctypes.CDLL) -> None:
-    pointer, f64, i32, i64 = ctypes.c_void_p, ctypes.c_double, ctypes.c_int, ctypes.c_int64
+    pointer, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     library.adamkit_step.restype = i32
-    library.adamkit_step.argtypes = [pointer] * 7
-    library.adamkit_step_scalars.restype = None
-    library.adamkit_step_scalars.argtypes = [i32, i32, f64, f64, f64, f64, i64, *[pointer] * 3]
-    library.adamkit_count_steps.restype = None
-    library.adamkit_count_steps.argtypes = [i64, pointer, i32, pointer]
+    library.adamkit_step.argtypes = [pointer] * 9
+    library.adamkit_advance.restype = None
+    library.adamkit_advance.argtypes = [i64, pointer, i32, pointer, pointer]
     library.adamkit_overlap.restype = i64
     library.adamkit_overlap.argtypes = [i64, pointer, pointer, pointer]
 
@@ -265,11 +262,18 @@ def _address(values: array[Any]) -> int:
 
 def _self_test(library: ctypes.CDLL) -> None:
     """One Adam step on three fp32 elements (and an overlap query) against Python's math."""
+    from ..optim._algorithms import KINDS  # the table imports this package
+
     lr, beta1, beta2, eps = 0.1, 0.9, 0.999, 1e-8
     param, grad = array("f", [1.0, -2.0, 0.5]), array("f", [0.5, 0.25, -4.0])
     exp_avg, exp_avg_sq, step = array("f", [0.0] * 3), array("f", [0.0] * 3), array("f", [0.0])
     table = array("Q", map(_address, (param, grad, exp_avg, exp_avg_sq, step)))
-    numels = array("q", [3])
+    sizes = array("q", [3, 0, 1])  # the element count, then the chunks' starts and total
+    t, counters = array("d", [0.0]), array("Q", [_address(step)])
+    library.adamkit_advance(1, _address(counters), 0, None, _address(t))
+    scalars = array("d", [0.0] * _abi.ROW)
+    scalars[_abi.R_A], scalars[_abi.R_B] = lr / (1 - beta1 ** t[0]), math.sqrt(1 - beta2 ** t[0])
+    scalars[_abi.R_KIND], scalars[_abi.R_T] = KINDS["adam"], t[0]
     hyper = array("d", [0.0] * _abi.HYPER_SLOTS)
     hyper[_abi.H_LR], hyper[_abi.H_BETA1], hyper[_abi.H_BETA2], hyper[_abi.H_EPS] = (
         lr,
@@ -278,10 +282,10 @@ def _self_test(library: ctypes.CDLL) -> None:
         eps,
     )
     shape = array("q", [0] * _abi.SHAPE_SLOTS)
-    shape[_abi.S_ALGO], shape[_abi.S_COUNT], shape[_abi.S_STATES] = _abi.ALGORITHMS["adam"], 1, 2
+    shape[_abi.S_COUNT], shape[_abi.S_STATES], shape[_abi.S_SKIP] = 1, 2, 1
     shape[_abi.S_THREADS], shape[_abi.S_ELEMENT] = 1, _abi.E_F32
-    arrays: list[array[Any]] = [hyper, shape, numels, table]
-    status = library.adamkit_step(*map(_address, arrays), None, None, None)
+    arrays: list[array[Any]] = [hyper, shape, sizes, scalars, table]
+    status = library.adamkit_step(*map(_address, arrays), None, None, None, None)
     expected = [
         x
         - lr
@@ -289,7 +293,7 @@ def _self_test(library: ctypes.CDLL) -> None:
         / (math.sqrt((1 - beta2) * g * g / (1 - beta2)) + eps)
         for x, g in zip([1.0, -2.0, 0.5], [0.5, 0.25, -4.0], strict=True)
     ]
-    good = status == 0 and step[0] == 1.0
+    good = status == 0 and step[0] == 1.0 and t[0] == 1.0
     good = good and all(
         math.isclose(a, b, rel_tol=1e-6) for a, b in zip(param, expected, strict=True)
     )

@@ -1,10 +1,12 @@
 /* adamkit's fused CPU step: every algorithm of the Adam family in one pass over memory.
  *
- * One call updates every tensor of a bucket (a param group's tensors of one dtype): it
- * increments each tensor's step counter, computes that tensor's step-dependent scalars
- * (bias corrections, RAdam's rectification, NAdam's momentum schedule), then streams each
- * element through the update once: read p, g, m, v (and v_max); write p, m, v (and v_max).
- * Nothing is allocated per element, so the step's extra memory is a few pointers per tensor.
+ * One call updates every tensor of a bucket (a param group's tensors of one dtype): each
+ * element streams through the update once: read p, g and the state tensors; write p and the
+ * states. The step-dependent scalars of each tensor (bias corrections, RAdam's rectification,
+ * NAdam's momentum schedule) come computed, with the element loop (`kind`) they select: Python
+ * computes them once for the C and the Triton kernels (adamkit/optim/_scalars.py), after
+ * adamkit_advance has incremented the step counters. Nothing is allocated per element or per
+ * tensor, so the step's extra memory is a few pointers per tensor.
  * Work is split into fixed-size chunks that threads claim one at a time, so 2000 tiny tensors
  * and one huge tensor both keep every thread busy. Worker threads are woken for a call only
  * when it has enough work to pay for them (see run_chunks), and never spin: a busy machine or
@@ -19,8 +21,8 @@
  *
  * The element math runs in the element type (float for fp32, double for fp64), with the
  * operation order of torch's fused Adam CPU kernel (exp_avg by lerp; denom = sqrt(v) /
- * sqrt(bc2) + eps). Step scalars are computed in double, as torch computes them in Python.
- * Compiled at first use by adamkit/kernels/_build.py and cached; see that file.
+ * sqrt(bc2) + eps). Compiled at first use by adamkit/kernels/_build.py and cached; see that
+ * file.
  */
 #include <math.h>
 #include <pthread.h>
@@ -29,186 +31,51 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The numbers shared with Python and Triton come from adamkit/kernels/_abi.py, as -D flags
- * (AK_<name>); the build adds them. */
-#ifndef AK_ADAM
+/* The numbers shared with Python and Triton come from adamkit/kernels/_abi.py, and the element
+ * loops' kinds (AK_K_<KIND>) from the algorithm table (adamkit/optim/_algorithms.py), as -D
+ * flags (AK_<name>); the build adds them. */
+#ifndef AK_MAX_STATES
 #error "build fused_cpu.c with the -D flags of adamkit.kernels._abi.c_defines()"
 #endif
-enum { ADAM = AK_ADAM, RADAM = AK_RADAM, NADAM = AK_NADAM, ADAMAX = AK_ADAMAX };
-enum {
-    MAXIMIZE = AK_MAXIMIZE,
-    DECOUPLED = AK_DECOUPLED,
-    AMSGRAD = AK_AMSGRAD,
-    STEP_F64 = AK_STEP_F64,
-    MU_F64 = AK_MU_F64
-};
+enum { MAXIMIZE = AK_MAXIMIZE, DECOUPLED = AK_DECOUPLED };
 #define CHUNK 16384
-/* The slots of adamkit_step's hyper[] and shape[], the element loops, the most states a tensor
- * has, and the bits of a state's codec word (_abi.py). */
-enum { H_LR = AK_H_LR, H_BETA1 = AK_H_BETA1, H_BETA2 = AK_H_BETA2, H_EPS = AK_H_EPS, H_WD = AK_H_WD,
-       H_OWN = AK_H_OWN };
-enum { S_ALGO = AK_S_ALGO, S_FLAGS = AK_S_FLAGS, S_COUNT = AK_S_COUNT, S_STATES = AK_S_STATES,
-       S_SCALARS = AK_S_SCALARS, S_THREADS = AK_S_THREADS, S_PARAM_FMT = AK_S_PARAM_FMT,
+/* The slots of adamkit_step's hyper[] and shape[], of a tensor's step-scalar row, the element
+ * types, the most states a tensor has, and the bits of a state's codec word (_abi.py). */
+enum { H_LR = AK_H_LR, H_BETA1 = AK_H_BETA1, H_BETA2 = AK_H_BETA2, H_EPS = AK_H_EPS, H_WD = AK_H_WD };
+enum { S_FLAGS = AK_S_FLAGS, S_COUNT = AK_S_COUNT, S_STATES = AK_S_STATES,
+       S_SKIP = AK_S_SKIP, S_THREADS = AK_S_THREADS, S_PARAM_FMT = AK_S_PARAM_FMT,
        S_SCALES = AK_S_SCALES, S_ELEMENT = AK_S_ELEMENT };
+enum { R_A = AK_R_A, R_B = AK_R_B, R_C = AK_R_C, R_KIND = AK_R_KIND, R_T = AK_R_T };
+#define ROW AK_ROW
 enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE };
 #define MAX_STATES AK_MAX_STATES
 enum { CODEC_UNSIGNED = AK_CODEC_UNSIGNED, CODEC_HIGH = AK_CODEC_HIGH, CODEC_STREAM = AK_CODEC_STREAM };
-enum {
-    K_ADAM = AK_K_ADAM,
-    K_AMSGRAD = AK_K_AMSGRAD,
-    K_RADAM = AK_K_RADAM,
-    K_RADAM_PLAIN = AK_K_RADAM_PLAIN,
-    K_NADAM = AK_K_NADAM,
-    K_ADAMAX = AK_K_ADAMAX
-};
 
 typedef struct {
-    double a, b, c; /* per-algorithm step scalars, see step_scalars() */
+    double a, b, c; /* the kind's step scalars (adamkit/optim/_scalars.py) */
     double t;       /* the step count, after this step's increment */
-    int kind;       /* which element loop: K_ADAM, K_AMSGRAD, K_RADAM, ... */
+    int kind;       /* which element loop: AK_K_ADAM, AK_K_AMSGRAD, AK_K_RADAM, ... */
 } scalars_t;
 
-/* Add one to a step counter (float or double) and return the new count. */
-static double count_step(void *step, int f64) {
-    if (f64) return ++*(double *)step;
-    return (double)++*(float *)step;
+static scalars_t scalars_of(const double *row) {
+    return (scalars_t){row[R_A], row[R_B], row[R_C], row[R_T], (int)row[R_KIND]};
 }
 
-/* NAdam keeps the running product of mu as a 0-d tensor of the step's dtype; torch multiplies
- * it in that dtype, so the product is rounded the same way here. */
-static double times_mu(void *product, int f64, double mu) {
-    if (f64) return *(double *)product *= mu;
-    return (double)(*(float *)product *= (float)mu);
-}
-
-/* NAdam: p -= (a * g + c * m) / (sqrt(v) / b + eps), after multiplying the running product of
- * mu by this step's mu. */
-static scalars_t nadam_scalars(int flags, double mu, double mu_next, double b, void *mu_product,
-                               double lr) {
-    scalars_t s = {0.0, b, 0.0, 0.0, K_NADAM};
-    double product = times_mu(mu_product, flags & MU_F64, mu);
-    s.a = lr * (1.0 - mu) / (1.0 - product);
-    s.c = lr * mu_next / (1.0 - product * mu_next);
-    return s;
-}
-
-/* Every algorithm's scalars but NAdam's, whose running product differs per tensor
- * (scalars_at calls nadam_scalars for it). */
-static scalars_t step_scalars(int algo, int flags, double t, double lr, double beta1,
-                              double beta2) {
-    scalars_t s = {0.0, 0.0, 0.0, 0.0, K_ADAM};
-    double bc1 = 1.0 - pow(beta1, t);
-    double bc2 = 1.0 - pow(beta2, t);
-    switch (algo) {
-    case ADAM: /* p -= a * m / (sqrt(v) / b + eps) */
-        s.a = lr / bc1;
-        s.b = sqrt(bc2);
-        s.kind = flags & AMSGRAD ? K_AMSGRAD : K_ADAM;
-        break;
-    case RADAM: {
-        double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
-        double beta2_t = pow(beta2, t);
-        double rho_t = rho_inf - 2.0 * t * beta2_t / (1.0 - beta2_t);
-        if (rho_t > AK_RHO_THRESHOLD) { /* p -= a * m / (sqrt(v) + eps) */
-            double r = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
-                            ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
-            s.a = lr * r * sqrt(bc2) / bc1;
-            s.kind = K_RADAM;
-        } else { /* p -= a * m */
-            s.a = lr / bc1;
-            s.kind = K_RADAM_PLAIN;
+/* 0-d state counters (the step, NAdam's mu_product) of one dtype: each becomes itself plus one
+ * (factors NULL) or times factors[k], rounded in its own dtype as torch's `step += 1` and
+ * `mu_product *= mu` are; its new value goes to out[k]. One call where torch._foreach_add_
+ * over 2000 CPU scalars takes milliseconds. */
+void adamkit_advance(int64_t count, void **values, int f64, const double *factors, double *out) {
+    for (int64_t k = 0; k < count; k++) {
+        if (f64) {
+            double *x = values[k];
+            *x = factors ? *x * factors[k] : *x + 1.0;
+            out[k] = *x;
+        } else {
+            float *x = values[k];
+            *x = factors ? *x * (float)factors[k] : *x + 1.0f;
+            out[k] = (double)*x;
         }
-        break;
-    }
-    case ADAMAX: /* p -= a * m / u */
-        s.a = lr / bc1;
-        s.kind = K_ADAMAX;
-        break;
-    }
-    return s;
-}
-
-/* The scalars of the last step count seen: the tensors of a bucket nearly always share one,
- * and the pow() calls cost more than the rest of the host's work (2000 tensors: 120 us).
- * NAdam's running product differs per tensor, so only its mu schedule is remembered. */
-typedef struct {
-    double t;          /* NAN until the first call */
-    scalars_t s;       /* step_scalars at t (not NAdam) */
-    double mu, mu_next, b;  /* NAdam's schedule at t, and sqrt(1 - beta2^t) */
-} memo_t;
-
-static scalars_t scalars_at(memo_t *memo, int algo, int flags, double t, void *mu_product,
-                            double lr, double beta1, double beta2, double momentum_decay) {
-    if (algo != NADAM) {
-        if (memo->t != t) {
-            memo->s = step_scalars(algo, flags, t, lr, beta1, beta2);
-            memo->t = t;
-        }
-        return memo->s;
-    }
-    if (memo->t != t) {
-        memo->mu = beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay));
-        memo->mu_next = beta1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * momentum_decay));
-        memo->b = sqrt(1.0 - pow(beta2, t));
-        memo->t = t;
-    }
-    return nadam_scalars(flags, memo->mu, memo->mu_next, memo->b, mu_product, lr);
-}
-
-/* Per tensor: increment its step, compute its step scalars, and number its CHUNK-sized chunks
- * (tensor k owns chunks first[k] .. first[k+1]-1). Returns nonzero if memory ran out. */
-static int plan(int algo, int flags, double beta1, double beta2, double lr, double momentum_decay,
-                int64_t count, const int64_t *numels, void **steps, void **mu_products,
-                scalars_t **scalars, int64_t **starts) {
-    scalars_t *s = malloc(sizeof(scalars_t) * (size_t)(count ? count : 1));
-    int64_t *first = malloc(sizeof(int64_t) * (size_t)(count + 1));
-    if (!s || !first) {
-        free(s);
-        free(first);
-        return 1;
-    }
-    first[0] = 0;
-    memo_t memo = {.t = NAN};
-    for (int64_t k = 0; k < count; k++) {
-        double t = count_step(steps[k], flags & STEP_F64);
-        s[k] = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr, beta1,
-                          beta2, momentum_decay);
-        s[k].t = t;
-        first[k + 1] = first[k] + (numels[k] + CHUNK - 1) / CHUNK;
-    }
-    *scalars = s;
-    *starts = first;
-    return 0;
-}
-
-/* The host half of a step whose element loop runs elsewhere (adamkit's Triton kernel on a GPU):
- * increment each tensor's step (and NAdam's mu product) and write its scalars to out, as
- * out[5k .. 5k+4] = a, b, c, kind, t (the step count, which seeds stochastic rounding). The same
- * scalars as the CPU kernel's, so both paths agree. */
-void adamkit_step_scalars(int algo, int flags, double lr, double beta1, double beta2,
-                          double momentum_decay, int64_t count, void **steps, void **mu_products,
-                          double *out) {
-    memo_t memo = {.t = NAN};
-    for (int64_t k = 0; k < count; k++) {
-        double t = count_step(steps[k], flags & STEP_F64);
-        scalars_t s = scalars_at(&memo, algo, flags, t, mu_products ? mu_products[k] : NULL, lr,
-                                 beta1, beta2, momentum_decay);
-        double *row = out + AK_ROW * k;
-        row[0] = s.a;
-        row[1] = s.b;
-        row[2] = s.c;
-        row[3] = (double)s.kind;
-        row[4] = t;
-    }
-}
-
-/* Only the increments (torch's fused Adam on a GPU computes its own scalars): one call where
- * torch._foreach_add_ over 2000 CPU scalars takes milliseconds. The new counts also go to
- * counts[k] as float (what torch's fused kernels read), when counts is not NULL. */
-void adamkit_count_steps(int64_t count, void **steps, int f64, float *counts) {
-    for (int64_t k = 0; k < count; k++) {
-        double t = count_step(steps[k], f64);
-        if (counts) counts[k] = (float)t;
     }
 }
 
@@ -436,7 +303,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
  * compiler vectorises. `decay` is 0 (none), 1 (coupled L2: g += wd p) or 2 (decoupled:
  * p *= 1 - lr wd); `sign` is -1 for maximize (exact: -1 * g == -g). The maxima are written as
  * `a > b ? a : b` so a NaN second moment propagates as in torch. The step scalars a, b, c are
- * the kind's (step_scalars), and B_OP is how b = sqrt(1 - beta2^t) is applied: `/` in the
+ * the kind's (adamkit/optim/_scalars.py), and B_OP is how b = sqrt(1 - beta2^t) is applied: `/` in the
  * exact loops, `*` by its inverse in the low-precision ones. */
 #define HEAD(T, DECAY)                                                                          \
     T grad = sign * g[i], param = p[i];                                                         \
@@ -483,7 +350,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
     (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
      (T)s->c, n, p, g, states)
 #define CASE_KIND(SUFFIX, KIND, DECAY, ARGS)                                                    \
-    case K_##KIND:                                                                              \
+    case AK_K_##KIND:                                                                            \
         if (DECAY == 0) loop_##SUFFIX##_##KIND##_0 ARGS;                                        \
         else if (DECAY == 1) loop_##SUFFIX##_##KIND##_1 ARGS;                                   \
         else loop_##SUFFIX##_##KIND##_2 ARGS;                                                   \
@@ -524,7 +391,7 @@ typedef struct {
     double lr, beta1, beta2, eps, wd;
     int64_t count;
     const int64_t *numels, *first;
-    const scalars_t *s;
+    const double *scalars; /* ROW per tensor: a, b, c, kind, t (R_*) */
     void **params, **grads, **states;
     int nstates;
     /* low-precision storage only (element type AK_E_WIDE) */
@@ -546,9 +413,9 @@ typedef struct {
         T *states[MAX_STATES] = {NULL};                                                         \
         for (int q = 0; q < c->nstates; q++)                                                    \
             states[q] = (T *)c->states[q * c->count + k] + start;                               \
-        dispatch_##SUFFIX(c->s[k].kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd,     \
-                          &c->s[k], n, (T *)c->params[k] + start, (const T *)c->grads[k] + start, \
-                          states);                                                              \
+        const scalars_t sk = scalars_of(c->scalars + ROW * k);                                  \
+        dispatch_##SUFFIX(sk.kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd, &sk, n,  \
+                          (T *)c->params[k] + start, (const T *)c->grads[k] + start, states);   \
     }
 
 DEFINE_STEP(f32, float, sqrtf, fabsf)
@@ -823,16 +690,16 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
     const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;
     const int64_t end = c->numels[k] - start < CHUNK ? c->numels[k] : start + CHUNK;
     const int fmt = c->state_fmts[k], param_fmt = c->param_fmt, nstates = c->nstates;
-    scalars_t sk = c->s[k];
+    scalars_t sk = scalars_of(c->scalars + ROW * k);
+    const uint32_t seed_p = rounding_seed(sk.t, c->salts[k], SALT_PARAM);
     sk.b = 1.0 / sk.b; /* dispatch_wide multiplies by it (unused where b is 0) */
-    const uint32_t seed_p = rounding_seed(c->s[k].t, c->salts[k], SALT_PARAM);
     void *bases[MAX_STATES];
     float *scales[MAX_STATES];
     uint32_t seeds[MAX_STATES];
     for (int q = 0; q < nstates; q++) {
         bases[q] = c->states[q * c->count + k];
         scales[q] = c->scales ? (float *)c->scales[q * c->count + k] : NULL;
-        seeds[q] = rounding_seed(c->s[k].t, c->salts[k], (uint32_t)c->codecs[q] >> CODEC_STREAM);
+        seeds[q] = rounding_seed(sk.t, c->salts[k], (uint32_t)c->codecs[q] >> CODEC_STREAM);
     }
     /* States 0 and 1 of one stream, low and high half: one hash per element rounds both. */
     const int paired = nstates >= 2 && c->codecs[0] >> CODEC_STREAM == c->codecs[1] >> CODEC_STREAM &&
@@ -873,59 +740,55 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
     }
 }
 
+/* The states each element loop reads: 2, or 3 where a kind names its own (AMSGrad's maximum). */
+static const int8_t states_of_kind[AK_KINDS] = {[AK_K_AMSGRAD] = 3};
+
 /* One fused step of a bucket (see the head of this file). hyper[H_*]: lr, betas, eps, weight
- * decay and the algorithm's own value (NAdam's momentum_decay); shape[S_*]: the algorithm,
- * flags, tensor count, number of states and of scalar states, threads, the parameters' format,
- * whether 8-bit scales follow, and the element loop (E_F32, E_F64 or E_WIDE for low-precision
- * storage). table: `count` addresses per role: params, grads, each state, step, each scalar
- * state, then (shape[S_SCALES]) the 8-bit scales of each state (NULL where a tensor has none).
+ * decay; shape[S_*]: flags, tensor count, number of states, rows to skip after them (the step
+ * counter and scalar states, which adamkit_advance has updated), threads, the parameters'
+ * format, whether 8-bit scales follow, and the element loop (E_F32, E_F64 or E_WIDE for
+ * low-precision storage). sizes: each tensor's element count, then (count + 1 entries) the
+ * first CHUNK-sized chunk of each tensor and the total. scalars: ROW doubles per tensor (R_*).
+ * table: `count` addresses per role: params, grads, each state, the skipped rows, then
+ * (shape[S_SCALES]) the 8-bit scales of each state (NULL where a tensor has none).
  * E_WIDE only: state_fmts[k] (tensor k's states are F_F32, F_BF16, F_BF16_SR, F_F16 or F_Q8),
- * salts[k] (its rounding's salt), codecs[q] (state q's sign and noise). Returns 0; 1, having
- * changed nothing, if memory ran out; 2 for a number of states the kernel does not take (AMSGrad
- * needs a third, its running maximum). */
-int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *numels, void **table,
-                 const uint8_t *state_fmts, const uint32_t *salts, const int32_t *codecs) {
-    /* The call must describe the rows it passes: refused (2), nothing touched, if not. */
+ * salts[k] (its rounding's salt), codecs[q] (state q's sign and noise), and `scratch`
+ * (SCRATCH_FLOATS floats for the calling thread's tiles). Returns 0; 2, having changed
+ * nothing, for a call that does not describe the rows it passes (a state count outside 2 ..
+ * MAX_STATES, a kind that is unknown or needs more states, wide storage without its arrays). */
+int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *sizes,
+                 const double *scalars, void **table, const uint8_t *state_fmts,
+                 const uint32_t *salts, const int32_t *codecs, float *scratch) {
     const int64_t count = shape[S_COUNT];
     if (count < 0 || shape[S_STATES] < 2 || shape[S_STATES] > MAX_STATES) return 2;
-    if (shape[S_SCALARS] < 0 || shape[S_SCALARS] > 1) return 2;
+    if (shape[S_SKIP] < 0) return 2;
     const int nstates = (int)shape[S_STATES], element = (int)shape[S_ELEMENT];
     if (element != E_F32 && element != E_F64 && element != E_WIDE) return 2;
-    if ((shape[S_FLAGS] & AMSGRAD) && nstates < 3) return 2; /* no row for the running maximum */
-    if (shape[S_ALGO] == NADAM && shape[S_SCALARS] < 1) return 2; /* no row for mu_product */
+    for (int64_t k = 0; k < count; k++) {
+        const double kind = scalars[ROW * k + R_KIND];
+        if (!(kind >= 0 && kind < AK_KINDS) || kind != (int)kind) return 2;
+        if (states_of_kind[(int)kind] > nstates) return 2; /* AMSGrad without its maximum */
+        if (sizes[k] < 0) return 2;
+    }
     if (element == E_WIDE) {
-        if (!state_fmts || !salts || !codecs) return 2;
+        if (!state_fmts || !salts || !codecs || !scratch) return 2;
         for (int64_t k = 0; k < count && !shape[S_SCALES]; k++)
             if (state_fmts[k] == F_Q8) return 2; /* 8-bit state without its scales' rows */
     }
-    void **steps = table + (2 + nstates) * count;
-    void **mu_products = shape[S_SCALARS] > 0 ? steps + count : NULL;
-    const int algo = (int)shape[S_ALGO], flags = (int)shape[S_FLAGS];
-    const double lr = hyper[H_LR], beta1 = hyper[H_BETA1], beta2 = hyper[H_BETA2];
-    float *scratch = NULL;
-    if (element == E_WIDE && !(scratch = malloc(sizeof(float) * SCRATCH_FLOATS))) return 1;
-    scalars_t *s;
-    int64_t *first;
-    if (plan(algo, flags, beta1, beta2, lr, hyper[H_OWN], count, numels, steps, mu_products, &s,
-             &first)) {
-        free(scratch);
-        return 1;
-    }
-    const call_t c = {.flags = flags, .lr = lr, .beta1 = beta1, .beta2 = beta2,
-                      .eps = hyper[H_EPS], .wd = hyper[H_WD], .count = count, .numels = numels,
-                      .first = first, .s = s, .params = table, .grads = table + count,
-                      .states = table + 2 * count, .nstates = nstates,
-                      .param_fmt = (int)shape[S_PARAM_FMT], .state_fmts = state_fmts,
-                      .scales = shape[S_SCALES] ? steps + (1 + shape[S_SCALARS]) * count : NULL,
+    const int64_t *first = sizes + count;
+    void **scales = table + (2 + nstates + shape[S_SKIP]) * count;
+    const call_t c = {.flags = (int)shape[S_FLAGS], .lr = hyper[H_LR], .beta1 = hyper[H_BETA1],
+                      .beta2 = hyper[H_BETA2], .eps = hyper[H_EPS], .wd = hyper[H_WD],
+                      .count = count, .numels = sizes, .first = first, .scalars = scalars,
+                      .params = table, .grads = table + count, .states = table + 2 * count,
+                      .nstates = nstates, .param_fmt = (int)shape[S_PARAM_FMT],
+                      .state_fmts = state_fmts, .scales = shape[S_SCALES] ? scales : NULL,
                       .codecs = codecs, .salts = salts};
     int64_t elements = 0;
-    for (int64_t k = 0; k < count; k++) elements += numels[k];
+    for (int64_t k = 0; k < count; k++) elements += sizes[k];
     const chunk_body body = element == E_WIDE ? chunk_wide : element == E_F64 ? chunk_f64 : chunk_f32;
     run_chunks(first[count], elements, (int)shape[S_THREADS], body, &c, scratch,
                element == E_WIDE ? SCRATCH_FLOATS : 0);
-    free(scratch);
-    free(s);
-    free(first);
     return 0;
 }
 

@@ -8,10 +8,10 @@ elements of tensor ``chunk_tensor[j]`` starting at ``chunk_start[j]``, so 2000 s
 cost one launch, as one large tensor does.
 
 The step-dependent scalars (bias corrections, RAdam's rectification, NAdam's momentum schedule)
-are computed on the host by the CPU library (``adamkit_step_scalars``), which also increments
-the step counters: they stay 0-d CPU tensors, as torch keeps them outside its fused and
-capturable modes, and each launch receives a table of ``ROW`` scalars per tensor. The element
-math is the CPU kernel's, in the same operation order:
+are computed on the host, by the same function as for the CPU kernel (``optim/_scalars.py``),
+after the step counters are incremented: they stay 0-d CPU tensors, as torch keeps them outside
+its fused and capturable modes, and each launch receives a table of ``ROW`` scalars per tensor.
+The element math is the CPU kernel's, in the same operation order:
 
 - ``fused_step``: state in the parameters' dtype; fp32 math for fp32, fp16 and bf16 tensors
   (stored back rounded to nearest, as torch's fused kernels do), fp64 for fp64.
@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..optim._algorithms import KINDS
 from . import _abi as abi
 
 __all__ = ["BLOCK", "OPTIONS", "launch", "specialization"]
@@ -53,10 +54,16 @@ __all__ = ["BLOCK", "OPTIONS", "launch", "specialization"]
 #: A multiple of the 8-bit scale's 256 elements.
 BLOCK = 1024
 
-# The CPU library's element-loop kinds (scalars_t.kind in fused_cpu.c).
-K_RADAM = tl.constexpr(abi.K_RADAM)
-#: Step scalars per tensor, as adamkit_step_scalars writes them: a, b, c, kind, t.
+# The element loops' kinds (the algorithm table's KINDS; the C kernel's AK_K_*): ALGO is an
+# algorithm's first, and its step-scalar row names the one each tensor takes.
+K_ADAM = tl.constexpr(KINDS["adam"])
+K_RADAM = tl.constexpr(KINDS["radam"])
+K_NADAM = tl.constexpr(KINDS["nadam"])
+K_ADAMAX = tl.constexpr(KINDS["adamax"])
+#: Step scalars per tensor, as optim/_scalars.py writes them: a, b, c, kind, t.
 ROW = tl.constexpr(abi.ROW)
+R_A, R_B, R_C = tl.constexpr(abi.R_A), tl.constexpr(abi.R_B), tl.constexpr(abi.R_C)
+R_KIND, R_T = tl.constexpr(abi.R_KIND), tl.constexpr(abi.R_T)
 
 
 # IEEE-rounded square root and division, as the CPU kernel and torch's kernels compute
@@ -112,10 +119,10 @@ def update(
     one_minus_beta2 = tl.load(hyper + 4).to(COMPUTE)
     eps = tl.load(hyper + 5).to(COMPUTE)
     wd = tl.load(hyper + 6).to(COMPUTE)
-    a = tl.load(scalars + ROW * k).to(COMPUTE)
-    b = tl.load(scalars + ROW * k + 1).to(COMPUTE)
-    c = tl.load(scalars + ROW * k + 2).to(COMPUTE)
-    kind = tl.load(scalars + ROW * k + 3)
+    a = tl.load(scalars + ROW * k + R_A).to(COMPUTE)
+    b = tl.load(scalars + ROW * k + R_B).to(COMPUTE)
+    c = tl.load(scalars + ROW * k + R_C).to(COMPUTE)
+    kind = tl.load(scalars + ROW * k + R_KIND)
 
     grad = sign * grad
     if DECAY == 1:
@@ -124,14 +131,14 @@ def update(
         param *= shrink
     m = m + one_minus_beta1 * (grad - m)
     top = old_max
-    if ALGO == 3:  # Adamax: u = max(beta2 u, |g| + eps); p -= a m / u
+    if ALGO == K_ADAMAX:  # Adamax: u = max(beta2 u, |g| + eps); p -= a m / u
         norm = tl.abs(grad) + eps
         v = beta2 * v
         v = tl.where(v > norm, v, norm)
         param = param - div(a * m, v, COMPUTE)
     else:
         v = beta2 * v + one_minus_beta2 * grad * grad
-        if ALGO == 0:  # Adam: p -= a m / (sqrt(v) / b + eps)
+        if ALGO == K_ADAM:  # Adam: p -= a m / (sqrt(v) / b + eps)
             top = v
             if AMSGRAD:
                 top = tl.where(old_max > v, old_max, v)  # a NaN v propagates, as in torch
@@ -140,7 +147,7 @@ def update(
             else:
                 denom = div(sqrt(top, COMPUTE), b, COMPUTE) + eps
             param = param - div(a * m, denom, COMPUTE)
-        elif ALGO == 1:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
+        elif ALGO == K_RADAM:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
             denom = tl.where(kind == K_RADAM, sqrt(v, COMPUTE) + eps, 1.0)
             param = param - div(a * m, denom, COMPUTE)
         else:  # NAdam: p -= (a g + c m) / (sqrt(v) / b + eps)
@@ -193,9 +200,9 @@ def fused_step(
     grads,
     states,  # int64[states * count]: row q holds each tensor's state q (the row's order)
     count,  # tensors in the bucket
-    scalars,  # float64[count, ROW]: a, b, c, kind, t per tensor (adamkit_step_scalars)
+    scalars,  # float64[count, ROW]: a, b, c, kind, t per tensor (optim/_scalars.py)
     hyper,  # float64[7]: sign, shrink, 1 - beta1, beta2, 1 - beta2, eps, wd
-    ALGO: tl.constexpr,  # 0 Adam, 1 RAdam, 2 NAdam, 3 Adamax (fused_cpu.c's enum)
+    ALGO: tl.constexpr,  # the algorithm's first kind: K_ADAM, K_RADAM, K_NADAM, K_ADAMAX
     DECAY: tl.constexpr,  # 0 none, 1 coupled (g += wd p), 2 decoupled (p *= 1 - lr wd)
     AMSGRAD: tl.constexpr,
     DTYPE: tl.constexpr,  # the tensors' element type
@@ -476,7 +483,7 @@ def wide_block(
     formats, scales, salts = storage
     offsets, mask = elements(start, numel, MASKED, BLOCK)
     fmt = tl.load(formats + k)
-    t = tl.load(scalars + ROW * k + 4)
+    t = tl.load(scalars + ROW * k + R_T)
     salt = tl.load(salts + k).to(tl.uint32)
     ms = tl.load(scales + k)
     vs = tl.load(scales + count + k)

@@ -21,7 +21,7 @@ from typing import Any
 from .. import reference
 from ..kernels import _abi
 
-__all__ = ["ALGORITHMS", "SCALAR_KEYS", "UNSIGNED", "Algorithm", "is_unsigned", "noise"]
+__all__ = ["ALGORITHMS", "KINDS", "SCALAR_KEYS", "UNSIGNED", "Algorithm", "is_unsigned", "noise"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,10 @@ class Algorithm:
             algorithm has no AMSGrad variant).
         scalars: 0-d state tensors besides ``step``, with their initial values (NAdam's
             ``mu_product``); never viewed as real, never stored in low precision.
-        kernel: the fused kernels' code for the update (a key of ``kernels._abi.ALGORITHMS``);
-            ``None``: no fused kernel, so the default path is the multi-tensor one and
+        kinds: the fused kernels' element loops for the update (the C kernel's
+            ``BODY_<KIND>``, the Triton kernel's ``K_<KIND>`` branch), the first being the
+            algorithm's own; its step-scalar function (next to its rule) picks one per tensor.
+            Empty: no fused kernel, so the default path is the multi-tensor one and
             ``fused=True`` is refused with a reason.
         torch_twin: the ``torch.optim`` class with the same semantics and signature, or
             ``None``.
@@ -56,7 +58,7 @@ class Algorithm:
     reference: Callable[..., Any]
     amsgrad_state: str | None = None
     scalars: dict[str, float] = field(default_factory=dict)
-    kernel: str | None = None
+    kinds: tuple[str, ...] = ()
     torch_twin: str | None = None
     own: tuple[str, ...] = ()
     pinned: dict[str, Any] = field(default_factory=dict)
@@ -65,13 +67,16 @@ class Algorithm:
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
         if not self.unsigned <= kept:
             raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")
-        if self.kernel is not None and self.kernel not in _abi.ALGORITHMS:
-            raise ValueError(f"{self.name}: no kernel code {self.kernel!r} in kernels._abi")
         if self.kernel is not None and not 2 <= len(self.state_keys(True)) <= _abi.MAX_STATES:
             raise ValueError(
                 f"{self.name}: the kernels take 2 to {_abi.MAX_STATES} states a tensor "
                 "(raise kernels._abi.MAX_STATES for more)"
             )
+
+    @property
+    def kernel(self) -> str | None:
+        """The algorithm's element loop (its first kind), or ``None`` without a kernel."""
+        return self.kinds[0] if self.kinds else None
 
     def state_keys(self, amsgrad: bool = False) -> tuple[str, ...]:
         """The state tensors shaped like the parameter, for a group with this ``amsgrad``."""
@@ -84,7 +89,7 @@ _ADAM = {
     "states": ("exp_avg", "exp_avg_sq"),
     "unsigned": frozenset({"exp_avg_sq", "max_exp_avg_sq"}),
     "amsgrad_state": "max_exp_avg_sq",
-    "kernel": "adam",
+    "kinds": ("adam", "amsgrad"),
 }
 
 #: Every algorithm, by class name, in the order the documentation lists them.
@@ -104,7 +109,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             states=("exp_avg", "exp_avg_sq"),
             unsigned=frozenset({"exp_avg_sq"}),
             reference=reference.radam,
-            kernel="radam",
+            kinds=("radam", "radam_plain"),
             torch_twin="RAdam",
         ),
         Algorithm(
@@ -113,7 +118,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             unsigned=frozenset({"exp_avg_sq"}),
             scalars={"mu_product": 1.0},
             reference=reference.nadam,
-            kernel="nadam",
+            kinds=("nadam",),
             torch_twin="NAdam",
             own=("momentum_decay",),
         ),
@@ -122,9 +127,17 @@ ALGORITHMS: dict[str, Algorithm] = {
             states=("exp_avg", "exp_inf"),
             unsigned=frozenset({"exp_inf"}),
             reference=reference.adamax,
-            kernel="adamax",
+            kinds=("adamax",),
             torch_twin="Adamax",
         ),
+    )
+}
+
+#: The kernels' element loops, numbered in table order (C gets them as -DAK_K_<KIND>).
+KINDS = {
+    kind: code
+    for code, kind in enumerate(
+        dict.fromkeys(kind for row in ALGORITHMS.values() for kind in row.kinds)
     )
 }
 

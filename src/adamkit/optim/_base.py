@@ -39,6 +39,7 @@ from ._core import (
     real_view,
     step_dtype,
 )
+from ._device import gpu_path
 from ._fused import (
     kernel_available,
     prepare_counters,
@@ -52,6 +53,7 @@ from ._precision import (
 )
 from ._precision import zeros as zero_state
 from ._router import step_fused
+from ._scalars import StepScalars
 from ._validation import (
     check_group,
     check_optimizer_wide,
@@ -72,16 +74,32 @@ def group_defaults(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return defaults
 
 
+def _has_cpu_params(group: Mapping[str, Any]) -> bool:
+    """Whether a group has parameters the C kernel (not a GPU kernel) would step."""
+    return any(not gpu_path(p.device) for p in group["params"])
+
+
 class AdamFamily(Optimizer):
     """Base class: validation, lazy state, device/dtype buckets, dispatch to a rule.
 
     Subclasses set :attr:`algorithm` (their row of the table, which says what state they keep
-    and which kernel steps them) and :attr:`_rule` (the pure update function), and take
-    torch's signature, passing ``group_defaults(locals())`` here.
+    and which kernel steps them), :attr:`_rule` (the pure update function) and, where the row
+    names a kernel, :attr:`_scalars` (the kernel's step scalars, ``optim/_scalars.py``), and
+    take torch's signature, passing ``group_defaults(locals())`` here.
     """
 
     algorithm: ClassVar[Algorithm]
     _rule: ClassVar[Rule]
+    _scalars: ClassVar[StepScalars | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        row = getattr(cls, "algorithm", None)
+        if row is not None and row.kernel is not None and cls._scalars is None:
+            raise TypeError(
+                f"{cls.__name__}: its row names the kernels {row.kinds} but the class sets no "
+                "_scalars (the step-scalar function the kernels need)"
+            )
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         check_group(defaults, type(self).__name__, own=self.algorithm.own)
@@ -91,7 +109,9 @@ class AdamFamily(Optimizer):
                 f"adamkit.{type(self).__name__}(fused=True): no fused kernel steps "
                 f"{self.algorithm.name}; leave fused=None to use the multi-tensor path"
             )
-        if any(g.get("fused") for g in self.param_groups) and not kernel_available():
+        if not kernel_available() and any(
+            g.get("fused") and _has_cpu_params(g) for g in self.param_groups
+        ):
             from ..kernels import unavailable_reason
 
             raise RuntimeError(
@@ -274,7 +294,10 @@ class AdamFamily(Optimizer):
         fused, foreach = group.get("fused"), group.get("foreach")
         if fused:
             return "fused"
-        if fused is None and foreach is None and self.algorithm.kernel and kernel_available():
+        # By default, the fused path where a kernel steps the algorithm (the GPU kernels need
+        # no CPU library: only CPU parameters need it built).
+        default = fused is None and foreach is None and self.algorithm.kernel is not None
+        if default and (kernel_available() or not _has_cpu_params(group)):
             return "fused"
         return "forloop" if foreach is False else "foreach"
 

@@ -7,11 +7,12 @@
   (``kernels/fused_triton.py``), with the CPU kernel's math.
 
 Step counters stay 0-d CPU tensors, as torch keeps them outside its fused and capturable modes,
-so checkpoints are the same on every path and device. Each step the CPU library increments them
-and computes every tensor's step scalars in double (``adamkit_step_scalars``, the CPU kernel's
-own code) into a pinned host buffer, copied to the GPU without waiting for it (with the
-gradients' addresses when they have moved). torch's fused kernels read their step counts from
-the GPU, so that plan copies the new counts there each step the same way.
+so checkpoints are the same on every path and device. Each step they are incremented (by the CPU
+library where it was built, else by torch) and every tensor's step scalars are computed in
+double by the same function as for the CPU kernel (``_scalars.py``) into a pinned host buffer,
+copied to the GPU without waiting for it (with the gradients' addresses when they have moved).
+torch's fused kernels read their step counts from the GPU, so that plan copies the new counts
+there each step the same way. Neither plan needs the CPU library.
 
 Low-precision state (``state_precision="bf16" | "8bit"``) and stochastically rounded bf16
 parameters take the Triton kernel's second form (``fused_step_wide``) for every algorithm,
@@ -29,17 +30,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..kernels import fused_library
-from ..kernels._abi import ALGORITHMS, AMSGRAD, MU_F64, ROW, STEP_F64
+from ..kernels._abi import R_B, ROW
+from ._algorithms import KINDS
 from ._core import Bucket, Hyper
 from ._fused import (
     Layout,
     Reading,
     Storage,
-    own_value,
+    counters,
     pointers,
     state_codec,
 )
+from ._scalars import StepScalars, fill_scalars
 
 __all__ = ["TorchFusedPlan", "TritonPlan", "gpu_path", "triton_unavailable"]
 
@@ -139,7 +141,6 @@ class TorchFusedPlan(_GpuPlanBase):
     def __init__(self, bucket: Bucket, layout: Layout, amsgrad: bool) -> None:
         super().__init__(bucket, layout)
         self.amsgrad = amsgrad
-        self.step_f64 = int(bucket.steps[0].dtype == torch.float64)
         # torch's fused kernels take float32 step counters on the parameters' device. The CPU
         # counters stay the truth: each step their new values are copied over (so a step that
         # fell back to another path, or a counter set by hand, is followed).
@@ -149,13 +150,8 @@ class TorchFusedPlan(_GpuPlanBase):
 
     def run(self, reading: Reading, h: Hyper) -> None:
         tensors = reading.tensors
-        library = fused_library()
-        assert library is not None  # the router checked it
         self.wait_for_host_buffers()
-        steps = reading.row(self.layout.roles.index("step"))
-        library.adamkit_count_steps(
-            reading.count, steps, self.step_f64, self.host_counts.data_ptr()
-        )
+        self.host_counts.numpy()[:] = counters(reading, self.layout).advance("step")
         fused = torch._fused_adamw_ if h.decoupled_weight_decay else torch._fused_adam_
         with self.launching():
             self.send((self.host_counts, self.device_steps))
@@ -184,7 +180,8 @@ class TritonPlan(_GpuPlanBase):
 
     def __init__(
         self,
-        algorithm: str,
+        kernel: str,
+        scalars_of: StepScalars,
         bucket: Bucket,
         layout: Layout,
         amsgrad: bool,
@@ -194,7 +191,8 @@ class TritonPlan(_GpuPlanBase):
 
         super().__init__(bucket, layout)
         self.storage = storage
-        self.algorithm = ALGORITHMS[algorithm]
+        self.kind = KINDS[kernel]  # the algorithm's element loop, a constant of its kernel
+        self.scalars_of = scalars_of
         self.amsgrad = amsgrad
         count = len(bucket.params)
         self.count = count
@@ -247,40 +245,22 @@ class TritonPlan(_GpuPlanBase):
         self.tables["grads"] = self.on_device(self.grad_host)
         self.grad_addresses: array[int] | None = None
         self.grads_aligned = False
-        mu = bucket.state.get("mu_product")
-        self.flags = (
-            (AMSGRAD if amsgrad else 0)
-            | (STEP_F64 if bucket.steps[0].dtype == torch.float64 else 0)
-            | (MU_F64 if mu is not None and mu[0].dtype == torch.float64 else 0)
-        )
 
     def run(self, reading: Reading, h: Hyper) -> None:
         from ..kernels.fused_triton import launch, specialization
 
         self.wait_for_host_buffers()
-        count, roles = reading.count, self.layout.roles
+        count = reading.count
         addresses = reading.table[count : 2 * count]
         new_grads = addresses != self.grad_addresses  # zero_grad(set_to_none=True) may move them
         if new_grads:
             self.grad_host.numpy()[:] = np.frombuffer(addresses, dtype=np.int64)
             self.grads_aligned = all(a % 16 == 0 for a in addresses)
             self.grad_addresses = addresses
-        library = fused_library()
-        assert library is not None  # the router checked it
-        library.adamkit_step_scalars(
-            self.algorithm,
-            self.flags,
-            h.lr,
-            h.beta1,
-            h.beta2,
-            own_value(h),
-            self.count,
-            reading.row(roles.index("step")),
-            reading.row(roles.index("mu_product")) if "mu_product" in roles else None,
-            self.host.data_ptr(),
-        )
+        rows = self.host_values[: ROW * count].reshape(count, ROW)
+        fill_scalars(rows, self.scalars_of, h, counters(reading, self.layout))
         if self.storage is not None:  # the low-precision loop multiplies by 1 / b, as the CPU's
-            b = self.host_values[1 : ROW * self.count : ROW]
+            b = rows[:, R_B]
             with np.errstate(divide="ignore"):  # b is 0 where the algorithm has no use for it
                 b[:] = 1.0 / b
         # Rounded once from double in the kernel, as the CPU kernel rounds them.
@@ -302,7 +282,7 @@ class TritonPlan(_GpuPlanBase):
                 copies.append((self.grad_host, self.tables["grads"]))
             self.send(*copies)
             kernel, constants = specialization(
-                self.algorithm,
+                self.kind,
                 decay,
                 self.amsgrad,
                 self.dtype,

@@ -2,9 +2,10 @@
 
 The kernel (``adamkit/kernels/fused_cpu.c``) implements every rule of this package for fp32 and
 fp64 CPU tensors, and for fp32, bf16 and fp16 ones through its codecs. It takes raw pointers,
-so a bucket of 2000 tensors costs one call, and it increments the step counters itself
-(torch's fused path spends as long on 2000 separate ``step += 1`` as on the update). It
-allocates no parameter-sized temporaries.
+so a bucket of 2000 tensors costs one call, and its step counters are incremented in one more
+(``adamkit_advance``; torch's fused path spends as long on 2000 separate ``step += 1`` as on
+the update), with the step scalars computed once in between (``_scalars.py``). It allocates no
+parameter-sized temporaries.
 
 Raw pointers are only safe if they are fresh. A plan keeps what does not change between steps
 (the algorithm, the storage formats, and the size and dtype each tensor must have); at every
@@ -18,6 +19,7 @@ seen and stepped one at a time, in order, instead (:data:`OVERLAPPING`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from array import array
@@ -25,17 +27,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..kernels import _abi, fused_library, unavailable_reason
-from ..kernels._abi import ALGORITHMS, AMSGRAD, DECOUPLED, MAXIMIZE, MU_F64, STEP_F64
+from ..kernels._abi import DECOUPLED, MAXIMIZE
 from ._algorithms import SCALAR_KEYS, is_unsigned, noise
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
 from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
+from ._scalars import Counters, StepScalars, fill_scalars
 
 __all__ = [
-    "ALGORITHMS",
     "OVERLAPPING",
     "FusedPlan",
     "Layout",
@@ -46,13 +49,13 @@ __all__ = [
     "check_scales",
     "check_state_sizes",
     "common_unsupported",
+    "counters",
     "kernel_available",
     "layout_unsupported",
     "pointers",
     "prepare_counters",
 ]
 
-#: The kernel's algorithm codes (``enum`` in fused_cpu.c).
 _COUNTER_DTYPES = (torch.float32, torch.float64)
 #: The start of the reason given for tensors that overlap in memory: such a bucket is stepped
 #: one parameter at a time (deterministic, as torch's for-loop), not by the threaded kernel.
@@ -494,7 +497,8 @@ class Layout:
 
     def _overlap(self, table: array[int]) -> bool:
         library = fused_library()
-        assert library is not None  # a CPU plan is only built where the kernel is available
+        if library is None:  # a GPU plan where the CPU library could not be built
+            return _overlapping(table, self.sizes, self.written)
         found = library.adamkit_overlap(
             len(table), address(table), address(self.sizes), address(self.written)
         )
@@ -503,40 +507,56 @@ class Layout:
         return bool(found >= 0)
 
 
+def _overlapping(starts: Sequence[int], sizes: Sequence[int], written: Sequence[int]) -> bool:
+    """Whether two of the byte ranges ``[start, start + size)`` overlap where at least one of
+    them is written (adamkit_overlap's sweep, in Python, for when the CPU library is missing)."""
+    written_end = read_end = 0
+    for start, end, writes in sorted(
+        (a, a + n, w) for a, n, w in zip(starts, sizes, written, strict=True) if n
+    ):
+        if start < written_end or (writes and start < read_end):
+            return True
+        if writes:
+            written_end = max(written_end, end)
+        else:
+            read_end = max(read_end, end)
+    return False
+
+
 class FusedPlan:
     """What the CPU kernel needs to know about one bucket that does not change between steps.
 
     Building a bucket's plan (real views, checks, formats) costs about as much Python per
     tensor as the update itself costs the kernel for small tensors, so it is kept; each step
-    reads the tensors afresh through :attr:`layout` and passes only those addresses.
+    reads the tensors afresh through :attr:`layout` and passes only those addresses, with the
+    step scalars ``scalars_of`` gives (``optim/_scalars.py``).
     :meth:`AdamFamily.load_state_dict` drops the plans, since it replaces the state.
     """
 
     def __init__(
         self,
-        algorithm: str,
+        scalars_of: StepScalars,
         bucket: Bucket,
         layout: Layout,
         amsgrad: bool,
         storage: Storage | None = None,
     ) -> None:
-        self.algorithm = ALGORITHMS[algorithm]
+        self.scalars_of = scalars_of
         self.layout = layout
         self.dtype = bucket.params[0].dtype
-        self.numels = array("q", layout.numels)
         self.amsgrad = amsgrad
-        self.counter_flags = (STEP_F64 if layout.counter_dtypes["step"] == torch.float64 else 0) | (
-            MU_F64 if layout.counter_dtypes.get("mu_product") == torch.float64 else 0
-        )
         self.storage = storage
         # What adamkit_step is told beside the addresses: the parts that do not change between
-        # steps are filled in here (kernels/_abi.py names the slots).
+        # steps are filled in here (kernels/_abi.py names the slots). sizes: each tensor's
+        # element count, then the first of its CHUNK-sized chunks, and the total.
+        chunks = [0, *itertools.accumulate(-(-n // _CHUNK) for n in layout.numels)]
+        self.sizes = array("q", [*layout.numels, *chunks])
+        self.rows = np.zeros((len(layout.numels), _abi.ROW))
         keys = layout.moment_keys  # 2 to MAX_STATES of them: the router checked
         self.hyper = array("d", [0.0] * _abi.HYPER_SLOTS)
         self.shape = array("q", [0] * _abi.SHAPE_SLOTS)
-        self.shape[_abi.S_ALGO] = self.algorithm
         self.shape[_abi.S_STATES] = len(keys)
-        self.shape[_abi.S_SCALARS] = len(layout.scalar_keys)
+        self.shape[_abi.S_SKIP] = 1 + len(layout.scalar_keys)
         self.shape[_abi.S_SCALES] = 1 if layout.q8 else 0
         self.state_formats: array[int] | None = None
         self.salts: array[int] | None = None
@@ -558,38 +578,54 @@ class FusedPlan:
     def run(self, reading: Reading, h: Hyper) -> None:
         library = fused_library()
         assert library is not None  # a plan is only built where the kernel is available
+        fill_scalars(self.rows, self.scalars_of, h, counters(reading, self.layout))
         hyper = array("d", self.hyper)
         hyper[_abi.H_LR], hyper[_abi.H_BETA1], hyper[_abi.H_BETA2] = h.lr, h.beta1, h.beta2
         hyper[_abi.H_EPS], hyper[_abi.H_WD] = h.eps, h.weight_decay
-        hyper[_abi.H_OWN] = own_value(h)
         shape = array("q", self.shape)
-        shape[_abi.S_FLAGS] = (
-            (MAXIMIZE if h.maximize else 0)
-            | (DECOUPLED if h.decoupled_weight_decay else 0)
-            | (AMSGRAD if self.amsgrad else 0)
-            | self.counter_flags
+        shape[_abi.S_FLAGS] = (MAXIMIZE if h.maximize else 0) | (
+            DECOUPLED if h.decoupled_weight_decay else 0
         )
         shape[_abi.S_COUNT] = reading.count
         shape[_abi.S_THREADS] = torch.get_num_threads()
+        # The calling thread's tiles for low-precision storage (each worker keeps its own).
+        scratch = _scratch() if self.storage is not None else None
         status = library.adamkit_step(
             address(hyper),
             address(shape),
-            address(self.numels),
+            address(self.sizes),
+            self.rows.ctypes.data,
             reading.row(0),
             address(self.state_formats),
             address(self.salts),
             address(self.codecs),
+            None if scratch is None else scratch.ctypes.data,
         )
-        if status == 1:
-            raise MemoryError("the fused kernel could not allocate its per-tensor scalars")
-        if status != 0:
+        if status != 0:  # the plan describes its rows wrongly: a bug, and nothing was updated
             raise RuntimeError(f"the fused kernel refused the call (status {status})")
 
 
-def own_value(h: Hyper) -> float:
-    """The kernels' one slot for a value of the algorithm's own: its first (NAdam's
-    momentum_decay), or 0."""
-    return next(iter(h.own.values()), 0.0)
+#: The C kernel's chunk of elements (CHUNK in fused_cpu.c) and its tiles for low-precision
+#: storage (SCRATCH_FLOATS: parameter, gradient and each state).
+_CHUNK = 16384
+_SCRATCH_FLOATS = (2 + _abi.MAX_STATES) * 1024
+
+
+def _scratch() -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.empty(_SCRATCH_FLOATS, dtype=np.float32)
+
+
+def counters(reading: Reading, layout: Layout) -> Counters:
+    """This step's 0-d counters of a bucket (``step`` and its scalar state), with their
+    addresses in the reading's table."""
+    count = reading.count
+    table = np.frombuffer(reading.table, dtype=np.uint64)
+    keys = ("step", *layout.scalar_keys)
+    addresses = {
+        key: table[layout.roles.index(key) * count : (layout.roles.index(key) + 1) * count]
+        for key in keys
+    }
+    return Counters(reading.tensors, addresses, layout.counter_dtypes)
 
 
 def state_codec(key: str) -> int:

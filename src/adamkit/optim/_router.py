@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..kernels import _abi
+from ..kernels import _abi, fused_library, unavailable_reason
 from ._algorithms import Algorithm
 from ._core import Bucket, Hyper, by_device_and_dtype, label_of, step_dtype
 from ._device import TorchFusedPlan, TritonPlan, gpu_path, triton_unavailable
@@ -37,6 +37,7 @@ from ._fused import (
 )
 from ._paths import PATHS
 from ._precision import needs_widening
+from ._scalars import StepScalars
 
 if TYPE_CHECKING:
     from ._base import AdamFamily
@@ -171,7 +172,7 @@ def _plan(
         storage = Storage(formats, states, opt._salts(params), stochastic)
     formats_kept = storage.formats if storage is not None else None
     layout = Layout(bucket, params, moment_keys, opt._scalar_keys, formats_kept)
-    return route(opt.algorithm, bucket, layout, hyper.amsgrad, storage, on_gpu)
+    return route(opt.algorithm, type(opt)._scalars, bucket, layout, hyper.amsgrad, storage, on_gpu)
 
 
 #: The parameter dtypes each kernel steps: full-precision state, then with low-precision state
@@ -184,6 +185,7 @@ _GPU_WIDE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 def route(
     algorithm: Algorithm,
+    scalars_of: StepScalars | None,
     bucket: Bucket,
     layout: Layout,
     amsgrad: bool,
@@ -194,8 +196,8 @@ def route(
     that chooses. ``storage``: how its low-precision state (or rounded parameters) is stored,
     if it has any. CPU buckets take the C kernel; CUDA buckets take torch's fused Adam/AdamW
     (full-precision state) or adamkit's Triton kernel (the other algorithms, and every
-    algorithm with low-precision state)."""
-    if algorithm.kernel is None:
+    algorithm with low-precision state). ``scalars_of``: the algorithm's step scalars."""
+    if algorithm.kernel is None or scalars_of is None:
         return None, f"no fused kernel steps {algorithm.name}"
     if not 2 <= len(layout.moment_keys) <= _abi.MAX_STATES:
         count = len(layout.moment_keys)
@@ -223,10 +225,12 @@ def route(
         reason = layout_unsupported(bucket, formats)
     if reason is None and on_gpu and not torch_fused:
         reason = triton_unavailable()
+    if reason is None and not on_gpu and fused_library() is None:
+        reason = f"the fused CPU kernel is unavailable ({unavailable_reason()})"
     if reason is not None:
         return None, reason
     if not on_gpu:
-        return FusedPlan(algorithm.kernel, bucket, layout, amsgrad, storage), None
+        return FusedPlan(scalars_of, bucket, layout, amsgrad, storage), None
     if torch_fused:
         return TorchFusedPlan(bucket, layout, amsgrad), None
-    return TritonPlan(algorithm.kernel, bucket, layout, amsgrad, storage), None
+    return TritonPlan(algorithm.kernel, scalars_of, bucket, layout, amsgrad, storage), None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
+from ._scalars import Counters, Scalars
 
-__all__ = ["Adam", "AdamW", "adam_rule"]
+__all__ = ["Adam", "AdamW", "adam_rule", "adam_scalars"]
 
 
 def adam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -31,6 +34,14 @@ def adam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     ops.div_(denom, [bc**0.5 for bc in bias_corrections(h.beta2, steps)])
     ops.add_scalar_(denom, h.eps)
     ops.addcdiv_(b.params, exp_avg, denom, [-h.lr / bc for bc in bias_corrections(h.beta1, steps)])
+
+
+def adam_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
+    """The fused kernels' step scalars: ``p -= a m / (sqrt(v) / b + eps)`` with
+    ``a = lr / (1 - beta1^t)``, ``b = sqrt(1 - beta2^t)`` (AMSGrad's loop takes ``v_max``)."""
+    return Scalars(
+        "amsgrad" if h.amsgrad else "adam", h.lr / (1.0 - h.beta1**t), math.sqrt(1.0 - h.beta2**t)
+    )
 
 
 class Adam(AdamFamily):
@@ -132,6 +143,7 @@ class Adam(AdamFamily):
 
     algorithm = ALGORITHMS["Adam"]
     _rule = adam_rule
+    _scalars = adam_scalars
 
 
 class AdamW(Adam):

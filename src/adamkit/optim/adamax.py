@@ -8,8 +8,9 @@ from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads
 from ._paths import TensorOps
+from ._scalars import Counters, Scalars
 
-__all__ = ["Adamax", "adamax_rule"]
+__all__ = ["Adamax", "adamax_rule", "adamax_scalars"]
 
 
 def adamax_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -26,6 +27,11 @@ def adamax_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     ops.addcdiv_(
         b.params, exp_avg, exp_inf, [-h.lr / bc for bc in bias_corrections(h.beta1, steps)]
     )
+
+
+def adamax_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
+    """The fused kernels' step scalars: ``p -= a m / u`` with ``a = lr / (1 - beta1^t)``."""
+    return Scalars("adamax", h.lr / (1.0 - h.beta1**t))
 
 
 class Adamax(AdamFamily):
@@ -80,3 +86,4 @@ class Adamax(AdamFamily):
 
     algorithm = ALGORITHMS["Adamax"]
     _rule = adamax_rule
+    _scalars = adamax_scalars

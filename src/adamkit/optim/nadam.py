@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
+from ._scalars import Counters, Scalars
 
-__all__ = ["NAdam", "momentum_schedule", "nadam_rule"]
+__all__ = ["NAdam", "momentum_schedule", "nadam_rule", "nadam_scalars"]
 
 
 def momentum_schedule(step: float, beta1: float, momentum_decay: float) -> float:
@@ -47,6 +50,22 @@ def nadam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
         exp_avg,
         denom,
         [-h.lr * n / (1.0 - p * n) for n, p in zip(mu_next, mu_product, strict=True)],
+    )
+
+
+def nadam_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
+    """The fused kernels' step scalars, after multiplying each tensor's running product of mu
+    by this step's: ``p -= (a g + c m) / (sqrt(v) / b + eps)`` with
+    ``a = lr (1 - mu_t) / (1 - Pi_t)``, ``c = lr mu_{t+1} / (1 - Pi_t mu_{t+1})``,
+    ``b = sqrt(1 - beta2^t)`` (one division where torch's two addcdiv_ take two)."""
+    psi = h.own["momentum_decay"]
+    mu, mu_next = momentum_schedule(t, h.beta1, psi), momentum_schedule(t + 1.0, h.beta1, psi)
+    product = counters.advance("mu_product", mu)
+    return Scalars(
+        "nadam",
+        h.lr * (1.0 - mu) / (1.0 - product),
+        math.sqrt(1.0 - h.beta2**t),
+        h.lr * mu_next / (1.0 - product * mu_next),
     )
 
 
@@ -111,3 +130,4 @@ class NAdam(AdamFamily):
 
     algorithm = ALGORITHMS["NAdam"]
     _rule = nadam_rule
+    _scalars = nadam_scalars

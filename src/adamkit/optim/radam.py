@@ -8,17 +8,24 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from ..kernels import _abi
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
+from ._scalars import Counters, Scalars
 
-__all__ = ["RAdam", "Rectification", "radam_rectification", "radam_rule", "rectification"]
+__all__ = [
+    "RAdam",
+    "Rectification",
+    "radam_rectification",
+    "radam_rule",
+    "radam_scalars",
+    "rectification",
+]
 
-#: RAdam only trusts the adaptive step once the length of the approximated SMA exceeds this
-#: (the number the kernels use too).
-RHO_THRESHOLD = float(_abi.RHO_THRESHOLD)
+#: RAdam trusts the adaptive step once the length of the approximated SMA exceeds this (Liu et
+#: al. 2020 use 4 in the paper, 5 in their code; torch uses 5).
+RHO_THRESHOLD = 5.0
 
 
 class Rectification(NamedTuple):
@@ -95,6 +102,17 @@ def radam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
         ops.addcdiv_(_select(b.params, rectified), _select(exp_avg, rectified), denom, step_size)
 
 
+def radam_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
+    """The fused kernels' step scalars: ``p -= a m / (sqrt(v) + eps)`` with
+    ``a = lr r_t sqrt(1 - beta2^t) / (1 - beta1^t)`` once rectified, else ``p -= a m`` with
+    ``a = lr / (1 - beta1^t)``."""
+    bc1 = 1.0 - h.beta1**t
+    r = radam_rectification(t, h.beta2).r
+    if r is None:
+        return Scalars("radam_plain", h.lr / bc1)
+    return Scalars("radam", h.lr * r * math.sqrt(1.0 - h.beta2**t) / bc1)
+
+
 class RAdam(AdamFamily):
     r"""RAdam: rectified Adam, a drop-in for :class:`torch.optim.RAdam`.
 
@@ -155,3 +173,4 @@ class RAdam(AdamFamily):
 
     algorithm = ALGORITHMS["RAdam"]
     _rule = radam_rule
+    _scalars = radam_scalars
