@@ -341,28 +341,22 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
             BODY_##KIND(T, SQRT, FABS, B_OP)                                                          \
         }                                                                                       \
     }
-#define DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, KIND)                                                \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 0)                                                 \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 1)                                                 \
-    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 2)
+/* Every element loop, by kind: a kind of the algorithm table (AK_K_<KIND>) and its BODY_<KIND>.
+ * A new kind is one BODY macro and one entry here. */
+#define FOR_EACH_KIND(X) X(ADAM) X(AMSGRAD) X(RADAM) X(RADAM_PLAIN) X(NADAM) X(ADAMAX)
+
+/* The states each element loop reads: 2, or 3 where a kind names its own (AMSGrad's maximum);
+ * 0 for a kind of the table with no loop here. */
+#define STATES_OF(KIND) [AK_K_##KIND] = AK_K_##KIND == AK_K_AMSGRAD ? 3 : 2,
+static const int8_t states_of_kind[AK_KINDS] = {FOR_EACH_KIND(STATES_OF)};
+
 /* The arguments every element loop takes, as dispatch_<SUFFIX> names them. */
 #define LOOP_ARGS(T)                                                                            \
     (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
      (T)s->c, n, p, g, states)
-#define CASE_KIND(SUFFIX, KIND, DECAY, ARGS)                                                    \
-    case AK_K_##KIND:                                                                            \
-        if (DECAY == 0) loop_##SUFFIX##_##KIND##_0 ARGS;                                        \
-        else if (DECAY == 1) loop_##SUFFIX##_##KIND##_1 ARGS;                                   \
-        else loop_##SUFFIX##_##KIND##_2 ARGS;                                                   \
-        break;
 
 #define DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, B_OP)                                                \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, ADAM)                                                    \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, AMSGRAD)                                                 \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, RADAM)                                                   \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, RADAM_PLAIN)                                             \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, NADAM)                                                   \
-    DEFINE_KIND(SUFFIX, T, SQRT, FABS, B_OP, ADAMAX)                                                  \
+    DEFINE_LOOPS_OF(SUFFIX, T, SQRT, FABS, B_OP)                                                \
                                                                                                 \
     /* Scalars derived from the hyperparameters are computed in double and rounded once, as  \
      * torch passes Python floats (1 - beta2 = 0.001 exactly, not 1 - (float)0.999). */       \
@@ -373,15 +367,26 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
         const T sign = flags & MAXIMIZE ? (T)-1 : (T)1;                                         \
         const T shrink = (T)(1.0 - lr * wd), one_minus_beta1 = (T)(1.0 - beta1);               \
         const T one_minus_beta2 = (T)(1.0 - beta2);                                             \
-        switch (kind) {                                                                         \
-            CASE_KIND(SUFFIX, ADAM, decay, LOOP_ARGS(T))                                        \
-            CASE_KIND(SUFFIX, AMSGRAD, decay, LOOP_ARGS(T))                                     \
-            CASE_KIND(SUFFIX, RADAM, decay, LOOP_ARGS(T))                                       \
-            CASE_KIND(SUFFIX, RADAM_PLAIN, decay, LOOP_ARGS(T))                                 \
-            CASE_KIND(SUFFIX, NADAM, decay, LOOP_ARGS(T))                                       \
-            CASE_KIND(SUFFIX, ADAMAX, decay, LOOP_ARGS(T))                                      \
-        }                                                                                       \
+        typedef void (*loop_t)(T, T, T, T, T, T, T, T, T, T, int64_t, T *restrict,              \
+                               const T *restrict, T *const *);                                  \
+        static const loop_t loops[AK_KINDS][3] = {FOR_EACH_KIND(LOOP_ENTRY_##SUFFIX)};          \
+        loops[kind][decay] LOOP_ARGS(T);                                                        \
     }
+#define DEFINE_LOOPS_OF(SUFFIX, T, SQRT, FABS, B_OP) FOR_EACH_KIND(DEFINE_KIND_##SUFFIX)
+#define DEFINE_KIND_OF(SUFFIX, T, SQRT, FABS, B_OP, KIND)                                         \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 0)                                           \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 1)                                           \
+    DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, 2)
+#define LOOP_ENTRY(SUFFIX, KIND)                                                                \
+    [AK_K_##KIND] = {loop_##SUFFIX##_##KIND##_0, loop_##SUFFIX##_##KIND##_1,                   \
+                     loop_##SUFFIX##_##KIND##_2},
+/* FOR_EACH_KIND passes the kind alone: these bind the element type of each set of loops. */
+#define DEFINE_KIND_f32(KIND) DEFINE_KIND_OF(f32, float, sqrtf, fabsf, /, KIND)
+#define DEFINE_KIND_f64(KIND) DEFINE_KIND_OF(f64, double, sqrt, fabs, /, KIND)
+#define DEFINE_KIND_wide(KIND) DEFINE_KIND_OF(wide, float, sqrtf, fabsf, *, KIND)
+#define LOOP_ENTRY_f32(KIND) LOOP_ENTRY(f32, KIND)
+#define LOOP_ENTRY_f64(KIND) LOOP_ENTRY(f64, KIND)
+#define LOOP_ENTRY_wide(KIND) LOOP_ENTRY(wide, KIND)
 
 /* One call's arguments, shared by the threads that run its chunks. The state tensors are a
  * table: states[q * count + k] is tensor k's state q (q < nstates <= MAX_STATES), in the order
@@ -429,6 +434,19 @@ DEFINE_STEP(f64, double, sqrt, fabs)
  * loop above runs on the buffers, and the results are encoded back. Memory is read and written
  * once; the buffers stay in L1. 8-bit codes carry one scale per BLOCK elements.
  */
+/* With AVX-512, gcc vectorises with 256-bit registers unless told otherwise. The codecs'
+ * integer work (8-bit codes, bf16 rounding of fp32 parameters) runs faster with 512-bit ones
+ * on the Xeons measured (BENCHMARKS.md, issue 19); the fp32 loops and the bf16-parameter loops
+ * did not, so only this section asks for them. Same instructions' results: only the width. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define WIDE_VECTORS_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"prefer-vector-width=512\")")
+#define WIDE_VECTORS_END _Pragma("GCC pop_options")
+#else
+#define WIDE_VECTORS_BEGIN
+#define WIDE_VECTORS_END
+#endif
+WIDE_VECTORS_BEGIN
+
 /* The element loops of low-precision storage multiply by 1 / sqrt(1 - beta2^t) where the exact
  * loops divide by sqrt(1 - beta2^t): one division fewer per element, a rounding difference
  * (1 ulp of fp32) far below that of the storage. */
@@ -529,6 +547,64 @@ static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restric
         v_out[i] = bf16_stochastic(v[i], r >> 16);
     }
 }
+
+/* bf16 state with stochastic rounding (the default of state_precision="bf16"), with fp32
+ * parameters or stochastically rounded bf16 ones: one pass per element, each value decoded,
+ * updated by the kind's body and rounded as it goes, where the general path below decodes a
+ * tile, updates it and encodes it in three passes. Same operations, same bits (the tests hold
+ * both paths and torch's operations equal); the body sees one-element arrays, which the
+ * compiler keeps in registers. PARAM_SR: bf16 parameters and gradients, else fp32. */
+#define DEFINE_BF16_LOOP(KIND, DECAY, PARAM_SR)                                                 \
+    static void bf16_##KIND##_##DECAY##_##PARAM_SR(                                            \
+        float sign, float shrink, float one_minus_beta1, float beta2, float one_minus_beta2,   \
+        float eps, float wd, float a, float b, float c, int64_t n, void *restrict params,      \
+        const void *restrict grads, uint16_t *const *states, const uint32_t *seeds,          \
+        uint32_t max_shift, uint32_t first) {                                                  \
+        float *restrict p32 = params;                                                          \
+        uint16_t *restrict p16 = params;                                                       \
+        const float *restrict g32 = grads;                                                     \
+        const uint16_t *restrict g16 = grads;                                                  \
+        uint16_t *restrict m16 = states[0], *restrict v16 = states[1], *restrict x16 = states[2]; \
+        const uint32_t seed = seeds[0], seed_max = seeds[2], seed_p = seeds[MAX_STATES];       \
+        const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)one_minus_beta2, (void)eps;            \
+        (void)p32, (void)p16, (void)g32, (void)g16, (void)x16, (void)seed_max, (void)seed_p;   \
+        (void)max_shift;                                                                       \
+        for (int64_t e = 0; e < n; e++) {                                                      \
+            const int64_t i = 0;                                                               \
+            float p[1], g[1], m[1], v[1], vmax[1];                                             \
+            const uint32_t index = first + (uint32_t)e;                                        \
+            p[0] = PARAM_SR ? float_of((uint32_t)p16[e] << 16) : p32[e];                       \
+            g[0] = PARAM_SR ? float_of((uint32_t)g16[e] << 16) : g32[e];                       \
+            m[0] = float_of((uint32_t)m16[e] << 16);                                           \
+            v[0] = float_of((uint32_t)v16[e] << 16);                                           \
+            vmax[0] = has_max ? float_of((uint32_t)x16[e] << 16) : 0.0f;                       \
+            HEAD(float, DECAY)                                                                 \
+            BODY_##KIND(float, sqrtf, fabsf, *)                                                \
+            const uint32_t r = noise_hash(index ^ seed);                                       \
+            m16[e] = bf16_stochastic(m[0], r & 0xffffu);                                       \
+            v16[e] = bf16_stochastic(v[0], r >> 16);                                           \
+            if (has_max)                                                                       \
+                x16[e] = bf16_stochastic(vmax[0], (noise_hash(index ^ seed_max) >> max_shift) & 0xffffu); \
+            if (PARAM_SR) p16[e] = bf16_stochastic(p[0], noise_hash(index ^ seed_p) >> 16);    \
+            else p32[e] = p[0];                                                                \
+        }                                                                                      \
+    }
+#define DEFINE_BF16_KIND_FP32_PARAMS(KIND)                                                     \
+    DEFINE_BF16_LOOP(KIND, 0, 0) DEFINE_BF16_LOOP(KIND, 1, 0) DEFINE_BF16_LOOP(KIND, 2, 0)
+#define DEFINE_BF16_KIND_BF16_PARAMS(KIND)                                                     \
+    DEFINE_BF16_LOOP(KIND, 0, 1) DEFINE_BF16_LOOP(KIND, 1, 1) DEFINE_BF16_LOOP(KIND, 2, 1)
+FOR_EACH_KIND(DEFINE_BF16_KIND_FP32_PARAMS)
+WIDE_VECTORS_END
+FOR_EACH_KIND(DEFINE_BF16_KIND_BF16_PARAMS)
+WIDE_VECTORS_BEGIN
+typedef void (*bf16_loop_t)(float, float, float, float, float, float, float, float, float,
+                            float, int64_t, void *restrict, const void *restrict,
+                            uint16_t *const *, const uint32_t *, uint32_t, uint32_t);
+#define BF16_ENTRY(KIND)                                                                       \
+    [AK_K_##KIND] = {{bf16_##KIND##_0_0, bf16_##KIND##_0_1}, {bf16_##KIND##_1_0, bf16_##KIND##_1_1}, \
+                     {bf16_##KIND##_2_0, bf16_##KIND##_2_1}},
+static const bf16_loop_t bf16_loops[AK_KINDS][3][2] = {FOR_EACH_KIND(BF16_ENTRY)};
 
 /* NaN and infinities are rare: a run of blocks is coded as if it held none, and then those
  * elements are given their own codes (or values) by these functions, out of line. */
@@ -704,6 +780,27 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
     /* States 0 and 1 of one stream, low and high half: one hash per element rounds both. */
     const int paired = nstates >= 2 && c->codecs[0] >> CODEC_STREAM == c->codecs[1] >> CODEC_STREAM &&
                        !(c->codecs[0] & CODEC_HIGH) && c->codecs[1] & CODEC_HIGH;
+    if (fmt == F_BF16_SR && paired && (param_fmt == F_F32 || param_fmt == F_BF16_SR) &&
+        nstates == states_of_kind[sk.kind]) { /* one pass (DEFINE_BF16_LOOP) */
+        const size_t param_size = param_fmt == F_F32 ? sizeof(float) : sizeof(uint16_t);
+        uint16_t *moments[MAX_STATES] = {NULL};
+        uint32_t all_seeds[MAX_STATES + 1] = {0};
+        for (int q = 0; q < nstates; q++) {
+            moments[q] = (uint16_t *)bases[q] + start;
+            all_seeds[q] = seeds[q];
+        }
+        all_seeds[MAX_STATES] = seed_p;
+        const uint32_t max_shift = nstates > 2 && c->codecs[2] & CODEC_HIGH ? 16 : 0;
+        const double wd = c->wd, lr = c->lr;
+        const int decay = wd == 0 ? 0 : (c->flags & DECOUPLED ? 2 : 1);
+        bf16_loops[sk.kind][decay][param_fmt == F_BF16_SR](
+            c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
+            (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
+            (float)sk.b, (float)sk.c, end - start, (char *)c->params[k] + start * param_size,
+            (const char *)c->grads[k] + start * param_size, moments, all_seeds, max_shift,
+            (uint32_t)start);
+        return;
+    }
     /* Tiles on the heap (the caller's scratch), not the stack: no stack-size assumption. */
     float *param_tile = scratch, *grad_tile = scratch + TILE;
     void *params = c->params[k], *grads = c->grads[k];
@@ -740,8 +837,7 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
     }
 }
 
-/* The states each element loop reads: 2, or 3 where a kind names its own (AMSGrad's maximum). */
-static const int8_t states_of_kind[AK_KINDS] = {[AK_K_AMSGRAD] = 3};
+WIDE_VECTORS_END
 
 /* One fused step of a bucket (see the head of this file). hyper[H_*]: lr, betas, eps, weight
  * decay; shape[S_*]: flags, tensor count, number of states, rows to skip after them (the step
@@ -767,7 +863,8 @@ int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *sizes
     for (int64_t k = 0; k < count; k++) {
         const double kind = scalars[ROW * k + R_KIND];
         if (!(kind >= 0 && kind < AK_KINDS) || kind != (int)kind) return 2;
-        if (states_of_kind[(int)kind] > nstates) return 2; /* AMSGrad without its maximum */
+        const int needs = states_of_kind[(int)kind];
+        if (needs == 0 || needs > nstates) return 2; /* no loop, or AMSGrad without its maximum */
         if (sizes[k] < 0) return 2;
     }
     if (element == E_WIDE) {
