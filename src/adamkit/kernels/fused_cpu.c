@@ -691,31 +691,137 @@ static inline __attribute__((always_inline)) void decode_q8(float *restrict out,
  * at or above INF_BITS. Finite magnitudes are normalized by multiplying with the scale's
  * reciprocal (one division per block, as _precision.encode_8bit does). NaN and infinities get
  * their own codes, so they leave the block's other elements as they would be without them. */
+static inline __attribute__((always_inline)) void encode_q8_block(uint8_t *restrict codes,
+                                                                  float *restrict scale,
+                                                                  const float *restrict in,
+                                                                  int n, int is_unsigned,
+                                                                  uint32_t most_bits) {
+    const int32_t offset = is_unsigned ? V_OFFSET : M_OFFSET, most = is_unsigned ? 255 : 127;
+    const int special = most_bits >= INF_BITS; /* the block holds a NaN or an infinity */
+    if (special) most_bits = finite_max_bits(in, n);
+    const float top = float_of(most_bits);
+    *scale = top;
+    const float inverse = 1.0f / (top > 0.0f ? top : 1.0f);
+    for (int i = 0; i < n; i++) {
+        int32_t c = ((int32_t)bits_of(fabsf(in[i]) * inverse) - offset + HALF_ULP) >> 20;
+        c = c < 0 ? 0 : (c > most ? most : c);
+        codes[i] = (uint8_t)(c | (!is_unsigned && in[i] < 0.0f ? 128 : 0));
+    }
+    if (special) encode_special(codes, in, n, is_unsigned);
+}
+/* The largest magnitude's bits of a block (NaN and infinities included: at or above INF_BITS). */
+static inline uint32_t most_bits_of(const float *restrict in, int n) {
+    uint32_t most_bits = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t a = bits_of(in[i]) & 0x7fffffffu;
+        most_bits = a > most_bits ? a : most_bits;
+    }
+    return most_bits;
+}
 static inline __attribute__((always_inline)) void encode_q8(uint8_t *restrict codes,
                                                             float *restrict scales,
                                                             const float *restrict in, int n,
                                                             int is_unsigned) {
-    const int32_t offset = is_unsigned ? V_OFFSET : M_OFFSET, most = is_unsigned ? 255 : 127;
     for (int b = 0; b * BLOCK < n; b++) {
         const int lo = b * BLOCK, hi = n < lo + BLOCK ? n : lo + BLOCK;
-        uint32_t most_bits = 0;
-        for (int i = lo; i < hi; i++) {
-            uint32_t a = bits_of(in[i]) & 0x7fffffffu;
-            most_bits = a > most_bits ? a : most_bits;
-        }
-        const int special = most_bits >= INF_BITS; /* the block holds a NaN or an infinity */
-        if (special) most_bits = finite_max_bits(in + lo, hi - lo);
-        const float top = float_of(most_bits);
-        scales[b] = top;
-        const float inverse = 1.0f / (top > 0.0f ? top : 1.0f);
-        for (int i = lo; i < hi; i++) {
-            int32_t c = ((int32_t)bits_of(fabsf(in[i]) * inverse) - offset + HALF_ULP) >> 20;
-            c = c < 0 ? 0 : (c > most ? most : c);
-            codes[i] = (uint8_t)(c | (!is_unsigned && in[i] < 0.0f ? 128 : 0));
-        }
-        if (special) encode_special(codes + lo, in + lo, hi - lo, is_unsigned);
+        encode_q8_block(codes + lo, scales + b, in + lo, hi - lo, is_unsigned,
+                        most_bits_of(in + lo, hi - lo));
     }
 }
+
+/* One 8-bit code as fp32, as decode_q8 and decode_special give it. */
+static inline float q8_signed(uint32_t c, float scale) {
+    const uint32_t mag = c & 127u, sign = (c & 128u) << 24;
+    const uint32_t x = mag ? (mag << 20) + M_OFFSET : 0u;
+    uint32_t bits = bits_of(float_of(x | sign) * scale);
+    bits = mag == M_NAN ? NAN_BITS : bits;
+    bits = mag == M_INF ? INF_BITS | sign : bits;
+    return float_of(bits);
+}
+static inline float q8_unsigned(uint32_t c, float scale) {
+    uint32_t bits = bits_of(float_of((c << 20) + V_OFFSET) * scale);
+    bits = c == V_NAN ? NAN_BITS : bits;
+    bits = c == V_INF ? INF_BITS : bits;
+    return float_of(bits);
+}
+
+/* 8-bit state (exp_avg signed, the second moment and AMSGrad's maximum unsigned) with fp32 or
+ * stochastically rounded bf16 parameters: per block of BLOCK elements, one pass decodes each
+ * code, updates the element and keeps the new moments (and their largest magnitude) in L1, then
+ * each moment's block is encoded; the tile path decodes, updates, and scans for the maximum in
+ * separate passes. Same bits. `buffers`: BLOCK floats for each state. */
+#define DEFINE_Q8_LOOP(KIND, DECAY, PARAM_SR)                                                   \
+    static void q8_##KIND##_##DECAY##_##PARAM_SR(                                              \
+        float sign, float shrink, float one_minus_beta1, float beta2, float one_minus_beta2,   \
+        float eps, float wd, float a, float b, float c, int64_t n, void *restrict params,      \
+        const void *restrict grads, uint8_t *const *codes, float *const *scales,              \
+        float *restrict buffers, uint32_t seed_p, uint32_t first) {                            \
+        float *restrict p32 = params;                                                          \
+        uint16_t *restrict p16 = params;                                                       \
+        const float *restrict g32 = grads;                                                     \
+        const uint16_t *restrict g16 = grads;                                                  \
+        float *restrict m_out = buffers, *restrict v_out = buffers + BLOCK;                    \
+        float *restrict x_out = buffers + 2 * BLOCK;                                           \
+        const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)one_minus_beta2, (void)eps;            \
+        (void)p32, (void)p16, (void)g32, (void)g16, (void)seed_p, (void)x_out;                 \
+        for (int64_t lo = 0; lo < n; lo += BLOCK) {                                            \
+            const int count = (int)(n - lo < BLOCK ? n - lo : BLOCK);                          \
+            const int64_t at = lo / BLOCK;                                                     \
+            const float m_scale = scales[0][at], v_scale = scales[1][at];                      \
+            const float x_scale = has_max ? scales[2][at] : 0.0f;                              \
+            const uint8_t *restrict m_codes = codes[0] + lo, *restrict v_codes = codes[1] + lo; \
+            const uint8_t *restrict x_codes = has_max ? codes[2] + lo : NULL;                  \
+            uint32_t m_most = 0, v_most = 0, x_most = 0;                                       \
+            {                                                                                  \
+                const int64_t ahead = lo + PF_AHEAD;                                           \
+                const int64_t until = ahead + BLOCK < n ? ahead + BLOCK : n;                   \
+                const int64_t param_size = PARAM_SR ? 2 : 4;                                   \
+                prefetch_range(params, ahead * param_size, until * param_size);                \
+                prefetch_range(grads, ahead * param_size, until * param_size);                 \
+                for (int q = 0; q < 2 + has_max; q++) prefetch_range(codes[q], ahead, until);  \
+            }                                                                                  \
+            for (int e = 0; e < count; e++) {                                                  \
+                const int64_t i = 0, at_e = lo + e;                                            \
+                float p[1], g[1], m[1], v[1], vmax[1];                                         \
+                p[0] = PARAM_SR ? float_of((uint32_t)p16[at_e] << 16) : p32[at_e];             \
+                g[0] = PARAM_SR ? float_of((uint32_t)g16[at_e] << 16) : g32[at_e];             \
+                m[0] = q8_signed(m_codes[e], m_scale);                                         \
+                v[0] = q8_unsigned(v_codes[e], v_scale);                                       \
+                vmax[0] = has_max ? q8_unsigned(x_codes[e], x_scale) : 0.0f;                   \
+                HEAD(float, DECAY)                                                             \
+                BODY_##KIND(float, sqrtf, fabsf, *)                                            \
+                if (PARAM_SR)                                                                  \
+                    p16[at_e] = bf16_stochastic(                                               \
+                        p[0], noise_hash((first + (uint32_t)at_e) ^ seed_p) >> 16);            \
+                else p32[at_e] = p[0];                                                         \
+                const uint32_t mb = bits_of(m[0]) & 0x7fffffffu, vb = bits_of(v[0]) & 0x7fffffffu; \
+                m_out[e] = m[0];                                                               \
+                v_out[e] = v[0];                                                               \
+                m_most = mb > m_most ? mb : m_most;                                            \
+                v_most = vb > v_most ? vb : v_most;                                            \
+                if (has_max) {                                                                 \
+                    const uint32_t xb = bits_of(vmax[0]) & 0x7fffffffu;                        \
+                    x_out[e] = vmax[0];                                                        \
+                    x_most = xb > x_most ? xb : x_most;                                        \
+                }                                                                              \
+            }                                                                                  \
+            encode_q8_block(codes[0] + lo, scales[0] + at, m_out, count, 0, m_most);           \
+            encode_q8_block(codes[1] + lo, scales[1] + at, v_out, count, 1, v_most);           \
+            if (has_max) encode_q8_block(codes[2] + lo, scales[2] + at, x_out, count, 1, x_most); \
+        }                                                                                      \
+    }
+#define DEFINE_Q8_KIND(KIND)                                                                   \
+    DEFINE_Q8_LOOP(KIND, 0, 0) DEFINE_Q8_LOOP(KIND, 1, 0) DEFINE_Q8_LOOP(KIND, 2, 0)           \
+    DEFINE_Q8_LOOP(KIND, 0, 1) DEFINE_Q8_LOOP(KIND, 1, 1) DEFINE_Q8_LOOP(KIND, 2, 1)
+FOR_EACH_KIND(DEFINE_Q8_KIND)
+typedef void (*q8_loop_t)(float, float, float, float, float, float, float, float, float, float,
+                          int64_t, void *restrict, const void *restrict, uint8_t *const *,
+                          float *const *, float *restrict, uint32_t, uint32_t);
+#define Q8_ENTRY(KIND)                                                                         \
+    [AK_K_##KIND] = {{q8_##KIND##_0_0, q8_##KIND##_0_1}, {q8_##KIND##_1_0, q8_##KIND##_1_1},   \
+                     {q8_##KIND##_2_0, q8_##KIND##_2_1}},
+static const q8_loop_t q8_loops[AK_KINDS][3][2] = {FOR_EACH_KIND(Q8_ENTRY)};
 
 /* One stored state tensor's tile as fp32: in place for fp32, else decoded into `buffer`. */
 static float *load_state(int fmt, void *base, const float *scales, int64_t e, int n,
@@ -818,6 +924,28 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
             (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
             (float)sk.b, (float)sk.c, end - start, (char *)c->params[k] + start * param_size,
             (const char *)c->grads[k] + start * param_size, moments, all_seeds, max_shift,
+            (uint32_t)start);
+        return;
+    }
+    const int signs_fit = nstates >= 2 && !(c->codecs[0] & CODEC_UNSIGNED) &&
+                          c->codecs[1] & CODEC_UNSIGNED &&
+                          (nstates < 3 || c->codecs[2] & CODEC_UNSIGNED);
+    if (fmt == F_Q8 && signs_fit && (param_fmt == F_F32 || param_fmt == F_BF16_SR) &&
+        nstates == states_of_kind[sk.kind]) { /* one pass a block (DEFINE_Q8_LOOP) */
+        const size_t param_size = param_fmt == F_F32 ? sizeof(float) : sizeof(uint16_t);
+        uint8_t *codes[MAX_STATES] = {NULL};
+        float *block_scales[MAX_STATES] = {NULL};
+        for (int q = 0; q < nstates; q++) {
+            codes[q] = (uint8_t *)bases[q] + start;
+            block_scales[q] = scales[q] + start / BLOCK;
+        }
+        const double wd = c->wd, lr = c->lr;
+        const int decay = wd == 0 ? 0 : (c->flags & DECOUPLED ? 2 : 1);
+        q8_loops[sk.kind][decay][param_fmt == F_BF16_SR](
+            c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
+            (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
+            (float)sk.b, (float)sk.c, end - start, (char *)c->params[k] + start * param_size,
+            (const char *)c->grads[k] + start * param_size, codes, block_scales, scratch, seed_p,
             (uint32_t)start);
         return;
     }
