@@ -394,6 +394,8 @@ def test_addresses_off_a_16_byte_boundary_take_the_kernel_without_vector_accesse
         ("NAdam", {"state_precision": "bf16"}, torch.bfloat16),
         ("Adamax", {"weight_decay": 0.1, "state_precision": "8bit"}, torch.float32),
         ("Adam", {"stochastic_rounding": True}, torch.bfloat16),
+        ("Adam", {"amsgrad": True, "state_precision": "bf16"}, torch.float32),
+        ("AdamW", {"state_precision": "bf16", "stochastic_rounding": True}, torch.bfloat16),
     ],
     ids=[
         "Adam-amsgrad-8bit",
@@ -402,6 +404,8 @@ def test_addresses_off_a_16_byte_boundary_take_the_kernel_without_vector_accesse
         "NAdam-bf16-bf16",
         "Adamax-8bit",
         "Adam-fp32-bf16sr",
+        "Adam-amsgrad-bf16",
+        "AdamW-bf16-bf16sr",
     ],
 )
 def test_low_precision_state_matches_the_cpu_kernel(
