@@ -564,6 +564,28 @@ static inline void prefetch_range(const void *base, int64_t from, int64_t to) {
     for (int64_t at = from & ~(int64_t)63; at < to; at += 64)
         __builtin_prefetch((const char *)base + at, 1, 2);
 }
+/* COUNT elements from `block` (a constant PF_BLOCK but for a tensor's last elements). */
+#define BF16_BLOCK(KIND, DECAY, PARAM_SR, COUNT)                                                \
+    for (int64_t j = 0; j < COUNT; j++) {                                                      \
+        const int64_t i = 0, e = block + j;                                                    \
+        float p[1], g[1], m[1], v[1], vmax[1];                                                 \
+        const uint32_t index = first + (uint32_t)e;                                            \
+        p[0] = PARAM_SR ? float_of((uint32_t)p16[e] << 16) : p32[e];                           \
+        g[0] = PARAM_SR ? float_of((uint32_t)g16[e] << 16) : g32[e];                           \
+        m[0] = float_of((uint32_t)m16[e] << 16);                                               \
+        v[0] = float_of((uint32_t)v16[e] << 16);                                               \
+        vmax[0] = has_max ? float_of((uint32_t)x16[e] << 16) : 0.0f;                           \
+        HEAD(float, DECAY)                                                                     \
+        BODY_##KIND(float, sqrtf, fabsf, *)                                                    \
+        const uint32_t r = noise_hash(index ^ seed);                                           \
+        m16[e] = bf16_stochastic(m[0], r & 0xffffu);                                           \
+        v16[e] = bf16_stochastic(v[0], r >> 16);                                               \
+        if (has_max)                                                                           \
+            x16[e] = bf16_stochastic(vmax[0], (noise_hash(index ^ seed_max) >> max_shift) & 0xffffu); \
+        if (PARAM_SR) p16[e] = bf16_stochastic(p[0], noise_hash(index ^ seed_p) >> 16);        \
+        else p32[e] = p[0];                                                                    \
+    }
+
 #define DEFINE_BF16_LOOP(KIND, DECAY, PARAM_SR)                                                 \
     static void bf16_##KIND##_##DECAY##_##PARAM_SR(                                            \
         float sign, float shrink, float one_minus_beta1, float beta2, float one_minus_beta2,   \
@@ -582,32 +604,19 @@ static inline void prefetch_range(const void *base, int64_t from, int64_t to) {
         (void)max_shift;                                                                       \
         const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
         for (int64_t block = 0; block < n; block += PF_BLOCK) {                                \
-          const int64_t stop = n - block < PF_BLOCK ? n : block + PF_BLOCK;                    \
-          const int64_t ahead = block + PF_AHEAD, until = stop + PF_AHEAD < n ? stop + PF_AHEAD : n; \
-          prefetch_range(params, ahead * param_size, until * param_size);                      \
-          prefetch_range(grads, ahead * param_size, until * param_size);                       \
-          prefetch_range(m16, ahead * 2, until * 2);                                           \
-          prefetch_range(v16, ahead * 2, until * 2);                                           \
-          if (has_max) prefetch_range(x16, ahead * 2, until * 2);                              \
-          for (int64_t e = block; e < stop; e++) {                                             \
-            const int64_t i = 0;                                                               \
-            float p[1], g[1], m[1], v[1], vmax[1];                                             \
-            const uint32_t index = first + (uint32_t)e;                                        \
-            p[0] = PARAM_SR ? float_of((uint32_t)p16[e] << 16) : p32[e];                       \
-            g[0] = PARAM_SR ? float_of((uint32_t)g16[e] << 16) : g32[e];                       \
-            m[0] = float_of((uint32_t)m16[e] << 16);                                           \
-            v[0] = float_of((uint32_t)v16[e] << 16);                                           \
-            vmax[0] = has_max ? float_of((uint32_t)x16[e] << 16) : 0.0f;                       \
-            HEAD(float, DECAY)                                                                 \
-            BODY_##KIND(float, sqrtf, fabsf, *)                                                \
-            const uint32_t r = noise_hash(index ^ seed);                                       \
-            m16[e] = bf16_stochastic(m[0], r & 0xffffu);                                       \
-            v16[e] = bf16_stochastic(v[0], r >> 16);                                           \
-            if (has_max)                                                                       \
-                x16[e] = bf16_stochastic(vmax[0], (noise_hash(index ^ seed_max) >> max_shift) & 0xffffu); \
-            if (PARAM_SR) p16[e] = bf16_stochastic(p[0], noise_hash(index ^ seed_p) >> 16);    \
-            else p32[e] = p[0];                                                                \
-          }                                                                                    \
+            const int64_t count = n - block < PF_BLOCK ? n - block : PF_BLOCK;                 \
+            const int64_t ahead = block + PF_AHEAD;                                            \
+            const int64_t until = ahead + count < n ? ahead + count : n;                       \
+            prefetch_range(params, ahead * param_size, until * param_size);                    \
+            prefetch_range(grads, ahead * param_size, until * param_size);                     \
+            prefetch_range(m16, ahead * 2, until * 2);                                         \
+            prefetch_range(v16, ahead * 2, until * 2);                                         \
+            if (has_max) prefetch_range(x16, ahead * 2, until * 2);                            \
+            if (count == PF_BLOCK) {                                                           \
+                BF16_BLOCK(KIND, DECAY, PARAM_SR, PF_BLOCK)                                    \
+            } else {                                                                           \
+                BF16_BLOCK(KIND, DECAY, PARAM_SR, count)                                       \
+            }                                                                                  \
         }                                                                                      \
     }
 #define DEFINE_BF16_KIND_FP32_PARAMS(KIND)                                                     \
@@ -750,6 +759,38 @@ static inline float q8_unsigned(uint32_t c, float scale) {
  * code, updates the element and keeps the new moments (and their largest magnitude) in L1, then
  * each moment's block is encoded; the tile path decodes, updates, and scans for the maximum in
  * separate passes. Same bits. `buffers`: BLOCK floats for each state. */
+/* One block of COUNT elements from `lo` (a constant BLOCK for every block but a tensor's last:
+ * the compiler then drops the loops' remainders and masks). */
+#define Q8_BLOCK(KIND, DECAY, PARAM_SR, COUNT)                                                  \
+    uint32_t m_most = 0, v_most = 0, x_most = 0;                                               \
+    for (int e = 0; e < COUNT; e++) {                                                          \
+        const int64_t i = 0, at_e = lo + e;                                                    \
+        float p[1], g[1], m[1], v[1], vmax[1];                                                 \
+        p[0] = PARAM_SR ? float_of((uint32_t)p16[at_e] << 16) : p32[at_e];                     \
+        g[0] = PARAM_SR ? float_of((uint32_t)g16[at_e] << 16) : g32[at_e];                     \
+        m[0] = q8_signed(m_codes[e], m_scale);                                                 \
+        v[0] = q8_unsigned(v_codes[e], v_scale);                                               \
+        vmax[0] = has_max ? q8_unsigned(x_codes[e], x_scale) : 0.0f;                           \
+        HEAD(float, DECAY)                                                                     \
+        BODY_##KIND(float, sqrtf, fabsf, *)                                                    \
+        if (PARAM_SR)                                                                          \
+            p16[at_e] = bf16_stochastic(p[0], noise_hash((first + (uint32_t)at_e) ^ seed_p) >> 16); \
+        else p32[at_e] = p[0];                                                                 \
+        const uint32_t mb = bits_of(m[0]) & 0x7fffffffu, vb = bits_of(v[0]) & 0x7fffffffu;     \
+        m_out[e] = m[0];                                                                       \
+        v_out[e] = v[0];                                                                       \
+        m_most = mb > m_most ? mb : m_most;                                                    \
+        v_most = vb > v_most ? vb : v_most;                                                    \
+        if (has_max) {                                                                         \
+            const uint32_t xb = bits_of(vmax[0]) & 0x7fffffffu;                                \
+            x_out[e] = vmax[0];                                                                \
+            x_most = xb > x_most ? xb : x_most;                                                \
+        }                                                                                      \
+    }                                                                                          \
+    encode_q8_block(codes[0] + lo, scales[0] + at, m_out, COUNT, 0, m_most);                   \
+    encode_q8_block(codes[1] + lo, scales[1] + at, v_out, COUNT, 1, v_most);                   \
+    if (has_max) encode_q8_block(codes[2] + lo, scales[2] + at, x_out, COUNT, 1, x_most);
+
 #define DEFINE_Q8_LOOP(KIND, DECAY, PARAM_SR)                                                   \
     static void q8_##KIND##_##DECAY##_##PARAM_SR(                                              \
         float sign, float shrink, float one_minus_beta1, float beta2, float one_minus_beta2,   \
@@ -763,6 +804,7 @@ static inline float q8_unsigned(uint32_t c, float scale) {
         float *restrict m_out = buffers, *restrict v_out = buffers + BLOCK;                    \
         float *restrict x_out = buffers + 2 * BLOCK;                                           \
         const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
+        const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
         (void)shrink, (void)wd, (void)b, (void)c, (void)one_minus_beta2, (void)eps;            \
         (void)p32, (void)p16, (void)g32, (void)g16, (void)seed_p, (void)x_out;                 \
         for (int64_t lo = 0; lo < n; lo += BLOCK) {                                            \
@@ -772,43 +814,15 @@ static inline float q8_unsigned(uint32_t c, float scale) {
             const float x_scale = has_max ? scales[2][at] : 0.0f;                              \
             const uint8_t *restrict m_codes = codes[0] + lo, *restrict v_codes = codes[1] + lo; \
             const uint8_t *restrict x_codes = has_max ? codes[2] + lo : NULL;                  \
-            uint32_t m_most = 0, v_most = 0, x_most = 0;                                       \
-            {                                                                                  \
-                const int64_t ahead = lo + PF_AHEAD;                                           \
-                const int64_t until = ahead + BLOCK < n ? ahead + BLOCK : n;                   \
-                const int64_t param_size = PARAM_SR ? 2 : 4;                                   \
-                prefetch_range(params, ahead * param_size, until * param_size);                \
-                prefetch_range(grads, ahead * param_size, until * param_size);                 \
-                for (int q = 0; q < 2 + has_max; q++) prefetch_range(codes[q], ahead, until);  \
+            const int64_t ahead = lo + PF_AHEAD, until = ahead + BLOCK < n ? ahead + BLOCK : n; \
+            prefetch_range(params, ahead * param_size, until * param_size);                    \
+            prefetch_range(grads, ahead * param_size, until * param_size);                     \
+            for (int q = 0; q < 2 + has_max; q++) prefetch_range(codes[q], ahead, until);      \
+            if (count == BLOCK) {                                                              \
+                Q8_BLOCK(KIND, DECAY, PARAM_SR, BLOCK)                                         \
+            } else {                                                                           \
+                Q8_BLOCK(KIND, DECAY, PARAM_SR, count)                                         \
             }                                                                                  \
-            for (int e = 0; e < count; e++) {                                                  \
-                const int64_t i = 0, at_e = lo + e;                                            \
-                float p[1], g[1], m[1], v[1], vmax[1];                                         \
-                p[0] = PARAM_SR ? float_of((uint32_t)p16[at_e] << 16) : p32[at_e];             \
-                g[0] = PARAM_SR ? float_of((uint32_t)g16[at_e] << 16) : g32[at_e];             \
-                m[0] = q8_signed(m_codes[e], m_scale);                                         \
-                v[0] = q8_unsigned(v_codes[e], v_scale);                                       \
-                vmax[0] = has_max ? q8_unsigned(x_codes[e], x_scale) : 0.0f;                   \
-                HEAD(float, DECAY)                                                             \
-                BODY_##KIND(float, sqrtf, fabsf, *)                                            \
-                if (PARAM_SR)                                                                  \
-                    p16[at_e] = bf16_stochastic(                                               \
-                        p[0], noise_hash((first + (uint32_t)at_e) ^ seed_p) >> 16);            \
-                else p32[at_e] = p[0];                                                         \
-                const uint32_t mb = bits_of(m[0]) & 0x7fffffffu, vb = bits_of(v[0]) & 0x7fffffffu; \
-                m_out[e] = m[0];                                                               \
-                v_out[e] = v[0];                                                               \
-                m_most = mb > m_most ? mb : m_most;                                            \
-                v_most = vb > v_most ? vb : v_most;                                            \
-                if (has_max) {                                                                 \
-                    const uint32_t xb = bits_of(vmax[0]) & 0x7fffffffu;                        \
-                    x_out[e] = vmax[0];                                                        \
-                    x_most = xb > x_most ? xb : x_most;                                        \
-                }                                                                              \
-            }                                                                                  \
-            encode_q8_block(codes[0] + lo, scales[0] + at, m_out, count, 0, m_most);           \
-            encode_q8_block(codes[1] + lo, scales[1] + at, v_out, count, 1, v_most);           \
-            if (has_max) encode_q8_block(codes[2] + lo, scales[2] + at, x_out, count, 1, x_most); \
         }                                                                                      \
     }
 #define DEFINE_Q8_KIND(KIND)                                                                   \
