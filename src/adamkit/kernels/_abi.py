@@ -21,6 +21,11 @@ S_FLAGS, S_COUNT, S_STATES, S_SKIP, S_THREADS, S_PARAM_FMT, S_SCALES, S_ELEMENT 
 SHAPE_SLOTS = 8
 E_F32, E_F64, E_WIDE = range(3)
 MAX_STATES = 3
+#: Elements of a tensor one thread takes at a time (the plan numbers each tensor's chunks), and
+#: of a tile of the low-precision loops (the caller's scratch holds one per parameter, gradient
+#: and state: SCRATCH_FLOATS floats).
+CHUNK, TILE = 65536, 1024
+SCRATCH_FLOATS = (2 + MAX_STATES) * TILE
 # A state tensor's codec word: non-negative (the unsigned 8-bit code), which half of its
 # rounding hash it takes, and (from bit CODEC_STREAM) the hash's stream (a SALT_*).
 CODEC_UNSIGNED, CODEC_HIGH, CODEC_STREAM = 1, 2, 8
@@ -88,6 +93,9 @@ C_DEFINES: dict[str, int] = {
             "E_F64",
             "E_WIDE",
             "MAX_STATES",
+            "CHUNK",
+            "TILE",
+            "SCRATCH_FLOATS",
             "CODEC_UNSIGNED",
             "CODEC_HIGH",
             "CODEC_STREAM",

@@ -38,7 +38,7 @@
 #error "build fused_cpu.c with the -D flags of adamkit.kernels._abi.c_defines()"
 #endif
 enum { MAXIMIZE = AK_MAXIMIZE, DECOUPLED = AK_DECOUPLED };
-#define CHUNK 16384
+#define CHUNK AK_CHUNK /* elements a thread claims at a time */
 /* The slots of adamkit_step's hyper[] and shape[], of a tensor's step-scalar row, the element
  * types, the most states a tensor has, and the bits of a state's codec word (_abi.py). */
 enum { H_LR = AK_H_LR, H_BETA1 = AK_H_BETA1, H_BETA2 = AK_H_BETA2, H_EPS = AK_H_EPS, H_WD = AK_H_WD };
@@ -453,9 +453,12 @@ WIDE_VECTORS_BEGIN
 DEFINE_LOOPS(wide, float, sqrtf, fabsf, *)
 
 #define BLOCK AK_Q8_BLOCK
-#define TILE 1024 /* a multiple of BLOCK that divides CHUNK */
+#define TILE AK_TILE
+#if AK_TILE % AK_Q8_BLOCK || AK_CHUNK % AK_TILE
+#error "a tile is a multiple of the 8-bit block and divides a chunk"
+#endif
 enum { F_F32 = AK_F_F32, F_BF16 = AK_F_BF16, F_BF16_SR = AK_F_BF16_SR, F_Q8 = AK_F_Q8, F_F16 = AK_F_F16 };
-#define SCRATCH_FLOATS ((2 + MAX_STATES) * TILE) /* a tile each of p, g and every state */
+#define SCRATCH_FLOATS AK_SCRATCH_FLOATS /* a tile each of p, g and every state */
 /* Streams of rounding noise: each state's codec word names its stream and half (_algorithms.py's
  * noise()): one hash per element serves both moments (exp_avg takes its low 16 bits, the second
  * moment its high 16 bits); max_exp_avg_sq and the parameter have their own streams. */

@@ -549,7 +549,7 @@ class FusedPlan:
         # What adamkit_step is told beside the addresses: the parts that do not change between
         # steps are filled in here (kernels/_abi.py names the slots). sizes: each tensor's
         # element count, then the first of its CHUNK-sized chunks, and the total.
-        chunks = [0, *itertools.accumulate(-(-n // _CHUNK) for n in layout.numels)]
+        chunks = [0, *itertools.accumulate(-(-n // _abi.CHUNK) for n in layout.numels)]
         self.sizes = array("q", [*layout.numels, *chunks])
         self.rows = np.zeros((len(layout.numels), _abi.ROW))
         keys = layout.moment_keys  # 2 to MAX_STATES of them: the router checked
@@ -605,14 +605,9 @@ class FusedPlan:
             raise RuntimeError(f"the fused kernel refused the call (status {status})")
 
 
-#: The C kernel's chunk of elements (CHUNK in fused_cpu.c) and its tiles for low-precision
-#: storage (SCRATCH_FLOATS: parameter, gradient and each state).
-_CHUNK = 16384
-_SCRATCH_FLOATS = (2 + _abi.MAX_STATES) * 1024
-
-
 def _scratch() -> np.ndarray[Any, np.dtype[np.float32]]:
-    return np.empty(_SCRATCH_FLOATS, dtype=np.float32)
+    """The calling thread's tiles for the low-precision loops."""
+    return np.empty(_abi.SCRATCH_FLOATS, dtype=np.float32)
 
 
 def counters(reading: Reading, layout: Layout) -> Counters:
