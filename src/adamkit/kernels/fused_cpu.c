@@ -435,9 +435,10 @@ DEFINE_STEP(f64, double, sqrt, fabs)
  * once; the buffers stay in L1. 8-bit codes carry one scale per BLOCK elements.
  */
 /* With AVX-512, gcc vectorises with 256-bit registers unless told otherwise. The codecs'
- * integer work (8-bit codes, bf16 rounding of fp32 parameters) runs faster with 512-bit ones
- * on the Xeons measured (BENCHMARKS.md, issue 19); the fp32 loops and the bf16-parameter loops
- * did not, so only this section asks for them. Same instructions' results: only the width. */
+ * integer work (8-bit codes, bf16 rounding) runs faster with 512-bit ones on the Xeon measured
+ * (BENCHMARKS.md, issue 19: bf16 parameters and state 9% faster, 8-bit state 18%); the exact
+ * fp32 loops gained nothing, so only this section asks for them. The same operations on each
+ * element: only the width changes. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
 #define WIDE_VECTORS_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"prefer-vector-width=512\")")
 #define WIDE_VECTORS_END _Pragma("GCC pop_options")
@@ -557,15 +558,20 @@ static void store_moments_stochastic(uint16_t *restrict m_out, uint16_t *restric
  * tile, updates it and encodes it in three passes. Same operations, same bits (the tests hold
  * both paths and torch's operations equal); the body sees one-element arrays, which the
  * compiler keeps in registers. PARAM_SR: bf16 parameters and gradients, else fp32. */
-/* Each block of PF_BLOCK elements first asks for the lines PF_AHEAD elements on (into L2, with
- * the intent to write), within the tensor only: one core alone does not keep enough loads in
- * flight for these five streams (BENCHMARKS.md, issue 19: bf16 parameters and state 17%
- * faster; the tile path below gained nothing from it, and lost with fp32 parameters). */
+/* Each block of PF_BLOCK elements first asks for the lines PF_AHEAD elements on (into L2; with
+ * the intent to write but for the gradients), within the tensor only: one core alone does not
+ * keep enough loads in flight for these streams. Measured in one process, alternating builds
+ * (BENCHMARKS.md, issue 19): bf16 parameters and state 31% faster, 8-bit state 7.5%, bf16 state
+ * 4%; the same in the exact fp32 loops made them 5% slower, and in the tile path did nothing. */
 #define PF_BLOCK 256
 #define PF_AHEAD 1024
 static inline void prefetch_range(const void *base, int64_t from, int64_t to) {
     for (int64_t at = from & ~(int64_t)63; at < to; at += 64)
         __builtin_prefetch((const char *)base + at, 1, 2);
+}
+static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
+    for (int64_t at = from & ~(int64_t)63; at < to; at += 64)
+        __builtin_prefetch((const char *)base + at, 0, 2);
 }
 /* COUNT elements from `block` (a constant PF_BLOCK but for a tensor's last elements). */
 #define BF16_BLOCK(KIND, DECAY, PARAM_SR, COUNT)                                                \
@@ -611,7 +617,7 @@ static inline void prefetch_range(const void *base, int64_t from, int64_t to) {
             const int64_t ahead = block + PF_AHEAD;                                            \
             const int64_t until = ahead + count < n ? ahead + count : n;                       \
             prefetch_range(params, ahead * param_size, until * param_size);                    \
-            prefetch_range(grads, ahead * param_size, until * param_size);                     \
+            prefetch_read(grads, ahead * param_size, until * param_size);                     \
             prefetch_range(m16, ahead * 2, until * 2);                                         \
             prefetch_range(v16, ahead * 2, until * 2);                                         \
             if (has_max) prefetch_range(x16, ahead * 2, until * 2);                            \
@@ -627,9 +633,7 @@ static inline void prefetch_range(const void *base, int64_t from, int64_t to) {
 #define DEFINE_BF16_KIND_BF16_PARAMS(KIND)                                                     \
     DEFINE_BF16_LOOP(KIND, 0, 1) DEFINE_BF16_LOOP(KIND, 1, 1) DEFINE_BF16_LOOP(KIND, 2, 1)
 FOR_EACH_KIND(DEFINE_BF16_KIND_FP32_PARAMS)
-WIDE_VECTORS_END
 FOR_EACH_KIND(DEFINE_BF16_KIND_BF16_PARAMS)
-WIDE_VECTORS_BEGIN
 typedef void (*bf16_loop_t)(float, float, float, float, float, float, float, float, float,
                             float, int64_t, void *restrict, const void *restrict,
                             uint16_t *const *, const uint32_t *, uint32_t, uint32_t);
@@ -819,7 +823,7 @@ static inline float q8_unsigned(uint32_t c, float scale) {
             const uint8_t *restrict x_codes = has_max ? codes[2] + lo : NULL;                  \
             const int64_t ahead = lo + PF_AHEAD, until = ahead + BLOCK < n ? ahead + BLOCK : n; \
             prefetch_range(params, ahead * param_size, until * param_size);                    \
-            prefetch_range(grads, ahead * param_size, until * param_size);                     \
+            prefetch_read(grads, ahead * param_size, until * param_size);                     \
             for (int q = 0; q < 2 + has_max; q++) prefetch_range(codes[q], ahead, until);      \
             if (count == BLOCK) {                                                              \
                 Q8_BLOCK(KIND, DECAY, PARAM_SR, BLOCK)                                         \
