@@ -558,7 +558,16 @@ def machine_description() -> list[str]:
         f"{torch.get_num_threads()}; vector flags: {', '.join(vector) or 'unknown'}",
         f"torch {torch.__version__}, adamkit {adamkit.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        "adamkit's C kernel built with ADAMKIT_CFLAGS="
+        + (repr(os.environ["ADAMKIT_CFLAGS"]) if os.environ.get("ADAMKIT_CFLAGS") else "(unset)")
+        + f", by {_build_flags()}",
     ]
+
+
+def _build_flags() -> str:
+    from adamkit.kernels import _build
+
+    return " ".join(f for f in _build.flags() if not f.startswith("-DAK_"))
 
 
 @dataclass

@@ -745,20 +745,21 @@ static inline __attribute__((always_inline)) void encode_q8(uint8_t *restrict co
     }
 }
 
-/* One 8-bit code as fp32, as decode_q8 and decode_special give it. */
+/* One 8-bit code as fp32, as decode_q8 and decode_special give it. The choices are written as
+ * masks: gcc if-converts ternaries here with AVX-512's mask registers, but not for AVX2 or SSE2,
+ * where the loops they are in would then run one element at a time. */
+static inline uint32_t mask_if(int condition) { return 0u - (uint32_t)(condition != 0); }
 static inline float q8_signed(uint32_t c, float scale) {
     const uint32_t mag = c & 127u, sign = (c & 128u) << 24;
-    const uint32_t x = mag ? (mag << 20) + M_OFFSET : 0u;
-    uint32_t bits = bits_of(float_of(x | sign) * scale);
-    bits = mag == M_NAN ? NAN_BITS : bits;
-    bits = mag == M_INF ? INF_BITS | sign : bits;
-    return float_of(bits);
+    const uint32_t x = ((mag << 20) + M_OFFSET) & mask_if(mag != 0);
+    const uint32_t bits = bits_of(float_of(x | sign) * scale);
+    const uint32_t nan = mask_if(mag == M_NAN), inf = mask_if(mag == M_INF);
+    return float_of((bits & ~(nan | inf)) | (nan & NAN_BITS) | (inf & (INF_BITS | sign)));
 }
 static inline float q8_unsigned(uint32_t c, float scale) {
-    uint32_t bits = bits_of(float_of((c << 20) + V_OFFSET) * scale);
-    bits = c == V_NAN ? NAN_BITS : bits;
-    bits = c == V_INF ? INF_BITS : bits;
-    return float_of(bits);
+    const uint32_t bits = bits_of(float_of((c << 20) + V_OFFSET) * scale);
+    const uint32_t nan = mask_if(c == V_NAN), inf = mask_if(c == V_INF);
+    return float_of((bits & ~(nan | inf)) | (nan & NAN_BITS) | (inf & INF_BITS));
 }
 
 /* 8-bit state (exp_avg signed, the second moment and AMSGrad's maximum unsigned) with fp32 or
