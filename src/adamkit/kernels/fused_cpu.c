@@ -573,7 +573,7 @@ static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
     for (int64_t at = from & ~(int64_t)63; at < to; at += 64)
         __builtin_prefetch((const char *)base + at, 0, 2);
 }
-/* COUNT elements from `block` (a constant PF_BLOCK but for a tensor's last elements). */
+/* COUNT elements from `block`. */
 #define BF16_BLOCK(KIND, DECAY, PARAM_SR, COUNT)                                                \
     for (int64_t j = 0; j < COUNT; j++) {                                                      \
         const int64_t i = 0, e = block + j;                                                    \
@@ -621,11 +621,7 @@ static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
             prefetch_range(m16, ahead * 2, until * 2);                                         \
             prefetch_range(v16, ahead * 2, until * 2);                                         \
             if (has_max) prefetch_range(x16, ahead * 2, until * 2);                            \
-            if (count == PF_BLOCK) {                                                           \
-                BF16_BLOCK(KIND, DECAY, PARAM_SR, PF_BLOCK)                                    \
-            } else {                                                                           \
-                BF16_BLOCK(KIND, DECAY, PARAM_SR, count)                                       \
-            }                                                                                  \
+            BF16_BLOCK(KIND, DECAY, PARAM_SR, count)                                           \
         }                                                                                      \
     }
 #define DEFINE_BF16_KIND_FP32_PARAMS(KIND)                                                     \
@@ -767,8 +763,8 @@ static inline float q8_unsigned(uint32_t c, float scale) {
  * code, updates the element and keeps the new moments (and their largest magnitude) in L1, then
  * each moment's block is encoded; the tile path decodes, updates, and scans for the maximum in
  * separate passes. Same bits. `buffers`: BLOCK floats for each state. */
-/* One block of COUNT elements from `lo` (a constant BLOCK for every block but a tensor's last:
- * the compiler then drops the loops' remainders and masks). */
+/* One block of COUNT elements from `lo` (always BLOCK, a constant: the compiler then drops the
+ * loops' remainders and masks; a tensor's last, partial block takes the tile path). */
 #define Q8_BLOCK(KIND, DECAY, PARAM_SR, COUNT)                                                  \
     uint32_t m_most = 0, v_most = 0, x_most = 0;                                               \
     for (int e = 0; e < COUNT; e++) {                                                          \
@@ -815,8 +811,7 @@ static inline float q8_unsigned(uint32_t c, float scale) {
         const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
         (void)shrink, (void)wd, (void)b, (void)c, (void)one_minus_beta2, (void)eps;            \
         (void)p32, (void)p16, (void)g32, (void)g16, (void)seed_p, (void)x_out;                 \
-        for (int64_t lo = 0; lo < n; lo += BLOCK) {                                            \
-            const int count = (int)(n - lo < BLOCK ? n - lo : BLOCK);                          \
+        for (int64_t lo = 0; lo + BLOCK <= n; lo += BLOCK) {                                   \
             const int64_t at = lo / BLOCK;                                                     \
             const float m_scale = scales[0][at], v_scale = scales[1][at];                      \
             const float x_scale = has_max ? scales[2][at] : 0.0f;                              \
@@ -826,11 +821,7 @@ static inline float q8_unsigned(uint32_t c, float scale) {
             prefetch_range(params, ahead * param_size, until * param_size);                    \
             prefetch_read(grads, ahead * param_size, until * param_size);                     \
             for (int q = 0; q < 2 + has_max; q++) prefetch_range(codes[q], ahead, until);      \
-            if (count == BLOCK) {                                                              \
-                Q8_BLOCK(KIND, DECAY, PARAM_SR, BLOCK)                                         \
-            } else {                                                                           \
-                Q8_BLOCK(KIND, DECAY, PARAM_SR, count)                                         \
-            }                                                                                  \
+            Q8_BLOCK(KIND, DECAY, PARAM_SR, BLOCK)                                             \
         }                                                                                      \
     }
 #define DEFINE_Q8_KIND(KIND)                                                                   \
@@ -952,8 +943,11 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
     const int signs_fit = nstates >= 2 && !(c->codecs[0] & CODEC_UNSIGNED) &&
                           c->codecs[1] & CODEC_UNSIGNED &&
                           (nstates < 3 || c->codecs[2] & CODEC_UNSIGNED);
+    int64_t tiles_from = start; /* where the tile path below takes over */
+    const int64_t full_blocks = (end - start) / BLOCK * BLOCK;
     if (fmt == F_Q8 && signs_fit && (param_fmt == F_F32 || param_fmt == F_BF16_SR) &&
-        nstates == states_of_kind[sk.kind]) { /* one pass a block (DEFINE_Q8_LOOP) */
+        nstates == states_of_kind[sk.kind] && full_blocks > 0) {
+        /* one pass a block (DEFINE_Q8_LOOP) over the whole blocks; a partial last block below */
         const size_t param_size = param_fmt == F_F32 ? sizeof(float) : sizeof(uint16_t);
         uint8_t *codes[MAX_STATES] = {NULL};
         float *block_scales[MAX_STATES] = {NULL};
@@ -966,15 +960,15 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
         q8_loops[sk.kind][decay][param_fmt == F_BF16_SR](
             c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
             (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
-            (float)sk.b, (float)sk.c, end - start, (char *)c->params[k] + start * param_size,
+            (float)sk.b, (float)sk.c, full_blocks, (char *)c->params[k] + start * param_size,
             (const char *)c->grads[k] + start * param_size, codes, block_scales, scratch, seed_p,
             (uint32_t)start);
-        return;
+        tiles_from = start + full_blocks;
     }
     /* Tiles on the heap (the caller's scratch), not the stack: no stack-size assumption. */
     float *param_tile = scratch, *grad_tile = scratch + TILE;
     void *params = c->params[k], *grads = c->grads[k];
-    for (int64_t e = start; e < end; e += TILE) {
+    for (int64_t e = tiles_from; e < end; e += TILE) {
         const int n = (int)(end - e < TILE ? end - e : TILE);
         const int grad_fmt = param_fmt == F_BF16_SR ? F_BF16 : param_fmt;
         float *p = load_values(grad_fmt, params, e, n, param_tile);
