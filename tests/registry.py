@@ -62,8 +62,11 @@ class Case:
         return ",".join(parts)
 
 
-#: Every algorithm, by class name.
+#: Every algorithm, by class name; those a fused kernel steps; those with a torch.optim twin
+#: (the tests that compare with torch, or run the kernel, take these).
 ALGORITHMS = list(TABLE)
+FUSED = [name for name, row in TABLE.items() if row.kinds]
+TWINNED = [name for name, row in TABLE.items() if row.torch_twin]
 # Non-default hyperparameters, so a rule that ignores one is caught.
 ODD = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6}
 
@@ -76,9 +79,14 @@ def signature(name: str) -> dict[str, Any]:
 
 def own_hyperparameters(name: str) -> dict[str, float]:
     """An algorithm's own hyperparameters (its row's ``own``: NAdam's ``momentum_decay``),
-    each at five times its default: far enough to change every step."""
-    defaults = signature(name)
-    return {k: defaults[k] * 5 for k in TABLE[name].own}
+    each far enough from its default to change every step: five times it; for a decay rate
+    (the row's ``fractions``) five times as far from 1; 10 where the default is 0 (AdEMAMix's
+    warmup lengths, within the tests' steps)."""
+    defaults, row = signature(name), TABLE[name]
+    return {
+        k: 1 - (1 - defaults[k]) * 5 if k in row.fractions else (defaults[k] * 5 or 10)
+        for k in row.own
+    }
 
 
 def weight_decays(name: str) -> list[dict[str, Any]]:
@@ -95,10 +103,11 @@ def weight_decays(name: str) -> list[dict[str, Any]]:
 
 def _cases() -> list[Case]:
     cases: list[Case] = []
-    # The three execution paths: multi-tensor, one tensor at a time, and the fused kernel.
-    foreach = [{"foreach": True}, {"foreach": False}, {"fused": True}]
+    # The three execution paths: multi-tensor, one tensor at a time, and the fused kernel
+    # (where the row names one).
     maximize = [{}, {"maximize": True}]
     for name, row in TABLE.items():
+        foreach = [{"foreach": True}, {"foreach": False}, *([{"fused": True}] * bool(row.kinds))]
         amsgrad = [{}, {"amsgrad": True}] if row.amsgrad_state else [{}]
         for fe, mx, wd, ams in itertools.product(foreach, maximize, weight_decays(name), amsgrad):
             cases.append(Case(name, {**fe, **mx, **wd, **ams}))
@@ -137,6 +146,7 @@ def _precision_cases() -> list[Case]:
     return [
         Case(case.name, {**path, **case.kwargs, "state_precision": precision})
         for case, path, precision in itertools.product(algorithms, paths, ["bf16", "8bit"])
+        if TABLE[case.name].kinds or "fused" not in path
     ]
 
 

@@ -13,7 +13,7 @@ import torch
 import adamkit
 
 from .problems import make_params
-from .registry import ALGORITHMS
+from .registry import ALGORITHMS, FUSED, TWINNED
 
 # (kwargs, exception, message regex). Every row runs for every optimizer that has the argument.
 BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
@@ -241,7 +241,7 @@ def test_closure_zero_grad_and_hooks(name: str) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", TWINNED)
 def test_add_param_group_midway(name: str) -> None:
     a, b = make_params()[:2]
     ours = getattr(adamkit, name)([a], lr=0.01)
@@ -260,7 +260,7 @@ def test_add_param_group_midway(name: str) -> None:
     assert ours.state[b]["step"].item() == 10
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", TWINNED)
 def test_torch_lr_schedulers_drive_adamkit(name: str) -> None:
     p = make_params()[0]
     opt = getattr(adamkit, name)([p], lr=1.0)
@@ -294,7 +294,7 @@ def test_grad_scaler_skips_steps_with_inf(name: str) -> None:
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_execution_path_selection(name: str) -> None:
     p = make_params()[0]
     make = getattr(adamkit, name)
@@ -306,7 +306,7 @@ def test_execution_path_selection(name: str) -> None:
     assert make([p], foreach=False).execution_path() == "forloop"
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_fused_true_refuses_what_the_kernel_cannot_take(name: str) -> None:
     p = torch.zeros(6, 4).t().requires_grad_()  # a transposed leaf: not contiguous
     p.grad = torch.ones_like(p)
@@ -319,7 +319,7 @@ def test_fused_true_refuses_what_the_kernel_cannot_take(name: str) -> None:
     assert not torch.equal(p, torch.zeros(4, 6))
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_half_precision_parameters_take_the_kernel_only_when_asked(name: str) -> None:
     """As torch: fused=True steps bf16 in fp32 and rounds once; the default stays eager."""
     p = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
@@ -339,7 +339,7 @@ def test_public_surface() -> None:
             assert section in (cls.__doc__ or ""), f"{name} docstring lacks {section}"
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", TWINNED)
 def test_defaults_are_torchs(name: str) -> None:
     import inspect
 

@@ -11,7 +11,7 @@ import torch
 import adamkit
 
 from .problems import clone, grad_stream, make_params, set_grads
-from .registry import ALGORITHMS, CASES, TABLE, Case, params
+from .registry import ALGORITHMS, CASES, TABLE, TWINNED, Case, params
 from .test_parity import assert_optimizers_equal, torch_tolerance
 
 # One case per algorithm and flag set that changes the state (amsgrad), on both paths.
@@ -149,7 +149,7 @@ def test_failed_load_leaves_the_optimizer_unchanged() -> None:
 
 
 @pytest.mark.parametrize("named", [False, True], ids=["by_position", "by_name"])
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", TWINNED)
 def test_entries_that_are_no_parameters_pass_through_as_in_torch(name: str, named: bool) -> None:
     model = torch.nn.Linear(3, 2)
     params = model.named_parameters() if named else model.parameters()

@@ -18,7 +18,7 @@ import adamkit
 
 from .artifacts import run
 from .problems import clone, make_params, set_grads
-from .registry import ALGORITHMS
+from .registry import FUSED
 
 
 def _twins(
@@ -46,7 +46,7 @@ def _assert_close(ours_p: list[torch.Tensor], eager_p: list[torch.Tensor]) -> No
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_plan_follows_a_parameter_whose_storage_moves(name: str) -> None:
     ours_p, eager_p, ours, eager = _twins(name)
     _step_both(ours_p, eager_p, ours, eager)
@@ -57,7 +57,7 @@ def test_plan_follows_a_parameter_whose_storage_moves(name: str) -> None:
     _assert_close(ours_p, eager_p)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_plan_is_dropped_when_state_is_loaded(name: str) -> None:
     ours_p, eager_p, ours, eager = _twins(name)
     _step_both(ours_p, eager_p, ours, eager)
@@ -175,7 +175,7 @@ def test_without_a_compiler_the_default_falls_back_and_fused_true_says_why(tmp_p
     assert "adamkit.Adam(fused=True): the fused CPU kernel is unavailable (no C compiler" in second
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_step_counter_replaced_by_a_new_tensor_is_followed(name: str) -> None:
     """A training loop may reset ``state["step"]`` by assigning a new tensor (not in place):
     the cached plan must count the new tensor, not keep bumping the old one."""

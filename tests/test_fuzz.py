@@ -36,14 +36,15 @@ def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]],
         "eps": draw(st.floats(1e-10, 1e-2)),
         "weight_decay": draw(st.sampled_from([0.0, 0.0, 0.01, 0.3])),
         "maximize": draw(st.booleans()),
-        **draw(st.sampled_from(PATHS)),
+        **draw(st.sampled_from(PATHS if TABLE[name].kinds else PATHS[:2])),
     }
     if TABLE[name].amsgrad_state:
         kwargs["amsgrad"] = draw(st.booleans())
     if "decoupled_weight_decay" in signature(name) and kwargs["weight_decay"]:
         kwargs["decoupled_weight_decay"] = draw(st.booleans())
-    for key, default in own_hyperparameters(name).items():  # five times the default
-        kwargs[key] = draw(st.floats(0.0, 2 * default))
+    for key, probe in own_hyperparameters(name).items():  # up to twice the registry's probe
+        top = 0.9999 if key in TABLE[name].fractions else 2 * probe  # a decay rate stays < 1
+        kwargs[key] = draw(st.floats(0.0, top))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     shapes = draw(st.lists(SHAPES, min_size=1, max_size=4))
     steps = draw(st.integers(1, 8))

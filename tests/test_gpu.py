@@ -31,7 +31,7 @@ import adamkit
 import adamkit.optim._router as router
 
 from .problems import clone, set_grads
-from .registry import ALGORITHMS, CASES, Case, params
+from .registry import ALGORITHMS, CASES, FUSED, Case, params
 from .test_parity import (
     NADAM_FP64_REF_TOL,
     REF_TOL,
@@ -202,7 +202,7 @@ def test_tensors_spanning_several_programs(name: str, kwargs: dict[str, Any]) ->
             torch.testing.assert_close(ours.state[a][key].cpu(), value, **tol)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_params_step_in_fp32(name: str, dtype: torch.dtype) -> None:
     """bf16 and fp16 parameters (and their state) are updated in fp32 and rounded to nearest,

@@ -13,12 +13,19 @@ import torch
 import adamkit
 
 from .problems import clone, grad_stream, make_params, set_grads
-from .registry import ALGORITHMS
+from .registry import ALGORITHMS, FUSED, TWINNED
 
 PATHS = [{"foreach": True}, {"foreach": False}, {"fused": True}]
+#: Each algorithm on each path it has (the fused one where a kernel steps it).
+NAME_PATHS = [
+    pytest.param(name, path, id=f"{name}-{label}")
+    for name in ALGORITHMS
+    for path, label in zip(PATHS, ["foreach", "forloop", "fused"], strict=True)
+    if "fused" not in path or name in FUSED
+]
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", TWINNED)
 def test_clipping_equals_torch_clip_grad_norm(name: str) -> None:
     ours_p = make_params()
     theirs_p = clone(ours_p)
@@ -41,8 +48,7 @@ def _with_inf(params: list[torch.Tensor]) -> None:
     params[0].grad[..., 0] = math.inf  # type: ignore[index]
 
 
-@pytest.mark.parametrize("path", PATHS, ids=["foreach", "forloop", "fused"])
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize(("name", "path"), NAME_PATHS)
 def test_raise_names_the_parameter_and_changes_nothing(name: str, path: dict[str, bool]) -> None:
     model = torch.nn.Linear(3, 2)
     opt = getattr(adamkit, name)(model.named_parameters(), nonfinite="raise", **path)
@@ -55,8 +61,7 @@ def test_raise_names_the_parameter_and_changes_nothing(name: str, path: dict[str
     assert all(len(opt.state[p]) == 0 for p in params)
 
 
-@pytest.mark.parametrize("path", PATHS, ids=["foreach", "forloop", "fused"])
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize(("name", "path"), NAME_PATHS)
 def test_skip_leaves_state_untouched_and_counts(name: str, path: dict[str, bool]) -> None:
     params = make_params()
     opt = getattr(adamkit, name)(params, nonfinite="skip", **path)
@@ -91,7 +96,7 @@ def _with_nan(params: list[torch.Tensor]) -> None:
 
 @pytest.mark.parametrize("path", PATHS, ids=["foreach", "forloop", "fused"])
 @pytest.mark.parametrize("bad", [_with_inf, _with_nan], ids=["inf", "nan"])
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", [n for n in TWINNED if n in FUSED])
 def test_default_proceeds_as_torch_even_with_clipping(
     name: str, bad: Callable[[list[torch.Tensor]], None], path: dict[str, bool]
 ) -> None:

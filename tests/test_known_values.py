@@ -18,7 +18,7 @@ import torch
 
 import adamkit
 
-from .registry import ALGORITHMS
+from .registry import ALGORITHMS, FUSED
 
 G1, G2 = [0.5, 0.1], [-0.2, 0.3]
 
@@ -151,12 +151,20 @@ ROSENBROCK = {
 }
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-@pytest.mark.parametrize("path", PATHS)
+#: A slow EMA that remembers 10,000 steps (AdEMAMix's default beta3) outlasts these problems of
+#: 1,000 and 5,000 steps: it is for long runs. With beta3 = 0.99 it converges like the others.
+SHORT_RUNS: dict[str, dict[str, float]] = {"AdEMAMix": {"beta3": 0.99}}
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [(n, p) for n in ALGORITHMS for p in PATHS if p != "fused" or n in FUSED],
+)
 def test_converges_on_a_parabola(name: str, path: str) -> None:
     x = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
-    opt = getattr(adamkit, name)([x], lr=0.1, weight_decay=0.0, **PATHS[path])
+    extra = SHORT_RUNS.get(name, {})
+    opt = getattr(adamkit, name)([x], lr=0.1, weight_decay=0.0, **extra, **PATHS[path])
     for _ in range(1000):
         opt.zero_grad()
         ((x - target) ** 2).sum().backward()
@@ -167,7 +175,8 @@ def test_converges_on_a_parabola(name: str, path: str) -> None:
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_converges_on_rosenbrock(name: str) -> None:
     xy = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
-    opt = getattr(adamkit, name)([xy], **ROSENBROCK.get(name, {"lr": 0.02}))
+    settings = {**ROSENBROCK.get(name, {"lr": 0.02}), **SHORT_RUNS.get(name, {})}
+    opt = getattr(adamkit, name)([xy], **settings)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5000)
     for _ in range(5000):
         opt.zero_grad()

@@ -16,7 +16,7 @@ from torch import nn
 import adamkit
 from adamkit.optim import STATE_FORMAT
 
-from .registry import ALGORITHMS
+from .registry import ALGORITHMS, TWINNED
 
 DATA = Path(__file__).with_name("data")
 
@@ -339,7 +339,7 @@ def test_8bit_checkpoints_are_format_3_and_others_format_1() -> None:
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf")
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", TWINNED)
 def test_torch_fails_loudly_on_an_8bit_checkpoint(name: str) -> None:
     # torch loads any state dict of the right size; with the codes under the moments' keys
     # (format 2) its next step used the uint8 codes as moments, silently.
@@ -447,4 +447,4 @@ def test_loaded_state_is_not_shared_with_the_state_dict() -> None:
 
 def test_every_format_up_to_the_current_one_has_files() -> None:
     for fmt in range(1, STATE_FORMAT + 1):
-        assert sorted(p.stem for p in (DATA / f"format{fmt}").glob("*.pt")) == sorted(ALGORITHMS)
+        assert sorted(p.stem for p in (DATA / f"format{fmt}").glob("*.pt")) == sorted(TWINNED)

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from .problems import clone, grad_stream, make_params, set_grads
-from .registry import ALGORITHMS, CASES, Case, params
+from .registry import ALGORITHMS, CASES, FUSED, Case, params
 
 # Long enough for every regime: RAdam rectifies from step 6 (beta2 0.999, earlier for ODD's
 # 0.95), AMSGrad's maximum takes over within tens of steps, and rounding differences that
@@ -210,8 +210,15 @@ def test_complex_matches_torch_and_reference(case: Case, dtype: torch.dtype) -> 
     assert_matches_reference(*reference_run(case, dtype, 50), **tol)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-@pytest.mark.parametrize("path", [{"foreach": True}, {"foreach": False}, {"fused": True}])
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        (name, path)
+        for name in ALGORITHMS
+        for path in [{"foreach": True}, {"foreach": False}, {"fused": True}]
+        if "fused" not in path or name in FUSED
+    ],
+)
 def test_mixed_devices_dtypes_in_one_group(name: str, path: dict[str, bool]) -> None:
     """One group holding fp32, fp64 and complex params is split into buckets correctly."""
     make = [

@@ -47,7 +47,7 @@ from adamkit.optim import _precision as precision
 from adamkit.optim._algorithms import noise
 from adamkit.optim._checkpoint import live_entry
 
-from .registry import PRECISION_CASES, Case, params
+from .registry import PRECISION_CASES, TABLE, Case, params
 
 SHAPES = [(64, 80), (300,), (70, 70), (4096,)]  # 8-bit, small (full precision), partial block
 STEPS = 40  # the bounds are per step (deviation / (lr * STEPS)); 60 before, at 1.5x the time
@@ -411,13 +411,15 @@ def test_close_to_full_precision(case: Case) -> None:
 def test_execution_paths_agree(case: Case) -> None:
     foreach, opt = run(case.name, case.kwargs)
     forloop, forloop_opt = run(case.name, {**case.kwargs, "foreach": False})
-    fused_kwargs = {k: v for k, v in case.kwargs.items() if k != "foreach"}
-    fused, fused_opt = run(case.name, {**fused_kwargs, "fused": True})
-    assert fused_opt.execution_path() == "fused"
     lr = opt.param_groups[0]["lr"]
-    for a, b, c in zip(foreach, forloop, fused, strict=True):
+    for a, b in zip(foreach, forloop, strict=True):
         assert torch.equal(a, b)  # the same codecs and rule, tensor by tensor
-        assert (a - c).abs().max() <= 0.1 * lr
+    if TABLE[case.name].kinds:  # and the fused kernel, where one steps the algorithm
+        fused_kwargs = {k: v for k, v in case.kwargs.items() if k != "foreach"}
+        fused, fused_opt = run(case.name, {**fused_kwargs, "fused": True})
+        assert fused_opt.execution_path() == "fused"
+        for a, c in zip(foreach, fused, strict=True):
+            assert (a - c).abs().max() <= 0.1 * lr
     for a, b in zip(foreach, forloop, strict=True):
         for key, value in opt.state[a].items():
             assert torch.equal(value, forloop_opt.state[b][key]), key

@@ -34,7 +34,17 @@ from typing import Any, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["REFERENCES", "State", "adam", "adamax", "adamw", "nadam", "radam", "rectification"]
+__all__ = [
+    "REFERENCES",
+    "State",
+    "adam",
+    "adamax",
+    "adamw",
+    "ademamix",
+    "nadam",
+    "radam",
+    "rectification",
+]
 
 Array: TypeAlias = NDArray[np.float64]
 State: TypeAlias = dict[str, Any]
@@ -270,6 +280,77 @@ def adamax(
     return theta - lr / (1 - beta1**t) * m / u, {"step": t, "exp_avg": m, "exp_inf": u}
 
 
+def ademamix_alpha(t: float, alpha: float, t_alpha: float) -> float:
+    r"""AdEMAMix's :math:`\alpha` warmup: :math:`\min(t\alpha/T_\alpha, \alpha)`; :math:`\alpha`
+    from the first step where ``t_alpha`` is 0 (no warmup)."""
+    return alpha if t_alpha == 0 else min(t * alpha / t_alpha, alpha)
+
+
+def ademamix_beta3(t: float, beta1: float, beta3: float, t_beta3: float) -> float:
+    r"""AdEMAMix's :math:`\beta_3` warmup (Pagliardini et al. 2024, eq. 3): the decay whose
+    half-life grows linearly from :math:`\beta_1`'s to :math:`\beta_3`'s over :math:`T_{\beta_3}`
+    steps, :math:`\min\big(\exp\frac{\ln\beta_1 \ln\beta_3}{(1-t/T)\ln\beta_3 + (t/T)\ln\beta_1},
+    \beta_3\big)`; :math:`\beta_3` throughout where ``t_beta3`` is 0."""
+    if t_beta3 == 0:
+        return beta3
+    if beta1 == 0 or beta3 == 0:  # log 0: the half-life of a decay of 0 is 0 at both ends
+        return min(beta1, beta3) if t < t_beta3 else beta3
+    frac = t / t_beta3
+    log1, log3 = math.log(beta1), math.log(beta3)
+    return min(math.exp(log1 * log3 / ((1 - frac) * log3 + frac * log1)), beta3)
+
+
+@_real_pairs
+def ademamix(
+    theta: Array,
+    grad: Array,
+    state: State | None = None,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    alpha: float = 5.0,
+    beta3: float = 0.9999,
+    t_alpha: float = 0.0,
+    t_beta3: float = 0.0,
+    decoupled_weight_decay: bool = True,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""AdEMAMix (Pagliardini, Ablin & Grangier 2024, Algorithm 1): Adam plus a slow EMA of the
+    gradient, mixed into the update with weight :math:`\alpha`.
+
+    .. math::
+        m_1 &= \beta_1 m_1 + (1-\beta_1) g_t, \quad
+        m_2 = \beta_{3,t} m_2 + (1-\beta_{3,t}) g_t, \quad
+        v = \beta_2 v + (1-\beta_2) g_t^2 \\
+        \theta_t &= \theta_{t-1} - \gamma \Big( \frac{m_1/(1-\beta_1^t) + \alpha_t m_2}
+            {\sqrt{v/(1-\beta_2^t)} + \epsilon} + \lambda \theta_{t-1} \Big)
+
+    with the warmups :func:`ademamix_alpha` and :func:`ademamix_beta3`. The slow EMA is not
+    bias-corrected (the paper's choice: it starts at 0 and :math:`\alpha_t` warms up instead).
+    Weight decay is decoupled by default, as in the paper; ``decoupled_weight_decay=False``
+    adds :math:`\lambda\theta` to the gradient instead. State: ``exp_avg`` (:math:`m_1`),
+    ``exp_avg_sq`` (:math:`v`), ``exp_avg_slow`` (:math:`m_2`).
+
+    Warning: pytorch-optimizer's ``AdEMAMix`` takes ``betas=(beta1, beta2, beta3)`` and one
+    warmup length for both schedulers (``t_alpha_beta3``), and its weight decay is coupled by
+    default; optax's ``contrib.ademamix`` takes ``b1, b2, b3`` and separate warmups, and its
+    ``eps`` is added to :math:`\sqrt{\hat v}` as here.
+    """
+    beta1, beta2 = betas
+    s = state or _zeros(theta, "exp_avg", "exp_avg_sq", "exp_avg_slow")
+    t = s["step"] + 1
+    theta, g = _gradient(theta, grad, lr, weight_decay, maximize, decoupled_weight_decay)
+    b3 = ademamix_beta3(t, beta1, beta3, t_beta3)
+    m = beta1 * s["exp_avg"] + (1 - beta1) * g
+    v = beta2 * s["exp_avg_sq"] + (1 - beta2) * g * g
+    slow = b3 * s["exp_avg_slow"] + (1 - b3) * g
+    denom = np.sqrt(v / (1 - beta2**t)) + eps
+    theta = theta - lr * (m / (1 - beta1**t) + ademamix_alpha(t, alpha, t_alpha) * slow) / denom
+    return theta, {"step": t, "exp_avg": m, "exp_avg_sq": v, "exp_avg_slow": slow}
+
+
 #: The reference step for each adamkit optimizer, by class name.
 REFERENCES: dict[str, Step] = {
     "Adam": adam,
@@ -277,4 +358,5 @@ REFERENCES: dict[str, Step] = {
     "RAdam": radam,
     "NAdam": nadam,
     "Adamax": adamax,
+    "AdEMAMix": ademamix,
 }

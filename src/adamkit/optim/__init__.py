@@ -4,11 +4,13 @@ from ._checkpoint import STATE_FORMAT, LoadReport
 from ._precision import StateMemory, full_precision_state, state_memory
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .ademamix import AdEMAMix
 from .nadam import NAdam
 from .radam import RAdam, Rectification, radam_rectification, rectification
 
 __all__ = [
     "STATE_FORMAT",
+    "AdEMAMix",
     "Adam",
     "AdamW",
     "Adamax",

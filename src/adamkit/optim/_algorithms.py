@@ -49,6 +49,7 @@ class Algorithm:
         own: the algorithm's own hyperparameters (arguments of its constructor beyond the
             shared ones), each a number >= 0: validated with the group, and given to the rule
             as ``h.own[name]``.
+        fractions: those of ``own`` that are decay rates, in [0, 1) (AdEMAMix's ``beta3``).
         pinned: group values a loaded checkpoint may not change (AdamW stays decoupled).
     """
 
@@ -61,9 +62,12 @@ class Algorithm:
     kinds: tuple[str, ...] = ()
     torch_twin: str | None = None
     own: tuple[str, ...] = ()
+    fractions: tuple[str, ...] = ()
     pinned: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not set(self.fractions) <= set(self.own):
+            raise ValueError(f"{self.name}: fractions {self.fractions} are not all in own")
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
         if not self.unsigned <= kept:
             raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")
@@ -129,6 +133,14 @@ ALGORITHMS: dict[str, Algorithm] = {
             reference=reference.adamax,
             kinds=("adamax",),
             torch_twin="Adamax",
+        ),
+        Algorithm(
+            "AdEMAMix",
+            states=("exp_avg", "exp_avg_sq", "exp_avg_slow"),
+            unsigned=frozenset({"exp_avg_sq"}),
+            reference=reference.ademamix,
+            own=("alpha", "beta3", "t_alpha", "t_beta3"),
+            fractions=("beta3",),
         ),
     )
 }

@@ -102,7 +102,12 @@ class AdamFamily(Optimizer):
             )
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        check_group(defaults, type(self).__name__, own=self.algorithm.own)
+        check_group(
+            defaults,
+            type(self).__name__,
+            own=self.algorithm.own,
+            fractions=self.algorithm.fractions,
+        )
         super().__init__(params, defaults)
         if any(g.get("fused") for g in self.param_groups) and self.algorithm.kernel is None:
             raise RuntimeError(
@@ -150,7 +155,9 @@ class AdamFamily(Optimizer):
         index = len(self.param_groups)
         where = f"param group {index}: "
         merged = {**self.defaults, **param_group}
-        check_group(merged, type(self).__name__, where, self.algorithm.own)
+        check_group(
+            merged, type(self).__name__, where, self.algorithm.own, self.algorithm.fractions
+        )
         if self.param_groups:
             check_optimizer_wide([*self.param_groups, merged], start=index)
 
@@ -271,9 +278,12 @@ class AdamFamily(Optimizer):
             and 0 <= h.eps < math.inf
             and 0 <= h.weight_decay < math.inf
             and all(0 <= v < math.inf for v in h.own.values())
+            and all(h.own[name] < 1 for name in self.algorithm.fractions)
         ):
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
-            check_group(group, type(self).__name__, f"param group {index}: ", self.algorithm.own)
+            where = f"param group {index}: "
+            row = self.algorithm
+            check_group(group, type(self).__name__, where, row.own, row.fractions)
         return h
 
     def execution_path(self, group: dict[str, Any] | None = None) -> str:

@@ -85,12 +85,17 @@ _UNSUPPORTED = {
 
 
 def check_group(
-    group: Mapping[str, Any], optimizer: str, where: str = "", own: tuple[str, ...] = ()
+    group: Mapping[str, Any],
+    optimizer: str,
+    where: str = "",
+    own: tuple[str, ...] = (),
+    fractions: tuple[str, ...] = (),
 ) -> None:
     """Validate the hyperparameters and flags in a parameter group (or the defaults).
 
     ``where`` prefixes every message, for example ``"param group 1: "``. ``own``: the
-    algorithm's own hyperparameters (its row's), each a number >= 0.
+    algorithm's own hyperparameters (its row's), each a number >= 0; ``fractions``: those of
+    them that must also be below 1.
     """
     _non_negative("lr", group["lr"], where, "learning rate")
     _non_negative("eps", group["eps"], where, "epsilon value")
@@ -98,6 +103,11 @@ def check_group(
     _betas(group["betas"], where)
     for name in own:
         _non_negative(name, group[name], where, f"{name} value")
+    for name in fractions:
+        if not float(group[name]) < 1.0:
+            raise ValueError(
+                f"Invalid {name} value: {group[name]} ({where}{name} must be in [0, 1))"
+            )
     for flag in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable", "differentiable"):
         if flag in group:
             check_flag(flag, group[flag], where)
