@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import adamkit
+from adamkit.optim.ademamix import ademamix_schedules
 from adamkit.tools import read_telemetry
 
 from .artifacts import assert_real_png, run
@@ -72,6 +73,23 @@ def test_radam_rectification_and_skipped_steps(tmp_path: Path) -> None:
     rectified = [r["rectified"] for r in records]
     assert rectified[0] is False and rectified[-1] is True  # rho_t passes 5 at step 6
     assert records[-1]["rho_t"] == pytest.approx(adamkit.radam_rectification(10, 0.999).rho)
+
+
+def test_ademamix_warmups_are_recorded_and_plotted(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = adamkit.AdEMAMix(model.parameters(), lr=0.01, alpha=4.0, t_alpha=10, t_beta3=20)
+    with adamkit.Telemetry(opt, tmp_path / "ademamix.csv") as telemetry:
+        _train(opt, model, 30)
+    alphas = [r["alpha_t"] for r in telemetry.records]
+    betas = [r["beta3_t"] for r in telemetry.records]
+    # the record of step k is taken after it: the optimizer's state is at step k + 1
+    assert alphas[:3] == pytest.approx([0.4, 0.8, 1.2]) and alphas[-1] == 4.0
+    first = ademamix_schedules(1, 0.9, 4.0, 0.9999, 10, 20)[1]  # half-life 6.6 -> 353 steps
+    assert betas[0] == first and 0.99 < first < 0.9999 and betas[-1] == 0.9999
+    assert all(a <= b for a, b in zip(betas, betas[1:], strict=False))  # it only grows
+    out = adamkit.plot_telemetry(tmp_path / "ademamix.csv", tmp_path / "ademamix.png")
+    assert_real_png(out)
 
 
 def test_plot_telemetry_command(tmp_path: Path) -> None:

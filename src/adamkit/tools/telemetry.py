@@ -10,7 +10,8 @@ Each record has ``step``, ``group`` (index), ``name`` (the group's ``"name"`` if
 (the lr used), ``grad_norm``, ``update_norm`` (``||theta_after - theta_before||``),
 ``param_norm`` (after the step), ``update_ratio`` (update / param norm: around 1e-3 is the
 usual healthy range), ``skipped`` (the optimizer skipped the step: ``nonfinite="skip"``) and, for
-RAdam, ``rho_t`` and ``rectified`` (whether the adaptive step was used). Recording costs a copy
+RAdam, ``rho_t`` and ``rectified`` (whether the adaptive step was used); for AdEMAMix,
+``alpha_t`` and ``beta3_t`` (its warmed-up mixing weight and slow decay). Recording costs a copy
 of the parameters on the steps it records: use ``every=N`` for large models.
 """
 
@@ -28,6 +29,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._plot import log_axis, png_path
+from ..optim.ademamix import ademamix_schedules
 from ..optim.radam import radam_rectification
 
 __all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
@@ -44,6 +46,8 @@ FIELDS = [
     "skipped",
     "rho_t",
     "rectified",
+    "alpha_t",
+    "beta3_t",
 ]
 
 
@@ -120,12 +124,21 @@ class Telemetry:
             "skipped": bool(getattr(optimizer, "_last_step_skipped", False)),
             "rho_t": None,
             "rectified": None,
+            "alpha_t": None,
+            "beta3_t": None,
         }
         if type(optimizer).__name__ == "RAdam":
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
             if steps:
                 rho_t, r_t = radam_rectification(float(steps[0]), float(group["betas"][1]))
                 record["rho_t"], record["rectified"] = rho_t, r_t is not None
+        if type(optimizer).__name__ == "AdEMAMix":
+            steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
+            if steps:
+                own = (group["alpha"], group["beta3"], group["t_alpha"], group["t_beta3"])
+                beta1 = float(group["betas"][0])
+                alpha_t, beta3_t = ademamix_schedules(float(steps[0]), beta1, *map(float, own))
+                record["alpha_t"], record["beta3_t"] = alpha_t, beta3_t
         return record
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -175,7 +188,8 @@ def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
-    """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t per group to PNG."""
+    """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t and AdEMAMix's
+    alpha_t and beta3_t per group to PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,8 +199,9 @@ def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
     if not records:
         raise ValueError(f"plot_telemetry: {path} has no records")
     panels = [("lr", False), ("grad_norm", True), ("update_ratio", True)]
-    if any(r.get("rho_t") is not None for r in records):
-        panels.append(("rho_t", False))
+    for key in ("rho_t", "alpha_t", "beta3_t"):
+        if any(r.get(key) is not None for r in records):
+            panels.append((key, False))
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), dpi=110, sharex=True)
     groups = sorted({r["group"] for r in records})
     for ax, (key, log) in zip(axes, panels, strict=True):
