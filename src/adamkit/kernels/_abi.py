@@ -31,9 +31,9 @@ SCRATCH_FLOATS = (2 + MAX_STATES) * TILE
 CODEC_UNSIGNED, CODEC_HIGH, CODEC_STREAM = 1, 2, 8
 
 #: A tensor's step scalars, as ``optim/_scalars.py`` writes them for the C and Triton kernels:
-#: ROW doubles, a, b, c (the element loop's scalars), its kind (``_algorithms.KINDS``), and t.
-R_A, R_B, R_C, R_KIND, R_T = range(5)
-ROW = 5
+#: ROW doubles, a, b, c, d (the element loop's scalars), its kind (``_algorithms.KINDS``), t.
+R_A, R_B, R_C, R_KIND, R_T, R_D = range(6)
+ROW = 6
 
 # Storage formats of a state tensor (``_precision``'s NATIVE, BF16, BF16_SR, Q8, F16).
 F_F32, F_BF16, F_BF16_SR, F_Q8, F_F16 = 0, 1, 2, 3, 4
@@ -107,6 +107,7 @@ C_DEFINES: dict[str, int] = {
             "R_C",
             "R_KIND",
             "R_T",
+            "R_D",
             "F_F32",
             "F_BF16",
             "F_BF16_SR",

@@ -45,20 +45,20 @@ enum { H_LR = AK_H_LR, H_BETA1 = AK_H_BETA1, H_BETA2 = AK_H_BETA2, H_EPS = AK_H_
 enum { S_FLAGS = AK_S_FLAGS, S_COUNT = AK_S_COUNT, S_STATES = AK_S_STATES,
        S_SKIP = AK_S_SKIP, S_THREADS = AK_S_THREADS, S_PARAM_FMT = AK_S_PARAM_FMT,
        S_SCALES = AK_S_SCALES, S_ELEMENT = AK_S_ELEMENT };
-enum { R_A = AK_R_A, R_B = AK_R_B, R_C = AK_R_C, R_KIND = AK_R_KIND, R_T = AK_R_T };
+enum { R_A = AK_R_A, R_B = AK_R_B, R_C = AK_R_C, R_D = AK_R_D, R_KIND = AK_R_KIND, R_T = AK_R_T };
 #define ROW AK_ROW
 enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE };
 #define MAX_STATES AK_MAX_STATES
 enum { CODEC_UNSIGNED = AK_CODEC_UNSIGNED, CODEC_HIGH = AK_CODEC_HIGH, CODEC_STREAM = AK_CODEC_STREAM };
 
 typedef struct {
-    double a, b, c; /* the kind's step scalars (adamkit/optim/_scalars.py) */
+    double a, b, c, d; /* the kind's step scalars (adamkit/optim/_scalars.py) */
     double t;       /* the step count, after this step's increment */
     int kind;       /* which element loop: AK_K_ADAM, AK_K_AMSGRAD, AK_K_RADAM, ... */
 } scalars_t;
 
 static scalars_t scalars_of(const double *row) {
-    return (scalars_t){row[R_A], row[R_B], row[R_C], row[R_T], (int)row[R_KIND]};
+    return (scalars_t){row[R_A], row[R_B], row[R_C], row[R_D], row[R_T], (int)row[R_KIND]};
 }
 
 /* 0-d state counters (the step, NAdam's mu_product) of one dtype: each becomes itself plus one
@@ -324,6 +324,11 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
 #define BODY_NADAM(T, SQRT, FABS, B_OP)                                                               \
     SECOND(T) T denom = SQRT(vi) B_OP b + eps;                                                     \
     p[i] = param - (a * grad + c * mi) / denom;
+/* AdEMAMix: state 2 is the slow EMA (d = 1 - beta3_t); p -= (a m + c slow) / (sqrt(v) / b + eps). */
+#define BODY_ADEMAMIX(T, SQRT, FABS, B_OP)                                                      \
+    SECOND(T) T slow = vmax[i] + d * (grad - vmax[i]);                                          \
+    vmax[i] = slow;                                                                             \
+    p[i] = param - (a * mi + c * slow) / (SQRT(vi) B_OP b + eps);
 #define BODY_ADAMAX(T, SQRT, FABS, B_OP)                                                              \
     T u = beta2 * v[i], norm = FABS(grad) + eps;                                                \
     u = u > norm ? u : norm;                                                                    \
@@ -333,27 +338,30 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
 #define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, DECAY)                                         \
     static void loop_##SUFFIX##_##KIND##_##DECAY(                                               \
         T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
-        T c, int64_t n, T *restrict p, const T *restrict g, T *const *states) {                 \
+        T c, T d, int64_t n, T *restrict p, const T *restrict g, T *const *states) {            \
         T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
-        (void)shrink, (void)wd, (void)b, (void)c, (void)vmax, (void)one_minus_beta2, (void)eps; \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)vmax, (void)one_minus_beta2;   \
+        (void)eps;                                                                              \
         for (int64_t i = 0; i < n; i++) {                                                       \
             HEAD(T, DECAY)                                                                      \
             BODY_##KIND(T, SQRT, FABS, B_OP)                                                          \
         }                                                                                       \
     }
-/* Every element loop, by kind: a kind of the algorithm table (AK_K_<KIND>) and its BODY_<KIND>.
- * A new kind is one BODY macro and one entry here. */
-#define FOR_EACH_KIND(X) X(ADAM) X(AMSGRAD) X(RADAM) X(RADAM_PLAIN) X(NADAM) X(ADAMAX)
+/* Every element loop, by kind: a kind of the algorithm table (AK_K_<KIND>), its BODY_<KIND>, and
+ * how many state tensors it reads (the third: AMSGrad's maximum, AdEMAMix's slow EMA). A new kind
+ * is one BODY macro and one entry here. */
+#define FOR_EACH_KIND(X)                                                                        \
+    X(ADAM, 2) X(AMSGRAD, 3) X(RADAM, 2) X(RADAM_PLAIN, 2) X(NADAM, 2) X(ADAMAX, 2)            \
+    X(ADEMAMIX, 3)
 
-/* The states each element loop reads: 2, or 3 where a kind names its own (AMSGrad's maximum);
- * 0 for a kind of the table with no loop here. */
-#define STATES_OF(KIND) [AK_K_##KIND] = AK_K_##KIND == AK_K_AMSGRAD ? 3 : 2,
+/* The states each element loop reads; 0 for a kind of the table with no loop here. */
+#define STATES_OF(KIND, STATES) [AK_K_##KIND] = STATES,
 static const int8_t states_of_kind[AK_KINDS] = {FOR_EACH_KIND(STATES_OF)};
 
 /* The arguments every element loop takes, as dispatch_<SUFFIX> names them. */
 #define LOOP_ARGS(T)                                                                            \
     (sign, shrink, one_minus_beta1, (T)beta2, one_minus_beta2, (T)eps, (T)wd, (T)s->a, (T)s->b, \
-     (T)s->c, n, p, g, states)
+     (T)s->c, (T)s->d, n, p, g, states)
 
 #define DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, B_OP)                                                \
     DEFINE_LOOPS_OF(SUFFIX, T, SQRT, FABS, B_OP)                                                \
@@ -367,7 +375,7 @@ static const int8_t states_of_kind[AK_KINDS] = {FOR_EACH_KIND(STATES_OF)};
         const T sign = flags & MAXIMIZE ? (T)-1 : (T)1;                                         \
         const T shrink = (T)(1.0 - lr * wd), one_minus_beta1 = (T)(1.0 - beta1);               \
         const T one_minus_beta2 = (T)(1.0 - beta2);                                             \
-        typedef void (*loop_t)(T, T, T, T, T, T, T, T, T, T, int64_t, T *restrict,              \
+        typedef void (*loop_t)(T, T, T, T, T, T, T, T, T, T, T, int64_t, T *restrict,           \
                                const T *restrict, T *const *);                                  \
         static const loop_t loops[AK_KINDS][3] = {FOR_EACH_KIND(LOOP_ENTRY_##SUFFIX)};          \
         loops[kind][decay] LOOP_ARGS(T);                                                        \
@@ -381,12 +389,12 @@ static const int8_t states_of_kind[AK_KINDS] = {FOR_EACH_KIND(STATES_OF)};
     [AK_K_##KIND] = {loop_##SUFFIX##_##KIND##_0, loop_##SUFFIX##_##KIND##_1,                   \
                      loop_##SUFFIX##_##KIND##_2},
 /* FOR_EACH_KIND passes the kind alone: these bind the element type of each set of loops. */
-#define DEFINE_KIND_f32(KIND) DEFINE_KIND_OF(f32, float, sqrtf, fabsf, /, KIND)
-#define DEFINE_KIND_f64(KIND) DEFINE_KIND_OF(f64, double, sqrt, fabs, /, KIND)
-#define DEFINE_KIND_wide(KIND) DEFINE_KIND_OF(wide, float, sqrtf, fabsf, *, KIND)
-#define LOOP_ENTRY_f32(KIND) LOOP_ENTRY(f32, KIND)
-#define LOOP_ENTRY_f64(KIND) LOOP_ENTRY(f64, KIND)
-#define LOOP_ENTRY_wide(KIND) LOOP_ENTRY(wide, KIND)
+#define DEFINE_KIND_f32(KIND, STATES) DEFINE_KIND_OF(f32, float, sqrtf, fabsf, /, KIND)
+#define DEFINE_KIND_f64(KIND, STATES) DEFINE_KIND_OF(f64, double, sqrt, fabs, /, KIND)
+#define DEFINE_KIND_wide(KIND, STATES) DEFINE_KIND_OF(wide, float, sqrtf, fabsf, *, KIND)
+#define LOOP_ENTRY_f32(KIND, STATES) LOOP_ENTRY(f32, KIND)
+#define LOOP_ENTRY_f64(KIND, STATES) LOOP_ENTRY(f64, KIND)
+#define LOOP_ENTRY_wide(KIND, STATES) LOOP_ENTRY(wide, KIND)
 
 /* One call's arguments, shared by the threads that run its chunks. The state tensors are a
  * table: states[q * count + k] is tensor k's state q (q < nstates <= MAX_STATES), in the order
@@ -598,7 +606,8 @@ static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
 #define DEFINE_BF16_LOOP(KIND, DECAY, PARAM_SR)                                                 \
     static void bf16_##KIND##_##DECAY##_##PARAM_SR(                                            \
         float sign, float shrink, float one_minus_beta1, float beta2, float one_minus_beta2,   \
-        float eps, float wd, float a, float b, float c, int64_t n, void *restrict params,      \
+        float eps, float wd, float a, float b, float c, float d, int64_t n,                    \
+        void *restrict params,                                                                 \
         const void *restrict grads, uint16_t *const *states, const uint32_t *seeds,          \
         uint32_t max_shift, uint32_t first) {                                                  \
         float *restrict p32 = params;                                                          \
@@ -608,7 +617,7 @@ static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
         uint16_t *restrict m16 = states[0], *restrict v16 = states[1], *restrict x16 = states[2]; \
         const uint32_t seed = seeds[0], seed_max = seeds[2], seed_p = seeds[MAX_STATES];       \
         const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
-        (void)shrink, (void)wd, (void)b, (void)c, (void)one_minus_beta2, (void)eps;            \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)one_minus_beta2, (void)eps;   \
         (void)p32, (void)p16, (void)g32, (void)g16, (void)x16, (void)seed_max, (void)seed_p;   \
         (void)max_shift;                                                                       \
         const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
@@ -624,16 +633,16 @@ static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
             BF16_BLOCK(KIND, DECAY, PARAM_SR, count)                                           \
         }                                                                                      \
     }
-#define DEFINE_BF16_KIND_FP32_PARAMS(KIND)                                                     \
+#define DEFINE_BF16_KIND_FP32_PARAMS(KIND, STATES)                                                     \
     DEFINE_BF16_LOOP(KIND, 0, 0) DEFINE_BF16_LOOP(KIND, 1, 0) DEFINE_BF16_LOOP(KIND, 2, 0)
-#define DEFINE_BF16_KIND_BF16_PARAMS(KIND)                                                     \
+#define DEFINE_BF16_KIND_BF16_PARAMS(KIND, STATES)                                                     \
     DEFINE_BF16_LOOP(KIND, 0, 1) DEFINE_BF16_LOOP(KIND, 1, 1) DEFINE_BF16_LOOP(KIND, 2, 1)
 FOR_EACH_KIND(DEFINE_BF16_KIND_FP32_PARAMS)
 FOR_EACH_KIND(DEFINE_BF16_KIND_BF16_PARAMS)
 typedef void (*bf16_loop_t)(float, float, float, float, float, float, float, float, float,
-                            float, int64_t, void *restrict, const void *restrict,
+                            float, float, int64_t, void *restrict, const void *restrict,
                             uint16_t *const *, const uint32_t *, uint32_t, uint32_t);
-#define BF16_ENTRY(KIND)                                                                       \
+#define BF16_ENTRY(KIND, STATES)                                                                       \
     [AK_K_##KIND] = {{bf16_##KIND##_0_0, bf16_##KIND##_0_1}, {bf16_##KIND##_1_0, bf16_##KIND##_1_1}, \
                      {bf16_##KIND##_2_0, bf16_##KIND##_2_1}},
 static const bf16_loop_t bf16_loops[AK_KINDS][3][2] = {FOR_EACH_KIND(BF16_ENTRY)};
@@ -798,7 +807,8 @@ static inline float q8_unsigned(uint32_t c, float scale) {
 #define DEFINE_Q8_LOOP(KIND, DECAY, PARAM_SR)                                                   \
     static void q8_##KIND##_##DECAY##_##PARAM_SR(                                              \
         float sign, float shrink, float one_minus_beta1, float beta2, float one_minus_beta2,   \
-        float eps, float wd, float a, float b, float c, int64_t n, void *restrict params,      \
+        float eps, float wd, float a, float b, float c, float d, int64_t n,                    \
+        void *restrict params,                                                                 \
         const void *restrict grads, uint8_t *const *codes, float *const *scales,              \
         float *restrict buffers, uint32_t seed_p, uint32_t first) {                            \
         float *restrict p32 = params;                                                          \
@@ -809,7 +819,7 @@ static inline float q8_unsigned(uint32_t c, float scale) {
         float *restrict x_out = buffers + 2 * BLOCK;                                           \
         const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
         const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
-        (void)shrink, (void)wd, (void)b, (void)c, (void)one_minus_beta2, (void)eps;            \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)one_minus_beta2, (void)eps;   \
         (void)p32, (void)p16, (void)g32, (void)g16, (void)seed_p, (void)x_out;                 \
         for (int64_t lo = 0; lo + BLOCK <= n; lo += BLOCK) {                                   \
             const int64_t at = lo / BLOCK;                                                     \
@@ -824,14 +834,14 @@ static inline float q8_unsigned(uint32_t c, float scale) {
             Q8_BLOCK(KIND, DECAY, PARAM_SR, BLOCK)                                             \
         }                                                                                      \
     }
-#define DEFINE_Q8_KIND(KIND)                                                                   \
+#define DEFINE_Q8_KIND(KIND, STATES)                                                                   \
     DEFINE_Q8_LOOP(KIND, 0, 0) DEFINE_Q8_LOOP(KIND, 1, 0) DEFINE_Q8_LOOP(KIND, 2, 0)           \
     DEFINE_Q8_LOOP(KIND, 0, 1) DEFINE_Q8_LOOP(KIND, 1, 1) DEFINE_Q8_LOOP(KIND, 2, 1)
 FOR_EACH_KIND(DEFINE_Q8_KIND)
 typedef void (*q8_loop_t)(float, float, float, float, float, float, float, float, float, float,
-                          int64_t, void *restrict, const void *restrict, uint8_t *const *,
+                          float, int64_t, void *restrict, const void *restrict, uint8_t *const *,
                           float *const *, float *restrict, uint32_t, uint32_t);
-#define Q8_ENTRY(KIND)                                                                         \
+#define Q8_ENTRY(KIND, STATES)                                                                         \
     [AK_K_##KIND] = {{q8_##KIND##_0_0, q8_##KIND##_0_1}, {q8_##KIND##_1_0, q8_##KIND##_1_1},   \
                      {q8_##KIND##_2_0, q8_##KIND##_2_1}},
 static const q8_loop_t q8_loops[AK_KINDS][3][2] = {FOR_EACH_KIND(Q8_ENTRY)};
@@ -935,7 +945,7 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
         bf16_loops[sk.kind][decay][param_fmt == F_BF16_SR](
             c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
             (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
-            (float)sk.b, (float)sk.c, end - start, (char *)c->params[k] + start * param_size,
+            (float)sk.b, (float)sk.c, (float)sk.d, end - start, (char *)c->params[k] + start * param_size,
             (const char *)c->grads[k] + start * param_size, moments, all_seeds, max_shift,
             (uint32_t)start);
         return;
@@ -960,7 +970,7 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
         q8_loops[sk.kind][decay][param_fmt == F_BF16_SR](
             c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
             (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
-            (float)sk.b, (float)sk.c, full_blocks, (char *)c->params[k] + start * param_size,
+            (float)sk.b, (float)sk.c, (float)sk.d, full_blocks, (char *)c->params[k] + start * param_size,
             (const char *)c->grads[k] + start * param_size, codes, block_scales, scratch, seed_p,
             (uint32_t)start);
         tiles_from = start + full_blocks;

@@ -60,9 +60,11 @@ K_ADAM = tl.constexpr(KINDS["adam"])
 K_RADAM = tl.constexpr(KINDS["radam"])
 K_NADAM = tl.constexpr(KINDS["nadam"])
 K_ADAMAX = tl.constexpr(KINDS["adamax"])
+K_ADEMAMIX = tl.constexpr(KINDS["ademamix"])
 #: Step scalars per tensor, as optim/_scalars.py writes them: a, b, c, kind, t.
 ROW = tl.constexpr(abi.ROW)
 R_A, R_B, R_C = tl.constexpr(abi.R_A), tl.constexpr(abi.R_B), tl.constexpr(abi.R_C)
+R_D = tl.constexpr(abi.R_D)
 R_KIND, R_T = tl.constexpr(abi.R_KIND), tl.constexpr(abi.R_T)
 
 
@@ -122,6 +124,7 @@ def update(
     a = tl.load(scalars + ROW * k + R_A).to(COMPUTE)
     b = tl.load(scalars + ROW * k + R_B).to(COMPUTE)
     c = tl.load(scalars + ROW * k + R_C).to(COMPUTE)
+    d = tl.load(scalars + ROW * k + R_D).to(COMPUTE)
     kind = tl.load(scalars + ROW * k + R_KIND)
 
     grad = sign * grad
@@ -150,6 +153,13 @@ def update(
         elif ALGO == K_RADAM:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
             denom = tl.where(kind == K_RADAM, sqrt(v, COMPUTE) + eps, 1.0)
             param = param - div(a * m, denom, COMPUTE)
+        elif ALGO == K_ADEMAMIX:  # the third state is the slow EMA: p -= (a m + c slow) / denom
+            top = old_max + d * (grad - old_max)
+            if INVERSE_B:
+                denom = sqrt(v, COMPUTE) * b + eps
+            else:
+                denom = div(sqrt(v, COMPUTE), b, COMPUTE) + eps
+            param = param - div(a * m + c * top, denom, COMPUTE)
         else:  # NAdam: p -= (a g + c m) / (sqrt(v) / b + eps)
             if INVERSE_B:
                 denom = sqrt(v, COMPUTE) * b + eps
@@ -204,7 +214,7 @@ def fused_step(
     hyper,  # float64[7]: sign, shrink, 1 - beta1, beta2, 1 - beta2, eps, wd
     ALGO: tl.constexpr,  # the algorithm's first kind: K_ADAM, K_RADAM, K_NADAM, K_ADAMAX
     DECAY: tl.constexpr,  # 0 none, 1 coupled (g += wd p), 2 decoupled (p *= 1 - lr wd)
-    AMSGRAD: tl.constexpr,
+    AMSGRAD: tl.constexpr,  # a third state row (AMSGrad's maximum, AdEMAMix's slow EMA)
     DTYPE: tl.constexpr,  # the tensors' element type
     COMPUTE: tl.constexpr,  # the type the math runs in
     ALIGNED: tl.constexpr,  # every address in the tables is a multiple of 16 bytes

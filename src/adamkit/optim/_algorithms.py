@@ -139,6 +139,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             states=("exp_avg", "exp_avg_sq", "exp_avg_slow"),
             unsigned=frozenset({"exp_avg_sq"}),
             reference=reference.ademamix,
+            kinds=("ademamix",),
             own=("alpha", "beta3", "t_alpha", "t_beta3"),
             fractions=("beta3",),
         ),

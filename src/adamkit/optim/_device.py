@@ -193,7 +193,9 @@ class TritonPlan(_GpuPlanBase):
         self.storage = storage
         self.kind = KINDS[kernel]  # the algorithm's element loop, a constant of its kernel
         self.scalars_of = scalars_of
-        self.amsgrad = amsgrad
+        # The kernels' AMSGRAD: a third state row is read and written (AMSGrad's running maximum,
+        # AdEMAMix's slow EMA); the row's state keys say whether there is one.
+        self.amsgrad = len(layout.moment_keys) == 3
         count = len(bucket.params)
         self.count = count
         # Program j updates BLOCK elements of tensor chunk_tensor[j] from chunk_start[j].

@@ -41,6 +41,7 @@ class Scalars(NamedTuple):
     a: float | Values
     b: float | Values = 0.0
     c: float | Values = 0.0
+    d: float | Values = 0.0
 
 
 class Counters:
@@ -115,5 +116,6 @@ def fill_scalars(rows: Values, scalars_of: StepScalars, h: Hyper, counters: Coun
         rows[where, _abi.R_A] = s.a
         rows[where, _abi.R_B] = s.b
         rows[where, _abi.R_C] = s.c
+        rows[where, _abi.R_D] = s.d
         rows[where, _abi.R_KIND] = KINDS[s.kind]
     rows[:, _abi.R_T] = t

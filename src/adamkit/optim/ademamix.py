@@ -10,8 +10,9 @@ from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
 from ._paths import TensorOps
+from ._scalars import Counters, Scalars
 
-__all__ = ["AdEMAMix", "ademamix_rule", "ademamix_schedules"]
+__all__ = ["AdEMAMix", "ademamix_rule", "ademamix_scalars", "ademamix_schedules"]
 
 
 def ademamix_schedules(
@@ -59,6 +60,19 @@ def ademamix_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     ops.addcdiv_(b.params, slow, denom, [-h.lr * alpha_t for alpha_t, _ in schedules])
 
 
+def ademamix_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
+    """The fused kernels' step scalars: ``slow += d (g - slow)`` with ``d = 1 - beta3_t``, and
+    ``p -= (a m + c slow) / (sqrt(v) / b + eps)`` with ``a = lr / (1 - beta1^t)``,
+    ``b = sqrt(1 - beta2^t)``, ``c = lr alpha_t`` (one division where the rule's two addcdiv_
+    take two)."""
+    own = h.own
+    alpha_t, beta3_t = ademamix_schedules(
+        t, h.beta1, own["alpha"], own["beta3"], own["t_alpha"], own["t_beta3"]
+    )
+    bc1, bc2 = 1.0 - h.beta1**t, 1.0 - h.beta2**t
+    return Scalars("ademamix", h.lr / bc1, math.sqrt(bc2), h.lr * alpha_t, 1.0 - beta3_t)
+
+
 class AdEMAMix(AdamFamily):
     r"""AdEMAMix: Adam with a mixture of a fast and a slow EMA of the gradient.
 
@@ -88,8 +102,8 @@ class AdEMAMix(AdamFamily):
             (default 0: no warmup; the paper warms both up over the whole run for stability).
         decoupled_weight_decay: multiply :math:`\theta` by :math:`1-\gamma\lambda` (default
             True, as the paper) instead of adding :math:`\lambda\theta` to the gradient.
-        fused: no fused kernel steps AdEMAMix yet: ``fused=True`` is refused, and the default
-            path is the multi-tensor one.
+        fused: as in :class:`adamkit.Adam`: by default the fused kernels step it (CPU and
+            GPU), with the slow EMA as their third state tensor.
 
     Example:
         >>> import torch, adamkit
@@ -134,3 +148,4 @@ class AdEMAMix(AdamFamily):
 
     algorithm = ALGORITHMS["AdEMAMix"]
     _rule = ademamix_rule
+    _scalars = ademamix_scalars
