@@ -1,0 +1,80 @@
+"""adamkit's newer algorithms against the peer package that ships them, on case (b).
+
+    python benchmarks/bench_peers.py [--reps 7]
+
+Case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), 29.66M elements), one step per
+optimizer in turn (interleaved), median of the reps; ratio = the peer's time / ours (> 1 is
+faster). GB/s counts the bytes the step must move: AdEMAMix reads p, g and three states and
+writes p and three states (36 bytes an element in fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import adamkit
+
+from bench_step import machine_description
+
+SHAPES = [(1024, 4096)] * 7 + [(1024,)] * 293
+ELEMENTS = sum(a * b for a, b in SHAPES[:7]) + 1024 * 293
+
+
+def params() -> list[torch.Tensor]:
+    out = [torch.randn(s).requires_grad_() for s in SHAPES]
+    for p in out:
+        p.grad = torch.randn(p.shape)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    import pytorch_optimizer
+
+    torch.manual_seed(0)
+    warm = {"t_alpha": 1000, "t_beta3": 1000}
+    runs: dict[str, tuple[torch.optim.Optimizer, float]] = {
+        "pytorch-optimizer AdEMAMix (foreach)": (
+            pytorch_optimizer.AdEMAMix(params(), lr=1e-3, t_alpha_beta3=1000),
+            36.0,
+        ),
+        "adamkit AdEMAMix, default (fused)": (adamkit.AdEMAMix(params(), lr=1e-3, **warm), 36.0),
+        "adamkit AdEMAMix, foreach": (
+            adamkit.AdEMAMix(params(), lr=1e-3, foreach=True, **warm),
+            36.0,
+        ),
+        "adamkit AdEMAMix, bf16 state": (
+            adamkit.AdEMAMix(params(), lr=1e-3, state_precision="bf16", **warm),
+            24.0,
+        ),
+        "torch Adam, fused (for scale)": (torch.optim.Adam(params(), lr=1e-3, fused=True), 28.0),
+    }
+    for opt, _ in runs.values():
+        for _ in range(2):
+            opt.step()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.reps):
+        for name, (opt, _) in runs.items():
+            start = time.perf_counter()
+            for _ in range(3):
+                opt.step()
+            times[name].append((time.perf_counter() - start) / 3)
+    peer = statistics.median(next(iter(times.values())))
+    print("\n".join(f"- {line}" for line in machine_description()))
+    print(f"\nCase (b), {ELEMENTS:,} elements, median of {args.reps} interleaved reps.\n")
+    print("| optimizer | ms/step | vs the peer | bytes/elem | GB/s |")
+    print("|---|---|---|---|---|")
+    for name, (_, nbytes) in runs.items():
+        seconds = statistics.median(times[name])
+        gbs = nbytes * ELEMENTS / seconds / 1e9
+        print(f"| {name} | {seconds * 1e3:.2f} | {peer / seconds:.2f}x | {nbytes:g} | {gbs:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
