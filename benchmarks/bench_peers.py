@@ -15,10 +15,9 @@ import statistics
 import time
 
 import torch
+from bench_step import machine_description
 
 import adamkit
-
-from bench_step import machine_description
 
 SHAPES = [(1024, 4096)] * 7 + [(1024,)] * 293
 ELEMENTS = sum(a * b for a, b in SHAPES[:7]) + 1024 * 293
