@@ -184,7 +184,6 @@ class TritonPlan(_GpuPlanBase):
         scalars_of: StepScalars,
         bucket: Bucket,
         layout: Layout,
-        amsgrad: bool,
         storage: Storage | None = None,
     ) -> None:
         from ..kernels.fused_triton import BLOCK

@@ -233,4 +233,4 @@ def route(
         return FusedPlan(scalars_of, bucket, layout, amsgrad, storage), None
     if torch_fused:
         return TorchFusedPlan(bucket, layout, amsgrad), None
-    return TritonPlan(algorithm.kernel, scalars_of, bucket, layout, amsgrad, storage), None
+    return TritonPlan(algorithm.kernel, scalars_of, bucket, layout, storage), None
