@@ -41,6 +41,7 @@ __all__ = [
     "adamax",
     "adamw",
     "ademamix",
+    "adopt",
     "nadam",
     "radam",
     "rectification",
@@ -351,6 +352,51 @@ def ademamix(
     return theta, {"step": t, "exp_avg": m, "exp_avg_sq": v, "exp_avg_slow": slow}
 
 
+@_real_pairs
+def adopt(
+    theta: Array,
+    grad: Array,
+    state: State | None = None,
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.9999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    clip_exponent: float = 0.25,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""ADOPT (Taniguchi et al. 2024, Algorithm 2 with the clipped normalisation of section 4):
+    the gradient is normalised by the *previous* second moment, before the momentum.
+
+    .. math::
+        t = 1:&\quad v_1 = g_1^2 \quad (\text{no update}) \\
+        t > 1:&\quad m_t = \beta_1 m_{t-1} + (1-\beta_1)\,
+            \mathrm{clip}\Big(\frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, t^{\,c}\Big), \quad
+            \theta_t = \theta_{t-1} - \gamma m_t, \quad
+            v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
+
+    with ``clip(x, c)`` the clamp to :math:`[-c, c]` and :math:`c` = ``clip_exponent`` (the
+    paper's :math:`t^{1/4}`). No bias correction. Weight decay is applied at every step,
+    the first included.
+
+    Warning: the authors' code and pytorch-optimizer's ``ADOPT`` take ``clip_lambda``, a
+    function of the step (``step ** 0.25``, or ``None`` for no clipping); here the exponent.
+    Both count the step from 1 and clip from the second step on, as here.
+    """
+    beta1, beta2 = betas
+    s = state or _zeros(theta, "exp_avg", "exp_avg_sq")
+    t = s["step"] + 1
+    theta, g = _gradient(theta, grad, lr, weight_decay, maximize, decoupled_weight_decay)
+    if t == 1:
+        return theta, {"step": t, "exp_avg": s["exp_avg"], "exp_avg_sq": s["exp_avg_sq"] + g * g}
+    bound = t**clip_exponent
+    normed = np.clip(g / np.maximum(np.sqrt(s["exp_avg_sq"]), eps), -bound, bound)
+    m = beta1 * s["exp_avg"] + (1 - beta1) * normed
+    v = beta2 * s["exp_avg_sq"] + (1 - beta2) * g * g
+    return theta - lr * m, {"step": t, "exp_avg": m, "exp_avg_sq": v}
+
+
 #: The reference step for each adamkit optimizer, by class name.
 REFERENCES: dict[str, Step] = {
     "Adam": adam,
@@ -359,4 +405,5 @@ REFERENCES: dict[str, Step] = {
     "NAdam": nadam,
     "Adamax": adamax,
     "AdEMAMix": ademamix,
+    "ADOPT": adopt,
 }

@@ -5,10 +5,12 @@ from ._precision import StateMemory, full_precision_state, state_memory
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .ademamix import AdEMAMix
+from .adopt import ADOPT
 from .nadam import NAdam
 from .radam import RAdam, Rectification, radam_rectification, rectification
 
 __all__ = [
+    "ADOPT",
     "STATE_FORMAT",
     "AdEMAMix",
     "Adam",

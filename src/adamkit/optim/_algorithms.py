@@ -143,6 +143,13 @@ ALGORITHMS: dict[str, Algorithm] = {
             own=("alpha", "beta3", "t_alpha", "t_beta3"),
             fractions=("beta3",),
         ),
+        Algorithm(
+            "ADOPT",
+            states=("exp_avg", "exp_avg_sq"),
+            unsigned=frozenset({"exp_avg_sq"}),
+            reference=reference.adopt,
+            own=("clip_exponent",),
+        ),
     )
 }
 

@@ -59,6 +59,8 @@ class TensorOps(Protocol):
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None: ...
     def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: Scalars) -> None: ...
     def maximum_(self, xs: Tensors, ys: Tensors) -> None: ...
+    def div(self, xs: Tensors, ys: Tensors) -> Tensors: ...
+    def clamp_(self, xs: Tensors, low: Scalars | None, high: Scalars | None) -> None: ...
     def count_step(self, steps: Tensors) -> list[float]:
         """Add one to each step counter and return the new values as Python floats."""
         ...
@@ -116,6 +118,15 @@ class ForEach:
     def maximum_(self, xs: Tensors, ys: Tensors) -> None:
         torch._foreach_maximum_(xs, ys)
 
+    def div(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return list(torch._foreach_div(xs, ys))
+
+    def clamp_(self, xs: Tensors, low: Scalars | None, high: Scalars | None) -> None:
+        if low is not None:
+            torch._foreach_clamp_min_(xs, low if isinstance(low, (int, float)) else list(low))
+        if high is not None:
+            torch._foreach_clamp_max_(xs, high if isinstance(high, (int, float)) else list(high))
+
     def count_step(self, steps: Tensors) -> list[float]:
         torch._foreach_add_(steps, 1.0)
         return [s.item() for s in steps]
@@ -172,6 +183,15 @@ class ForLoop:
     def maximum_(self, xs: Tensors, ys: Tensors) -> None:
         for x, y in zip(xs, ys, strict=True):
             torch.maximum(x, y, out=x)
+
+    def div(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return [x / y for x, y in zip(xs, ys, strict=True)]
+
+    def clamp_(self, xs: Tensors, low: Scalars | None, high: Scalars | None) -> None:
+        lows = _per_tensor(low, len(xs)) if low is not None else [None] * len(xs)
+        highs = _per_tensor(high, len(xs)) if high is not None else [None] * len(xs)
+        for x, lo, hi in zip(xs, lows, highs, strict=True):
+            x.clamp_(lo, hi)
 
     def count_step(self, steps: Tensors) -> list[float]:
         for s in steps:
@@ -246,6 +266,15 @@ class Differentiable(ForLoop):
     def maximum_(self, xs: Tensors, ys: Tensors) -> None:
         for x, y in zip(xs, ys, strict=True):
             self._set(x, torch.maximum(x.clone(), y.clone()))
+
+    def div(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return [x / y.clone() for x, y in zip(xs, ys, strict=True)]
+
+    def clamp_(self, xs: Tensors, low: Scalars | None, high: Scalars | None) -> None:
+        lows = _per_tensor(low, len(xs)) if low is not None else [None] * len(xs)
+        highs = _per_tensor(high, len(xs)) if high is not None else [None] * len(xs)
+        for x, lo, hi in zip(xs, lows, highs, strict=True):
+            self._set(x, x.clone().clamp(lo, hi))
 
     def values(self, xs: Tensors) -> list[float]:
         # Copies that carry the graph: the next step updates the state itself in place.
