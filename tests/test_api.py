@@ -318,6 +318,7 @@ def test_fused_true_refuses_what_the_kernel_cannot_take(name: str) -> None:
     assert torch.equal(p, torch.zeros(4, 6))
     default = getattr(adamkit, name)([p])  # fused=None: falls back to the foreach path
     default.step()
+    default.step()  # ADOPT's first step records its second moment and moves nothing
     assert not torch.equal(p, torch.zeros(4, 6))
 
 
@@ -327,8 +328,9 @@ def test_half_precision_parameters_take_the_kernel_only_when_asked(name: str) ->
     p = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
     q = p.detach().clone().requires_grad_()
     p.grad = q.grad = torch.ones_like(p)
-    getattr(adamkit, name)([p], fused=True).step()
-    getattr(adamkit, name)([q]).step()  # fused=None: the foreach path, in bf16 arithmetic
+    for opt in (getattr(adamkit, name)([p], fused=True), getattr(adamkit, name)([q])):
+        opt.step()  # the second: fused=None, the foreach path, in bf16 arithmetic
+        opt.step()  # ADOPT's first step records its second moment and moves nothing
     assert not torch.equal(p, torch.zeros_like(p)) and not torch.equal(q, torch.zeros_like(q))
 
 

@@ -304,33 +304,49 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
  * p *= 1 - lr wd); `sign` is -1 for maximize (exact: -1 * g == -g). The maxima are written as
  * `a > b ? a : b` so a NaN second moment propagates as in torch. The step scalars a, b, c are
  * the kind's (adamkit/optim/_scalars.py), and B_OP is how b = sqrt(1 - beta2^t) is applied: `/` in the
- * exact loops, `*` by its inverse in the low-precision ones. */
+ * exact loops, `*` by its inverse in the low-precision ones. HEAD takes the gradient's sign and
+ * the weight decay; each BODY its moments and the step. */
 #define HEAD(T, DECAY)                                                                          \
     T grad = sign * g[i], param = p[i];                                                         \
     if (DECAY == 1) grad += wd * param;                                                         \
-    if (DECAY == 2) param *= shrink;                                                            \
+    if (DECAY == 2) param *= shrink;
+/* The first moment as the EMA of the gradient (every body but ADOPT's starts with it). */
+#define MOMENTUM(T)                                                                             \
     T mi = m[i] + one_minus_beta1 * (grad - m[i]);                                              \
     m[i] = mi;
 #define SECOND(T) T vi = beta2 * v[i] + one_minus_beta2 * grad * grad; v[i] = vi;
 
-#define BODY_ADAM(T, SQRT, FABS, B_OP) SECOND(T) p[i] = param - a * mi / (SQRT(vi) B_OP b + eps);
+#define BODY_ADAM(T, SQRT, FABS, B_OP)                                                          \
+    MOMENTUM(T) SECOND(T) p[i] = param - a * mi / (SQRT(vi) B_OP b + eps);
 #define BODY_AMSGRAD(T, SQRT, FABS, B_OP)                                                             \
-    SECOND(T) T old = vmax[i], top = old > vi ? old : vi;                                       \
+    MOMENTUM(T) SECOND(T) T old = vmax[i], top = old > vi ? old : vi;                           \
     vmax[i] = top;                                                                              \
     p[i] = param - a * mi / (SQRT(top) B_OP b + eps);
-#define BODY_RADAM(T, SQRT, FABS, B_OP) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
-#define BODY_RADAM_PLAIN(T, SQRT, FABS, B_OP) SECOND(T) p[i] = param - a * mi;
+#define BODY_RADAM(T, SQRT, FABS, B_OP)                                                         \
+    MOMENTUM(T) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
+#define BODY_RADAM_PLAIN(T, SQRT, FABS, B_OP) MOMENTUM(T) SECOND(T) p[i] = param - a * mi;
 /* One division where torch's two addcdiv_ take two: NAdam would otherwise be compute-bound. */
 #define BODY_NADAM(T, SQRT, FABS, B_OP)                                                               \
-    SECOND(T) T denom = SQRT(vi) B_OP b + eps;                                                     \
+    MOMENTUM(T) SECOND(T) T denom = SQRT(vi) B_OP b + eps;                                       \
     p[i] = param - (a * grad + c * mi) / denom;
 /* AdEMAMix: state 2 is the slow EMA (d = 1 - beta3_t); p -= (a m + c slow) / (sqrt(v) / b + eps). */
 #define BODY_ADEMAMIX(T, SQRT, FABS, B_OP)                                                      \
-    SECOND(T) T slow = vmax[i] + d * (grad - vmax[i]);                                          \
+    MOMENTUM(T) SECOND(T) T slow = vmax[i] + d * (grad - vmax[i]);                              \
     vmax[i] = slow;                                                                             \
     p[i] = param - (a * mi + c * slow) / (SQRT(vi) B_OP b + eps);
+/* ADOPT: the gradient normalised by the previous second moment, clipped to +-c, then the
+ * momentum, a step of a = lr, and only then the second moment; max and clip written so a NaN
+ * propagates, as torch's clamp does. Its first step (ADOPT_FIRST) only adds g^2 to v. */
+#define BODY_ADOPT(T, SQRT, FABS, B_OP)                                                         \
+    T root = SQRT(v[i]), denom = root < eps ? eps : root, normed = grad / denom;                \
+    normed = normed < -c ? -c : (normed > c ? c : normed);                                      \
+    T mi = m[i] + one_minus_beta1 * (normed - m[i]);                                            \
+    m[i] = mi;                                                                                  \
+    p[i] = param - a * mi;                                                                      \
+    SECOND(T)
+#define BODY_ADOPT_FIRST(T, SQRT, FABS, B_OP) v[i] = v[i] + grad * grad; p[i] = param;
 #define BODY_ADAMAX(T, SQRT, FABS, B_OP)                                                              \
-    T u = beta2 * v[i], norm = FABS(grad) + eps;                                                \
+    MOMENTUM(T) T u = beta2 * v[i], norm = FABS(grad) + eps;                                    \
     u = u > norm ? u : norm;                                                                    \
     v[i] = u;                                                                                   \
     p[i] = param - a * mi / u;
@@ -341,7 +357,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
         T c, T d, int64_t n, T *restrict p, const T *restrict g, T *const *states) {            \
         T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
         (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)vmax, (void)one_minus_beta2;   \
-        (void)eps;                                                                              \
+        (void)eps, (void)m, (void)one_minus_beta1, (void)a;                                     \
         for (int64_t i = 0; i < n; i++) {                                                       \
             HEAD(T, DECAY)                                                                      \
             BODY_##KIND(T, SQRT, FABS, B_OP)                                                          \
@@ -352,7 +368,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
  * is one BODY macro and one entry here. */
 #define FOR_EACH_KIND(X)                                                                        \
     X(ADAM, 2) X(AMSGRAD, 3) X(RADAM, 2) X(RADAM_PLAIN, 2) X(NADAM, 2) X(ADAMAX, 2)            \
-    X(ADEMAMIX, 3)
+    X(ADEMAMIX, 3) X(ADOPT, 2) X(ADOPT_FIRST, 2)
 
 /* The states each element loop reads; 0 for a kind of the table with no loop here. */
 #define STATES_OF(KIND, STATES) [AK_K_##KIND] = STATES,

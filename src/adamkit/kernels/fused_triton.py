@@ -61,6 +61,8 @@ K_RADAM = tl.constexpr(KINDS["radam"])
 K_NADAM = tl.constexpr(KINDS["nadam"])
 K_ADAMAX = tl.constexpr(KINDS["adamax"])
 K_ADEMAMIX = tl.constexpr(KINDS["ademamix"])
+K_ADOPT = tl.constexpr(KINDS["adopt"])
+K_ADOPT_FIRST = tl.constexpr(KINDS["adopt_first"])
 #: Step scalars per tensor, as optim/_scalars.py writes them: a, b, c, kind, t.
 ROW = tl.constexpr(abi.ROW)
 R_A, R_B, R_C = tl.constexpr(abi.R_A), tl.constexpr(abi.R_B), tl.constexpr(abi.R_C)
@@ -132,9 +134,19 @@ def update(
         grad += wd * param
     if DECAY == 2:
         param *= shrink
-    m = m + one_minus_beta1 * (grad - m)
+    if ALGO != K_ADOPT:  # ADOPT's momentum takes the normalised gradient (its branch)
+        m = m + one_minus_beta1 * (grad - m)
     top = old_max
-    if ALGO == K_ADAMAX:  # Adamax: u = max(beta2 u, |g| + eps); p -= a m / u
+    if ALGO == K_ADOPT:  # g / max(sqrt(v_prev), eps), clipped to +-c; p -= a m; then v
+        root = sqrt(v, COMPUTE)
+        normed = div(grad, tl.where(root < eps, eps, root), COMPUTE)
+        normed = tl.where(normed < -c, -c, tl.where(normed > c, c, normed))
+        first = kind == K_ADOPT_FIRST  # the first step only adds g^2 to v
+        new_m = m + one_minus_beta1 * (normed - m)
+        param = tl.where(first, param, param - a * new_m)
+        m = tl.where(first, m, new_m)
+        v = tl.where(first, v + grad * grad, beta2 * v + one_minus_beta2 * grad * grad)
+    elif ALGO == K_ADAMAX:  # Adamax: u = max(beta2 u, |g| + eps); p -= a m / u
         norm = tl.abs(grad) + eps
         v = beta2 * v
         v = tl.where(v > norm, v, norm)

@@ -148,6 +148,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             states=("exp_avg", "exp_avg_sq"),
             unsigned=frozenset({"exp_avg_sq"}),
             reference=reference.adopt,
+            kinds=("adopt", "adopt_first"),
             own=("clip_exponent",),
         ),
     )

@@ -8,8 +8,9 @@ from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, prepare_grads
 from ._paths import TensorOps
+from ._scalars import Counters, Scalars
 
-__all__ = ["ADOPT", "adopt_rule"]
+__all__ = ["ADOPT", "adopt_rule", "adopt_scalars"]
 
 
 def _select(tensors: list[Tensor], positions: list[int]) -> list[Tensor]:
@@ -43,6 +44,14 @@ def adopt_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     ops.addcmul_(v, g, g, 1 - h.beta2)
 
 
+def adopt_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
+    """The fused kernels' step scalars: the first step only adds ``g^2`` to ``v``; later ones
+    step by ``a = lr`` and clip the normalised gradient to ``c = t^clip_exponent``."""
+    if t == 1:
+        return Scalars("adopt_first", 0.0)
+    return Scalars("adopt", h.lr, 0.0, t ** h.own["clip_exponent"])
+
+
 class ADOPT(AdamFamily):
     r"""ADOPT: adaptive gradient method that converges with any :math:`\beta_2`.
 
@@ -65,8 +74,8 @@ class ADOPT(AdamFamily):
         betas: (0.9, 0.9999), the paper's.
         clip_exponent: the normalised gradient is clipped to :math:`\pm t^{c}` (default 0.25).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay (default False).
-        fused: no fused kernel steps ADOPT yet: ``fused=True`` is refused, and the default
-            path is the multi-tensor one.
+        fused: as in :class:`adamkit.Adam`: by default the fused kernels step it (CPU and
+            GPU), its first step a loop of its own.
 
     Example:
         >>> import torch, adamkit
@@ -106,3 +115,4 @@ class ADOPT(AdamFamily):
 
     algorithm = ALGORITHMS["ADOPT"]
     _rule = adopt_rule
+    _scalars = adopt_scalars
