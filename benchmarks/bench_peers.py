@@ -4,8 +4,9 @@
 
 Case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), 29.66M elements), one step per
 optimizer in turn (interleaved), median of the reps; ratio = the peer's time / ours (> 1 is
-faster). GB/s counts the bytes the step must move: AdEMAMix reads p, g and three states and
-writes p and three states (36 bytes an element in fp32).
+faster; each against its own peer). GB/s counts the bytes the step must move: AdEMAMix reads
+p, g and three states and writes p and three states (36 bytes an element in fp32), ADOPT two
+states (28).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main() -> None:
             adamkit.AdEMAMix(params(), lr=1e-3, state_precision="bf16", **warm),
             24.0,
         ),
+        "pytorch-optimizer ADOPT (foreach)": (pytorch_optimizer.ADOPT(params(), lr=1e-3), 28.0),
+        "adamkit ADOPT, default (fused)": (adamkit.ADOPT(params(), lr=1e-3), 28.0),
+        "adamkit ADOPT, foreach": (adamkit.ADOPT(params(), lr=1e-3, foreach=True), 28.0),
         "torch Adam, fused (for scale)": (torch.optim.Adam(params(), lr=1e-3, fused=True), 28.0),
     }
     for opt, _ in runs.values():
@@ -64,7 +68,8 @@ def main() -> None:
             for _ in range(3):
                 opt.step()
             times[name].append((time.perf_counter() - start) / 3)
-    peer = statistics.median(next(iter(times.values())))
+    peers = {"AdEMAMix": statistics.median(times["pytorch-optimizer AdEMAMix (foreach)"])}
+    peers["ADOPT"] = statistics.median(times["pytorch-optimizer ADOPT (foreach)"])
     print("\n".join(f"- {line}" for line in machine_description()))
     print(f"\nCase (b), {ELEMENTS:,} elements, median of {args.reps} interleaved reps.\n")
     print("| optimizer | ms/step | vs the peer | bytes/elem | GB/s |")
@@ -72,7 +77,9 @@ def main() -> None:
     for name, (_, nbytes) in runs.items():
         seconds = statistics.median(times[name])
         gbs = nbytes * ELEMENTS / seconds / 1e9
-        print(f"| {name} | {seconds * 1e3:.2f} | {peer / seconds:.2f}x | {nbytes:g} | {gbs:.1f} |")
+        peer = next((t for algo, t in peers.items() if algo in name), None)
+        versus = f"{peer / seconds:.2f}x" if peer else "-"
+        print(f"| {name} | {seconds * 1e3:.2f} | {versus} | {nbytes:g} | {gbs:.1f} |")
 
 
 if __name__ == "__main__":
