@@ -38,7 +38,9 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from array import array
 from collections.abc import Iterator
@@ -228,6 +230,13 @@ def _build(compiler: list[str], path: Path) -> None:
         os.replace(partial, path)
 
 
+def _say(line: str) -> None:
+    """A line for a person watching (a terminal on stderr): the first build takes seconds, and
+    a silent first ``step()`` that long looks hung. Logs, pipes and tests see nothing."""
+    if sys.stderr is not None and sys.stderr.isatty():
+        print(line, file=sys.stderr, flush=True)
+
+
 def _built(compiler: list[str]) -> Path:
     """The verified library in the cache, building it (once more if it was damaged)."""
     path = _library_path(compiler)
@@ -238,7 +247,13 @@ def _built(compiler: list[str]) -> Path:
         with _build_lock(path):
             if not _verified(path):  # another process may have built it while we waited
                 _discard(path)
+                _say(
+                    f"adamkit: compiling the fused CPU kernel for this machine (once; about 10 s; "
+                    f"cached in {path.parent}) ..."
+                )
+                start = time.monotonic()
                 _build(compiler, path)
+                _say(f"adamkit: kernel compiled in {time.monotonic() - start:.1f} s")
     except OSError as error:
         raise KernelUnavailable(f"the kernel cache {path.parent} is not usable: {error}") from error
     if not _verified(path):
