@@ -219,3 +219,24 @@ def test_a_plan_that_cannot_read_its_own_tensors_steps_on_foreach_with_a_warning
     for p, q in zip(ours_p, eager_p, strict=True):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(ours.state[p][key], eager.state[q][key])
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("value", [-5.0, float("nan")], ids=["negative", "nan"])
+def test_a_step_counter_broken_in_place_is_refused_and_nothing_changes(
+    name: str, value: float
+) -> None:
+    """``state["step"].fill_(-5)`` keeps the tensor, so the plan does not re-check it: the
+    step scalars then are (complex ADOPT bounds, log of a negative count...). The fused step
+    refuses it as the eager paths do, with the counter and the parameters as they were."""
+    p = torch.randn(5000, requires_grad=True)
+    opt = getattr(adamkit, name)([p], lr=1e-2, fused=True)
+    for _ in range(2):
+        p.grad = torch.randn(5000)
+        opt.step()
+    before = p.detach().clone()
+    opt.state[p]["step"].fill_(value)
+    with pytest.raises(ValueError, match="a step count must be a finite number >= 0"):
+        opt.step()
+    assert torch.equal(p, before)
+    torch.testing.assert_close(opt.state[p]["step"], torch.tensor(value), equal_nan=True)

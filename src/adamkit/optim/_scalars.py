@@ -107,6 +107,13 @@ def fill_scalars(rows: Values, scalars_of: StepScalars, h: Hyper, counters: Coun
     t = counters.advance("step")
     if not len(t):
         return
+    if not (np.isfinite(t).all() and (t >= 1).all()):  # a counter set by hand, in place
+        for step in counters.tensors["step"]:
+            step.sub_(1)  # as it was: nothing of this step is kept
+        bad = float(t[~(np.isfinite(t) & (t >= 1))][0]) - 1
+        raise ValueError(
+            f"adamkit: a state['step'] is {bad}; a step count must be a finite number >= 0"
+        )
     if (t == t[0]).all():  # the usual case: one step count for the whole bucket
         groups: list[tuple[float, slice | NDArray[np.intp]]] = [(float(t[0]), slice(None))]
     else:
