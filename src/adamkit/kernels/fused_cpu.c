@@ -357,7 +357,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
         T c, T d, int64_t n, T *restrict p, const T *restrict g, T *const *states) {            \
         T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
         (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)vmax, (void)one_minus_beta2;   \
-        (void)eps, (void)m, (void)one_minus_beta1, (void)a;                                     \
+        (void)eps, (void)m, (void)one_minus_beta1, (void)a, (void)beta2;                        \
         for (int64_t i = 0; i < n; i++) {                                                       \
             HEAD(T, DECAY)                                                                      \
             BODY_##KIND(T, SQRT, FABS, B_OP)                                                          \
@@ -926,6 +926,13 @@ static float *load_values(int fmt, void *base, int64_t e, int n, float *buffer) 
     return buffer;
 }
 
+/* The one-pass loops' scalars, each rounded once from double as dispatch_<SUFFIX> rounds them
+ * (`c`, `sk` and `decay` of chunk_wide). */
+#define ONE_PASS_SCALARS                                                                        \
+    c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - c->lr * c->wd), (float)(1.0 - c->beta1),  \
+        (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)c->wd, (float)sk.a,     \
+        (float)sk.b, (float)sk.c, (float)sk.d
+
 static void chunk_wide(const void *context, int64_t j, float *scratch) {
     const call_t *c = context;
     const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;
@@ -943,6 +950,7 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
         seeds[q] = rounding_seed(sk.t, c->salts[k], (uint32_t)c->codecs[q] >> CODEC_STREAM);
     }
     /* States 0 and 1 of one stream, low and high half: one hash per element rounds both. */
+    const int decay = c->wd == 0 ? 0 : (c->flags & DECOUPLED ? 2 : 1);
     const int paired = nstates >= 2 && c->codecs[0] >> CODEC_STREAM == c->codecs[1] >> CODEC_STREAM &&
                        !(c->codecs[0] & CODEC_HIGH) && c->codecs[1] & CODEC_HIGH;
     if (fmt == F_BF16_SR && paired && (param_fmt == F_F32 || param_fmt == F_BF16_SR) &&
@@ -956,12 +964,8 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
         }
         all_seeds[MAX_STATES] = seed_p;
         const uint32_t max_shift = nstates > 2 && c->codecs[2] & CODEC_HIGH ? 16 : 0;
-        const double wd = c->wd, lr = c->lr;
-        const int decay = wd == 0 ? 0 : (c->flags & DECOUPLED ? 2 : 1);
         bf16_loops[sk.kind][decay][param_fmt == F_BF16_SR](
-            c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
-            (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
-            (float)sk.b, (float)sk.c, (float)sk.d, end - start, (char *)c->params[k] + start * param_size,
+            ONE_PASS_SCALARS, end - start, (char *)c->params[k] + start * param_size,
             (const char *)c->grads[k] + start * param_size, moments, all_seeds, max_shift,
             (uint32_t)start);
         return;
@@ -981,12 +985,8 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
             codes[q] = (uint8_t *)bases[q] + start;
             block_scales[q] = scales[q] + start / BLOCK;
         }
-        const double wd = c->wd, lr = c->lr;
-        const int decay = wd == 0 ? 0 : (c->flags & DECOUPLED ? 2 : 1);
         q8_loops[sk.kind][decay][param_fmt == F_BF16_SR](
-            c->flags & MAXIMIZE ? -1.0f : 1.0f, (float)(1.0 - lr * wd), (float)(1.0 - c->beta1),
-            (float)c->beta2, (float)(1.0 - c->beta2), (float)c->eps, (float)wd, (float)sk.a,
-            (float)sk.b, (float)sk.c, (float)sk.d, full_blocks, (char *)c->params[k] + start * param_size,
+            ONE_PASS_SCALARS, full_blocks, (char *)c->params[k] + start * param_size,
             (const char *)c->grads[k] + start * param_size, codes, block_scales, scratch, seed_p,
             (uint32_t)start);
         tiles_from = start + full_blocks;

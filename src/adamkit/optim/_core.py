@@ -29,6 +29,7 @@ __all__ = [
     "param_label",
     "prepare_grads",
     "real_view",
+    "select",
     "step_dtype",
     "update_moments",
 ]
@@ -84,6 +85,12 @@ def prepare_grads(ops: TensorOps, bucket: Bucket, h: Hyper) -> Tensors:
         else:
             grads = ops.add(grads, bucket.params, alpha=h.weight_decay)
     return grads
+
+
+def select(tensors: Tensors, positions: list[int]) -> Tensors:
+    """The tensors at ``positions`` (the list itself when that is all of them): the tensors of
+    a bucket that take one branch of a rule (RAdam before rectification, ADOPT's first step)."""
+    return tensors if len(positions) == len(tensors) else [tensors[i] for i in positions]
 
 
 def update_moments(

@@ -302,6 +302,8 @@ class Layout:
         self.moment_keys = tuple(moment_keys)
         self.scalar_keys = tuple(scalar_keys)
         self.roles = ("params", "grads", *self.moment_keys, "step", *self.scalar_keys)
+        # The rows of the counters in a reading's table (read by the step scalars each step).
+        self.counter_rows = {key: self.roles.index(key) for key in ("step", *self.scalar_keys)}
         self.dtypes = {key: [t.dtype for t in bucket.state[key]] for key in self.moment_keys}
         self.counter_dtypes = {"step": bucket.steps[0].dtype}
         for key in self.scalar_keys:
@@ -615,10 +617,8 @@ def counters(reading: Reading, layout: Layout) -> Counters:
     addresses in the reading's table."""
     count = reading.count
     table = np.frombuffer(reading.table, dtype=np.uint64)
-    keys = ("step", *layout.scalar_keys)
     addresses = {
-        key: table[layout.roles.index(key) * count : (layout.roles.index(key) + 1) * count]
-        for key in keys
+        key: table[row * count : (row + 1) * count] for key, row in layout.counter_rows.items()
     }
     return Counters(reading.tensors, addresses, layout.counter_dtypes)
 

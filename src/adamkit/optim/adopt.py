@@ -6,16 +6,11 @@ from torch import Tensor
 
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
-from ._core import Bucket, Hyper, prepare_grads
+from ._core import Bucket, Hyper, prepare_grads, select
 from ._paths import TensorOps
 from ._scalars import Counters, Scalars
 
 __all__ = ["ADOPT", "adopt_rule", "adopt_scalars"]
-
-
-def _select(tensors: list[Tensor], positions: list[int]) -> list[Tensor]:
-    """The tensors at ``positions`` (the list itself when that is all of them)."""
-    return tensors if len(positions) == len(tensors) else [tensors[i] for i in positions]
 
 
 def adopt_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -28,18 +23,18 @@ def adopt_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     first = [i for i, t in enumerate(steps) if t == 1]
     later = [i for i, t in enumerate(steps) if t != 1]
     if first:  # v_1 = g_1^2 (onto the zeros it starts from, as the authors' code)
-        g = _select(grads, first)
-        ops.addcmul_(_select(exp_avg_sq, first), g, g, 1.0)
+        g = select(grads, first)
+        ops.addcmul_(select(exp_avg_sq, first), g, g, 1.0)
     if not later:
         return
-    g, v, m = _select(grads, later), _select(exp_avg_sq, later), _select(exp_avg, later)
+    g, v, m = select(grads, later), select(exp_avg_sq, later), select(exp_avg, later)
     denom = ops.sqrt(v)
     ops.clamp_(denom, h.eps, None)
     normed = ops.div(g, denom)
     bounds = [steps[i] ** h.own["clip_exponent"] for i in later]
     ops.clamp_(normed, [-c for c in bounds], bounds)
     ops.lerp_(m, normed, 1 - h.beta1)
-    ops.add_(_select(b.params, later), m, -h.lr)
+    ops.add_(select(b.params, later), m, -h.lr)
     ops.mul_(v, h.beta2)
     ops.addcmul_(v, g, g, 1 - h.beta2)
 

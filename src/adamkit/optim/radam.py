@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
-from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moments
+from ._core import Bucket, Hyper, bias_corrections, prepare_grads, select, update_moments
 from ._paths import TensorOps
 from ._scalars import Counters, Scalars
 
@@ -71,11 +71,6 @@ def rectification(step: float, beta2: float) -> Rectification:
     return radam_rectification(step, beta2)
 
 
-def _select(tensors: list[Tensor], positions: list[int]) -> list[Tensor]:
-    """The tensors at ``positions`` (the list itself when that is all of them)."""
-    return tensors if len(positions) == len(tensors) else [tensors[i] for i in positions]
-
-
 def radam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     """One RAdam step (Liu et al. 2020, Algorithm 2), with torch's eps placement."""
     steps = ops.count_step(b.steps)
@@ -91,15 +86,15 @@ def radam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     momentum_only = [i for i, r in enumerate(rectifiers) if r is None]
     if momentum_only:  # theta -= lr * m_hat
         ops.add_(
-            _select(b.params, momentum_only),
-            _select(exp_avg, momentum_only),
+            select(b.params, momentum_only),
+            select(exp_avg, momentum_only),
             [-h.lr / bc1[i] for i in momentum_only],
         )
     if rectified:  # theta -= lr * r_t * m_hat * sqrt(1 - beta2^t) / (sqrt(v) + eps)
-        denom = ops.sqrt(_select(exp_avg_sq, rectified))
+        denom = ops.sqrt(select(exp_avg_sq, rectified))
         ops.add_scalar_(denom, h.eps)
         step_size = [-h.lr * rectifiers[i] * bc2[i] ** 0.5 / bc1[i] for i in rectified]  # type: ignore[operator]
-        ops.addcdiv_(_select(b.params, rectified), _select(exp_avg, rectified), denom, step_size)
+        ops.addcdiv_(select(b.params, rectified), select(exp_avg, rectified), denom, step_size)
 
 
 def radam_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
