@@ -634,6 +634,7 @@ static inline void prefetch_read(const void *base, int64_t from, int64_t to) {
         const uint32_t seed = seeds[0], seed_max = seeds[2], seed_p = seeds[MAX_STATES];       \
         const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
         (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)one_minus_beta2, (void)eps;   \
+        (void)one_minus_beta1, (void)a, (void)beta2;                                           \
         (void)p32, (void)p16, (void)g32, (void)g16, (void)x16, (void)seed_max, (void)seed_p;   \
         (void)max_shift;                                                                       \
         const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
@@ -836,6 +837,7 @@ static inline float q8_unsigned(uint32_t c, float scale) {
         const int has_max = states_of_kind[AK_K_##KIND] > 2;                                   \
         const int64_t param_size = PARAM_SR ? 2 : 4;                                           \
         (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)one_minus_beta2, (void)eps;   \
+        (void)one_minus_beta1, (void)a, (void)beta2;                                           \
         (void)p32, (void)p16, (void)g32, (void)g16, (void)seed_p, (void)x_out;                 \
         for (int64_t lo = 0; lo + BLOCK <= n; lo += BLOCK) {                                   \
             const int64_t at = lo / BLOCK;                                                     \
