@@ -67,6 +67,7 @@ import torch
 from torch import nn
 
 import adamkit
+from adamkit.optim.schedulefree import evaluation_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import (  # the sibling benchmark's harness
@@ -322,17 +323,30 @@ def warm_up(precisions: Iterable[str]) -> None:
         opt.step()
 
 
-def train(task_name: str, precision: str, steps: int, seed: int, val_every: int) -> Run:
-    """Build ``task_name`` from ``seed`` and train it ``steps`` steps with ``precision``."""
+def train(
+    task_name: str,
+    precision: str,
+    steps: int,
+    seed: int,
+    val_every: int,
+    make: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+) -> Run:
+    """Build ``task_name`` from ``seed`` and train it ``steps`` steps with ``precision`` (or,
+    given ``make``, with the optimizer it makes, ``precision`` then being the run's label).
+    A schedule-free optimizer takes no schedule (its own warmup) and is evaluated at its
+    average (``adamkit.evaluation_mode``)."""
     run = Run(task_name, precision, steps)
     task = BUILDERS[task_name](seed, steps)
     try:
-        opt = make_optimizer(task.model, precision)
+        opt = make(task.model) if make is not None else make_optimizer(task.model, precision)
     except (TypeError, ValueError, NotImplementedError) as error:
         run.skipped = f"{type(error).__name__}: {error}"
         log(f"{task_name} {precision}: skipped ({run.skipped})")
         return run
-    scheduler = adamkit.Scheduler(opt, task.schedule) if task.schedule else None
+    schedule_free = "train_mode" in opt.param_groups[0]
+    scheduler = (
+        adamkit.Scheduler(opt, task.schedule) if task.schedule and not schedule_free else None
+    )
     report_every = max(1, steps // 10)
 
     task.model.train()
@@ -354,7 +368,8 @@ def train(task_name: str, precision: str, steps: int, seed: int, val_every: int)
         if task.val_loss is not None and (done % val_every == 0 or done == steps):
             task.model.eval()
             run.val_steps.append(done)
-            run.val_losses.append(task.val_loss())
+            with evaluation_mode(opt):
+                run.val_losses.append(task.val_loss())
             task.model.train()
         if done % report_every == 0 or done == steps:
             extra = f", val {run.val_losses[-1]:.4f}" if run.val_steps[-1:] == [done] else ""
@@ -363,8 +378,9 @@ def train(task_name: str, precision: str, steps: int, seed: int, val_every: int)
     run.seconds = seconds
     run.state_bytes, run.bytes_per_param = measure_state(opt)
     task.model.eval()
-    run.final_train_loss = task.final_train_loss()
-    run.metric = task.metric()
+    with evaluation_mode(opt):
+        run.final_train_loss = task.final_train_loss()
+        run.metric = task.metric()
     return run
 
 

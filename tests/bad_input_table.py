@@ -19,6 +19,7 @@ from adamkit.schedules import parse
 from .problems import make_params
 from .test_api import BAD_ARGUMENTS, BAD_PARAM_GROUPS
 from .test_load import BAD_STATE_DICTS
+from .test_schedulefree import BAD_SCHEDULE_FREE
 from .test_schedules import BAD_SPECS
 from .trust_inproc import BAD_BETWEEN_STEPS
 
@@ -122,6 +123,15 @@ def render() -> str:
     ]
     for code, action, _, _ in BAD_BETWEEN_STEPS:
         lines.append(f"| {_cell(code)} | {_cell(_error(action))} |")
+    lines += [
+        "",
+        "## Schedule-free training (`adamkit.ScheduleFreeAdamW`: its modes and what it refuses)",
+        "",
+        "| input | error |",
+        "|---|---|",
+    ]
+    for code, call, _, _ in BAD_SCHEDULE_FREE:
+        lines.append(f"| {_cell(code)} | {_cell(_error(call))} |")
     lines += ["", "## Checkpoints (`optimizer.load_state_dict(state_dict)`)", ""]
     lines += ["| state dict | error |", "|---|---|"]
     assert len(STATE_DICT_LABELS) == len(BAD_STATE_DICTS)

@@ -146,7 +146,8 @@ def _precision_cases() -> list[Case]:
     return [
         Case(case.name, {**path, **case.kwargs, "state_precision": precision})
         for case, path, precision in itertools.product(algorithms, paths, ["bf16", "8bit"])
-        if TABLE[case.name].kinds or "fused" not in path
+        if (TABLE[case.name].kinds or "fused" not in path)
+        and precision in TABLE[case.name].precisions
     ]
 
 

@@ -35,7 +35,7 @@ def test_each_row_is_its_class_s(name: str) -> None:
         assert "amsgrad" in signature(name)
     # Its own hyperparameters are exactly the numeric arguments the others do not take.
     shared = set.intersection(*(set(signature(other)) for other in ALGORITHMS))
-    numeric = {k for k, v in signature(name).items() if type(v) is float and k not in shared}
+    numeric = {k for k, v in signature(name).items() if type(v) in (int, float) and k not in shared}
     assert set(row.own) == numeric
 
 

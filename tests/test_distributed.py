@@ -31,7 +31,7 @@ import torch
 import adamkit
 
 from .artifacts import run
-from .distributed_worker import OPTIMIZERS, SCHEDULE, label, make_model, train
+from .distributed_worker import FSDP_CASES, SCHEDULE, label, make_model, train
 from .registry import TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +79,11 @@ def _single_process(optimizer: type[torch.optim.Optimizer], **kwargs: Any) -> li
     return [p.detach() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "8bit"])
-@pytest.mark.parametrize(("name", "kwargs"), OPTIMIZERS, ids=[label(*o) for o in OPTIMIZERS])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "precision"),
+    FSDP_CASES,
+    ids=[f"{label(name, kwargs)}-{precision}" for name, kwargs, precision in FSDP_CASES],
+)
 def test_fsdp2_matches_the_unsharded_run(
     ranks: list[dict[str, Any]], name: str, kwargs: dict[str, Any], precision: str
 ) -> None:

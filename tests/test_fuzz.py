@@ -32,7 +32,11 @@ def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]],
     name = draw(st.sampled_from(ALGORITHMS))
     kwargs: dict[str, Any] = {
         "lr": draw(st.floats(1e-5, 0.5)),
-        "betas": (draw(st.floats(0.0, 0.99)), draw(st.floats(0.5, 0.9999))),
+        # Schedule-free needs beta1 > 0 (its x is recovered by dividing by it).
+        "betas": (
+            draw(st.floats(0.0 if name != "ScheduleFreeAdamW" else 0.05, 0.99)),
+            draw(st.floats(0.5, 0.9999)),
+        ),
         "eps": draw(st.floats(1e-10, 1e-2)),
         "weight_decay": draw(st.sampled_from([0.0, 0.0, 0.01, 0.3])),
         "maximize": draw(st.booleans()),
@@ -45,6 +49,8 @@ def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]],
     for key, probe in own_hyperparameters(name).items():  # up to twice the registry's probe
         top = 0.9999 if key in TABLE[name].fractions else 2 * probe  # a decay rate stays < 1
         kwargs[key] = draw(st.floats(0.0, top))
+        if key in TABLE[name].integers:  # a number of steps
+            kwargs[key] = round(kwargs[key])
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     shapes = draw(st.lists(SHAPES, min_size=1, max_size=4))
     steps = draw(st.integers(1, 8))

@@ -240,13 +240,13 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
             "state": {
                 0: {
                     **sd["state"][0],
-                    "exp_avg_codes": torch.zeros(3, dtype=torch.uint8),
-                    "exp_avg_scale": torch.ones(1),
+                    f"{_first_state(sd)}_codes": torch.zeros(3, dtype=torch.uint8),
+                    f"{_first_state(sd)}_scale": torch.ones(1),
                 }
             },
         },
         ValueError,
-        r"parameter #0 of param group 0: state has both 'exp_avg' and its codes 'exp_avg_codes'",
+        r"parameter #0 of param group 0: state has both '(\w+)' and its codes '\1_codes'",
     ),
     (
         lambda sd: {**sd, "state": {0: {**sd["state"][0], "exp_avg_sq_codes": torch.zeros(3)}}},
@@ -255,6 +255,11 @@ BAD_STATE_DICTS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception], st
         r"a torch.float32 tensor",
     ),
 ]
+
+
+def _first_state(sd: dict[str, Any]) -> str:
+    """The first state tensor of parameter 0 (``exp_avg``, schedule-free's ``z``)."""
+    return next(k for k in sd["state"][0] if k != "step")
 
 
 @pytest.mark.parametrize(("corrupt", "error", "message"), BAD_STATE_DICTS)

@@ -92,6 +92,32 @@ def test_ademamix_warmups_are_recorded_and_plotted(tmp_path: Path) -> None:
     assert_real_png(out)
 
 
+@pytest.mark.parametrize("package", [False, True], ids=["adamkit", "schedulefree"])
+def test_schedule_free_warmup_and_average_weight_are_recorded(
+    tmp_path: Path, package: bool
+) -> None:
+    """The lr a step used (warmed up) and c_{t+1}: with r = 0 and a constant lr after the
+    warmup, the weights are equal from then on and c_{t+1} falls as 1/(t - warmup + const)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    if package:
+        schedulefree = pytest.importorskip("schedulefree")
+        opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=0.01, warmup_steps=5)
+        opt.train()
+    else:
+        opt = adamkit.ScheduleFreeAdamW(model.parameters(), lr=0.01, warmup_steps=5)
+    with adamkit.Telemetry(opt, tmp_path / "sf.jsonl") as telemetry:
+        _train(opt, model, 30)
+    lrs = [r["lr"] for r in telemetry.records]
+    assert lrs[:5] == pytest.approx([0.002, 0.004, 0.006, 0.008, 0.01]) and lrs[-1] == 0.01
+    weights = [r["average_weight"] for r in telemetry.records]
+    assert weights[0] == 1.0 and weights == sorted(weights, reverse=True)
+    squares = sum(lr * lr for lr in lrs)  # w_t = lr_max^2: the sum of the squares so far
+    assert weights[-1] == pytest.approx(0.01**2 / squares)
+    out = adamkit.plot_telemetry(tmp_path / "sf.jsonl", tmp_path / "sf.png")
+    assert_real_png(out)
+
+
 def test_plot_telemetry_command(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 1)

@@ -50,8 +50,8 @@ def test_a_resized_parameter_is_refused_naming_it_and_nothing_is_written(tmp_pat
         import json, torch, adamkit
         from adamkit.optim._algorithms import ALGORITHMS
         out = {}
-        for name in ALGORITHMS:
-            for precision in ["fp32", "bf16", "8bit"]:
+        for name, row in ALGORITHMS.items():
+            for precision in row.precisions:
                 model = torch.nn.Linear(4096, 2)
                 opt = getattr(adamkit, name)(model.named_parameters(), state_precision=precision)
                 model(torch.randn(3, 4096)).sum().backward()

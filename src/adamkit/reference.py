@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "KEPT_ELSEWHERE",
     "REFERENCES",
     "State",
     "adam",
@@ -45,6 +46,7 @@ __all__ = [
     "nadam",
     "radam",
     "rectification",
+    "schedulefree_adamw",
 ]
 
 Array: TypeAlias = NDArray[np.float64]
@@ -74,7 +76,8 @@ def _real_pairs(fn: Step) -> Step:
         if state is not None:
             # Arrays (a 0-d one too) are viewed as real pairs; numbers (step, mu_product) stay.
             state = {k: real(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
-        new_theta, new_state = fn(real(theta_arr), real(grad_arr), state, **hyper)
+        gradient = None if grad is None else real(grad_arr)  # None: no gradient this step
+        new_theta, new_state = fn(real(theta_arr), gradient, state, **hyper)
         if is_complex:
             new_state = {
                 k: back(v) if isinstance(v, np.ndarray) else v for k, v in new_state.items()
@@ -397,6 +400,74 @@ def adopt(
     return theta - lr * m, {"step": t, "exp_avg": m, "exp_avg_sq": v}
 
 
+@_real_pairs
+def schedulefree_adamw(
+    theta: Array,
+    grad: Array | None,
+    state: State | None = None,
+    *,
+    lr: float = 0.0025,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    warmup_steps: float = 0,
+    r: float = 0.0,
+    weight_lr_power: float = 2.0,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""Schedule-free AdamW (Defazio et al. 2024, "The Road Less Scheduled", Algorithm 1), with
+    the three sequences kept apart. ``theta`` is :math:`y_t`, where the gradient is taken.
+
+    .. math::
+        v_t &= \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \qquad
+        \gamma_t = \gamma \min(1, t / T_{warmup}) \\
+        z_{t+1} &= z_t - \gamma_t \Big(\frac{g_t}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}
+            + \lambda y_t\Big) \\
+        c_{t+1} &= \frac{w_t}{\sum_{i \le t} w_i}, \quad
+            w_t = t^r \big(\max_{i \le t} \gamma_i\big)^{p}, \qquad
+        x_{t+1} = (1 - c_{t+1})\, x_t + c_{t+1} z_{t+1} \\
+        y_{t+1} &= (1-\beta_1)\, z_{t+1} + \beta_1 x_{t+1}
+
+    with :math:`z_1 = x_1 = y_1` the initial parameters, :math:`r` = ``r`` and :math:`p` =
+    ``weight_lr_power``. :math:`x` is the point to evaluate; state keeps ``z``, ``x``,
+    ``exp_avg_sq`` (:math:`v`), the tensor's ``step``, and the group's running ``k``,
+    ``weight_sum`` and ``lr_max``. ``grad=None``: the tensor had no gradient at this step of
+    its group, whose schedule still advances (as the package's).
+
+    Warning: this is the ``schedulefree`` package's ``AdamWScheduleFree`` (1.x): the bias
+    correction divides :math:`v` under the root, where the paper multiplies the step size by
+    :math:`\sqrt{1-\beta_2^t}` (they differ in where :math:`\epsilon` sits), and the weight
+    decay is taken at :math:`y`. The package (and adamkit) keep only :math:`y` and :math:`z`
+    and move :math:`y` in place; ``optimizer.eval()`` recovers :math:`x`.
+    """
+    beta1, beta2 = betas
+    if state:
+        s = state
+    else:
+        s = {**_zeros(theta, "exp_avg_sq"), "z": theta.copy(), "x": theta.copy()}
+        s.update(k=0, weight_sum=0.0, lr_max=-1.0)
+    t = s["k"] + 1  # the group's step: it advances with or without this tensor's gradient
+    lr_t = lr * (min(1.0, t / warmup_steps) if warmup_steps else 1.0)
+    lr_max = max(lr_t, s["lr_max"])
+    weight = t**r * lr_max**weight_lr_power
+    weight_sum = s["weight_sum"] + weight
+    schedule = {"k": t, "weight_sum": weight_sum, "lr_max": lr_max}
+    if grad is None:
+        return theta, {**s, **schedule}
+    c = weight / weight_sum if weight_sum else 0.0
+    g = -grad if maximize else grad
+    v = beta2 * s["exp_avg_sq"] + (1 - beta2) * g * g
+    z = s["z"] - lr_t * (g / (np.sqrt(v / (1 - beta2**t)) + eps) + weight_decay * theta)
+    x = (1 - c) * s["x"] + c * z
+    new = {**schedule, "step": s["step"] + 1, "z": z, "x": x, "exp_avg_sq": v}
+    return (1 - beta1) * z + beta1 * x, new
+
+
+#: What a reference keeps that adamkit keeps in the param group (schedule-free's running ``k``,
+#: ``weight_sum`` and ``lr_max``) or does not store (``x``, recovered from ``y`` and ``z``).
+KEPT_ELSEWHERE = frozenset({"k", "x", "weight_sum", "lr_max"})
+
+
 #: The reference step for each adamkit optimizer, by class name.
 REFERENCES: dict[str, Step] = {
     "Adam": adam,
@@ -406,4 +477,5 @@ REFERENCES: dict[str, Step] = {
     "Adamax": adamax,
     "AdEMAMix": ademamix,
     "ADOPT": adopt,
+    "ScheduleFreeAdamW": schedulefree_adamw,
 }

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 __all__ = ["C_DEFINES", "c_defines"]
 
-# Flags of a kernel call (``flags``).
-MAXIMIZE, DECOUPLED = 1, 2
+# Flags of a kernel call (``flags``). DECAY_IN_BODY: the element loop applies the weight decay
+# itself (schedule-free AdamW's, at y after normalising), so the shared head does not.
+MAXIMIZE, DECOUPLED, DECAY_IN_BODY = 1, 2, 4
 
 # adamkit_step's arguments: the slots of hyper[] (doubles) and of shape[] (int64), the element
 # loops, and the most state tensors a parameter may have (its row's states, and AMSGrad's).
@@ -101,6 +102,7 @@ C_DEFINES: dict[str, int] = {
             "CODEC_STREAM",
             "MAXIMIZE",
             "DECOUPLED",
+            "DECAY_IN_BODY",
             "ROW",
             "R_A",
             "R_B",

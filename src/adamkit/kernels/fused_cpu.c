@@ -37,7 +37,7 @@
 #ifndef AK_MAX_STATES
 #error "build fused_cpu.c with the -D flags of adamkit.kernels._abi.c_defines()"
 #endif
-enum { MAXIMIZE = AK_MAXIMIZE, DECOUPLED = AK_DECOUPLED };
+enum { MAXIMIZE = AK_MAXIMIZE, DECOUPLED = AK_DECOUPLED, DECAY_IN_BODY = AK_DECAY_IN_BODY };
 #define CHUNK AK_CHUNK /* elements a thread claims at a time */
 /* The slots of adamkit_step's hyper[] and shape[], of a tensor's step-scalar row, the element
  * types, the most states a tensor has, and the bits of a state's codec word (_abi.py). */
@@ -306,6 +306,10 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
  * the kind's (adamkit/optim/_scalars.py), and B_OP is how b = sqrt(1 - beta2^t) is applied: `/` in the
  * exact loops, `*` by its inverse in the low-precision ones. HEAD takes the gradient's sign and
  * the weight decay; each BODY its moments and the step. */
+/* The head's weight decay: 0 (none, or the body's own), 1 (coupled) or 2 (decoupled). */
+static inline int decay_mode(int64_t flags, double wd) {
+    return wd == 0 || flags & DECAY_IN_BODY ? 0 : (flags & DECOUPLED ? 2 : 1);
+}
 #define HEAD(T, DECAY)                                                                          \
     T grad = sign * g[i], param = p[i];                                                         \
     if (DECAY == 1) grad += wd * param;                                                         \
@@ -345,6 +349,16 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
     p[i] = param - a * mi;                                                                      \
     SECOND(T)
 #define BODY_ADOPT_FIRST(T, SQRT, FABS, B_OP) v[i] = v[i] + grad * grad; p[i] = param;
+/* Schedule-free AdamW: the parameter is y and state 0 is z. u = g / (sqrt(v) / b + eps) + wd y
+ * (its own weight decay, at y: DECAY_IN_BODY), then y <- lerp(y, z, d) + a u and z <- z - c u,
+ * with d = c_{t+1}, the averaging weight, a = lr (beta1 (1 - d) - 1), c = lr,
+ * b = sqrt(1 - beta2^t).
+ * The lerp is torch's, in its two halves. */
+#define BODY_SCHEDULEFREE(T, SQRT, FABS, B_OP)                                                  \
+    SECOND(T) T u = grad / (SQRT(vi) B_OP b + eps) + wd * param, zi = m[i];                     \
+    T y = d < (T)0.5 ? param + d * (zi - param) : zi - (zi - param) * ((T)1 - d);               \
+    p[i] = y + a * u;                                                                           \
+    m[i] = zi - c * u;
 #define BODY_ADAMAX(T, SQRT, FABS, B_OP)                                                              \
     MOMENTUM(T) T u = beta2 * v[i], norm = FABS(grad) + eps;                                    \
     u = u > norm ? u : norm;                                                                    \
@@ -368,7 +382,7 @@ int64_t adamkit_overlap(int64_t n, const uint64_t *starts, const uint64_t *sizes
  * is one BODY macro and one entry here. */
 #define FOR_EACH_KIND(X)                                                                        \
     X(ADAM, 2) X(AMSGRAD, 3) X(RADAM, 2) X(RADAM_PLAIN, 2) X(NADAM, 2) X(ADAMAX, 2)            \
-    X(ADEMAMIX, 3) X(ADOPT, 2) X(ADOPT_FIRST, 2)
+    X(ADEMAMIX, 3) X(ADOPT, 2) X(ADOPT_FIRST, 2) X(SCHEDULEFREE, 2)
 
 /* The states each element loop reads; 0 for a kind of the table with no loop here. */
 #define STATES_OF(KIND, STATES) [AK_K_##KIND] = STATES,
@@ -387,7 +401,7 @@ static const int8_t states_of_kind[AK_KINDS] = {FOR_EACH_KIND(STATES_OF)};
     static void dispatch_##SUFFIX(int kind, int flags, double lr, double beta1, double beta2,  \
                                   double eps, double wd, const scalars_t *s, int64_t n, T *p,   \
                                   const T *g, T *const *states) {                               \
-        const int decay = wd == 0 ? 0 : (flags & DECOUPLED ? 2 : 1);                            \
+        const int decay = decay_mode(flags, wd);                                                \
         const T sign = flags & MAXIMIZE ? (T)-1 : (T)1;                                         \
         const T shrink = (T)(1.0 - lr * wd), one_minus_beta1 = (T)(1.0 - beta1);               \
         const T one_minus_beta2 = (T)(1.0 - beta2);                                             \
@@ -952,7 +966,7 @@ static void chunk_wide(const void *context, int64_t j, float *scratch) {
         seeds[q] = rounding_seed(sk.t, c->salts[k], (uint32_t)c->codecs[q] >> CODEC_STREAM);
     }
     /* States 0 and 1 of one stream, low and high half: one hash per element rounds both. */
-    const int decay = c->wd == 0 ? 0 : (c->flags & DECOUPLED ? 2 : 1);
+    const int decay = decay_mode(c->flags, c->wd);
     const int paired = nstates >= 2 && c->codecs[0] >> CODEC_STREAM == c->codecs[1] >> CODEC_STREAM &&
                        !(c->codecs[0] & CODEC_HIGH) && c->codecs[1] & CODEC_HIGH;
     if (fmt == F_BF16_SR && paired && (param_fmt == F_F32 || param_fmt == F_BF16_SR) &&

@@ -63,6 +63,7 @@ K_ADAMAX = tl.constexpr(KINDS["adamax"])
 K_ADEMAMIX = tl.constexpr(KINDS["ademamix"])
 K_ADOPT = tl.constexpr(KINDS["adopt"])
 K_ADOPT_FIRST = tl.constexpr(KINDS["adopt_first"])
+K_SCHEDULEFREE = tl.constexpr(KINDS["schedulefree"])
 #: Step scalars per tensor, as optim/_scalars.py writes them: a, b, c, kind, t.
 ROW = tl.constexpr(abi.ROW)
 R_A, R_B, R_C = tl.constexpr(abi.R_A), tl.constexpr(abi.R_B), tl.constexpr(abi.R_C)
@@ -134,7 +135,7 @@ def update(
         grad += wd * param
     if DECAY == 2:
         param *= shrink
-    if ALGO != K_ADOPT:  # ADOPT's momentum takes the normalised gradient (its branch)
+    if ALGO != K_ADOPT and ALGO != K_SCHEDULEFREE:  # those two keep no EMA of the gradient
         m = m + one_minus_beta1 * (grad - m)
     top = old_max
     if ALGO == K_ADOPT:  # g / max(sqrt(v_prev), eps), clipped to +-c; p -= a m; then v
@@ -165,6 +166,15 @@ def update(
         elif ALGO == K_RADAM:  # RAdam: p -= a m / (sqrt(v) + eps), or p -= a m before rectifying
             denom = tl.where(kind == K_RADAM, sqrt(v, COMPUTE) + eps, 1.0)
             param = param - div(a * m, denom, COMPUTE)
+        elif ALGO == K_SCHEDULEFREE:  # p is y, m is z: u = g / (sqrt(v) / b + eps) + wd y
+            if INVERSE_B:
+                denom = sqrt(v, COMPUTE) * b + eps
+            else:
+                denom = div(sqrt(v, COMPUTE), b, COMPUTE) + eps
+            u = div(grad, denom, COMPUTE) + wd * param
+            y = tl.where(d < 0.5, param + d * (m - param), m - (m - param) * (1.0 - d))
+            param = y + a * u  # y <- lerp(y, z, d) + a u ; z <- z - c u
+            m = m - c * u
         elif ALGO == K_ADEMAMIX:  # the third state is the slow EMA: p -= (a m + c slow) / denom
             top = old_max + d * (grad - old_max)
             if INVERSE_B:

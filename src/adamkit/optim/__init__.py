@@ -8,6 +8,7 @@ from .ademamix import AdEMAMix
 from .adopt import ADOPT
 from .nadam import NAdam
 from .radam import RAdam, Rectification, radam_rectification, rectification
+from .schedulefree import ScheduleFreeAdamW, evaluation_mode
 
 __all__ = [
     "ADOPT",
@@ -20,7 +21,9 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Rectification",
+    "ScheduleFreeAdamW",
     "StateMemory",
+    "evaluation_mode",
     "full_precision_state",
     "radam_rectification",
     "rectification",

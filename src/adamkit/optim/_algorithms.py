@@ -50,7 +50,19 @@ class Algorithm:
             shared ones), each a number >= 0: validated with the group, and given to the rule
             as ``h.own[name]``.
         fractions: those of ``own`` that are decay rates, in [0, 1) (AdEMAMix's ``beta3``).
+        integers: those of ``own`` that count steps: whole numbers (schedule-free's
+            ``warmup_steps``).
         pinned: group values a loaded checkpoint may not change (AdamW stays decoupled).
+        copies: those of ``states`` that start as a copy of the parameter, not as zeros
+            (schedule-free's ``z``).
+        decay_in_rule: the rule applies ``weight_decay`` itself, not as coupled or decoupled
+            decay before it (schedule-free's, at y after normalising the gradient).
+        group_schedule: its step count and schedule are the param group's, advancing every
+            step whether or not a tensor has a gradient (schedule-free's ``k``, as in its
+            package); ``step`` then only seeds stochastic rounding.
+        precisions: the ``state_precision`` values it takes (schedule-free's ``z`` is a copy
+            of the weights: stored in bf16 or 8 bits, it would round the weights; a state
+            format per state tensor would let its ``exp_avg_sq`` alone be low-precision).
     """
 
     name: str
@@ -63,11 +75,18 @@ class Algorithm:
     torch_twin: str | None = None
     own: tuple[str, ...] = ()
     fractions: tuple[str, ...] = ()
+    integers: tuple[str, ...] = ()
     pinned: dict[str, Any] = field(default_factory=dict)
+    copies: tuple[str, ...] = ()
+    decay_in_rule: bool = False
+    group_schedule: bool = False
+    precisions: tuple[str, ...] = ("fp32", "bf16", "8bit")
 
     def __post_init__(self) -> None:
-        if not set(self.fractions) <= set(self.own):
-            raise ValueError(f"{self.name}: fractions {self.fractions} are not all in own")
+        if not set(self.copies) <= set(self.states):
+            raise ValueError(f"{self.name}: copies {self.copies} are not all in states")
+        if not set(self.fractions) | set(self.integers) <= set(self.own):
+            raise ValueError(f"{self.name}: fractions and integers are not all in own")
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
         if not self.unsigned <= kept:
             raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")
@@ -150,6 +169,19 @@ ALGORITHMS: dict[str, Algorithm] = {
             reference=reference.adopt,
             kinds=("adopt", "adopt_first"),
             own=("clip_exponent",),
+        ),
+        Algorithm(
+            "ScheduleFreeAdamW",
+            states=("z", "exp_avg_sq"),
+            unsigned=frozenset({"exp_avg_sq"}),
+            reference=reference.schedulefree_adamw,
+            kinds=("schedulefree",),
+            own=("warmup_steps", "r", "weight_lr_power"),
+            integers=("warmup_steps",),
+            copies=("z",),
+            decay_in_rule=True,
+            group_schedule=True,
+            precisions=("fp32",),
         ),
     )
 }

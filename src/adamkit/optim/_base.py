@@ -46,6 +46,7 @@ from ._fused import (
 )
 from ._paths import DIFFERENTIABLE, PATHS, TensorOps
 from ._precision import (
+    encode,
     needs_widening,
     state_format,
     stored_format,
@@ -102,12 +103,7 @@ class AdamFamily(Optimizer):
             )
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        check_group(
-            defaults,
-            type(self).__name__,
-            own=self.algorithm.own,
-            fractions=self.algorithm.fractions,
-        )
+        check_group(defaults, type(self).__name__, "", self.algorithm)
         super().__init__(params, defaults)
         if any(g.get("fused") for g in self.param_groups) and self.algorithm.kernel is None:
             raise RuntimeError(
@@ -155,9 +151,7 @@ class AdamFamily(Optimizer):
         index = len(self.param_groups)
         where = f"param group {index}: "
         merged = {**self.defaults, **param_group}
-        check_group(
-            merged, type(self).__name__, where, self.algorithm.own, self.algorithm.fractions
-        )
+        check_group(merged, type(self).__name__, where, self.algorithm)
         if self.param_groups:
             check_optimizer_wide([*self.param_groups, merged], start=index)
 
@@ -248,7 +242,11 @@ class AdamFamily(Optimizer):
             state[key] = torch.tensor(value, dtype=step_dtype())
         fmt = state_format(p, group["state_precision"])
         for key in self._moment_keys(group):
-            state.update(zero_state(p, fmt, key))
+            if key in self.algorithm.copies:  # schedule-free's z starts at the parameter
+                copy = p.detach().clone(memory_format=torch.preserve_format)
+                state.update(encode(copy, fmt, key, p, seed=None))
+            else:
+                state.update(zero_state(p, fmt, key))
         return state
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
@@ -267,6 +265,7 @@ class AdamFamily(Optimizer):
             # Only an algorithm with a running maximum has AMSGrad: a stray flag in another's
             # group (add_param_group keeps any key) must not reach its kernels.
             amsgrad=bool(group.get("amsgrad", False)) and self.algorithm.amsgrad_state is not None,
+            decay_in_rule=self.algorithm.decay_in_rule,
             own={name: float(group[name]) for name in self.algorithm.own},
         )
         # A group changed by hand after construction (group["betas"] = (1.0, 0.999)) is
@@ -279,11 +278,12 @@ class AdamFamily(Optimizer):
             and 0 <= h.weight_decay < math.inf
             and all(0 <= v < math.inf for v in h.own.values())
             and all(h.own[name] < 1 for name in self.algorithm.fractions)
+            and all(h.own[name].is_integer() for name in self.algorithm.integers)
         ):
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
             where = f"param group {index}: "
             row = self.algorithm
-            check_group(group, type(self).__name__, where, row.own, row.fractions)
+            check_group(group, type(self).__name__, where, row)
         return h
 
     def execution_path(self, group: dict[str, Any] | None = None) -> str:

@@ -508,9 +508,8 @@ def load_into(
             group.update(ex)
             group.update(opt.algorithm.pinned)
             where = f"loaded param group {index}: "
-            check_group(
-                group, type(opt).__name__, where, opt.algorithm.own, opt.algorithm.fractions
-            )
+            row = opt.algorithm
+            check_group(group, type(opt).__name__, where, row)
         check_optimizer_wide(opt.param_groups, "load_state_dict: in the checkpoint, ")
         # Scalars as this version keeps them: 0-d CPU tensors (an older torch saved `step`
         # as a number; a fused GPU run keeps it on the GPU). Entries that are no parameter's

@@ -61,6 +61,9 @@ class Hyper:
     maximize: bool = False
     decoupled_weight_decay: bool = False
     amsgrad: bool = False
+    #: The rule applies ``weight_decay`` itself (its row's ``decay_in_rule``: schedule-free
+    #: AdamW's, at y after normalising), so :func:`prepare_grads` and the kernels' head do not.
+    decay_in_rule: bool = False
     #: The algorithm's own hyperparameters (its row's ``own``), by name: NAdam's
     #: ``momentum_decay``.
     own: Mapping[str, float] = field(default_factory=dict)
@@ -79,7 +82,7 @@ def prepare_grads(ops: TensorOps, bucket: Bucket, h: Hyper) -> Tensors:
     The caller's ``.grad`` tensors are never modified.
     """
     grads = ops.neg(bucket.grads) if h.maximize else bucket.grads
-    if h.weight_decay != 0:
+    if h.weight_decay != 0 and not h.decay_in_rule:
         if h.decoupled_weight_decay:
             ops.mul_(bucket.params, 1 - h.lr * h.weight_decay)
         else:

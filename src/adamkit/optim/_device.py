@@ -276,7 +276,9 @@ class TritonPlan(_GpuPlanBase):
         )
         if self.chunks == 0:  # only empty tensors: their steps count, nothing to update
             return
-        decay = 0 if h.weight_decay == 0 else (2 if h.decoupled_weight_decay else 1)
+        decay = (
+            0 if h.weight_decay == 0 or h.decay_in_rule else (2 if h.decoupled_weight_decay else 1)
+        )
         with self.launching():
             copies = [(self.host, self.scalars)]
             if new_grads:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import _abi, fused_library, unavailable_reason
-from ..kernels._abi import DECOUPLED, MAXIMIZE
+from ..kernels._abi import DECAY_IN_BODY, DECOUPLED, MAXIMIZE
 from ._algorithms import SCALAR_KEYS, is_unsigned, noise
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
 from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
@@ -585,8 +585,10 @@ class FusedPlan:
         hyper[_abi.H_LR], hyper[_abi.H_BETA1], hyper[_abi.H_BETA2] = h.lr, h.beta1, h.beta2
         hyper[_abi.H_EPS], hyper[_abi.H_WD] = h.eps, h.weight_decay
         shape = array("q", self.shape)
-        shape[_abi.S_FLAGS] = (MAXIMIZE if h.maximize else 0) | (
-            DECOUPLED if h.decoupled_weight_decay else 0
+        shape[_abi.S_FLAGS] = (
+            (MAXIMIZE if h.maximize else 0)
+            | (DECOUPLED if h.decoupled_weight_decay else 0)
+            | (DECAY_IN_BODY if h.decay_in_rule else 0)
         )
         shape[_abi.S_COUNT] = reading.count
         shape[_abi.S_THREADS] = torch.get_num_threads()

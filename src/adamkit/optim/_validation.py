@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ._algorithms import Algorithm
 
 __all__ = [
     "OPTIMIZER_WIDE",
@@ -88,21 +91,30 @@ def check_group(
     group: Mapping[str, Any],
     optimizer: str,
     where: str = "",
-    own: tuple[str, ...] = (),
-    fractions: tuple[str, ...] = (),
+    row: Algorithm | None = None,
 ) -> None:
     """Validate the hyperparameters and flags in a parameter group (or the defaults).
 
-    ``where`` prefixes every message, for example ``"param group 1: "``. ``own``: the
-    algorithm's own hyperparameters (its row's), each a number >= 0; ``fractions``: those of
-    them that must also be below 1.
+    ``where`` prefixes every message, for example ``"param group 1: "``. ``row``: the
+    algorithm's row of the table: its own hyperparameters, each a number >= 0, those that are
+    decay rates (``fractions``, below 1) or step counts (``integers``, whole numbers), and the
+    ``state_precision`` values it takes.
     """
+    own = row.own if row else ()
+    fractions = row.fractions if row else ()
+    precisions = row.precisions if row else ("fp32", "bf16", "8bit")
     _non_negative("lr", group["lr"], where, "learning rate")
     _non_negative("eps", group["eps"], where, "epsilon value")
     _non_negative("weight_decay", group["weight_decay"], where, "weight_decay value")
     _betas(group["betas"], where)
     for name in own:
         _non_negative(name, group[name], where, f"{name} value")
+    for name in row.integers if row else ():
+        if not float(group[name]).is_integer():
+            raise ValueError(
+                f"Invalid {name} value: {group[name]} ({where}{name} is a number of steps: "
+                "expected a whole number >= 0)"
+            )
     for name in fractions:
         if not float(group[name]) < 1.0:
             raise ValueError(
@@ -167,6 +179,13 @@ def check_group(
             )
     if "stochastic_rounding" in group:
         check_flag("stochastic_rounding", group["stochastic_rounding"], where)
+    if precision not in precisions:
+        raise ValueError(
+            f"{where}state_precision={precision!r} is not available for adamkit.{optimizer} "
+            f"(expected {' or '.join(map(repr, precisions))}): its state holds a copy of the "
+            "weights, which low-precision storage would round as weights, not as moments (for "
+            "bf16 weights, train bf16 parameters with stochastic_rounding=True)"
+        )
 
 
 def _same(a: Any, b: Any) -> bool:

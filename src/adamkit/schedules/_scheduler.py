@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -90,6 +91,15 @@ class Scheduler(LRScheduler):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"Scheduler: optimizer must be a torch.optim.Optimizer, got {optimizer!r}"
+            )
+        if optimizer.param_groups and "train_mode" in optimizer.param_groups[0]:
+            warnings.warn(
+                f"Scheduler: {type(optimizer).__name__} is schedule-free and needs no "
+                "learning-rate schedule: its average of the iterates does what a schedule's "
+                "decay does, and its warmup_steps the warmup. A schedule on top changes lr, "
+                "and with it the averaging weights (lr_max ** weight_lr_power)",
+                UserWarning,
+                stacklevel=2,
             )
         groups = len(optimizer.param_groups)
         if isinstance(schedule, Schedule | str):

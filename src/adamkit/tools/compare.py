@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._plot import save_curves
+from ..optim.schedulefree import evaluation_mode
 from ..schedules import Scheduler, parse
 from .progress import Progress
 
@@ -186,7 +187,8 @@ def compare(
                 run.losses.append(float(loss.detach()))
                 bar.update(step + 1, f"loss {run.losses[-1]:.4g}")
         run.seconds = time.perf_counter() - start
-        run.metric = metric()
+        with evaluation_mode(optimizer):  # schedule-free: at the averaged point x
+            run.metric = metric()
         runs.append(run)
     print(table(runs, metric_name))
     for run in runs:

@@ -11,7 +11,10 @@ Each record has ``step``, ``group`` (index), ``name`` (the group's ``"name"`` if
 ``param_norm`` (after the step), ``update_ratio`` (update / param norm: around 1e-3 is the
 usual healthy range), ``skipped`` (the optimizer skipped the step: ``nonfinite="skip"``) and, for
 RAdam, ``rho_t`` and ``rectified`` (whether the adaptive step was used); for AdEMAMix,
-``alpha_t`` and ``beta3_t`` (its warmed-up mixing weight and slow decay). Recording costs a copy
+``alpha_t`` and ``beta3_t`` (its warmed-up mixing weight and slow decay); for schedule-free
+optimizers (adamkit's and the ``schedulefree`` package's), ``average_weight`` (the weight
+:math:`c_{t+1}` of this step's iterate in the average x) and, as ``lr``, the warmed-up lr
+the step used. Recording costs a copy
 of the parameters on the steps it records: use ``every=N`` for large models.
 """
 
@@ -31,6 +34,7 @@ from torch.optim import Optimizer
 from .._plot import log_axis, png_path
 from ..optim.ademamix import ademamix_schedules
 from ..optim.radam import radam_rectification
+from ..optim.schedulefree import averaging_weight
 
 __all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
 
@@ -48,6 +52,7 @@ FIELDS = [
     "rectified",
     "alpha_t",
     "beta3_t",
+    "average_weight",
 ]
 
 
@@ -126,6 +131,7 @@ class Telemetry:
             "rectified": None,
             "alpha_t": None,
             "beta3_t": None,
+            "average_weight": None,
         }
         if type(optimizer).__name__ == "RAdam":
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
@@ -139,6 +145,9 @@ class Telemetry:
                 beta1 = float(group["betas"][0])
                 alpha_t, beta3_t = ademamix_schedules(float(steps[0]), beta1, *map(float, own))
                 record["alpha_t"], record["beta3_t"] = alpha_t, beta3_t
+        if "train_mode" in group and group.get("k", 0) > 0:  # schedule-free: its own warmup
+            record["lr"] = float(group["scheduled_lr"])
+            record["average_weight"] = averaging_weight(group)
         return record
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -188,8 +197,8 @@ def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
-    """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t and AdEMAMix's
-    alpha_t and beta3_t per group to PNG."""
+    """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t, AdEMAMix's
+    alpha_t and beta3_t, and schedule-free's average_weight per group to PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,9 +208,10 @@ def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
     if not records:
         raise ValueError(f"plot_telemetry: {path} has no records")
     panels = [("lr", False), ("grad_norm", True), ("update_ratio", True)]
-    for key in ("rho_t", "alpha_t", "beta3_t"):
+    extra = (("rho_t", False), ("alpha_t", False), ("beta3_t", False), ("average_weight", True))
+    for key, log in extra:
         if any(r.get(key) is not None for r in records):
-            panels.append((key, False))
+            panels.append((key, log))
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), dpi=110, sharex=True)
     groups = sorted({r["group"] for r in records})
     for ax, (key, log) in zip(axes, panels, strict=True):
