@@ -42,6 +42,8 @@ class Case:
         twin = self.row.torch_twin
         if twin is None:
             pytest.skip(f"{self.name} has no torch.optim twin")
+        if self.kwargs.get("cautious") or self.kwargs.get("update_clipping"):
+            pytest.skip("torch.optim has no cautious masking or update clipping")
         return getattr(torch.optim, twin)  # type: ignore[no-any-return]
 
     @property
@@ -119,6 +121,15 @@ def _cases() -> list[Case]:
             if row.amsgrad_state and "decoupled_weight_decay" in signature(name):
                 everything = {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1}
                 cases.append(Case(name, {**fe, **everything, **ODD}))
+        # The options every algorithm may take (optim/_modifiers.py), on the eager paths.
+        decay = weight_decays(name)[-1]
+        if row.cautious:
+            cases.append(Case(name, {"foreach": True, "cautious": True, "maximize": True}))
+            cases.append(Case(name, {"foreach": False, "cautious": True, **decay}))
+        if row.clipped_by:
+            cases.append(Case(name, {"foreach": True, "update_clipping": True, **decay}))
+            both = {"cautious": True, "update_clipping": True, "weight_decay": 0.1}
+            cases.append(Case(name, {"foreach": False, **both, **ODD}))
     return cases
 
 

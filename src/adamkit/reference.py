@@ -27,6 +27,7 @@ Example (the seed's from-scratch exercise, corrected: minimise :math:`m^2 - 2m +
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -77,7 +78,14 @@ def _real_pairs(fn: Step) -> Step:
             # Arrays (a 0-d one too) are viewed as real pairs; numbers (step, mu_product) stay.
             state = {k: real(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
         gradient = None if grad is None else real(grad_arr)  # None: no gradient this step
+        cautious = hyper.pop("cautious", False)
+        clipping = hyper.pop("update_clipping", False)
         new_theta, new_state = fn(real(theta_arr), gradient, state, **hyper)
+        if (cautious or clipping) and gradient is not None:
+            settings = {**_defaults(fn), **hyper}
+            new_theta = _modified(
+                real(theta_arr), gradient, new_theta, new_state, settings, cautious, clipping
+            )
         if is_complex:
             new_state = {
                 k: back(v) if isinstance(v, np.ndarray) else v for k, v in new_state.items()
@@ -85,6 +93,54 @@ def _real_pairs(fn: Step) -> Step:
         return back(new_theta), new_state
 
     return wrapper
+
+
+def _defaults(fn: Step) -> dict[str, Any]:
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _modified(
+    theta: Array,
+    grad: Array,
+    stepped: Array,
+    state: State,
+    h: dict[str, Any],
+    cautious: bool,
+    clipping: bool,
+) -> Array:
+    r"""The options any algorithm takes, applied to the update it made (``stepped - theta``,
+    after the decoupled decay):
+
+    * ``cautious`` (Liang et al. 2024, the authors' code): with :math:`\phi = [u \cdot g > 0]`
+      for the update :math:`u` (``theta -= u``), :math:`u \leftarrow u\, \phi\, n /
+      (\sum\phi + 1)`;
+    * ``update_clipping`` (Wortsman et al. 2023, StableAdamW): the step's lr, of the update and
+      of the decoupled decay, divided by :math:`\max(1, \sqrt{\mathrm{mean}(g^2 /
+      \max(\hat v, \epsilon^2))})`, :math:`\hat v` = ``exp_avg_sq`` / :math:`(1-\beta_2^t)`.
+
+    ``g`` is the gradient the step descends (``maximize``'s sign, coupled decay included).
+    """
+    lr, wd = h["lr"], h["weight_decay"]
+    decoupled = bool(h.get("decoupled_weight_decay")) and wd != 0
+    shrunk = theta * (1 - lr * wd) if decoupled else theta
+    update = stepped - shrunk  # -u
+    g = -grad if h.get("maximize") else grad
+    if wd != 0 and not decoupled:
+        g = g + wd * theta
+    factor = 1.0
+    if clipping and g.size:
+        v_hat = state["exp_avg_sq"] / (1 - h["betas"][1] ** state["step"])
+        rms = math.sqrt(float(np.mean(g * g / np.maximum(v_hat, h["eps"] ** 2))))
+        factor = 1 / max(1.0, rms)
+    if cautious:
+        kept = (update * g < 0).astype(np.float64)
+        update = update * kept * (update.size / (kept.sum() + 1))
+    base = theta * (1 - lr * factor * wd) if decoupled else theta
+    return base + factor * update
 
 
 def _zeros(theta: Array, *keys: str) -> State:
@@ -154,6 +210,8 @@ def adamw(
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
     maximize: bool = False,
+    cautious: bool = False,
+    update_clipping: bool = False,
 ) -> tuple[Array, State]:
     r"""AdamW (Loshchilov & Hutter 2019): :func:`adam` after
     :math:`\theta \leftarrow (1-\gamma\lambda)\theta`."""
@@ -168,6 +226,8 @@ def adamw(
         amsgrad=amsgrad,
         maximize=maximize,
         decoupled_weight_decay=True,
+        cautious=cautious,
+        update_clipping=update_clipping,
     )
 
 

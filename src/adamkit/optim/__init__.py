@@ -2,7 +2,7 @@
 
 from ._checkpoint import STATE_FORMAT, LoadReport
 from ._precision import StateMemory, full_precision_state, state_memory
-from .adam import Adam, AdamW
+from .adam import Adam, AdamW, StableAdamW
 from .adamax import Adamax
 from .ademamix import AdEMAMix
 from .adopt import ADOPT
@@ -22,6 +22,7 @@ __all__ = [
     "RAdam",
     "Rectification",
     "ScheduleFreeAdamW",
+    "StableAdamW",
     "StateMemory",
     "evaluation_mode",
     "full_precision_state",

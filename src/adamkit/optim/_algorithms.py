@@ -60,6 +60,9 @@ class Algorithm:
         group_schedule: its step count and schedule are the param group's, advancing every
             step whether or not a tensor has a gradient (schedule-free's ``k``, as in its
             package); ``step`` then only seeds stochastic rounding.
+        cautious: it takes ``cautious=True`` (schedule-free's step is no gradient step: no).
+        clipped_by: the second-moment state ``update_clipping=True`` measures the gradient
+            against, bias-corrected as Adam's (``None``: no update clipping).
         precisions: the ``state_precision`` values it takes (schedule-free's ``z`` is a copy
             of the weights: stored in bf16 or 8 bits, it would round the weights; a state
             format per state tensor would let its ``exp_avg_sq`` alone be low-precision).
@@ -80,6 +83,8 @@ class Algorithm:
     copies: tuple[str, ...] = ()
     decay_in_rule: bool = False
     group_schedule: bool = False
+    cautious: bool = True
+    clipped_by: str | None = None
     precisions: tuple[str, ...] = ("fp32", "bf16", "8bit")
 
     def __post_init__(self) -> None:
@@ -113,6 +118,7 @@ _ADAM = {
     "unsigned": frozenset({"exp_avg_sq", "max_exp_avg_sq"}),
     "amsgrad_state": "max_exp_avg_sq",
     "kinds": ("adam", "amsgrad"),
+    "clipped_by": "exp_avg_sq",
 }
 
 #: Every algorithm, by class name, in the order the documentation lists them.
@@ -132,6 +138,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             states=("exp_avg", "exp_avg_sq"),
             unsigned=frozenset({"exp_avg_sq"}),
             reference=reference.radam,
+            clipped_by="exp_avg_sq",
             kinds=("radam", "radam_plain"),
             torch_twin="RAdam",
         ),
@@ -141,6 +148,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             unsigned=frozenset({"exp_avg_sq"}),
             scalars={"mu_product": 1.0},
             reference=reference.nadam,
+            clipped_by="exp_avg_sq",
             kinds=("nadam",),
             torch_twin="NAdam",
             own=("momentum_decay",),
@@ -158,6 +166,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             states=("exp_avg", "exp_avg_sq", "exp_avg_slow"),
             unsigned=frozenset({"exp_avg_sq"}),
             reference=reference.ademamix,
+            clipped_by="exp_avg_sq",
             kinds=("ademamix",),
             own=("alpha", "beta3", "t_alpha", "t_beta3"),
             fractions=("beta3",),
@@ -181,6 +190,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             copies=("z",),
             decay_in_rule=True,
             group_schedule=True,
+            cautious=False,
             precisions=("fp32",),
         ),
     )

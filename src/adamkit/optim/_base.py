@@ -44,6 +44,7 @@ from ._fused import (
     kernel_available,
     prepare_counters,
 )
+from ._modifiers import UpdateStats, modified, options_of
 from ._paths import DIFFERENTIABLE, PATHS, TensorOps
 from ._precision import (
     encode,
@@ -266,6 +267,8 @@ class AdamFamily(Optimizer):
             # group (add_param_group keeps any key) must not reach its kernels.
             amsgrad=bool(group.get("amsgrad", False)) and self.algorithm.amsgrad_state is not None,
             decay_in_rule=self.algorithm.decay_in_rule,
+            cautious=bool(group.get("cautious", False)),
+            update_clipping=bool(group.get("update_clipping", False)),
             own={name: float(group[name]) for name in self.algorithm.own},
         )
         # A group changed by hand after construction (group["betas"] = (1.0, 0.999)) is
@@ -302,6 +305,8 @@ class AdamFamily(Optimizer):
         if group.get("differentiable"):
             return "differentiable"
         fused, foreach = group.get("fused"), group.get("foreach")
+        if any(options_of(group)):  # cautious, update_clipping: the eager paths only
+            return "forloop" if foreach is False else "foreach"
         if fused:
             return "fused"
         # By default, the fused path where a kernel steps the algorithm (the GPU kernels need
@@ -341,7 +346,22 @@ class AdamFamily(Optimizer):
                 self._step_group(group)
         return loss
 
+    @property
+    def update_stats(self) -> list[dict[str, float | None]]:
+        """Per param group, what ``cautious`` and ``update_clipping`` did at the last step:
+        ``kept_fraction`` (of the update's elements) and ``clip_factor`` (the mean factor the
+        lr was scaled by); ``None`` where the option is off."""
+        stats = self.__dict__.get("_update_stats", {})
+        return [
+            stats[id(g)].as_dict()
+            if id(g) in stats
+            else {"kept_fraction": None, "clip_factor": None}
+            for g in self.param_groups
+        ]
+
     def _step_group(self, group: dict[str, Any]) -> None:
+        if any(options_of(group)):
+            self.__dict__.setdefault("_update_stats", {})[id(group)] = UpdateStats()
         moment_keys = self._moment_keys(group)
         # map() over C getters: a step of 2000 tensors asks each question 2000 times.
         params: list[Tensor] = group["params"]
@@ -395,11 +415,17 @@ class AdamFamily(Optimizer):
         prepare_counters(type(self).__name__, states, counters, step_dtype(), label)
         formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
+        rule = type(self)._rule
+        if hyper.cautious or hyper.update_clipping:
+            stats = self.__dict__.setdefault("_update_stats", {}).setdefault(
+                id(group), UpdateStats()
+            )
+            rule = modified(rule, self.algorithm, stats)
         if not needs_widening(params, formats, stochastic):
-            type(self)._rule(path, self._bucket(params, moment_keys), hyper)
+            rule(path, self._bucket(params, moment_keys), hyper)
             return
         widened_step(
-            type(self)._rule,
+            rule,
             path,
             params,
             [self.state[p] for p in params],

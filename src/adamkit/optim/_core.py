@@ -24,6 +24,7 @@ __all__ = [
     "Rule",
     "bias_corrections",
     "by_device_and_dtype",
+    "descent_gradients",
     "label_of",
     "local",
     "param_label",
@@ -64,6 +65,9 @@ class Hyper:
     #: The rule applies ``weight_decay`` itself (its row's ``decay_in_rule``: schedule-free
     #: AdamW's, at y after normalising), so :func:`prepare_grads` and the kernels' head do not.
     decay_in_rule: bool = False
+    #: Cautious masking and update clipping (``optim/_modifiers.py``).
+    cautious: bool = False
+    update_clipping: bool = False
     #: The algorithm's own hyperparameters (its row's ``own``), by name: NAdam's
     #: ``momentum_decay``.
     own: Mapping[str, float] = field(default_factory=dict)
@@ -81,12 +85,17 @@ def prepare_grads(ops: TensorOps, bucket: Bucket, h: Hyper) -> Tensors:
     ``lr * weight_decay``, before the adaptive step, exactly where torch applies it.
     The caller's ``.grad`` tensors are never modified.
     """
+    if h.weight_decay != 0 and not h.decay_in_rule and h.decoupled_weight_decay:
+        ops.mul_(bucket.params, 1 - h.lr * h.weight_decay)
+    return descent_gradients(ops, bucket, h)
+
+
+def descent_gradients(ops: TensorOps, bucket: Bucket, h: Hyper) -> Tensors:
+    """The gradients of the objective the step descends: sign for ``maximize``, plus the
+    coupled weight decay's ``weight_decay * param``; no side effects."""
     grads = ops.neg(bucket.grads) if h.maximize else bucket.grads
-    if h.weight_decay != 0 and not h.decay_in_rule:
-        if h.decoupled_weight_decay:
-            ops.mul_(bucket.params, 1 - h.lr * h.weight_decay)
-        else:
-            grads = ops.add(grads, bucket.params, alpha=h.weight_decay)
+    if h.weight_decay != 0 and not h.decay_in_rule and not h.decoupled_weight_decay:
+        grads = ops.add(grads, bucket.params, alpha=h.weight_decay)
     return grads
 
 

@@ -120,7 +120,33 @@ def check_group(
             raise ValueError(
                 f"Invalid {name} value: {group[name]} ({where}{name} must be in [0, 1))"
             )
-    for flag in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable", "differentiable"):
+    for flag, name in (("cautious", "cautious"), ("update_clipping", "update clipping")):
+        if group.get(flag) and row is not None:
+            unsupported = not row.cautious if flag == "cautious" else row.clipped_by is None
+            if unsupported:
+                raise ValueError(
+                    f"{where}{flag}=True is not available for adamkit.{optimizer}: "
+                    + (
+                        "its step is not a gradient step to mask"
+                        if flag == "cautious"
+                        else "it keeps no Adam-style second moment to measure the gradient against"
+                    )
+                )
+        if group.get(flag) and group.get("fused"):
+            raise ValueError(
+                f"{where}{flag}=True cannot be combined with fused=True: {name} needs a "
+                "tensor's whole update before applying any of it, which the fused kernels do "
+                "not keep (leave fused=None: the multi-tensor path steps it)"
+            )
+    for flag in (
+        "amsgrad",
+        "maximize",
+        "decoupled_weight_decay",
+        "capturable",
+        "differentiable",
+        "cautious",
+        "update_clipping",
+    ):
         if flag in group:
             check_flag(flag, group[flag], where)
     for flag in ("foreach", "fused"):

@@ -12,7 +12,7 @@ from ._core import Bucket, Hyper, bias_corrections, prepare_grads, update_moment
 from ._paths import TensorOps
 from ._scalars import Counters, Scalars
 
-__all__ = ["Adam", "AdamW", "adam_rule", "adam_scalars"]
+__all__ = ["Adam", "AdamW", "StableAdamW", "adam_rule", "adam_scalars"]
 
 
 def adam_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -98,6 +98,11 @@ class Adam(AdamFamily):
             bfloat16 stochastically (unbiased), so that updates smaller than half a bf16 step
             are not lost on average (default False: round to nearest, as torch).
         decoupled_weight_decay: apply weight decay as AdamW does (default False).
+        cautious: zero the update where it points against the gradient and scale the rest of
+            the tensor's by ``n / (kept + 1)`` (Liang et al. 2024; default False).
+        update_clipping: divide the tensor's lr (update and decoupled decay) by
+            ``max(1, sqrt(mean(g^2 / v_hat)))``, as StableAdamW (Wortsman et al. 2023;
+            default False). Both options take the multi-tensor path, not the fused kernels.
 
     Example:
         >>> import torch, adamkit
@@ -138,6 +143,8 @@ class Adam(AdamFamily):
         max_grad_norm: float | None = None,
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
+        cautious: bool = False,
+        update_clipping: bool = False,
     ) -> None:
         super().__init__(params, group_defaults(locals()))
 
@@ -189,6 +196,8 @@ class AdamW(Adam):
         max_grad_norm: float | None = None,
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
+        cautious: bool = False,
+        update_clipping: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -207,8 +216,78 @@ class AdamW(Adam):
             max_grad_norm=max_grad_norm,
             state_precision=state_precision,
             stochastic_rounding=stochastic_rounding,
+            cautious=cautious,
+            update_clipping=update_clipping,
         )
 
     # A checkpoint (torch's or ours) never turns AdamW's decay back into L2, as in torch: the
     # row pins decoupled_weight_decay.
     algorithm = ALGORITHMS["AdamW"]
+
+
+class StableAdamW(AdamW):
+    r"""StableAdamW (Wortsman et al. 2023): AdamW with update clipping, the named form of
+    ``AdamW(..., update_clipping=True)`` with the paper's defaults.
+
+    Per tensor, the step's learning rate (of the update and of the decoupled decay) is
+    :math:`\gamma / \max(1, \mathrm{RMS}_t)` with
+    :math:`\mathrm{RMS}_t = \sqrt{\mathrm{mean}(g_t^2 / \max(\hat v_t, \epsilon^2))}`: where a
+    gradient is far larger than its second moment has seen (the start of a loss spike), the
+    step shrinks instead of taking Adam's full normalised size. Arguments are those of
+    :class:`AdamW`, with defaults betas (0.9, 0.99) and weight decay 1e-2, the paper's and
+    pytorch-optimizer's; ``cautious=True`` combines with it.
+
+    Example:
+        >>> import torch, adamkit
+        >>> opt = adamkit.StableAdamW(torch.nn.Linear(3, 1).parameters(), lr=1e-3)
+
+    References:
+        Wortsman, Dettmers, Zettlemoyer, Morcos, Farhadi & Schmidt, "Stable and low-precision
+        training for large-scale vision-language models", NeurIPS 2023 (arXiv:2304.13013),
+        Algorithm 2.
+
+    Warning:
+        The paper and pytorch-optimizer's ``StableAdamW`` keep bias-corrected moments by
+        debiasing beta (:math:`\hat\beta_t = \beta\,(1-\beta^{t-1})/(1-\beta^t)`); adamkit keeps
+        Adam's moments and bias-corrects them when used, which is the same arithmetic up to
+        rounding (equal to pytorch-optimizer's to 1e-15 over 300 steps in float64). Its
+        ``kahan_sum`` for bf16 parameters is ``stochastic_rounding=True`` here.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.99),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
+        state_precision: str = "fp32",
+        stochastic_rounding: bool = False,
+        cautious: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            nonfinite=nonfinite,
+            max_grad_norm=max_grad_norm,
+            state_precision=state_precision,
+            stochastic_rounding=stochastic_rounding,
+            cautious=cautious,
+            update_clipping=True,
+        )

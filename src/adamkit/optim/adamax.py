@@ -48,7 +48,7 @@ class Adamax(AdamFamily):
 
     Args:
         params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable, nonfinite,
-        max_grad_norm, state_precision, stochastic_rounding, differentiable:
+        max_grad_norm, state_precision, stochastic_rounding, differentiable, cautious:
             as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
 
     Example:
@@ -81,6 +81,7 @@ class Adamax(AdamFamily):
         max_grad_norm: float | None = None,
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
+        cautious: bool = False,
     ) -> None:
         super().__init__(params, group_defaults(locals()))
 

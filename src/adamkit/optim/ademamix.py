@@ -94,7 +94,8 @@ class AdEMAMix(AdamFamily):
 
     Args:
         params, lr, betas, eps, weight_decay, foreach, maximize, capturable, differentiable,
-        nonfinite, max_grad_norm, state_precision, stochastic_rounding: as in
+        nonfinite, max_grad_norm, state_precision, stochastic_rounding, cautious,
+        update_clipping: as in
         :class:`adamkit.Adam` (defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, no decay).
         alpha: weight of the slow EMA in the update (default 5).
         beta3: decay of the slow EMA, in [0, 1) (default 0.9999).
@@ -143,6 +144,8 @@ class AdEMAMix(AdamFamily):
         max_grad_norm: float | None = None,
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
+        cautious: bool = False,
+        update_clipping: bool = False,
     ) -> None:
         super().__init__(params, group_defaults(locals()))
 

@@ -64,7 +64,8 @@ class ADOPT(AdamFamily):
 
     Args:
         params, lr, eps, weight_decay, foreach, maximize, capturable, differentiable, nonfinite,
-        max_grad_norm, state_precision, stochastic_rounding: as in :class:`adamkit.Adam`
+        max_grad_norm, state_precision, stochastic_rounding, cautious: as in
+            :class:`adamkit.Adam`
             (defaults here: lr 1e-3, eps 1e-6, the paper's).
         betas: (0.9, 0.9999), the paper's.
         clip_exponent: the normalised gradient is clipped to :math:`\pm t^{c}` (default 0.25).
@@ -105,6 +106,7 @@ class ADOPT(AdamFamily):
         max_grad_norm: float | None = None,
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
+        cautious: bool = False,
     ) -> None:
         super().__init__(params, group_defaults(locals()))
 

@@ -87,8 +87,9 @@ class NAdam(AdamFamily):
 
     Args:
         params, lr, betas, eps, weight_decay, foreach, fused, maximize, capturable, nonfinite,
-        max_grad_norm, state_precision, stochastic_rounding, differentiable:
-            as in :class:`adamkit.Adam` (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
+        max_grad_norm, state_precision, stochastic_rounding, differentiable, cautious,
+        update_clipping: as in :class:`adamkit.Adam`
+            (defaults: lr 2e-3, betas (0.9, 0.999), eps 1e-8).
         momentum_decay: :math:`\psi` in the momentum schedule (default 4e-3).
         decoupled_weight_decay: decoupled (AdamW-style) weight decay, i.e. NAdamW
             (default False).
@@ -125,6 +126,8 @@ class NAdam(AdamFamily):
         max_grad_norm: float | None = None,
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
+        cautious: bool = False,
+        update_clipping: bool = False,
     ) -> None:
         super().__init__(params, group_defaults(locals()))
 

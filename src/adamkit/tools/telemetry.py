@@ -14,7 +14,9 @@ RAdam, ``rho_t`` and ``rectified`` (whether the adaptive step was used); for AdE
 ``alpha_t`` and ``beta3_t`` (its warmed-up mixing weight and slow decay); for schedule-free
 optimizers (adamkit's and the ``schedulefree`` package's), ``average_weight`` (the weight
 :math:`c_{t+1}` of this step's iterate in the average x) and, as ``lr``, the warmed-up lr
-the step used. Recording costs a copy
+the step used; with ``cautious=True``, ``kept_fraction`` (of the update's elements), with
+``update_clipping=True``, ``clip_factor`` (the mean factor the lr was scaled by). Recording
+costs a copy
 of the parameters on the steps it records: use ``every=N`` for large models.
 """
 
@@ -53,6 +55,8 @@ FIELDS = [
     "alpha_t",
     "beta3_t",
     "average_weight",
+    "kept_fraction",
+    "clip_factor",
 ]
 
 
@@ -132,6 +136,8 @@ class Telemetry:
             "alpha_t": None,
             "beta3_t": None,
             "average_weight": None,
+            "kept_fraction": None,
+            "clip_factor": None,
         }
         if type(optimizer).__name__ == "RAdam":
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
@@ -145,6 +151,10 @@ class Telemetry:
                 beta1 = float(group["betas"][0])
                 alpha_t, beta3_t = ademamix_schedules(float(steps[0]), beta1, *map(float, own))
                 record["alpha_t"], record["beta3_t"] = alpha_t, beta3_t
+        stats = getattr(optimizer, "update_stats", None)
+        if isinstance(stats, list) and index < len(stats):  # cautious, update_clipping
+            record["kept_fraction"] = stats[index]["kept_fraction"]
+            record["clip_factor"] = stats[index]["clip_factor"]
         if "train_mode" in group and group.get("k", 0) > 0:  # schedule-free: its own warmup
             record["lr"] = float(group["scheduled_lr"])
             record["average_weight"] = averaging_weight(group)
@@ -198,7 +208,8 @@ def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
     """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t, AdEMAMix's
-    alpha_t and beta3_t, and schedule-free's average_weight per group to PNG."""
+    alpha_t and beta3_t, schedule-free's average_weight, cautious's kept_fraction and update
+    clipping's clip_factor per group to PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +219,14 @@ def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
     if not records:
         raise ValueError(f"plot_telemetry: {path} has no records")
     panels = [("lr", False), ("grad_norm", True), ("update_ratio", True)]
-    extra = (("rho_t", False), ("alpha_t", False), ("beta3_t", False), ("average_weight", True))
+    extra = (
+        ("rho_t", False),
+        ("alpha_t", False),
+        ("beta3_t", False),
+        ("average_weight", True),
+        ("kept_fraction", False),
+        ("clip_factor", False),
+    )
     for key, log in extra:
         if any(r.get(key) is not None for r in records):
             panels.append((key, log))

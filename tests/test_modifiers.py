@@ -1,0 +1,174 @@
+"""``cautious=True`` and ``update_clipping=True`` (and ``StableAdamW``), against peer packages.
+
+The registry's cases already hold every algorithm with these options equal to the NumPy
+reference (whose wrapper applies them to any algorithm's update) on the for-loop and
+multi-tensor paths; here: pytorch-optimizer's ADOPT(cautious=True) and StableAdamW, the
+options' bookkeeping, where they are refused, and the differentiable path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+
+from .artifacts import assert_real_png
+
+pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+
+
+def _pair(dtype: torch.dtype, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ours = [torch.randn(s, dtype=dtype, generator=g).requires_grad_() for s in [(17, 9), (33,)]]
+    return ours, [p.detach().clone().requires_grad_() for p in ours]
+
+
+def _train(ours: Any, peer: Any, ours_p: list, peer_p: list, steps: int, spikes: bool) -> list:  # type: ignore[type-arg]
+    """Both optimizers on the same gradients; with ``spikes``, every 50th step's gradient is
+    30 times larger (a loss spike). Returns our update_stats after each step."""
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    for t in range(steps):
+        for p, q in zip(ours_p, peer_p, strict=True):
+            grad = torch.randn(p.shape, dtype=p.dtype, generator=g)
+            grad = grad * 30 if spikes and t % 50 == 20 else grad
+            p.grad, q.grad = grad.clone(), grad.clone()
+        ours.step()
+        peer.step()
+        seen.append(ours.update_stats[0])
+    return seen
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+@pytest.mark.parametrize("decoupled", [False, True], ids=["coupled", "decoupled"])
+def test_cautious_adopt_equals_pytorch_optimizer(foreach: bool, decoupled: bool) -> None:
+    """pytorch-optimizer masks ADOPT's momentum by the sign agreement with the normalised
+    gradient (whose sign is the gradient's) and scales by n / (kept + 1): the same update."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        ours_p, peer_p = _pair(dtype, 0)
+        kwargs = {"lr": 3e-3, "weight_decay": 0.1}
+        ours = adamkit.ADOPT(
+            ours_p, cautious=True, foreach=foreach, decoupled_weight_decay=decoupled, **kwargs
+        )
+        peer = pytorch_optimizer.ADOPT(
+            peer_p, cautious=True, weight_decouple=decoupled, foreach=foreach, **kwargs
+        )
+        seen = _train(ours, peer, ours_p, peer_p, 300, spikes=False)
+        for p, q in zip(ours_p, peer_p, strict=True):
+            torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+            torch.testing.assert_close(ours.state[p]["exp_avg"], peer.state[q]["exp_avg"])
+        kept = [s["kept_fraction"] for s in seen]
+        assert kept[0] == 0.0  # ADOPT's first step makes no update: nothing kept
+        assert all(0.3 < k < 1.0 for k in kept[5:])  # some of each update disagrees
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+def test_stable_adamw_equals_pytorch_optimizer_and_clips_the_spikes(foreach: bool) -> None:
+    """Over 300 steps with a 30x gradient spike every 50: equal to pytorch-optimizer's
+    StableAdamW (its debiased betas are Adam's bias correction, rounded differently), and the
+    spikes are the steps whose lr is cut."""
+    ours_p, peer_p = _pair(torch.float64, 2)
+    ours = adamkit.StableAdamW(ours_p, lr=3e-3, foreach=foreach)
+    peer = pytorch_optimizer.StableAdamW(peer_p, lr=3e-3, kahan_sum=False, foreach=foreach)
+    seen = _train(ours, peer, ours_p, peer_p, 300, spikes=True)
+    for p, q in zip(ours_p, peer_p, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    factors = [s["clip_factor"] for s in seen]
+    spikes = [t for t in range(300) if t % 50 == 20]
+    # At a spike v_hat takes in (1 - beta2) of the 900x g^2: RMS ~ 30 / sqrt(1 + 9) ~ 5.
+    assert all(factors[t] < 0.3 for t in spikes)
+    assert all(factors[t] > 0.9 for t in range(300) if t not in spikes)
+    # Without the clipping the same run ends elsewhere: the option is not a no-op.
+    plain_p, other_p = _pair(torch.float64, 2)
+    plain = adamkit.AdamW(plain_p, lr=3e-3, betas=(0.9, 0.99), foreach=foreach)
+    _train(plain, adamkit.AdamW(other_p, lr=3e-3), plain_p, other_p, 300, spikes=True)
+    assert not torch.allclose(plain_p[0], ours_p[0], rtol=1e-3)
+
+
+def test_stable_adamw_is_adamw_with_update_clipping() -> None:
+    a, b = _pair(torch.float32, 3)
+    named = adamkit.StableAdamW(a, lr=1e-2)
+    spelled = adamkit.AdamW(b, lr=1e-2, betas=(0.9, 0.99), weight_decay=1e-2, update_clipping=True)
+    _train(named, spelled, a, b, 30, spikes=True)
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q)
+    assert named.param_groups[0]["update_clipping"] is True
+
+
+def test_the_options_take_the_eager_path_and_refuse_fused() -> None:
+    p = torch.ones(3, requires_grad=True)
+    assert adamkit.Adam([p], cautious=True).execution_path() == "foreach"
+    assert adamkit.Adam([p], update_clipping=True, foreach=False).execution_path() == "forloop"
+    with pytest.raises(ValueError, match=r"cautious=True cannot be combined with fused=True"):
+        adamkit.Adam([p], cautious=True, fused=True)
+    with pytest.raises(ValueError, match=r"update_clipping=True cannot be .* fused=True"):
+        adamkit.NAdam([p], update_clipping=True, fused=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: adamkit.Adamax([{"params": [p], "update_clipping": True}]), "no Adam-style"),
+        (lambda p: adamkit.ADOPT([{"params": [p], "update_clipping": True}]), "no Adam-style"),
+        (
+            lambda p: adamkit.ScheduleFreeAdamW([{"params": [p], "cautious": True}]),
+            "not a gradient step",
+        ),
+        (lambda p: adamkit.Adam([p], cautious="yes"), "cautious must be True or False"),
+    ],
+    ids=["adamax-clipping", "adopt-clipping", "schedulefree-cautious", "not-a-bool"],
+)
+def test_where_an_option_does_not_apply_it_is_refused(make: Any, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        make(torch.ones(2, requires_grad=True))
+
+
+def test_cautious_keeps_only_descending_elements() -> None:
+    """One Adam step from zero state: the update is -lr sign(g) (m/sqrt(v) = g/|g|), all
+    descending, so all are kept and scaled by n / (n + 1). On the next step, elements whose
+    gradient flipped sign and whose momentum still points the old way are zeroed."""
+    p = torch.zeros(4, requires_grad=True)
+    opt = adamkit.Adam([p], lr=0.1, cautious=True)
+    p.grad = torch.tensor([1.0, -2.0, 3.0, -4.0])
+    opt.step()
+    torch.testing.assert_close(p.detach(), -0.1 * torch.sign(p.grad) * 4 / 5)
+    before = p.detach().clone()
+    p.grad = torch.tensor([-0.01, 2.0, -0.01, -4.0])  # 0 and 2: tiny flips, momentum wins
+    opt.step()
+    moved = p.detach() - before
+    assert moved[0] == 0 and moved[2] == 0 and moved[1] < 0 and moved[3] > 0
+    assert opt.update_stats[0]["kept_fraction"] == 0.5
+
+
+def test_the_differentiable_path_carries_the_masked_update() -> None:
+    """differentiable=True with cautious: the step is in the graph (the mask, a comparison,
+    and the clipping factor are constants of it), so a hypergradient reaches lr."""
+    w = torch.randn(5, requires_grad=True)
+    lr = torch.tensor(0.1, requires_grad=True)
+    x = w.clone()  # a non-leaf parameter, as torch's differentiable optimizers take
+    x.grad = torch.randn(5)
+    opt = adamkit.Adam([x], lr=lr, differentiable=True, cautious=True, update_clipping=True)
+    opt.step()
+    (x * x).sum().backward()
+    assert lr.grad is not None and lr.grad != 0
+
+
+def test_telemetry_records_and_plots_the_options(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    opt = adamkit.AdamW(model.parameters(), lr=1e-2, cautious=True, update_clipping=True)
+    with adamkit.Telemetry(opt, tmp_path / "t.csv") as telemetry:
+        for step in range(20):
+            x = torch.randn(16, 8)
+            opt.zero_grad()
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean() * (50 if step == 10 else 1)
+            loss.backward()
+            opt.step()
+    kept = [r["kept_fraction"] for r in telemetry.records]
+    factors = [r["clip_factor"] for r in telemetry.records]
+    assert all(0 < k <= 1 for k in kept) and all(0 < f <= 1 for f in factors)
+    assert factors[10] < 0.5 < min(factors[:10])  # the spike's step is clipped
+    assert_real_png(adamkit.plot_telemetry(tmp_path / "t.csv", tmp_path / "t.png"))
