@@ -5,8 +5,11 @@
 Case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), 29.66M elements), one step per
 optimizer in turn (interleaved), median of the reps; ratio = the peer's time / ours (> 1 is
 faster; each against its own peer). GB/s counts the bytes the step must move: AdEMAMix reads
-p, g and three states and writes p and three states (36 bytes an element in fp32), ADOPT two
-states (28).
+p, g and three states and writes p and three states (36 bytes an element in fp32), ADOPT,
+schedule-free AdamW (y, z, v) and StableAdamW two states (28). The schedulefree package divides
+``p.grad`` in place each step (its gradients here shrink step by step; the timing is its own
+design's). Cautious AdamW and StableAdamW run on the multi-tensor path (listed with plain
+AdamW's multi-tensor step for scale).
 """
 
 from __future__ import annotations
@@ -31,11 +34,17 @@ def params() -> list[torch.Tensor]:
     return out
 
 
+def _train_mode(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    opt.train()  # type: ignore[attr-defined]  # the schedulefree package starts in eval mode
+    return opt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     import pytorch_optimizer
+    import schedulefree
 
     torch.manual_seed(0)
     warm = {"t_alpha": 1000, "t_beta3": 1000}
@@ -56,6 +65,34 @@ def main() -> None:
         "pytorch-optimizer ADOPT (foreach)": (pytorch_optimizer.ADOPT(params(), lr=1e-3), 28.0),
         "adamkit ADOPT, default (fused)": (adamkit.ADOPT(params(), lr=1e-3), 28.0),
         "adamkit ADOPT, foreach": (adamkit.ADOPT(params(), lr=1e-3, foreach=True), 28.0),
+        "schedulefree AdamWScheduleFree (foreach)": (
+            _train_mode(schedulefree.AdamWScheduleFree(params(), lr=1e-3, warmup_steps=10)),
+            28.0,
+        ),
+        "adamkit ScheduleFreeAdamW, default (fused)": (
+            adamkit.ScheduleFreeAdamW(params(), lr=1e-3, warmup_steps=10),
+            28.0,
+        ),
+        "adamkit ScheduleFreeAdamW, foreach": (
+            adamkit.ScheduleFreeAdamW(params(), lr=1e-3, warmup_steps=10, foreach=True),
+            28.0,
+        ),
+        "pytorch-optimizer StableAdamW (foreach)": (
+            pytorch_optimizer.StableAdamW(params(), lr=1e-3, kahan_sum=False),
+            28.0,
+        ),
+        "adamkit StableAdamW (foreach: update clipping)": (
+            adamkit.StableAdamW(params(), lr=1e-3),
+            28.0,
+        ),
+        "adamkit AdamW, cautious (foreach)": (
+            adamkit.AdamW(params(), lr=1e-3, cautious=True),
+            28.0,
+        ),
+        "adamkit AdamW, foreach (for scale)": (
+            adamkit.AdamW(params(), lr=1e-3, foreach=True),
+            28.0,
+        ),
         "torch Adam, fused (for scale)": (torch.optim.Adam(params(), lr=1e-3, fused=True), 28.0),
     }
     for opt, _ in runs.values():
@@ -70,6 +107,8 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / 3)
     peers = {"AdEMAMix": statistics.median(times["pytorch-optimizer AdEMAMix (foreach)"])}
     peers["ADOPT"] = statistics.median(times["pytorch-optimizer ADOPT (foreach)"])
+    peers["ScheduleFree"] = statistics.median(times["schedulefree AdamWScheduleFree (foreach)"])
+    peers["StableAdamW"] = statistics.median(times["pytorch-optimizer StableAdamW (foreach)"])
     print("\n".join(f"- {line}" for line in machine_description()))
     print(f"\nCase (b), {ELEMENTS:,} elements, median of {args.reps} interleaved reps.\n")
     print("| optimizer | ms/step | vs the peer | bytes/elem | GB/s |")
