@@ -85,7 +85,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 SEEDS = (0, 1, 2)
 
 
-def maker(name: str, steps: int) -> Callable[[nn.Module], torch.optim.Optimizer]:
+def maker(name: str, steps: int, lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
     """The optimizer ``name`` with the shared lr and its SETTINGS (``"steps"``: the run's
     length; ``"warmup"``: the warmup the scheduled runs take)."""
     resolved = {
@@ -93,7 +93,7 @@ def maker(name: str, steps: int) -> Callable[[nn.Module], torch.optim.Optimizer]
         for k, v in SETTINGS[name].items()
     }
     cls = getattr(adamkit, name)
-    return lambda model: cls(model.parameters(), lr=LR, **resolved)
+    return lambda model: cls(model.parameters(), lr=lr, **resolved)
 
 
 def spread(values: Sequence[float], digits: int = 4) -> str:
@@ -138,7 +138,7 @@ def results_table(runs: Sequence[Run], task: str) -> str:
     return table(header, rows)
 
 
-def plot(runs: Sequence[Run], task: str, path: Path, steps: int, seeds: int) -> None:
+def plot(runs: Sequence[Run], task: str, path: Path, steps: int, seeds: int, lr: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +162,7 @@ def plot(runs: Sequence[Run], task: str, path: Path, steps: int, seeds: int) -> 
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (minibatch, smoothed)")
     title = "digits MLP" if task == "digits" else "char transformer on Shakespeare"
-    ax.set_title(f"{title}: {steps} steps, lr {LR:g}, mean of {seeds} seeds (range shaded)")
+    ax.set_title(f"{title}: {steps} steps, lr {lr:g}, mean of {seeds} seeds (range shaded)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -171,18 +171,24 @@ def plot(runs: Sequence[Run], task: str, path: Path, steps: int, seeds: int) -> 
 
 
 def render(
-    runs: Sequence[Run], command: str, steps: dict[str, int], seconds: float, seeds: Sequence[int]
+    runs: Sequence[Run],
+    command: str,
+    steps: dict[str, int],
+    seconds: float,
+    seeds: Sequence[int],
+    lr: float,
 ) -> str:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     settings = "; ".join(f"{n}: {s or 'defaults'}" for n, s in SETTINGS.items())
     parts = [
-        "## Convergence by algorithm (`benchmarks/convergence_algorithms.py`)",
+        "## Convergence by algorithm (`benchmarks/convergence_algorithms.py`)"
+        + ("" if lr == LR else f", lr {lr:g}"),
         f"Command: `{command}`  \nDate: {date}  \n"
         + "  \n".join(machine_description())
         + f"  \nTotal time: {seconds:.0f} s",
         f"The tasks of `convergence.py` (digits: {steps.get('digits', 0)} steps, constant lr; "
         f"charlm: {steps.get('charlm', 0)} steps, warmup + cosine except for the schedule-free "
-        f"optimizer), fp32 state, lr {LR:g} for all, seeds {', '.join(map(str, seeds))}; "
+        f"optimizer), fp32 state, lr {lr:g} for all, seeds {', '.join(map(str, seeds))}; "
         f"cells are mean (min-max) over the seeds, rows sorted by final train loss. Settings: "
         f"{settings}.",
     ]
@@ -202,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=HERE / "results")
     parser.add_argument("--md", type=Path, help="markdown file whose section to replace")
     parser.add_argument("--quick", action="store_true", help="a few steps: a smoke run")
+    parser.add_argument("--lr", type=float, default=LR, help=f"the shared lr (default {LR:g})")
     args = parser.parse_args(argv)
     command = shlex.join(
         ["python", *(sys.argv if argv is None else ["convergence_algorithms.py", *argv])]
@@ -232,21 +239,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 done += 1
                 log(f"[{done}/{total}] {task} {name} seed {seed}")
                 runs.append(
-                    train(task, name, steps[task], seed, val_every, maker(name, steps[task]))
+                    train(
+                        task, name, steps[task], seed, val_every, maker(name, steps[task], args.lr)
+                    )
                 )
     seconds = time.perf_counter() - began
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        path = args.out_dir / f"convergence_algorithms_{task}.png"
-        plot(runs, task, path, steps[task], len(seeds))
+        suffix = "" if args.lr == LR else f"_lr{args.lr:g}"
+        path = args.out_dir / f"convergence_algorithms_{task}{suffix}.png"
+        plot(runs, task, path, steps[task], len(seeds), args.lr)
         log(f"wrote {path}")
-    (args.out_dir / "convergence_algorithms.json").write_text(
+    (args.out_dir / f"convergence_algorithms{suffix}.json").write_text(
         json.dumps([asdict(r) for r in runs]), encoding="utf-8"
     )
-    report = render(runs, command, steps, seconds, seeds)
+    report = render(runs, command, steps, seconds, seeds, args.lr)
     print(report)
     if args.md:
-        write_section(args.md, report, SECTION)
+        write_section(args.md, report, SECTION + suffix)
         log(f"updated {args.md}")
 
 

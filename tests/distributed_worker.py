@@ -120,6 +120,21 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             ),
             "local_bytes_per_param": adamkit.state_memory(opt).bytes_per_param,
         }
+    # cautious / update_clipping need a tensor's whole update: refused on shards, before any
+    # change (the parameters stay as they were).
+    model = make_model()
+    fully_shard(model)
+    opt = adamkit.AdamW(model.parameters(), lr=1e-2, cautious=True)
+    before = [_full(p) for p in model.parameters()]
+    try:
+        train(model, opt, rank, WORLD)
+        results["fsdp2/cautious"] = "stepped"
+    except NotImplementedError as error:
+        unchanged = all(
+            torch.equal(a, _full(b)) for a, b in zip(before, model.parameters(), strict=True)
+        )
+        results["fsdp2/cautious"] = f"{error} (unchanged: {unchanged})"
+
     model = torch.nn.parallel.DistributedDataParallel(make_model())
     opt = adamkit.Adam(model.parameters(), lr=1e-2)
     train(model, opt, rank, WORLD)

@@ -111,6 +111,11 @@ def test_ddp_processes_agree_with_one_process(ranks: list[dict[str, Any]]) -> No
         torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-5)
 
 
+def test_cautious_on_shards_is_refused_before_any_change(ranks: list[dict[str, Any]]) -> None:
+    for result in (ranks[0]["fsdp2/cautious"], ranks[1]["fsdp2/cautious"]):
+        assert "cautious=True on sharded parameters" in result and "(unchanged: True)" in result
+
+
 @pytest.mark.parametrize("precision", ["fp32", "8bit"])
 def test_zero_redundancy_optimizer(ranks: list[dict[str, Any]], precision: str) -> None:
     key = f"zero/{precision}"

@@ -48,6 +48,7 @@ from ._modifiers import UpdateStats, modified, options_of
 from ._paths import DIFFERENTIABLE, PATHS, TensorOps
 from ._precision import (
     encode,
+    is_sharded,
     needs_widening,
     state_format,
     stored_format,
@@ -332,6 +333,14 @@ class AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for index, group in enumerate(self.param_groups):
+            if any(options_of(group)) and any(map(is_sharded, group["params"])):
+                flag = "cautious" if group.get("cautious") else "update_clipping"
+                raise NotImplementedError(
+                    f"adamkit.{type(self).__name__}: {flag}=True on sharded parameters (FSDP2, "
+                    f"tensor parallel; param group {index}) is not supported yet: it needs the "
+                    "whole tensor's update, and each process holds a shard"
+                )
         with torch.no_grad():
             name = f"adamkit.{type(self).__name__}"
             self._last_step_skipped, norm = guard_gradients(name, self.param_groups)
