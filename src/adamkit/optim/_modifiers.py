@@ -91,31 +91,41 @@ class UpdateStats:
 
 
 def _clip_factors(b: Bucket, h: Hyper, grads: Tensors, second_moment: str) -> list[float]:
-    """``1 / max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))`` per tensor."""
-    factors = []
-    for g, v, step in zip(grads, b.state[second_moment], b.steps, strict=True):
-        if g.numel() == 0:
-            factors.append(1.0)
-            continue
-        correction = 1.0 - h.beta2 ** float(step)
-        v_hat = v.detach() / correction
-        ratio = g.detach().square() / v_hat.clamp(min=h.eps * h.eps)
-        rms = math.sqrt(float(ratio.mean()))
-        factors.append(1.0 / max(1.0, rms))
-    return factors
+    """``1 / max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))`` per tensor, as
+    ``||g / sqrt(max(v_hat, eps^2))|| / sqrt(n)``: multi-tensor operations, one sync."""
+    if not grads:
+        return []
+    corrections = [1.0 - h.beta2 ** float(step) for step in b.steps]
+    scaled = torch._foreach_div([v.detach() for v in b.state[second_moment]], corrections)
+    torch._foreach_clamp_min_(scaled, h.eps * h.eps)
+    torch._foreach_sqrt_(scaled)
+    torch._foreach_reciprocal_(scaled)
+    torch._foreach_mul_(scaled, [g.detach() for g in grads])
+    norms = torch.stack([n.double() for n in torch._foreach_norm(scaled)]).tolist()
+    return [
+        1.0 / max(1.0, norm / math.sqrt(g.numel())) if g.numel() else 1.0
+        for norm, g in zip(norms, grads, strict=True)
+    ]
 
 
-def _cautious(updates: Tensors, grads: Tensors, stats: UpdateStats) -> Tensors:
+def _cautious(updates: Tensors, grads: Tensors, stats: UpdateStats, in_place: bool) -> Tensors:
     """Each update zeroed where it does not descend (``update * g >= 0``: a step of
-    ``+update`` descends where it is opposite to ``g``) and scaled by ``n / (kept + 1)``."""
-    masked = []
-    for u, g in zip(updates, grads, strict=True):
-        mask = (u.detach() * g.detach() < 0).to(u.dtype)
-        kept = mask.sum()
-        stats.kept += float(kept)
-        stats.elements += u.numel()
-        masked.append(u * (mask * (u.numel() / (kept + 1))))
-    return masked
+    ``+update`` descends where it is opposite to ``g``; a NaN product is not kept) and scaled
+    by ``n / (kept + 1)``. ``in_place``: the updates are the step's own temporaries (not the
+    differentiable path, whose graph must keep them)."""
+    if not updates:
+        return updates
+    masks = torch._foreach_mul([u.detach() for u in updates], [g.detach() for g in grads])
+    for mask in masks:
+        mask.lt_(0)  # 1.0 where the product is negative, else 0.0 (NaN included)
+    kept = torch.stack([k.double() for k in torch._foreach_norm(masks, 1)]).tolist()
+    stats.kept += sum(kept)
+    stats.elements += sum(u.numel() for u in updates)
+    torch._foreach_mul_(masks, [u.numel() / (k + 1) for u, k in zip(updates, kept, strict=True)])
+    if in_place:
+        torch._foreach_mul_(updates, masks)
+        return updates
+    return [u * m for u, m in zip(updates, masks, strict=True)]
 
 
 def modified(rule: Rule, row: Algorithm, stats: UpdateStats) -> Rule:
@@ -132,7 +142,7 @@ def modified(rule: Rule, row: Algorithm, stats: UpdateStats) -> Rule:
             stats.factors += factors
         updates = capture.updates
         if h.cautious:
-            updates = _cautious(updates, grads, stats)
+            updates = _cautious(updates, grads, stats, in_place=ops.name != "differentiable")
         if capture.shrunk:
             ops.mul_(b.params, [1 - h.lr * f * h.weight_decay for f in factors])
         ops.add_(b.params, updates, factors)
