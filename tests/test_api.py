@@ -13,7 +13,7 @@ import torch
 import adamkit
 
 from .problems import make_params
-from .registry import ALGORITHMS, FUSED, TWINNED
+from .registry import ALGORITHMS, FUSED, TABLE, TWINNED
 
 # (kwargs, exception, message regex). Every row runs for every optimizer that has the argument.
 BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
@@ -353,10 +353,14 @@ def test_defaults_are_torchs(name: str) -> None:
     ours = inspect.signature(getattr(adamkit, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     # adamkit's own options come last, keyword-only: `fused` where torch has none (RAdam,
-    # NAdam, Adamax), then `nonfinite`, `max_grad_norm`, `state_precision` and
-    # `stochastic_rounding`, each defaulting to what torch does.
+    # NAdam, Adamax), then `nonfinite`, `max_grad_norm`, `state_precision`,
+    # `stochastic_rounding`, `cautious` and (where it applies) `update_clipping`, each
+    # defaulting to what torch does.
     defaults = {"nonfinite": None, "max_grad_norm": None, "state_precision": "fp32"}
     defaults["stochastic_rounding"] = False
+    defaults["cautious"] = False
+    if TABLE[name].clipped_by:
+        defaults["update_clipping"] = False
     extra = ([] if "fused" in theirs else ["fused"]) + list(defaults)
     assert list(ours) == list(theirs) + extra
     for key in extra:

@@ -80,6 +80,7 @@ def test_state_dict_schema_is_torchs(name: str, amsgrad: bool) -> None:
     extra = {"nonfinite", "max_grad_norm", "state_precision", "stochastic_rounding"} | (
         set() if "fused" in b["param_groups"][0] else {"fused"}
     )
+    extra |= {"cautious", *(["update_clipping"] if TABLE[name].clipped_by else [])}
     assert set(a["param_groups"][0]) == set(b["param_groups"][0]) | extra
     assert set(a["state"]) == set(b["state"])
     row = TABLE[name]  # what the table says adamkit keeps, which must be what torch keeps
