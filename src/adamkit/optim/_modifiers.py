@@ -90,42 +90,39 @@ class UpdateStats:
         }
 
 
+# Both work one tensor at a time: on the CPU a multi-tensor operation allocates every
+# temporary of the bucket at once (fresh pages to fault in, each step), where a loop reuses
+# one tensor's (measured on case (b): 28 ms a step against 70-100 ms).
 def _clip_factors(b: Bucket, h: Hyper, grads: Tensors, second_moment: str) -> list[float]:
-    """``1 / max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))`` per tensor, as
-    ``||g / sqrt(max(v_hat, eps^2))|| / sqrt(n)``: multi-tensor operations, one sync."""
-    if not grads:
-        return []
-    corrections = [1.0 - h.beta2 ** float(step) for step in b.steps]
-    scaled = torch._foreach_div([v.detach() for v in b.state[second_moment]], corrections)
-    torch._foreach_clamp_min_(scaled, h.eps * h.eps)
-    torch._foreach_sqrt_(scaled)
-    torch._foreach_reciprocal_(scaled)
-    torch._foreach_mul_(scaled, [g.detach() for g in grads])
-    norms = torch.stack([n.double() for n in torch._foreach_norm(scaled)]).tolist()
-    return [
-        1.0 / max(1.0, norm / math.sqrt(g.numel())) if g.numel() else 1.0
-        for norm, g in zip(norms, grads, strict=True)
-    ]
+    """``1 / max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))`` per tensor, with ``v_hat = v / c``:
+    ``mean(g^2 / max(v_hat, eps^2)) = c mean(g^2 / max(v, c eps^2))``."""
+    factors = []
+    for g, v, step in zip(grads, b.state[second_moment], b.steps, strict=True):
+        if g.numel() == 0:
+            factors.append(1.0)
+            continue
+        c = 1.0 - h.beta2 ** float(step)
+        ratio = g.detach().square().div_(v.detach().clamp_min(c * h.eps * h.eps))
+        factors.append(1.0 / max(1.0, math.sqrt(c * float(ratio.mean()))))
+    return factors
 
 
-def _cautious(updates: Tensors, grads: Tensors, stats: UpdateStats, in_place: bool) -> Tensors:
+def _cautious(
+    updates: Tensors, grads: Tensors, stats: UpdateStats, in_place: bool
+) -> tuple[Tensors, list[float]]:
     """Each update zeroed where it does not descend (``update * g >= 0``: a step of
-    ``+update`` descends where it is opposite to ``g``; a NaN product is not kept) and scaled
-    by ``n / (kept + 1)``. ``in_place``: the updates are the step's own temporaries (not the
-    differentiable path, whose graph must keep them)."""
-    if not updates:
-        return updates
-    masks = torch._foreach_mul([u.detach() for u in updates], [g.detach() for g in grads])
-    for mask in masks:
-        mask.lt_(0)  # 1.0 where the product is negative, else 0.0 (NaN included)
-    kept = torch.stack([k.double() for k in torch._foreach_norm(masks, 1)]).tolist()
-    stats.kept += sum(kept)
-    stats.elements += sum(u.numel() for u in updates)
-    torch._foreach_mul_(masks, [u.numel() / (k + 1) for u, k in zip(updates, kept, strict=True)])
-    if in_place:
-        torch._foreach_mul_(updates, masks)
-        return updates
-    return [u * m for u, m in zip(updates, masks, strict=True)]
+    ``+update`` descends where it is opposite to ``g``; a NaN product is not kept), and the
+    factors ``n / (kept + 1)`` to scale them by. ``in_place``: the updates are the step's own
+    temporaries (not the differentiable path, whose graph must keep them)."""
+    masked, scales = [], []
+    for u, g in zip(updates, grads, strict=True):
+        mask = u.detach().mul(g.detach()).lt_(0)  # 1.0 where negative, else 0.0 (NaN too)
+        kept = float(mask.sum(dtype=torch.float64))  # exact counts past 2**24
+        stats.kept += kept
+        stats.elements += u.numel()
+        scales.append(u.numel() / (kept + 1))
+        masked.append(u.mul_(mask) if in_place else u * mask)
+    return masked, scales
 
 
 def modified(rule: Rule, row: Algorithm, stats: UpdateStats) -> Rule:
@@ -140,12 +137,14 @@ def modified(rule: Rule, row: Algorithm, stats: UpdateStats) -> Rule:
             assert row.clipped_by is not None  # the group was validated against the row
             factors = _clip_factors(b, h, grads, row.clipped_by)
             stats.factors += factors
-        updates = capture.updates
+        updates, scales = capture.updates, factors
         if h.cautious:
-            updates = _cautious(updates, grads, stats, in_place=ops.name != "differentiable")
+            in_place = ops.name != "differentiable"
+            updates, kept = _cautious(updates, grads, stats, in_place)
+            scales = [f * k for f, k in zip(factors, kept, strict=True)]
         if capture.shrunk:
             ops.mul_(b.params, [1 - h.lr * f * h.weight_decay for f in factors])
-        ops.add_(b.params, updates, factors)
+        ops.add_(b.params, updates, scales)
 
     return step
 
