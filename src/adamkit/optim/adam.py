@@ -99,7 +99,9 @@ class Adam(AdamFamily):
             are not lost on average (default False: round to nearest, as torch).
         decoupled_weight_decay: apply weight decay as AdamW does (default False).
         cautious: zero the update where it points against the gradient and scale the rest of
-            the tensor's by ``n / (kept + 1)`` (Liang et al. 2024; default False).
+            the tensor's by ``n / (kept + 1)`` (Liang et al. 2024, the authors' and
+            pytorch-optimizer's scale; default False). For a tensor of a few elements the
+            ``+ 1`` matters: a one-element tensor steps half as far when kept.
         update_clipping: divide the tensor's lr (update and decoupled decay) by
             ``max(1, sqrt(mean(g^2 / v_hat)))``, as StableAdamW (Wortsman et al. 2023;
             default False). Both options take the multi-tensor path, not the fused kernels.
