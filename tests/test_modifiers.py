@@ -172,3 +172,59 @@ def test_telemetry_records_and_plots_the_options(tmp_path: Path) -> None:
     assert all(0 < k <= 1 for k in kept) and all(0 < f <= 1 for f in factors)
     assert factors[10] < 0.5 < min(factors[:10])  # the spike's step is clipped
     assert_real_png(adamkit.plot_telemetry(tmp_path / "t.csv", tmp_path / "t.png"))
+
+
+@pytest.mark.parametrize(
+    ("make", "flag"),
+    [
+        (lambda ps: adamkit.Adamax(ps), "update_clipping"),
+        (lambda ps: adamkit.ADOPT(ps), "update_clipping"),
+        (lambda ps: adamkit.ScheduleFreeAdamW(ps), "cautious"),
+        (lambda ps: adamkit.Adam(ps, fused=True), "cautious"),
+    ],
+    ids=["adamax", "adopt", "schedulefree", "fused-adam"],
+)
+def test_an_option_set_by_hand_where_it_does_not_apply_changes_nothing(
+    make: Any, flag: str
+) -> None:
+    p = torch.ones(3, requires_grad=True)
+    opt = make([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    weights = p.detach().clone()
+    opt.param_groups[0][flag] = True
+    with pytest.raises(ValueError, match=f"{flag}=True"):
+        opt.step()
+    for key, value in before.items():
+        assert torch.equal(opt.state[p][key], value), key
+    assert torch.equal(p.detach(), weights)
+
+
+def test_a_checkpoint_without_the_options_keeps_them_and_stable_adamw_stays_clipped() -> None:
+    p = torch.ones(3, requires_grad=True)
+    ours = adamkit.AdamW([{"params": [p], "cautious": True}])
+    theirs = torch.optim.AdamW([torch.ones(3, requires_grad=True)])
+    ours.load_state_dict(theirs.state_dict())  # torch's: no such keys
+    assert ours.param_groups[0]["cautious"] is True
+    stable = adamkit.StableAdamW([torch.ones(3, requires_grad=True)])
+    stable.load_state_dict(adamkit.AdamW([torch.ones(3, requires_grad=True)]).state_dict())
+    assert stable.param_groups[0]["update_clipping"] is True
+    assert stable.execution_path() == "foreach"
+    with pytest.raises(ValueError, match="update_clipping=True cannot be combined with fused"):
+        adamkit.StableAdamW([torch.ones(3, requires_grad=True)], fused=True)
+
+
+def test_update_stats_are_the_last_step_s() -> None:
+    p = torch.ones(3, requires_grad=True)
+    opt = adamkit.Adam([p], cautious=True, nonfinite="skip")
+    p.grad = torch.tensor([1.0, -1.0, 2.0])
+    opt.step()
+    assert opt.update_stats[0]["kept_fraction"] == 1.0
+    p.grad = torch.tensor([float("nan"), 1.0, 1.0])
+    opt.step()  # skipped: the options did nothing
+    assert opt.update_stats[0] == {"kept_fraction": None, "clip_factor": None}
+    opt.param_groups[0]["cautious"] = False
+    p.grad = torch.ones(3)
+    opt.step()
+    assert opt.update_stats[0]["kept_fraction"] is None

@@ -305,3 +305,58 @@ torch.save([p.detach() for p in ps], {str(tmp_path / "out.pt")!r})
     subprocess.run([sys.executable, "-c", script], check=True)
     for a, b in zip(torch.load(tmp_path / "out.pt"), ps, strict=True):
         assert torch.equal(a, b.detach())
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["foreach", "forloop", "fused"])
+def test_bf16_weights_with_stochastic_rounding_round_z_as_the_weights(path: dict) -> None:
+    """z is a copy of the weights: with bf16 parameters and stochastic_rounding=True it is
+    rounded stochastically too (to nearest, steps of 1e-4 on 1.5 were all lost: z never
+    moved), so z and x follow the fp32 run on average."""
+    p = torch.full((1000,), 1.5, dtype=torch.bfloat16, requires_grad=True)
+    f = torch.full((1000,), 1.5, requires_grad=True)
+    opt = adamkit.ScheduleFreeAdamW([p], lr=1e-4, stochastic_rounding=True, **path)
+    ref = adamkit.ScheduleFreeAdamW([f], lr=1e-4)
+    for _ in range(200):
+        p.grad, f.grad = torch.ones(1000, dtype=torch.bfloat16), torch.ones(1000)
+        opt.step()
+        ref.step()
+    moved, expected = opt.state[p]["z"].float().mean() - 1.5, ref.state[f]["z"].mean() - 1.5
+    assert float(moved) == pytest.approx(float(expected), rel=0.05)  # -0.020
+    opt.eval()
+    ref.eval()
+    assert float(p.float().mean() - 1.5) == pytest.approx(float(f.mean() - 1.5), rel=0.15)
+
+
+def test_differentiable_steps_and_mode_switches_are_in_the_graph() -> None:
+    """differentiable=True: z starts as the parameter in the graph (after one step, with
+    c = 1, y_1 = z_1: d y_1 / d w_0 = 1), and eval()'s move to x is recorded, so a
+    hypergradient of lr through x matches finite differences."""
+    w0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    p = w0.clone()
+    opt = adamkit.ScheduleFreeAdamW([p], lr=0.1, differentiable=True)
+    p.grad = torch.tensor([0.5], dtype=torch.float64)
+    opt.step()
+    assert torch.autograd.grad(p.sum(), w0)[0].item() == pytest.approx(1.0)
+
+    def x_sum(lr: Any, differentiable: bool) -> Any:
+        start = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+        q = start.clone() if differentiable else start
+        o = adamkit.ScheduleFreeAdamW([q], lr=lr, differentiable=differentiable)
+        for g in ([0.5, 1.0], [-1.0, 0.3]):
+            q.grad = torch.tensor(g, dtype=torch.float64)
+            o.step()
+        o.eval()
+        return q.sum()
+
+    lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    analytic = torch.autograd.grad(x_sum(lr, True), lr)[0].item()
+    with torch.no_grad():
+        numeric = (x_sum(0.1 + 1e-6, False).item() - x_sum(0.1 - 1e-6, False).item()) / 2e-6
+    assert analytic == pytest.approx(numeric, rel=1e-6)
+
+
+def test_a_group_added_in_eval_mode_starts_in_eval_mode() -> None:
+    opt = adamkit.ScheduleFreeAdamW([torch.ones(2, requires_grad=True)])
+    opt.eval()
+    opt.add_param_group({"params": [torch.ones(3, requires_grad=True)]})
+    assert [g["train_mode"] for g in opt.param_groups] == [False, False]

@@ -47,6 +47,8 @@ from ._fused import (
 from ._modifiers import UpdateStats, modified, options_of
 from ._paths import DIFFERENTIABLE, PATHS, TensorOps
 from ._precision import (
+    BF16_SR,
+    NATIVE,
     encode,
     is_sharded,
     needs_widening,
@@ -229,6 +231,10 @@ class AdamFamily(Optimizer):
         """
         return load_into(self, state_dict, strict, super().load_state_dict)
 
+    def _pinned(self) -> dict[str, Any]:
+        """Group values a loaded checkpoint may not change (the row's, and the class's)."""
+        return dict(self.algorithm.pinned)
+
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """Names of the state tensors shaped like the parameter, in the rule's order."""
         return self.algorithm.state_keys(group.get("amsgrad", False))
@@ -245,7 +251,9 @@ class AdamFamily(Optimizer):
         fmt = state_format(p, group["state_precision"])
         for key in self._moment_keys(group):
             if key in self.algorithm.copies:  # schedule-free's z starts at the parameter
-                copy = p.detach().clone(memory_format=torch.preserve_format)
+                # (differentiable: in the graph, as the parameter it copies)
+                source = p if group.get("differentiable") else p.detach()
+                copy = source.clone(memory_format=torch.preserve_format)
                 state.update(encode(copy, fmt, key, p, seed=None))
             else:
                 state.update(zero_state(p, fmt, key))
@@ -333,7 +341,11 @@ class AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.__dict__["_update_stats"] = {}  # what the options do at this step (none yet)
         for index, group in enumerate(self.param_groups):
+            if any(options_of(group)):  # set by hand since: refused before anything changes
+                where = f"param group {index}: "
+                check_group(group, type(self).__name__, where, self.algorithm)
             if any(options_of(group)) and any(map(is_sharded, group["params"])):
                 flag = "cautious" if group.get("cautious") else "update_clipping"
                 raise NotImplementedError(
@@ -447,9 +459,17 @@ class AdamFamily(Optimizer):
         )
 
     def _formats(self, params: list[Tensor], group: dict[str, Any]) -> list[int]:
-        """How each parameter's state is stored (see ``_precision.stored_format``)."""
+        """How each parameter's state is stored (see ``_precision.stored_format``). State
+        that copies the weights (the row's ``copies``: schedule-free's ``z``) of bf16
+        parameters rounds as the weights do: stochastically with ``stochastic_rounding``."""
         precision = group["state_precision"]
-        return [stored_format(p, self.state[p], precision) for p in params]
+        formats = [stored_format(p, self.state[p], precision) for p in params]
+        if self.algorithm.copies and group["stochastic_rounding"]:
+            return [
+                BF16_SR if f == NATIVE and p.dtype == torch.bfloat16 else f
+                for p, f in zip(params, formats, strict=True)
+            ]
+        return formats
 
     def _salts(self, params: list[Tensor]) -> list[int]:
         """Each parameter's position in the optimizer: it salts stochastic rounding."""

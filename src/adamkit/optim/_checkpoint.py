@@ -447,6 +447,8 @@ _EXECUTION_KEYS = (
     "state_precision",
     "stochastic_rounding",
 )
+#: adamkit's update options (``optim/_modifiers.py``), kept when a checkpoint lacks them.
+_OPTION_KEYS = ("cautious", "update_clipping")
 
 
 def saved_state_dict(state: dict[str, Any]) -> dict[str, Any]:
@@ -492,6 +494,9 @@ def load_into(
     before = (opt.state, opt.param_groups)
     opt.__dict__.pop("_fused_plans", None)  # the state tensors are about to be replaced
     execution = [{k: g[k] for k in _EXECUTION_KEYS if k in g} for g in opt.param_groups]
+    # adamkit's own update options, which torch's checkpoints never carry: a checkpoint that
+    # lacks them leaves each group's as it is (not the defaults).
+    options = [{k: g[k] for k in _OPTION_KEYS if k in g} for g in opt.param_groups]
     # torch's load ends by calling the post-hooks, before the settings below are restored
     # and the state converted: they would see a half-loaded optimizer (the checkpoint's
     # `foreach`). Held back here, they run at the end.
@@ -502,11 +507,13 @@ def load_into(
             torch_load(positional)
         finally:
             opt._optimizer_load_state_dict_post_hooks = post_hooks
-        for index, (group, ex) in enumerate(zip(opt.param_groups, execution, strict=True)):
-            for key, value in opt.defaults.items():
+        for index, (group, ex, kept) in enumerate(
+            zip(opt.param_groups, execution, options, strict=True)
+        ):
+            for key, value in {**opt.defaults, **kept}.items():
                 group.setdefault(key, value)
             group.update(ex)
-            group.update(opt.algorithm.pinned)
+            group.update(opt._pinned())
             where = f"loaded param group {index}: "
             row = opt.algorithm
             check_group(group, type(opt).__name__, where, row)

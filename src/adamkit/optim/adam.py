@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor
 
@@ -274,6 +275,7 @@ class StableAdamW(AdamW):
         state_precision: str = "fp32",
         stochastic_rounding: bool = False,
         cautious: bool = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -286,6 +288,7 @@ class StableAdamW(AdamW):
             maximize=maximize,
             capturable=capturable,
             differentiable=differentiable,
+            fused=fused,
             nonfinite=nonfinite,
             max_grad_norm=max_grad_norm,
             state_precision=state_precision,
@@ -293,3 +296,7 @@ class StableAdamW(AdamW):
             cautious=cautious,
             update_clipping=True,
         )
+
+    def _pinned(self) -> dict[str, Any]:
+        # A checkpoint of plain AdamW loaded here does not turn the clipping off.
+        return {**super()._pinned(), "update_clipping": True}

@@ -204,6 +204,9 @@ class ScheduleFreeAdamW(AdamFamily):
                     "beta1 > 0: the averaged point x is recovered from y and z as "
                     "(y - (1 - beta1) z) / beta1)"
                 )
+        if self.param_groups and isinstance(param_group, dict):
+            # A group added later starts in the optimizer's current mode.
+            param_group.setdefault("train_mode", self.param_groups[0]["train_mode"])
         super().add_param_group(param_group)
 
     def load_state_dict(  # type: ignore[override]
@@ -227,19 +230,22 @@ class ScheduleFreeAdamW(AdamFamily):
             state_dict = {**state_dict, "state": filled}
         return super().load_state_dict(state_dict, strict)
 
-    @torch.no_grad()
     def eval(self) -> None:
         """Move the parameters to the averaged point ``x``, to evaluate or save the model.
-        Does nothing in eval mode already, or before the first step."""
+        Does nothing in eval mode already, or before the first step. With
+        ``differentiable=True`` the move is part of the graph."""
         self._switch(to_train=False)
 
-    @torch.no_grad()
     def train(self) -> None:
         """Move the parameters back to ``y``, where training takes its gradients. Does
         nothing in train mode already."""
         self._switch(to_train=True)
 
     def _switch(self, to_train: bool) -> None:
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
+            self._move(to_train)
+
+    def _move(self, to_train: bool) -> None:
         for group in self.param_groups:
             if bool(group["train_mode"]) == to_train:
                 continue
