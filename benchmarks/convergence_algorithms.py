@@ -81,7 +81,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "ADOPT": {"weight_decay": WEIGHT_DECAY, "decoupled_weight_decay": True},
     "ScheduleFreeAdamW": {"weight_decay": WEIGHT_DECAY, "warmup_steps": "warmup"},
+    # The options, on AdamW (labels of their own; not run by default).
+    "AdamW+cautious": {"weight_decay": WEIGHT_DECAY, "cautious": True},
+    "StableAdamW": {"weight_decay": WEIGHT_DECAY},  # its own defaults: betas (0.9, 0.99)
+    "AdamW+update_clipping": {"weight_decay": WEIGHT_DECAY, "update_clipping": True},
 }
+#: What runs without --algorithms: every algorithm once.
+DEFAULT = [name for name in SETTINGS if "+" not in name and name != "StableAdamW"]
 SEEDS = (0, 1, 2)
 
 
@@ -92,7 +98,7 @@ def maker(name: str, steps: int, lr: float) -> Callable[[nn.Module], torch.optim
         k: steps if v == "steps" else min(50, steps // 5) if v == "warmup" else v
         for k, v in SETTINGS[name].items()
     }
-    cls = getattr(adamkit, name)
+    cls = getattr(adamkit, name.split("+")[0])  # "AdamW+cautious": AdamW
     return lambda model: cls(model.parameters(), lr=lr, **resolved)
 
 
@@ -179,7 +185,8 @@ def render(
     lr: float,
 ) -> str:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    settings = "; ".join(f"{n}: {s or 'defaults'}" for n, s in SETTINGS.items())
+    shown = {r.precision for r in runs}
+    settings = "; ".join(f"{n}: {s or 'defaults'}" for n, s in SETTINGS.items() if n in shown)
     parts = [
         "## Convergence by algorithm (`benchmarks/convergence_algorithms.py`)"
         + ("" if lr == LR else f", lr {lr:g}"),
@@ -200,7 +207,7 @@ def render(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--algorithms", default=",".join(SETTINGS))
+    parser.add_argument("--algorithms", default=",".join(DEFAULT), help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--tasks", default="digits,charlm")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--steps-digits", type=int)
@@ -209,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--md", type=Path, help="markdown file whose section to replace")
     parser.add_argument("--quick", action="store_true", help="a few steps: a smoke run")
     parser.add_argument("--lr", type=float, default=LR, help=f"the shared lr (default {LR:g})")
+    parser.add_argument("--tag", default="", help="added to the plots' and the section's names")
     args = parser.parse_args(argv)
     command = shlex.join(
         ["python", *(sys.argv if argv is None else ["convergence_algorithms.py", *argv])]
@@ -246,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.perf_counter() - began
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        suffix = "" if args.lr == LR else f"_lr{args.lr:g}"
+        suffix = ("" if args.lr == LR else f"_lr{args.lr:g}") + (f"_{args.tag}" if args.tag else "")
         path = args.out_dir / f"convergence_algorithms_{task}{suffix}.png"
         plot(runs, task, path, steps[task], len(seeds), args.lr)
         log(f"wrote {path}")
