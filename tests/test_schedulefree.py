@@ -360,3 +360,15 @@ def test_a_group_added_in_eval_mode_starts_in_eval_mode() -> None:
     opt.eval()
     opt.add_param_group({"params": [torch.ones(3, requires_grad=True)]})
     assert [g["train_mode"] for g in opt.param_groups] == [False, False]
+
+
+def test_a_group_changed_by_hand_is_refused_and_its_schedule_does_not_advance() -> None:
+    p = torch.ones(3, requires_grad=True)
+    opt = adamkit.ScheduleFreeAdamW([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    schedule = {k: opt.param_groups[0][k] for k in ("k", "weight_sum", "lr_max")}
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="param group 0: Invalid learning rate"):
+        opt.step()
+    assert {k: opt.param_groups[0][k] for k in schedule} == schedule

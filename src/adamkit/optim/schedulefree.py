@@ -92,6 +92,10 @@ def schedulefree_scalars(t: float, h: Hyper, counters: Counters) -> Scalars:
     return Scalars("schedulefree", lr * (h.beta1 * (1 - c) - 1), b, lr, c)
 
 
+#: The group's running schedule, under the schedulefree package's names.
+_SCHEDULE = ("k", "weight_sum", "lr_max", "scheduled_lr")
+
+
 class ScheduleFreeAdamW(AdamFamily):
     r"""Schedule-free AdamW (Defazio et al. 2024): train without a learning-rate schedule.
 
@@ -280,6 +284,7 @@ class ScheduleFreeAdamW(AdamFamily):
     def _step_group(self, group: dict[str, Any]) -> None:
         # The group's schedule advances once a step, whether or not its tensors have
         # gradients, as in the schedulefree package.
+        before = {key: group[key] for key in _SCHEDULE}
         k = group["k"]
         warmup = group["warmup_steps"]
         sched = (k + 1) / warmup if k < warmup else 1.0
@@ -289,7 +294,11 @@ class ScheduleFreeAdamW(AdamFamily):
         weight = (k + 1) ** group["r"] * group["lr_max"] ** group["weight_lr_power"]
         group["weight_sum"] = group["weight_sum"] + weight
         group["k"] = k + 1
-        super()._step_group(group)
+        try:
+            super()._step_group(group)
+        except BaseException:
+            group.update(before)  # a refused step (a group changed by hand) advances nothing
+            raise
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
         h = super()._hyper(group)
