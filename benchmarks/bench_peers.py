@@ -8,8 +8,9 @@ faster; each against its own peer). GB/s counts the bytes the step must move: Ad
 p, g and three states and writes p and three states (36 bytes an element in fp32), ADOPT,
 schedule-free AdamW (y, z, v) and StableAdamW two states (28). The schedulefree package divides
 ``p.grad`` in place each step (its gradients here shrink step by step; the timing is its own
-design's). Cautious AdamW and StableAdamW run on the multi-tensor path (listed with plain
-AdamW's multi-tensor step for scale).
+design's). Cautious AdamW and StableAdamW take the fused kernel's two passes by default
+(pass 1: moments, update and per-chunk sums; pass 2: the masked or scaled update), listed with
+their multi-tensor step and plain fused AdamW's for scale.
 """
 
 from __future__ import annotations
@@ -81,18 +82,23 @@ def main() -> None:
             pytorch_optimizer.StableAdamW(params(), lr=1e-3, kahan_sum=False),
             28.0,
         ),
-        "adamkit StableAdamW (foreach: update clipping)": (
+        "adamkit StableAdamW, default (fused: two passes)": (
             adamkit.StableAdamW(params(), lr=1e-3),
             28.0,
         ),
-        "adamkit AdamW, cautious (foreach)": (
+        "adamkit StableAdamW, foreach": (
+            adamkit.StableAdamW(params(), lr=1e-3, foreach=True),
+            28.0,
+        ),
+        "adamkit AdamW, cautious, default (fused: two passes)": (
             adamkit.AdamW(params(), lr=1e-3, cautious=True),
             28.0,
         ),
-        "adamkit AdamW, foreach (for scale)": (
-            adamkit.AdamW(params(), lr=1e-3, foreach=True),
+        "adamkit AdamW, cautious, foreach": (
+            adamkit.AdamW(params(), lr=1e-3, cautious=True, foreach=True),
             28.0,
         ),
+        "adamkit AdamW, default (fused, for scale)": (adamkit.AdamW(params(), lr=1e-3), 28.0),
         "torch Adam, fused (for scale)": (torch.optim.Adam(params(), lr=1e-3, fused=True), 28.0),
     }
     for opt, _ in runs.values():

@@ -122,14 +122,17 @@ def _cases() -> list[Case]:
                 everything = {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1}
                 cases.append(Case(name, {**fe, **everything, **ODD}))
         # The options every algorithm may take (optim/_modifiers.py), on the eager paths.
-        # One case each, on one path each (the options' code is the same on both: the paths
-        # differ only in the operations, which the cases above cover).
+        # One case each on the eager paths (their code is the same on both: the paths differ
+        # only in the operations, which the cases above cover), and on the fused kernel.
         decay = weight_decays(name)[-1]
+        fused = [{"fused": True}] if row.kinds else []
         if row.cautious:
             cases.append(Case(name, {"foreach": True, "cautious": True, "maximize": True, **decay}))
+            cases += [Case(name, {**f, "cautious": True, **decay}) for f in fused]
         if row.clipped_by:
             both = {"cautious": True, "update_clipping": True, "weight_decay": 0.1}
             cases.append(Case(name, {"foreach": False, **both, **ODD}))
+            cases += [Case(name, {**f, **both, "maximize": True}) for f in fused]
     return cases
 
 

@@ -74,7 +74,6 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"state_precision": 8}, ValueError, r"state_precision=8 is invalid"),
     ({"stochastic_rounding": "yes"}, TypeError, r"stochastic_rounding must be True or False"),
     ({"cautious": "yes"}, TypeError, r"cautious must be True or False"),
-    ({"cautious": True, "fused": True}, ValueError, r"cautious=True cannot be combined with fused"),
     ({"update_clipping": 1}, TypeError, r"update_clipping must be True or False"),
 ]
 

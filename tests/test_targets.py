@@ -21,8 +21,9 @@ import pytest
 from .artifacts import run
 
 #: Steps of every kind of loop: fp32, AMSGrad's third state, bf16 state (one pass, with fp32
-#: and with stochastically rounded bf16 parameters), 8-bit state, and tensors long enough to
-#: span chunks (16384), tiles (1024) and 8-bit blocks (256), with ragged ends.
+#: and with stochastically rounded bf16 parameters), 8-bit state, the two passes of cautious
+#: masking and update clipping (their 16-lane sums), schedule-free's body, and tensors long
+#: enough to span tiles (1024) and 8-bit blocks (256), with ragged ends.
 _DIGEST = """
 import hashlib, json, torch, adamkit
 from adamkit.kernels import fused_library
@@ -36,6 +37,9 @@ configs = [
     ("Adam", {"amsgrad": True, "weight_decay": 0.1}, torch.float32, "8bit"),
     ("AdamW", {}, torch.bfloat16, "bf16"),
     ("RAdam", {}, torch.float64, "fp32"),
+    ("AdamW", {"cautious": True, "update_clipping": True}, torch.float32, "fp32"),
+    ("ADOPT", {"cautious": True, "weight_decay": 0.1}, torch.float64, "fp32"),
+    ("ScheduleFreeAdamW", {"weight_decay": 0.1}, torch.float32, "fp32"),
 ]
 digests = {}
 for name, kwargs, dtype, precision in configs:

@@ -12,7 +12,8 @@ __all__ = ["C_DEFINES", "c_defines"]
 
 # Flags of a kernel call (``flags``). DECAY_IN_BODY: the element loop applies the weight decay
 # itself (schedule-free AdamW's, at y after normalising), so the shared head does not.
-MAXIMIZE, DECOUPLED, DECAY_IN_BODY = 1, 2, 4
+# CAUTIOUS: the options' second pass masks the update (adamkit_apply_options).
+MAXIMIZE, DECOUPLED, DECAY_IN_BODY, CAUTIOUS = 1, 2, 4, 8
 
 # adamkit_step's arguments: the slots of hyper[] (doubles) and of shape[] (int64), the element
 # loops, and the most state tensors a parameter may have (its row's states, and AMSGrad's).
@@ -103,6 +104,7 @@ C_DEFINES: dict[str, int] = {
             "MAXIMIZE",
             "DECOUPLED",
             "DECAY_IN_BODY",
+            "CAUTIOUS",
             "ROW",
             "R_A",
             "R_B",

@@ -267,6 +267,10 @@ def _declare(library: ctypes.CDLL) -> None:
     library.adamkit_step.argtypes = [pointer] * 9
     library.adamkit_advance.restype = None
     library.adamkit_advance.argtypes = [i64, pointer, i32, pointer, pointer]
+    library.adamkit_step_options.restype = i32
+    library.adamkit_step_options.argtypes = [pointer] * 7
+    library.adamkit_apply_options.restype = i32
+    library.adamkit_apply_options.argtypes = [pointer] * 5
     library.adamkit_overlap.restype = i64
     library.adamkit_overlap.argtypes = [i64, pointer, pointer, pointer]
 

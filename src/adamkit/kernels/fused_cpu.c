@@ -37,7 +37,8 @@
 #ifndef AK_MAX_STATES
 #error "build fused_cpu.c with the -D flags of adamkit.kernels._abi.c_defines()"
 #endif
-enum { MAXIMIZE = AK_MAXIMIZE, DECOUPLED = AK_DECOUPLED, DECAY_IN_BODY = AK_DECAY_IN_BODY };
+enum { MAXIMIZE = AK_MAXIMIZE, DECOUPLED = AK_DECOUPLED, DECAY_IN_BODY = AK_DECAY_IN_BODY,
+       CAUTIOUS = AK_CAUTIOUS };
 #define CHUNK AK_CHUNK /* elements a thread claims at a time */
 /* The slots of adamkit_step's hyper[] and shape[], of a tensor's step-scalar row, the element
  * types, the most states a tensor has, and the bits of a state's codec word (_abi.py). */
@@ -314,6 +315,8 @@ static inline int decay_mode(int64_t flags, double wd) {
     T grad = sign * g[i], param = p[i];                                                         \
     if (DECAY == 1) grad += wd * param;                                                         \
     if (DECAY == 2) param *= shrink;
+/* A body's step: the parameter takes param - X (the options' first pass writes X instead). */
+#define STORE(X) p[i] = param - (X);
 /* The first moment as the EMA of the gradient (every body but ADOPT's starts with it). */
 #define MOMENTUM(T)                                                                             \
     T mi = m[i] + one_minus_beta1 * (grad - m[i]);                                              \
@@ -321,23 +324,23 @@ static inline int decay_mode(int64_t flags, double wd) {
 #define SECOND(T) T vi = beta2 * v[i] + one_minus_beta2 * grad * grad; v[i] = vi;
 
 #define BODY_ADAM(T, SQRT, FABS, B_OP)                                                          \
-    MOMENTUM(T) SECOND(T) p[i] = param - a * mi / (SQRT(vi) B_OP b + eps);
+    MOMENTUM(T) SECOND(T) STORE(a * mi / (SQRT(vi) B_OP b + eps))
 #define BODY_AMSGRAD(T, SQRT, FABS, B_OP)                                                             \
     MOMENTUM(T) SECOND(T) T old = vmax[i], top = old > vi ? old : vi;                           \
     vmax[i] = top;                                                                              \
-    p[i] = param - a * mi / (SQRT(top) B_OP b + eps);
+    STORE(a * mi / (SQRT(top) B_OP b + eps))
 #define BODY_RADAM(T, SQRT, FABS, B_OP)                                                         \
-    MOMENTUM(T) SECOND(T) p[i] = param - a * mi / (SQRT(vi) + eps);
-#define BODY_RADAM_PLAIN(T, SQRT, FABS, B_OP) MOMENTUM(T) SECOND(T) p[i] = param - a * mi;
+    MOMENTUM(T) SECOND(T) STORE(a * mi / (SQRT(vi) + eps))
+#define BODY_RADAM_PLAIN(T, SQRT, FABS, B_OP) MOMENTUM(T) SECOND(T) STORE(a * mi)
 /* One division where torch's two addcdiv_ take two: NAdam would otherwise be compute-bound. */
 #define BODY_NADAM(T, SQRT, FABS, B_OP)                                                               \
     MOMENTUM(T) SECOND(T) T denom = SQRT(vi) B_OP b + eps;                                       \
-    p[i] = param - (a * grad + c * mi) / denom;
+    STORE((a * grad + c * mi) / denom)
 /* AdEMAMix: state 2 is the slow EMA (d = 1 - beta3_t); p -= (a m + c slow) / (sqrt(v) / b + eps). */
 #define BODY_ADEMAMIX(T, SQRT, FABS, B_OP)                                                      \
     MOMENTUM(T) SECOND(T) T slow = vmax[i] + d * (grad - vmax[i]);                              \
     vmax[i] = slow;                                                                             \
-    p[i] = param - (a * mi + c * slow) / (SQRT(vi) B_OP b + eps);
+    STORE((a * mi + c * slow) / (SQRT(vi) B_OP b + eps))
 /* ADOPT: the gradient normalised by the previous second moment, clipped to +-c, then the
  * momentum, a step of a = lr, and only then the second moment; max and clip written so a NaN
  * propagates, as torch's clamp does. Its first step (ADOPT_FIRST) only adds g^2 to v. */
@@ -346,9 +349,9 @@ static inline int decay_mode(int64_t flags, double wd) {
     normed = normed < -c ? -c : (normed > c ? c : normed);                                      \
     T mi = m[i] + one_minus_beta1 * (normed - m[i]);                                            \
     m[i] = mi;                                                                                  \
-    p[i] = param - a * mi;                                                                      \
+    STORE(a * mi)                                                                               \
     SECOND(T)
-#define BODY_ADOPT_FIRST(T, SQRT, FABS, B_OP) v[i] = v[i] + grad * grad; p[i] = param;
+#define BODY_ADOPT_FIRST(T, SQRT, FABS, B_OP) v[i] = v[i] + grad * grad; STORE((T)0)
 /* Schedule-free AdamW: the parameter is y and state 0 is z. u = g / (sqrt(v) / b + eps) + wd y
  * (its own weight decay, at y: DECAY_IN_BODY), then y <- lerp(y, z, d) + a u and z <- z - c u,
  * with d = c_{t+1}, the averaging weight, a = lr (beta1 (1 - d) - 1), c = lr,
@@ -363,7 +366,7 @@ static inline int decay_mode(int64_t flags, double wd) {
     MOMENTUM(T) T u = beta2 * v[i], norm = FABS(grad) + eps;                                    \
     u = u > norm ? u : norm;                                                                    \
     v[i] = u;                                                                                   \
-    p[i] = param - a * mi / u;
+    STORE(a * mi / u)
 
 #define DEFINE_LOOP(SUFFIX, T, SQRT, FABS, B_OP, KIND, DECAY)                                         \
     static void loop_##SUFFIX##_##KIND##_##DECAY(                                               \
@@ -463,6 +466,144 @@ typedef struct {
 
 DEFINE_STEP(f32, float, sqrtf, fabsf)
 DEFINE_STEP(f64, double, sqrt, fabs)
+
+/* ------------------------------------------------------------------------------------------
+ * cautious masking and update clipping (adamkit/optim/_modifiers.py) on full-precision
+ * tensors, in two passes. Pass 1 runs a kind's body with its step X (the parameter would take
+ * param - X) written to upd[] instead, and per chunk two sums: how many elements descend
+ * (X * g > 0, g the gradient after the sign and the coupled decay) and
+ * sum(g^2 / max(v * inv_bc2, eps^2)) (v the new second moment). Python turns each tensor's
+ * sums into its scale and shrink; pass 2 writes p = p * shrink - scale * [X g > 0] X (the
+ * mask only with cautious). The decoupled decay's shrink waits for pass 2 (pass 1 runs with no
+ * decay for it). Every kind but the schedule-free one, whose body moves p itself. */
+#undef STORE
+#define STORE(X) upd[i] = (X);
+#define LANES 16 /* independent partial sums: a vector loop without reassociation */
+#define OPTION_SUMS(T, DECAY)                                                                   \
+    T kept[LANES] = {0}, ratio[LANES] = {0};                                                    \
+    int64_t i = 0;                                                                              \
+    for (; i + LANES <= n; i += LANES)                                                          \
+        for (int l = 0; l < LANES; l++) {                                                       \
+            T grad = sign * g[i + l], x = upd[i + l], vh = v[i + l] * inv_bc2;                  \
+            if (DECAY == 1) grad += wd * p[i + l];                                              \
+            kept[l] += x * grad > 0 ? (T)1 : (T)0;                                              \
+            ratio[l] += grad * grad / (vh > eps2 ? vh : eps2);                                  \
+        }                                                                                       \
+    double kept_sum = 0, ratio_sum = 0;                                                         \
+    for (; i < n; i++) {                                                                        \
+        T grad = sign * g[i], x = upd[i], vh = v[i] * inv_bc2;                                  \
+        if (DECAY == 1) grad += wd * p[i];                                                      \
+        kept_sum += x * grad > 0 ? 1.0 : 0.0;                                                   \
+        ratio_sum += (double)(grad * grad / (vh > eps2 ? vh : eps2));                           \
+    }                                                                                           \
+    for (int l = 0; l < LANES; l++) kept_sum += (double)kept[l], ratio_sum += (double)ratio[l]; \
+    sums[0] = kept_sum;                                                                         \
+    sums[1] = ratio_sum;
+#define DEFINE_OPTION_LOOP(SUFFIX, T, SQRT, FABS, KIND, DECAY)                                  \
+    static void options_##SUFFIX##_##KIND##_##DECAY(                                            \
+        T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
+        T c, T d, int64_t n, T *restrict p, const T *restrict g, T *const *states,              \
+        T *restrict upd, T inv_bc2, T eps2, double *sums) {                                     \
+        T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
+        (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)vmax, (void)one_minus_beta2;   \
+        (void)eps, (void)m, (void)one_minus_beta1, (void)a, (void)beta2;                        \
+        for (int64_t i = 0; i < n; i++) {                                                       \
+            HEAD(T, DECAY)                                                                      \
+            BODY_##KIND(T, SQRT, FABS, /)                                                       \
+        }                                                                                       \
+        OPTION_SUMS(T, DECAY)                                                                   \
+    }
+/* The kinds whose body ends in STORE (all but SCHEDULEFREE). */
+#define FOR_EACH_STORED_KIND(X)                                                                 \
+    X(ADAM, 2) X(AMSGRAD, 3) X(RADAM, 2) X(RADAM_PLAIN, 2) X(NADAM, 2) X(ADAMAX, 2)            \
+    X(ADEMAMIX, 3) X(ADOPT, 2) X(ADOPT_FIRST, 2)
+#define DEFINE_OPTIONS_f32(KIND, STATES)                                                        \
+    DEFINE_OPTION_LOOP(f32, float, sqrtf, fabsf, KIND, 0)                                       \
+    DEFINE_OPTION_LOOP(f32, float, sqrtf, fabsf, KIND, 1)
+#define DEFINE_OPTIONS_f64(KIND, STATES)                                                        \
+    DEFINE_OPTION_LOOP(f64, double, sqrt, fabs, KIND, 0)                                        \
+    DEFINE_OPTION_LOOP(f64, double, sqrt, fabs, KIND, 1)
+FOR_EACH_STORED_KIND(DEFINE_OPTIONS_f32)
+FOR_EACH_STORED_KIND(DEFINE_OPTIONS_f64)
+#undef STORE
+#define STORE(X) p[i] = param - (X);
+
+/* Pass 2: the tensor's shrink (decoupled decay, by the clipped lr) and scale, the mask. */
+#define DEFINE_APPLY(SUFFIX, T, DECAY, CAUTIOUS)                                                \
+    static void apply_##SUFFIX##_##DECAY##_##CAUTIOUS(T sign, T wd, T shrink, T scale,          \
+                                                      int64_t n, T *restrict p,                 \
+                                                      const T *restrict g,                      \
+                                                      const T *restrict upd) {                  \
+        (void)sign, (void)wd, (void)shrink;                                                     \
+        for (int64_t i = 0; i < n; i++) {                                                       \
+            T param = p[i], x = upd[i], grad = sign * g[i];                                     \
+            if (DECAY == 1) grad += wd * param;                                                 \
+            const T keep = CAUTIOUS ? (x * grad > 0 ? scale : (T)0) : scale;                    \
+            if (DECAY == 2) param *= shrink;                                                    \
+            p[i] = param - keep * x;                                                            \
+        }                                                                                       \
+    }
+#define DEFINE_APPLIES(SUFFIX, T)                                                               \
+    DEFINE_APPLY(SUFFIX, T, 0, 0) DEFINE_APPLY(SUFFIX, T, 1, 0) DEFINE_APPLY(SUFFIX, T, 2, 0)   \
+    DEFINE_APPLY(SUFFIX, T, 0, 1) DEFINE_APPLY(SUFFIX, T, 1, 1) DEFINE_APPLY(SUFFIX, T, 2, 1)
+DEFINE_APPLIES(f32, float)
+DEFINE_APPLIES(f64, double)
+
+/* One pass's arguments (call_t's, and the options'). */
+typedef struct {
+    call_t call;
+    void **updates;       /* updates[k]: tensor k's X, numels[k] elements of the tensors' type */
+    const double *extra;  /* pass 1: 1 / (1 - beta2^t) per tensor; pass 2: shrink, scale */
+    double *sums;         /* pass 1: two per chunk */
+    double eps2;
+} options_t;
+
+#define DEFINE_OPTION_CHUNKS(SUFFIX, T)                                                         \
+    typedef void (*options_loop_##SUFFIX)(T, T, T, T, T, T, T, T, T, T, T, int64_t,             \
+                                          T *restrict, const T *restrict, T *const *,           \
+                                          T *restrict, T, T, double *);                         \
+    static const options_loop_##SUFFIX options_loops_##SUFFIX[AK_KINDS][2] = {                 \
+        FOR_EACH_STORED_KIND(OPTIONS_ENTRY_##SUFFIX)};                                          \
+    static void options_chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {        \
+        const options_t *o = context;                                                           \
+        const call_t *c = &o->call;                                                             \
+        (void)scratch;                                                                          \
+        const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
+        const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
+        T *states[MAX_STATES] = {NULL};                                                         \
+        for (int q = 0; q < c->nstates; q++)                                                    \
+            states[q] = (T *)c->states[q * c->count + k] + start;                               \
+        const scalars_t sk = scalars_of(c->scalars + ROW * k);                                  \
+        const int decay = decay_mode(c->flags, c->wd) == 1; /* pass 2 shrinks (decoupled) */   \
+        options_loops_##SUFFIX[sk.kind][decay](                                                 \
+            c->flags & MAXIMIZE ? (T)-1 : (T)1, (T)(1.0 - c->lr * c->wd), (T)(1.0 - c->beta1),  \
+            (T)c->beta2, (T)(1.0 - c->beta2), (T)c->eps, (T)c->wd, (T)sk.a, (T)sk.b, (T)sk.c,   \
+            (T)sk.d, n, (T *)c->params[k] + start, (const T *)c->grads[k] + start, states,      \
+            (T *)o->updates[k] + start, (T)o->extra[k], (T)o->eps2, o->sums + 2 * j);           \
+    }                                                                                           \
+    static void apply_chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {          \
+        const options_t *o = context;                                                           \
+        const call_t *c = &o->call;                                                             \
+        (void)scratch;                                                                          \
+        const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
+        const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
+        const int decay = decay_mode(c->flags, c->wd), cautious = (c->flags & CAUTIOUS) != 0;   \
+        typedef void (*apply_t)(T, T, T, T, int64_t, T *restrict, const T *restrict,            \
+                                const T *restrict);                                             \
+        static const apply_t applies[3][2] = {                                                  \
+            {apply_##SUFFIX##_0_0, apply_##SUFFIX##_0_1},                                       \
+            {apply_##SUFFIX##_1_0, apply_##SUFFIX##_1_1},                                       \
+            {apply_##SUFFIX##_2_0, apply_##SUFFIX##_2_1}};                                      \
+        applies[decay][cautious](c->flags & MAXIMIZE ? (T)-1 : (T)1, (T)c->wd,                  \
+                                 (T)o->extra[2 * k], (T)o->extra[2 * k + 1], n,                 \
+                                 (T *)c->params[k] + start, (const T *)c->grads[k] + start,     \
+                                 (const T *)o->updates[k] + start);                             \
+    }
+#define OPTIONS_ENTRY(SUFFIX, KIND) [AK_K_##KIND] = {options_##SUFFIX##_##KIND##_0, options_##SUFFIX##_##KIND##_1},
+#define OPTIONS_ENTRY_f32(KIND, STATES) OPTIONS_ENTRY(f32, KIND)
+#define OPTIONS_ENTRY_f64(KIND, STATES) OPTIONS_ENTRY(f64, KIND)
+DEFINE_OPTION_CHUNKS(f32, float)
+DEFINE_OPTION_CHUNKS(f64, double)
 
 /* ------------------------------------------------------------------------------------------
  * Low-precision storage: bf16 parameters, bf16 or 8-bit moments (adamkit/optim/_precision.py
@@ -1092,6 +1233,73 @@ int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *sizes
     const chunk_body body = element == E_WIDE ? chunk_wide : element == E_F64 ? chunk_f64 : chunk_f32;
     run_chunks(first[count], elements, (int)shape[S_THREADS], body, &c, scratch,
                element == E_WIDE ? SCRATCH_FLOATS : 0);
+    return 0;
+}
+
+/* The two passes of cautious masking and update clipping (see their loops above), for
+ * full-precision tensors (E_F32, E_F64; no scales). The arguments are adamkit_step's, with one
+ * more row of `table` after the skipped ones: each tensor's update buffer (numels[k] elements of
+ * its type). adamkit_step_options: inv_bc2[k] = 1 / (1 - beta2^t) of tensor k; writes
+ * sums[2 j], sums[2 j + 1] for each chunk j. adamkit_apply_options: shrink_scale[2 k],
+ * [2 k + 1]: tensor k's shrink and scale (flags: CAUTIOUS masks). Return 0; 2, having changed
+ * nothing, for a call that does not describe its rows (as adamkit_step, and a kind with no
+ * options loop). */
+static int options_call(const double *hyper, const int64_t *shape, const int64_t *sizes,
+                        const double *scalars, void **table, options_t *o) {
+    const int64_t count = shape[S_COUNT];
+    if (count < 0 || shape[S_STATES] < 2 || shape[S_STATES] > MAX_STATES) return 2;
+    if (shape[S_SKIP] < 0 || shape[S_SCALES]) return 2;
+    const int element = (int)shape[S_ELEMENT];
+    if (element != E_F32 && element != E_F64) return 2;
+    const int nstates = (int)shape[S_STATES];
+    for (int64_t k = 0; k < count && scalars; k++) {
+        const double kind = scalars[ROW * k + R_KIND];
+        if (!(kind >= 0 && kind < AK_KINDS) || kind != (int)kind) return 2;
+        const int needs = states_of_kind[(int)kind];
+        if (needs == 0 || needs > nstates || !options_loops_f32[(int)kind][0]) return 2;
+        if (sizes[k] < 0) return 2;
+    }
+    o->call = (call_t){.flags = (int)shape[S_FLAGS], .lr = hyper[H_LR], .beta1 = hyper[H_BETA1],
+                       .beta2 = hyper[H_BETA2], .eps = hyper[H_EPS], .wd = hyper[H_WD],
+                       .count = count, .numels = sizes, .first = sizes + count,
+                       .scalars = scalars, .params = table, .grads = table + count,
+                       .states = table + 2 * count, .nstates = nstates};
+    o->updates = table + (2 + nstates + shape[S_SKIP]) * count;
+    o->eps2 = hyper[H_EPS] * hyper[H_EPS];
+    return 0;
+}
+
+int adamkit_step_options(const double *hyper, const int64_t *shape, const int64_t *sizes,
+                         const double *scalars, void **table, const double *inv_bc2,
+                         double *sums) {
+    options_t o;
+    if (!scalars || !inv_bc2 || !sums) return 2;
+    const int status = options_call(hyper, shape, sizes, scalars, table, &o);
+    if (status) return status;
+    o.extra = inv_bc2;
+    o.sums = sums;
+    int64_t elements = 0;
+    for (int64_t k = 0; k < o.call.count; k++) elements += sizes[k];
+    run_chunks(o.call.first[o.call.count], elements, (int)shape[S_THREADS],
+               shape[S_ELEMENT] == E_F64 ? options_chunk_f64 : options_chunk_f32, &o, NULL, 0);
+    return 0;
+}
+
+int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64_t *sizes,
+                          void **table, const double *shrink_scale) {
+    options_t o;
+    if (!shrink_scale) return 2;
+    const int status = options_call(hyper, shape, sizes, NULL, table, &o);
+    if (status) return status;
+    o.extra = shrink_scale;
+    o.sums = NULL;
+    int64_t elements = 0;
+    for (int64_t k = 0; k < o.call.count; k++) {
+        if (sizes[k] < 0) return 2;
+        elements += sizes[k];
+    }
+    run_chunks(o.call.first[o.call.count], elements, (int)shape[S_THREADS],
+               shape[S_ELEMENT] == E_F64 ? apply_chunk_f64 : apply_chunk_f32, &o, NULL, 0);
     return 0;
 }
 

@@ -314,8 +314,6 @@ class AdamFamily(Optimizer):
         if group.get("differentiable"):
             return "differentiable"
         fused, foreach = group.get("fused"), group.get("foreach")
-        if any(options_of(group)):  # cautious, update_clipping: the eager paths only
-            return "forloop" if foreach is False else "foreach"
         if fused:
             return "fused"
         # By default, the fused path where a kernel steps the algorithm (the GPU kernels need

@@ -35,6 +35,7 @@ from ..kernels import _abi, fused_library, unavailable_reason
 from ..kernels._abi import DECAY_IN_BODY, DECOUPLED, MAXIMIZE
 from ._algorithms import SCALAR_KEYS, is_unsigned, noise
 from ._core import PLAIN_TENSORS, Bucket, Hyper, local, real_view
+from ._modifiers import UpdateStats
 from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 from ._scalars import Counters, StepScalars, fill_scalars
 
@@ -577,7 +578,7 @@ class FusedPlan:
     ) -> Reading | str | None:
         return self.layout.read(params, grads, states)
 
-    def run(self, reading: Reading, h: Hyper) -> None:
+    def run(self, reading: Reading, h: Hyper, stats: UpdateStats | None = None) -> None:
         library = fused_library()
         assert library is not None  # a plan is only built where the kernel is available
         fill_scalars(self.rows, self.scalars_of, h, counters(reading, self.layout))
@@ -592,6 +593,9 @@ class FusedPlan:
         )
         shape[_abi.S_COUNT] = reading.count
         shape[_abi.S_THREADS] = torch.get_num_threads()
+        if h.cautious or h.update_clipping:
+            self._run_options(library, reading, h, hyper, shape, stats or UpdateStats())
+            return
         # The calling thread's tiles for low-precision storage (each worker keeps its own).
         scratch = _scratch() if self.storage is not None else None
         status = library.adamkit_step(
@@ -606,6 +610,69 @@ class FusedPlan:
             None if scratch is None else scratch.ctypes.data,
         )
         if status != 0:  # the plan describes its rows wrongly: a bug, and nothing was updated
+            raise RuntimeError(f"the fused kernel refused the call (status {status})")
+
+    def _run_options(
+        self,
+        library: Any,
+        reading: Reading,
+        h: Hyper,
+        hyper: array[float],
+        shape: array[int],
+        stats: UpdateStats,
+    ) -> None:
+        """cautious / update_clipping in two passes (the kernel's pass 1 writes the moments,
+        each element's update and per-chunk sums; the scales are computed here; pass 2
+        applies them): as ``optim/_modifiers.py`` on the eager paths."""
+        count = reading.count
+        numels = np.asarray(self.layout.numels, dtype=np.float64)
+        total = int(numels.sum())
+        updates = self.__dict__.get("_updates")
+        if updates is None or updates.numel() != total:  # the plan's buffer, kept
+            updates = self._updates = torch.empty(total, dtype=self.dtype)
+        offsets = itertools.accumulate(self.layout.numels[:-1], initial=0)
+        size = updates.element_size()
+        table = array("Q", reading.table[: (len(self.layout.roles)) * count])
+        table.extend(updates.data_ptr() + size * offset for offset in offsets)
+        t = self.rows[:count, _abi.R_T]
+        inv_bc2 = np.ascontiguousarray(1.0 / (1.0 - h.beta2**t))
+        first = np.frombuffer(self.sizes, dtype=np.int64)[count:]
+        sums = np.zeros((int(first[-1]), 2))
+        status = library.adamkit_step_options(
+            address(hyper),
+            address(shape),
+            address(self.sizes),
+            self.rows.ctypes.data,
+            address(table),
+            inv_bc2.ctypes.data,
+            sums.ctypes.data,
+        )
+        if status != 0:
+            raise RuntimeError(f"the fused kernel refused the call (status {status})")
+        running = np.concatenate([np.zeros((1, 2)), np.cumsum(sums, axis=0)])
+        kept, ratio = (running[first[1:]] - running[first[:-1]]).T
+        factors = np.ones(count)
+        if h.update_clipping:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rms = np.sqrt(np.where(numels > 0, ratio / numels, 0.0))
+            factors = 1.0 / np.maximum(1.0, rms)
+            stats.factors += factors.tolist()
+        scales = factors * (numels / (kept + 1)) if h.cautious else factors
+        if h.cautious:
+            stats.kept += float(kept.sum())
+            stats.elements += total
+        decoupled = h.decoupled_weight_decay and h.weight_decay != 0
+        shrinks = 1.0 - h.lr * factors * h.weight_decay if decoupled else np.ones(count)
+        shrink_scale = np.ascontiguousarray(np.column_stack([shrinks, scales]).ravel())
+        shape[_abi.S_FLAGS] |= _abi.CAUTIOUS if h.cautious else 0
+        status = library.adamkit_apply_options(
+            address(hyper),
+            address(shape),
+            address(self.sizes),
+            address(table),
+            shrink_scale.ctypes.data,
+        )
+        if status != 0:
             raise RuntimeError(f"the fused kernel refused the call (status {status})")
 
 

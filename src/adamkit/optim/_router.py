@@ -65,7 +65,8 @@ def step_fused(
     plans = opt.__dict__.setdefault("_fused_plans", {})
     # A plan fixes the storage and the rounding, so a change of either builds a new one.
     ids = tuple(map(id, params))
-    key = (ids, group["state_precision"], group["stochastic_rounding"], hyper.amsgrad)
+    options = (hyper.cautious, hyper.update_clipping)
+    key = (ids, group["state_precision"], group["stochastic_rounding"], hyper.amsgrad, options)
     cached = plans.get(id(group))
     buckets = _read_buckets(
         opt, group, params, grads, states, hyper, cached[1] if cached and cached[0] == key else None
@@ -92,7 +93,10 @@ def step_fused(
     for _, plan, reason, bucket_params, reading in buckets:
         if isinstance(reading, Reading):
             assert plan is not None
-            plan.run(reading, hyper)
+            if isinstance(plan, FusedPlan):
+                plan.run(reading, hyper, opt.__dict__.get("_update_stats", {}).get(id(group)))
+            else:
+                plan.run(reading, hyper)
             # torch's in-place updates bump the version counters autograd checks (a graph
             # that saved a parameter must not be backpropagated through after a step).
             bump_versions(reading.tensors["params"])
@@ -170,6 +174,11 @@ def _plan(
         not on_gpu and group.get("fused") and params[0].dtype in (torch.bfloat16, torch.float16)
     ):
         storage = Storage(formats, states, opt._salts(params), stochastic)
+    if (hyper.cautious or hyper.update_clipping) and (on_gpu or storage is not None):
+        return None, (
+            "the fused kernel steps cautious and update_clipping for full-precision tensors on "
+            "the CPU only (not low-precision state or parameters, not a GPU)"
+        )
     formats_kept = storage.formats if storage is not None else None
     layout = Layout(bucket, params, moment_keys, opt._scalar_keys, formats_kept)
     return route(opt.algorithm, type(opt)._scalars, bucket, layout, hyper.amsgrad, storage, on_gpu)

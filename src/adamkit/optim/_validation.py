@@ -120,7 +120,7 @@ def check_group(
             raise ValueError(
                 f"Invalid {name} value: {group[name]} ({where}{name} must be in [0, 1))"
             )
-    for flag, name in (("cautious", "cautious"), ("update_clipping", "update clipping")):
+    for flag in ("cautious", "update_clipping"):
         if group.get(flag) and row is not None:
             unsupported = not row.cautious if flag == "cautious" else row.clipped_by is None
             if unsupported:
@@ -132,12 +132,6 @@ def check_group(
                         else "it keeps no Adam-style second moment to measure the gradient against"
                     )
                 )
-        if group.get(flag) and group.get("fused"):
-            raise ValueError(
-                f"{where}{flag}=True cannot be combined with fused=True: {name} needs a "
-                "tensor's whole update before applying any of it, which the fused kernels do "
-                "not keep (leave fused=None: the multi-tensor path steps it)"
-            )
     for flag in (
         "amsgrad",
         "maximize",
