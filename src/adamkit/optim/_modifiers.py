@@ -14,10 +14,11 @@
 Both need a tensor's whole update before any of it is applied, so the algorithm's rule runs
 with its additions to the parameters captured (:class:`Capture`), then the update is masked
 or scaled and applied. The gradient they compare with is the one the step descends: sign
-flipped for ``maximize``, with the coupled weight decay's term. They run on the eager paths
-(for-loop, multi-tensor, differentiable, low-precision state); the fused kernels apply each
-element's update as soon as it is computed, so a group with either option is not fused
-(``fused=True`` is refused, by default it takes the multi-tensor path).
+flipped for ``maximize``, with the coupled weight decay's term. This is the eager paths'
+implementation (for-loop, multi-tensor, differentiable, low-precision state, GPUs); the C
+kernel does the same in two passes for full-precision CPU tensors (``fused_cpu.c``: pass 1
+writes each element's step to a buffer with per-chunk sums, ``_fused.FusedPlan`` turns them
+into each tensor's scale, pass 2 applies it).
 """
 
 from __future__ import annotations

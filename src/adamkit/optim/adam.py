@@ -105,7 +105,9 @@ class Adam(AdamFamily):
             ``+ 1`` matters: a one-element tensor steps half as far when kept.
         update_clipping: divide the tensor's lr (update and decoupled decay) by
             ``max(1, sqrt(mean(g^2 / v_hat)))``, as StableAdamW (Wortsman et al. 2023;
-            default False). Both options take the multi-tensor path, not the fused kernels.
+            default False). With either option the fused C kernel takes two passes (a
+            tensor's scale needs its whole update); low-precision state and GPUs take the
+            multi-tensor path.
 
     Example:
         >>> import torch, adamkit
