@@ -106,8 +106,8 @@ class Adam(AdamFamily):
         update_clipping: divide the tensor's lr (update and decoupled decay) by
             ``max(1, sqrt(mean(g^2 / v_hat)))``, as StableAdamW (Wortsman et al. 2023;
             default False). With either option the fused C kernel takes two passes (a
-            tensor's scale needs its whole update); low-precision state and GPUs take the
-            multi-tensor path.
+            tensor's scale needs its whole update) and keeps an update buffer the size of
+            the parameters; low-precision state and GPUs take the multi-tensor path.
 
     Example:
         >>> import torch, adamkit
