@@ -7,6 +7,7 @@ options' bookkeeping, where they are refused, and the differentiable path."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,33 @@ def test_update_stats_are_the_last_step_s() -> None:
     p.grad = torch.ones(3)
     opt.step()
     assert opt.update_stats[0]["kept_fraction"] is None
+
+
+@pytest.mark.parametrize(
+    "case", ["nan-gradient", "spike-then-next-tensor", "overflowing-square"], ids=str
+)
+def test_the_fused_options_handle_non_finite_sums_as_the_eager_path(case: str) -> None:
+    """Found by probing the fused path: a NaN gradient made the whole tensor (and every later
+    tensor of the bucket) NaN, since a NaN RMS passed through np.maximum and per-tensor sums
+    were differences of a running total; a spike whose square overflows float32 gave inf / inf.
+    Each now steps exactly as the multi-tensor path does."""
+    g = torch.Generator().manual_seed(5)
+    ps = [torch.randn(4, generator=g).requires_grad_() for _ in range(3)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    kwargs = {"betas": (0.9, 0.9), "update_clipping": True}
+    fused, eager = adamkit.AdamW(ps, **kwargs), adamkit.AdamW(qs, foreach=True, **kwargs)
+    for t in range(20):
+        for p, q in zip(ps, qs, strict=True):
+            grad = torch.randn(4, generator=g)
+            p.grad, q.grad = grad.clone(), grad
+        if t == 19:
+            bad = {"nan-gradient": math.nan, "spike-then-next-tensor": 3e19}.get(case, 1e20)
+            ps[0].grad[0] = qs[0].grad[0] = bad  # type: ignore[index]
+        fused.step()
+        eager.step()
+    assert fused.execution_path() == "fused"
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(p, q, equal_nan=True)
+    assert fused.update_stats[0]["clip_factor"] == pytest.approx(
+        eager.update_stats[0]["clip_factor"], nan_ok=True
+    )

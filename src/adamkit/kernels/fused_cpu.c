@@ -472,7 +472,9 @@ DEFINE_STEP(f64, double, sqrt, fabs)
  * tensors, in two passes. Pass 1 runs a kind's body with its step X (the parameter would take
  * param - X) written to upd[] instead, and per chunk two sums: how many elements descend
  * (X * g > 0, g the gradient after the sign and the coupled decay) and
- * sum(g^2 / max(v * inv_bc2, eps^2)) (v the new second moment). Python turns each tensor's
+ * sum(g^2 / max(v, floor)) (v the new second moment, floor = (1 - beta2^t) eps^2: Python
+ * multiplies the mean by 1 - beta2^t, as the eager path, so v is never scaled up to overflow).
+ * Python turns each tensor's
  * sums into its scale and shrink; pass 2 writes p = p * shrink - scale * [X g > 0] X (the
  * mask only with cautious). The decoupled decay's shrink waits for pass 2 (pass 1 runs with no
  * decay for it). Every kind but the schedule-free one, whose body moves p itself. */
@@ -484,17 +486,17 @@ DEFINE_STEP(f64, double, sqrt, fabs)
     int64_t i = 0;                                                                              \
     for (; i + LANES <= n; i += LANES)                                                          \
         for (int l = 0; l < LANES; l++) {                                                       \
-            T grad = sign * g[i + l], x = upd[i + l], vh = v[i + l] * inv_bc2;                  \
+            T grad = sign * g[i + l], x = upd[i + l], vh = v[i + l];                            \
             if (DECAY == 1) grad += wd * p[i + l];                                              \
             kept[l] += x * grad > 0 ? (T)1 : (T)0;                                              \
-            ratio[l] += grad * grad / (vh > eps2 ? vh : eps2);                                  \
+            ratio[l] += grad * grad / (vh > floor ? vh : floor);                                \
         }                                                                                       \
     double kept_sum = 0, ratio_sum = 0;                                                         \
     for (; i < n; i++) {                                                                        \
-        T grad = sign * g[i], x = upd[i], vh = v[i] * inv_bc2;                                  \
+        T grad = sign * g[i], x = upd[i], vh = v[i];                                            \
         if (DECAY == 1) grad += wd * p[i];                                                      \
         kept_sum += x * grad > 0 ? 1.0 : 0.0;                                                   \
-        ratio_sum += (double)(grad * grad / (vh > eps2 ? vh : eps2));                           \
+        ratio_sum += (double)(grad * grad / (vh > floor ? vh : floor));                         \
     }                                                                                           \
     for (int l = 0; l < LANES; l++) kept_sum += (double)kept[l], ratio_sum += (double)ratio[l]; \
     sums[0] = kept_sum;                                                                         \
@@ -503,7 +505,7 @@ DEFINE_STEP(f64, double, sqrt, fabs)
     static void options_##SUFFIX##_##KIND##_##DECAY(                                            \
         T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
         T c, T d, int64_t n, T *restrict p, const T *restrict g, T *const *states,              \
-        T *restrict upd, T inv_bc2, T eps2, double *sums) {                                     \
+        T *restrict upd, T floor, double *sums) {                                               \
         T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
         (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)vmax, (void)one_minus_beta2;   \
         (void)eps, (void)m, (void)one_minus_beta1, (void)a, (void)beta2;                        \
@@ -553,15 +555,14 @@ DEFINE_APPLIES(f64, double)
 typedef struct {
     call_t call;
     void **updates;       /* updates[k]: tensor k's X, numels[k] elements of the tensors' type */
-    const double *extra;  /* pass 1: 1 / (1 - beta2^t) per tensor; pass 2: shrink, scale */
+    const double *extra;  /* pass 1: (1 - beta2^t) eps^2 per tensor; pass 2: shrink, scale */
     double *sums;         /* pass 1: two per chunk */
-    double eps2;
 } options_t;
 
 #define DEFINE_OPTION_CHUNKS(SUFFIX, T)                                                         \
     typedef void (*options_loop_##SUFFIX)(T, T, T, T, T, T, T, T, T, T, T, int64_t,             \
                                           T *restrict, const T *restrict, T *const *,           \
-                                          T *restrict, T, T, double *);                         \
+                                          T *restrict, T, double *);                            \
     static const options_loop_##SUFFIX options_loops_##SUFFIX[AK_KINDS][2] = {                 \
         FOR_EACH_STORED_KIND(OPTIONS_ENTRY_##SUFFIX)};                                          \
     static void options_chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {        \
@@ -579,7 +580,7 @@ typedef struct {
             c->flags & MAXIMIZE ? (T)-1 : (T)1, (T)(1.0 - c->lr * c->wd), (T)(1.0 - c->beta1),  \
             (T)c->beta2, (T)(1.0 - c->beta2), (T)c->eps, (T)c->wd, (T)sk.a, (T)sk.b, (T)sk.c,   \
             (T)sk.d, n, (T *)c->params[k] + start, (const T *)c->grads[k] + start, states,      \
-            (T *)o->updates[k] + start, (T)o->extra[k], (T)o->eps2, o->sums + 2 * j);           \
+            (T *)o->updates[k] + start, (T)o->extra[k], o->sums + 2 * j);                       \
     }                                                                                           \
     static void apply_chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {          \
         const options_t *o = context;                                                           \
@@ -1239,7 +1240,7 @@ int adamkit_step(const double *hyper, const int64_t *shape, const int64_t *sizes
 /* The two passes of cautious masking and update clipping (see their loops above), for
  * full-precision tensors (E_F32, E_F64; no scales). The arguments are adamkit_step's, with one
  * more row of `table` after the skipped ones: each tensor's update buffer (numels[k] elements of
- * its type). adamkit_step_options: inv_bc2[k] = 1 / (1 - beta2^t) of tensor k; writes
+ * its type). adamkit_step_options: floors[k] = (1 - beta2^t) eps^2 of tensor k; writes
  * sums[2 j], sums[2 j + 1] for each chunk j. adamkit_apply_options: shrink_scale[2 k],
  * [2 k + 1]: tensor k's shrink and scale (flags: CAUTIOUS masks). Return 0; 2, having changed
  * nothing, for a call that does not describe its rows (as adamkit_step, and a kind with no
@@ -1265,18 +1266,17 @@ static int options_call(const double *hyper, const int64_t *shape, const int64_t
                        .scalars = scalars, .params = table, .grads = table + count,
                        .states = table + 2 * count, .nstates = nstates};
     o->updates = table + (2 + nstates + shape[S_SKIP]) * count;
-    o->eps2 = hyper[H_EPS] * hyper[H_EPS];
     return 0;
 }
 
 int adamkit_step_options(const double *hyper, const int64_t *shape, const int64_t *sizes,
-                         const double *scalars, void **table, const double *inv_bc2,
+                         const double *scalars, void **table, const double *floors,
                          double *sums) {
     options_t o;
-    if (!scalars || !inv_bc2 || !sums) return 2;
+    if (!scalars || !floors || !sums) return 2;
     const int status = options_call(hyper, shape, sizes, scalars, table, &o);
     if (status) return status;
-    o.extra = inv_bc2;
+    o.extra = floors;
     o.sums = sums;
     int64_t elements = 0;
     for (int64_t k = 0; k < o.call.count; k++) elements += sizes[k];

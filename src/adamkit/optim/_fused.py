@@ -634,8 +634,9 @@ class FusedPlan:
         size = updates.element_size()
         table = array("Q", reading.table[: (len(self.layout.roles)) * count])
         table.extend(updates.data_ptr() + size * offset for offset in offsets)
-        t = self.rows[:count, _abi.R_T]
-        inv_bc2 = np.ascontiguousarray(1.0 / (1.0 - h.beta2**t))
+        # As the eager path: mean(g^2 / max(v_hat, eps^2)) = c mean(g^2 / max(v, c eps^2)).
+        corrections = 1.0 - h.beta2 ** self.rows[:count, _abi.R_T]
+        floors = np.ascontiguousarray(corrections * h.eps * h.eps)
         first = np.frombuffer(self.sizes, dtype=np.int64)[count:]
         sums = np.zeros((int(first[-1]), 2))
         status = library.adamkit_step_options(
@@ -644,18 +645,24 @@ class FusedPlan:
             address(self.sizes),
             self.rows.ctypes.data,
             address(table),
-            inv_bc2.ctypes.data,
+            floors.ctypes.data,
             sums.ctypes.data,
         )
         if status != 0:
             raise RuntimeError(f"the fused kernel refused the call (status {status})")
-        running = np.concatenate([np.zeros((1, 2)), np.cumsum(sums, axis=0)])
-        kept, ratio = (running[first[1:]] - running[first[:-1]]).T
+        # Each tensor's own chunks, summed (not differences of a running total: one tensor's
+        # inf would make every later one's NaN). Empty tensors have no chunks.
+        totals = np.zeros((count, 2))
+        has_chunks = first[1:] > first[:-1]
+        if has_chunks.any():
+            totals[has_chunks] = np.add.reduceat(sums, first[:-1][has_chunks], axis=0)
+        kept, ratio = totals.T
         factors = np.ones(count)
         if h.update_clipping:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rms = np.sqrt(np.where(numels > 0, ratio / numels, 0.0))
-            factors = 1.0 / np.maximum(1.0, rms)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                rms = np.sqrt(corrections * np.where(numels > 0, ratio / numels, 0.0))
+                # max(1, rms) as Python's max: a NaN RMS leaves the step as it is
+                factors = np.where(rms > 1.0, 1.0 / rms, 1.0)
             stats.factors += factors.tolist()
         scales = factors * (numels / (kept + 1)) if h.cautious else factors
         if h.cautious:
