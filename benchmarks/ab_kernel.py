@@ -9,7 +9,8 @@ and neighbours' load hit both alike. Prints the median step time of each and B/A
     python benchmarks/ab_kernel.py --base HEAD --variants bf16,8bit,pure
 
 Variants, on case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), Adam): ``fp32``,
-``bf16`` (bf16 state), ``8bit``, ``pure`` (bf16 parameters rounded stochastically, bf16 state).
+``bf16`` (bf16 state), ``8bit``, ``pure`` (bf16 parameters rounded stochastically, bf16 state),
+``stable`` (StableAdamW: update clipping's two passes), ``cautious`` (AdamW, cautious=True).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def optimizer(variant: str) -> torch.optim.Optimizer:
     params = [torch.randn(s).to(dtype).requires_grad_() for s in SHAPES]
     for p in params:
         p.grad = torch.randn(p.shape).to(dtype)
+    if variant == "stable":  # update clipping: the fused options' two passes
+        return adamkit.StableAdamW(params, lr=1e-3)
+    if variant == "cautious":
+        return adamkit.AdamW(params, lr=1e-3, cautious=True)
     precision = {"fp32": "fp32", "8bit": "8bit"}.get(variant, "bf16")
     return adamkit.Adam(
         params, lr=1e-3, state_precision=precision, stochastic_rounding=variant == "pure"

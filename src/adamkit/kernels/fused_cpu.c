@@ -481,26 +481,16 @@ DEFINE_STEP(f64, double, sqrt, fabs)
 #undef STORE
 #define STORE(X) upd[i] = (X);
 #define LANES 16 /* independent partial sums: a vector loop without reassociation */
-#define OPTION_SUMS(T, DECAY)                                                                   \
-    T kept[LANES] = {0}, ratio[LANES] = {0};                                                    \
-    int64_t i = 0;                                                                              \
-    for (; i + LANES <= n; i += LANES)                                                          \
-        for (int l = 0; l < LANES; l++) {                                                       \
-            T grad = sign * g[i + l], x = upd[i + l], vh = v[i + l];                            \
-            if (DECAY == 1) grad += wd * p[i + l];                                              \
-            kept[l] += x * grad > 0 ? (T)1 : (T)0;                                              \
-            ratio[l] += grad * grad / (vh > floor ? vh : floor);                                \
-        }                                                                                       \
-    double kept_sum = 0, ratio_sum = 0;                                                         \
-    for (; i < n; i++) {                                                                        \
-        T grad = sign * g[i], x = upd[i], vh = v[i];                                            \
-        if (DECAY == 1) grad += wd * p[i];                                                      \
-        kept_sum += x * grad > 0 ? 1.0 : 0.0;                                                   \
-        ratio_sum += (double)(grad * grad / (vh > floor ? vh : floor));                         \
-    }                                                                                           \
-    for (int l = 0; l < LANES; l++) kept_sum += (double)kept[l], ratio_sum += (double)ratio[l]; \
-    sums[0] = kept_sum;                                                                         \
-    sums[1] = ratio_sum;
+/* One element of pass 1: the body, then its share of the sums (grad is HEAD's: after the sign
+ * and the coupled decay; v[i] the new second moment). */
+#define OPTION_ELEMENT(T, SQRT, FABS, KIND, DECAY, KEPT, RATIO)                                 \
+    HEAD(T, DECAY)                                                                              \
+    BODY_##KIND(T, SQRT, FABS, /)                                                               \
+    {                                                                                           \
+        const T x = upd[i], vh = v[i];                                                          \
+        KEPT += x * grad > 0 ? (T)1 : (T)0;                                                     \
+        RATIO += grad * grad / (vh > floor ? vh : floor);                                       \
+    }
 #define DEFINE_OPTION_LOOP(SUFFIX, T, SQRT, FABS, KIND, DECAY)                                  \
     static void options_##SUFFIX##_##KIND##_##DECAY(                                            \
         T sign, T shrink, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T wd, T a, T b, \
@@ -509,11 +499,21 @@ DEFINE_STEP(f64, double, sqrt, fabs)
         T *restrict m = states[0], *restrict v = states[1], *restrict vmax = states[2];         \
         (void)shrink, (void)wd, (void)b, (void)c, (void)d, (void)vmax, (void)one_minus_beta2;   \
         (void)eps, (void)m, (void)one_minus_beta1, (void)a, (void)beta2;                        \
-        for (int64_t i = 0; i < n; i++) {                                                       \
-            HEAD(T, DECAY)                                                                      \
-            BODY_##KIND(T, SQRT, FABS, /)                                                       \
+        T kept[LANES] = {0}, ratio[LANES] = {0};                                                \
+        int64_t start = 0;                                                                      \
+        for (; start + LANES <= n; start += LANES)                                              \
+            for (int l = 0; l < LANES; l++) {                                                   \
+                const int64_t i = start + l;                                                    \
+                OPTION_ELEMENT(T, SQRT, FABS, KIND, DECAY, kept[l], ratio[l])                   \
+            }                                                                                   \
+        T kept_tail = 0, ratio_tail = 0;                                                        \
+        for (int64_t i = start; i < n; i++) {                                                   \
+            OPTION_ELEMENT(T, SQRT, FABS, KIND, DECAY, kept_tail, ratio_tail)                   \
         }                                                                                       \
-        OPTION_SUMS(T, DECAY)                                                                   \
+        double kept_sum = (double)kept_tail, ratio_sum = (double)ratio_tail;                    \
+        for (int l = 0; l < LANES; l++) kept_sum += (double)kept[l], ratio_sum += (double)ratio[l]; \
+        sums[0] = kept_sum;                                                                     \
+        sums[1] = ratio_sum;                                                                    \
     }
 /* The kinds whose body ends in STORE (all but SCHEDULEFREE). */
 #define FOR_EACH_STORED_KIND(X)                                                                 \
