@@ -9,6 +9,8 @@ import torch
 
 import adamkit
 
+from .problems import assert_fused_equals_eager
+
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
 
@@ -88,23 +90,6 @@ def test_bad_hyperparameters_are_refused_by_name(kwargs: dict[str, object], mess
 def test_the_fused_kernel_equals_the_multi_tensor_path(precision: str) -> None:
     """The C kernel's ADOPT loops (its first step a loop of its own) against the rule, state
     included; the default path is the kernel."""
-    g = torch.Generator().manual_seed(1)
-    shapes = [(64, 80), (300,), (7,)]
-    kwargs = {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}
-    fused_p = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
-    eager_p = [p.detach().clone().requires_grad_() for p in fused_p]
-    fused = adamkit.ADOPT(fused_p, state_precision=precision, **kwargs)
-    eager = adamkit.ADOPT(eager_p, foreach=True, state_precision=precision, **kwargs)
-    assert fused.execution_path() == "fused"
-    for _ in range(60):
-        grads = [torch.randn(s, generator=g) for s in shapes]
-        for p, q, grad in zip(fused_p, eager_p, grads, strict=True):
-            p.grad, q.grad = grad.clone(), grad.clone()
-        fused.step()
-        eager.step()
-    tol = {"fp32": 1e-5, "bf16": 2e-2, "8bit": 5e-2}[precision]
-    for p, q in zip(fused_p, eager_p, strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=tol * kwargs["lr"] * 60)
-        if precision == "fp32":
-            for key in ("exp_avg", "exp_avg_sq"):
-                torch.testing.assert_close(fused.state[p][key], eager.state[q][key])
+    assert_fused_equals_eager(
+        adamkit.ADOPT, {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}, precision
+    )
