@@ -248,7 +248,7 @@ def _built(compiler: list[str]) -> Path:
             if not _verified(path):  # another process may have built it while we waited
                 _discard(path)
                 _say(
-                    f"adamkit: compiling the fused CPU kernel for this machine (once; about 10 s; "
+                    f"adamkit: compiling the fused CPU kernel for this machine (once; about 11 s; "
                     f"cached in {path.parent}) ..."
                 )
                 start = time.monotonic()

@@ -448,17 +448,24 @@ typedef struct {
     const uint32_t *salts;
 } call_t;
 
+/* Chunk j of call c: its tensor k, the chunk's first element in it, and its element count n;
+ * and (CHUNK_STATES) the chunk's view of each state tensor of k. */
+#define CHUNK_OF(c, j)                                                                          \
+    const int64_t k = tensor_of((c)->first, (c)->count, j);                                    \
+    const int64_t start = (j - (c)->first[k]) * CHUNK;                                         \
+    const int64_t n = (c)->numels[k] - start < CHUNK ? (c)->numels[k] - start : CHUNK;
+#define CHUNK_STATES(T, c)                                                                      \
+    T *states[MAX_STATES] = {NULL};                                                             \
+    for (int q = 0; q < (c)->nstates; q++) states[q] = (T *)(c)->states[q * (c)->count + k] + start;
+
 /* The exact loops (torch's operation order) and the chunk body for one element type. */
 #define DEFINE_STEP(SUFFIX, T, SQRT, FABS)                                                       \
     DEFINE_LOOPS(SUFFIX, T, SQRT, FABS, /)                                                      \
     static void chunk_##SUFFIX(const void *context, int64_t j, float *scratch) {               \
         const call_t *c = context;                                                              \
         (void)scratch;                                                                          \
-        const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
-        const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
-        T *states[MAX_STATES] = {NULL};                                                         \
-        for (int q = 0; q < c->nstates; q++)                                                    \
-            states[q] = (T *)c->states[q * c->count + k] + start;                               \
+        CHUNK_OF(c, j)                                                                          \
+        CHUNK_STATES(T, c)                                                                      \
         const scalars_t sk = scalars_of(c->scalars + ROW * k);                                  \
         dispatch_##SUFFIX(sk.kind, c->flags, c->lr, c->beta1, c->beta2, c->eps, c->wd, &sk, n,  \
                           (T *)c->params[k] + start, (const T *)c->grads[k] + start, states);   \
@@ -569,11 +576,8 @@ typedef struct {
         const options_t *o = context;                                                           \
         const call_t *c = &o->call;                                                             \
         (void)scratch;                                                                          \
-        const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
-        const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
-        T *states[MAX_STATES] = {NULL};                                                         \
-        for (int q = 0; q < c->nstates; q++)                                                    \
-            states[q] = (T *)c->states[q * c->count + k] + start;                               \
+        CHUNK_OF(c, j)                                                                          \
+        CHUNK_STATES(T, c)                                                                      \
         const scalars_t sk = scalars_of(c->scalars + ROW * k);                                  \
         const int decay = decay_mode(c->flags, c->wd) == 1; /* pass 2 shrinks (decoupled) */   \
         options_loops_##SUFFIX[sk.kind][decay](                                                 \
@@ -586,8 +590,7 @@ typedef struct {
         const options_t *o = context;                                                           \
         const call_t *c = &o->call;                                                             \
         (void)scratch;                                                                          \
-        const int64_t k = tensor_of(c->first, c->count, j), start = (j - c->first[k]) * CHUNK;  \
-        const int64_t n = c->numels[k] - start < CHUNK ? c->numels[k] - start : CHUNK;          \
+        CHUNK_OF(c, j)                                                                          \
         const int decay = decay_mode(c->flags, c->wd), cautious = (c->flags & CAUTIOUS) != 0;   \
         typedef void (*apply_t)(T, T, T, T, int64_t, T *restrict, const T *restrict,            \
                                 const T *restrict);                                             \

@@ -630,10 +630,11 @@ class FusedPlan:
         updates = self.__dict__.get("_updates")
         if updates is None or updates.numel() != total:  # the plan's buffer, kept
             updates = self._updates = torch.empty(total, dtype=self.dtype)
-        offsets = itertools.accumulate(self.layout.numels[:-1], initial=0)
-        size = updates.element_size()
-        table = array("Q", reading.table[: (len(self.layout.roles)) * count])
-        table.extend(updates.data_ptr() + size * offset for offset in offsets)
+            offsets = itertools.accumulate(self.layout.numels[:-1], initial=0)
+            size, base = updates.element_size(), updates.data_ptr()
+            self._update_rows = array("Q", (base + size * offset for offset in offsets))
+        table = array("Q", reading.table[: len(self.layout.roles) * count])
+        table.extend(self._update_rows)
         # As the eager path: mean(g^2 / max(v_hat, eps^2)) = c mean(g^2 / max(v, c eps^2)).
         corrections = 1.0 - h.beta2 ** self.rows[:count, _abi.R_T]
         floors = np.ascontiguousarray(corrections * h.eps * h.eps)
