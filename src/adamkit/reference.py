@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "KEPT_ELSEWHERE",
+    "adafactor",
     "REFERENCES",
     "State",
     "adam",
@@ -523,6 +524,90 @@ def schedulefree_adamw(
     return (1 - beta1) * z + beta1 * x, new
 
 
+def adafactor(
+    theta: ArrayLike,
+    grad: ArrayLike,
+    state: State | None = None,
+    *,
+    lr: float = 1e-2,
+    beta2_decay: float = -0.8,
+    eps: tuple[float | None, float] = (None, 1e-3),
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> tuple[Array, State]:
+    r"""Adafactor (Shazeer & Stern 2018, Algorithms 4 and 5), as ``torch.optim.Adafactor``
+    states it: a second moment factored into row and column statistics for matrices, relative
+    step sizes, and update clipping; no first moment.
+
+    .. math::
+        \hat\beta_{2,t} &= 1 - t^{\tau}, \qquad \rho_t = \min(\gamma, 1/\sqrt t), \qquad
+            \alpha_t = \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))\, \rho_t \\
+        R_t &= \hat\beta_{2,t} R_{t-1} + (1-\hat\beta_{2,t})\,\mathrm{mean}_{j}(G_t^2), \quad
+            C_t = \hat\beta_{2,t} C_{t-1} + (1-\hat\beta_{2,t})\,\mathrm{mean}_{i}(G_t^2) \\
+        \hat V_t &= \frac{R_t C_t}{\max(\mathrm{mean}_i(R_t), \epsilon_1)} \quad
+            (\text{a vector: } \hat V_t = \hat\beta_{2,t} \hat V_{t-1}
+            + (1-\hat\beta_{2,t}) G_t^2) \\
+        U_t &= \frac{G_t}{\sqrt{\max(\hat V_t, \epsilon_1^2)}}, \qquad
+            \theta_t = (1 - \gamma\lambda)\,\theta_{t-1}
+            - \frac{\alpha_t}{\max(1, \mathrm{RMS}(U_t)/d)}\, U_t
+
+    with :math:`\tau` = ``beta2_decay``, :math:`(\epsilon_1, \epsilon_2)` = ``eps``
+    (:math:`\epsilon_1` = ``None``: the machine epsilon of float64 here; of the parameter's
+    dtype in the optimizers) and :math:`d` = ``d``. A tensor of two or more dimensions keeps
+    ``row_var`` (shape ``[..., n, 1]``) and ``col_var`` (``[..., 1, m]``), factoring its last two
+    dimensions; a vector or a scalar keeps ``variance``, shaped like it.
+
+    Warning: this is torch's formulation, which differs from the paper's in two places: ``lr``
+    caps the relative step size :math:`\rho_t` (the paper's constant 0.01) and scales the
+    decoupled weight decay, and :math:`\epsilon_1` floors :math:`\hat V` and the row mean instead
+    of being added to :math:`G^2` (as the paper, optax and transformers' ``Adafactor`` do).
+    The RMS of the parameter is taken before the weight decay. transformers' ``Adafactor``
+    also keeps a first moment (``beta1``) and a ``scale_parameter`` switch that torch does not.
+    """
+    theta_arr, grad_arr = np.asarray(theta), np.asarray(grad)
+    if np.iscomplexobj(theta_arr):
+        raise TypeError("Adafactor does not support complex parameters")
+    x, g = theta_arr.astype(np.float64), grad_arr.astype(np.float64)
+    eps1 = np.finfo(np.float64).eps if eps[0] is None else eps[0]
+    eps2 = eps[1]
+    factored = x.ndim > 1
+    if state:
+        s = state
+    elif factored:
+        s = {
+            "step": 0,
+            "row_var": np.zeros((*x.shape[:-1], 1)),
+            "col_var": np.zeros((*x.shape[:-2], 1, x.shape[-1])),
+        }
+    else:
+        s = {"step": 0, "variance": np.zeros_like(x)}
+    t = s["step"] + 1
+    g = -g if maximize else g
+    decay = t**beta2_decay  # 1 - beta2_t
+    rho = min(lr, 1 / t**0.5)
+    alpha = max(eps2, _rms(x)) * rho
+    x = x * (1 - lr * weight_decay)
+    new: State = {"step": t}
+    if not x.size:  # nothing to step: the statistics stay as they were
+        return x, {**s, **new}
+    if factored:
+        row = s["row_var"] + decay * (np.mean(g * g, axis=-1, keepdims=True) - s["row_var"])
+        col = s["col_var"] + decay * (np.mean(g * g, axis=-2, keepdims=True) - s["col_var"])
+        v_hat = row * col / np.maximum(np.mean(row, axis=-2, keepdims=True), eps1)
+        new.update(row_var=row, col_var=col)
+    else:
+        v_hat = s["variance"] + decay * (g * g - s["variance"])
+        new["variance"] = v_hat
+    u = g / np.sqrt(np.maximum(v_hat, eps1 * eps1))
+    return x - alpha / max(1.0, _rms(u) / d) * u, new
+
+
+def _rms(x: Array) -> float:
+    """Root mean square of every element (0 for an empty array, as torch's norm / sqrt(0))."""
+    return math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+
+
 #: What a reference keeps that adamkit keeps in the param group (schedule-free's running ``k``,
 #: ``weight_sum`` and ``lr_max``) or does not store (``x``, recovered from ``y`` and ``z``).
 KEPT_ELSEWHERE = frozenset({"k", "x", "weight_sum", "lr_max"})
@@ -538,4 +623,5 @@ REFERENCES: dict[str, Step] = {
     "AdEMAMix": ademamix,
     "ADOPT": adopt,
     "ScheduleFreeAdamW": schedulefree_adamw,
+    "Adafactor": adafactor,
 }

@@ -2,6 +2,7 @@
 
 from ._checkpoint import STATE_FORMAT, LoadReport
 from ._precision import StateMemory, full_precision_state, state_memory
+from .adafactor import Adafactor
 from .adam import Adam, AdamW, StableAdamW
 from .adamax import Adamax
 from .ademamix import AdEMAMix
@@ -13,6 +14,7 @@ from .schedulefree import ScheduleFreeAdamW, evaluation_mode
 __all__ = [
     "ADOPT",
     "STATE_FORMAT",
+    "Adafactor",
     "AdEMAMix",
     "Adam",
     "AdamW",

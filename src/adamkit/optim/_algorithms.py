@@ -14,6 +14,7 @@ Adding an algorithm: see ``docs/adding-an-algorithm.md``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,17 @@ class Algorithm:
         precisions: the ``state_precision`` values it takes (schedule-free's ``z`` is a copy
             of the weights: stored in bf16 or 8 bits, it would round the weights; a state
             format per state tensor would let its ``exp_avg_sq`` alone be low-precision).
+        why_precisions: why it takes no others (the error message's reason).
+        layout: the state tensors a parameter of a given shape keeps, with their shapes,
+            where that is not every one of ``states`` shaped like the parameter (Adafactor's
+            row and column statistics of a matrix, its ``variance`` of a vector). ``None``:
+            shaped like the parameter. A rule with a layout is not elementwise: it needs the
+            whole tensor, so sharded (FSDP2, tensor-parallel) parameters are refused.
+        betas: it takes ``betas`` (Adafactor has a ``beta2_decay`` instead).
+        eps_pair: its ``eps`` is a pair ``(eps1 or None, eps2)`` (Adafactor's), not a number.
+        bounds: those of ``own`` whose range is not ``[0, inf)``: ``(low, high)``, inclusive
+            (Adafactor's ``beta2_decay <= 0`` and ``d >= 1``).
+        complex: it takes complex parameters (as real pairs).
     """
 
     name: str
@@ -86,12 +98,20 @@ class Algorithm:
     cautious: bool = True
     clipped_by: str | None = None
     precisions: tuple[str, ...] = ("fp32", "bf16", "8bit")
+    why_precisions: str = ""
+    layout: Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]] | None = None
+    betas: bool = True
+    eps_pair: bool = False
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    complex: bool = True
 
     def __post_init__(self) -> None:
         if not set(self.copies) <= set(self.states):
             raise ValueError(f"{self.name}: copies {self.copies} are not all in states")
-        if not set(self.fractions) | set(self.integers) <= set(self.own):
-            raise ValueError(f"{self.name}: fractions and integers are not all in own")
+        if not set(self.fractions) | set(self.integers) | set(self.bounds) <= set(self.own):
+            raise ValueError(f"{self.name}: fractions, integers and bounds are not all in own")
+        if self.layout is not None and (self.kinds or self.amsgrad_state):
+            raise ValueError(f"{self.name}: a row with a layout has no kernels and no AMSGrad")
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
         if not self.unsigned <= kept:
             raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")
@@ -111,6 +131,33 @@ class Algorithm:
         if self.amsgrad_state is not None and amsgrad:
             return (*self.states, self.amsgrad_state)
         return self.states
+
+    def shapes(self, shape: tuple[int, ...], amsgrad: bool = False) -> dict[str, tuple[int, ...]]:
+        """The state tensors a parameter of ``shape`` keeps, by name, with their shapes."""
+        if self.layout is not None:
+            return self.layout(tuple(shape))
+        return {key: tuple(shape) for key in self.state_keys(amsgrad)}
+
+    def in_bounds(self, item: tuple[str, float]) -> bool:
+        """Whether own hyperparameter ``(name, value)`` is finite and within its bounds."""
+        name, value = item
+        low, high = self.bounds.get(name, (0.0, math.inf))
+        return math.isfinite(value) and low <= value <= high
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether each element's update needs only that element (so a shard of a tensor can
+        be stepped on its own): every row but those with a ``layout``."""
+        return self.layout is None
+
+
+def factored(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Adafactor's state: a tensor of two or more dimensions keeps the mean square of its
+    last dimension (``row_var``, ``[..., n, 1]``) and of its second-last (``col_var``,
+    ``[..., 1, m]``); a vector or a scalar keeps ``variance``, shaped like it (torch's)."""
+    if len(shape) > 1:
+        return {"row_var": (*shape[:-1], 1), "col_var": (*shape[:-2], 1, shape[-1])}
+    return {"variance": shape}
 
 
 _ADAM = {
@@ -192,6 +239,28 @@ ALGORITHMS: dict[str, Algorithm] = {
             group_schedule=True,
             cautious=False,
             precisions=("fp32",),
+            why_precisions="its state holds a copy of the weights, which low-precision storage "
+            "would round as weights, not as moments (for bf16 weights, train bf16 parameters "
+            "with stochastic_rounding=True)",
+        ),
+        Algorithm(
+            "Adafactor",
+            states=("row_var", "col_var", "variance"),
+            unsigned=frozenset({"row_var", "col_var", "variance"}),
+            reference=reference.adafactor,
+            torch_twin="Adafactor",
+            own=("beta2_decay", "d"),
+            bounds={"beta2_decay": (-math.inf, 0.0), "d": (1.0, math.inf)},
+            layout=factored,
+            betas=False,
+            eps_pair=True,
+            decay_in_rule=True,
+            cautious=False,
+            complex=False,
+            precisions=("fp32",),
+            why_precisions="its state is already small (a matrix keeps one number per row and "
+            "per column; only vectors keep one per element, well under 1% of a model's "
+            "state), so there is nothing worth compressing",
         ),
     )
 }

@@ -11,6 +11,7 @@ kernel for each bucket (and its plans, kept between steps) in ``_router.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -182,6 +183,12 @@ class AdamFamily(Optimizer):
                     "torch warns and steps it once, adamkit refuses)"
                 )
             seen[id(t)] = i
+            if t.is_complex() and not self.algorithm.complex:
+                # torch's words (it raises them at the step)
+                raise RuntimeError(
+                    f"{where}{self.algorithm.name} does not support complex parameters "
+                    f"(params[{i}] is {t.dtype})"
+                )
         for g, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if id(p) in seen:
@@ -244,13 +251,19 @@ class AdamFamily(Optimizer):
         """Names of the 0-d state tensors besides ``step``."""
         return tuple(self.algorithm.scalars)
 
+    def _state_shapes(self, p: Tensor, group: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The state tensors ``p`` keeps, with their shapes (the row's ``shapes``)."""
+        return self.algorithm.shapes(tuple(p.shape), group.get("amsgrad", False))
+
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": torch.tensor(0.0, dtype=step_dtype())}
         for key, value in self.algorithm.scalars.items():
             state[key] = torch.tensor(value, dtype=step_dtype())
         fmt = state_format(p, group["state_precision"])
-        for key in self._moment_keys(group):
-            if key in self.algorithm.copies:  # schedule-free's z starts at the parameter
+        for key, shape in self._state_shapes(p, group).items():
+            if shape != p.shape:  # Adafactor's row and column statistics, in full precision
+                state[key] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            elif key in self.algorithm.copies:  # schedule-free's z starts at the parameter
                 # (differentiable: in the graph, as the parameter it copies)
                 source = p if group.get("differentiable") else p.detach()
                 copy = source.clone(memory_format=torch.preserve_format)
@@ -260,7 +273,9 @@ class AdamFamily(Optimizer):
         return state
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
-        beta1, beta2 = group["betas"]
+        row = self.algorithm
+        beta1, beta2 = group["betas"] if row.betas else (0.0, 0.0)
+        eps1, eps = group["eps"] if row.eps_pair else (None, group["eps"])
         # differentiable=True keeps tensor hyperparameters as tensors: the step's graph then
         # reaches them (hypergradients of lr, betas, weight_decay), as in torch.
         value = _graph_value if group.get("differentiable") else scalar_value
@@ -268,7 +283,8 @@ class AdamFamily(Optimizer):
             lr=value(group["lr"]),
             beta1=value(beta1),
             beta2=value(beta2),
-            eps=float(group["eps"]),
+            eps=float(eps),
+            eps1=None if eps1 is None else float(eps1),
             weight_decay=value(group["weight_decay"]),
             maximize=group.get("maximize", False),
             decoupled_weight_decay=group.get("decoupled_weight_decay", False),
@@ -278,7 +294,7 @@ class AdamFamily(Optimizer):
             decay_in_rule=self.algorithm.decay_in_rule,
             cautious=bool(group.get("cautious", False)),
             update_clipping=bool(group.get("update_clipping", False)),
-            own={name: float(group[name]) for name in self.algorithm.own},
+            own={name: float(group[name]) for name in row.own},
         )
         # A group changed by hand after construction (group["betas"] = (1.0, 0.999)) is
         # checked here, cheaply; check_group then says what is wrong, as at construction.
@@ -288,13 +304,13 @@ class AdamFamily(Optimizer):
             and 0 <= h.lr < math.inf
             and 0 <= h.eps < math.inf
             and 0 <= h.weight_decay < math.inf
-            and all(0 <= v < math.inf for v in h.own.values())
-            and all(h.own[name] < 1 for name in self.algorithm.fractions)
-            and all(h.own[name].is_integer() for name in self.algorithm.integers)
+            and (h.eps1 is None or 0 <= h.eps1 < math.inf)
+            and all(map(row.in_bounds, h.own.items()))
+            and all(h.own[name] < 1 for name in row.fractions)
+            and all(h.own[name].is_integer() for name in row.integers)
         ):
             index = next(i for i, g in enumerate(self.param_groups) if g is group)
             where = f"param group {index}: "
-            row = self.algorithm
             check_group(group, type(self).__name__, where, row)
         return h
 
@@ -344,6 +360,13 @@ class AdamFamily(Optimizer):
             if any(options_of(group)):  # set by hand since: refused before anything changes
                 where = f"param group {index}: "
                 check_group(group, type(self).__name__, where, self.algorithm)
+            if not self.algorithm.elementwise and any(map(is_sharded, group["params"])):
+                raise NotImplementedError(
+                    f"adamkit.{type(self).__name__} on sharded parameters (FSDP2, tensor "
+                    f"parallel; param group {index}) is not supported: its step needs whole "
+                    "tensors (row and column statistics, the update's RMS), and each process "
+                    "holds a shard"
+                )
             if any(options_of(group)) and any(map(is_sharded, group["params"])):
                 flag = "cautious" if group.get("cautious") else "update_clipping"
                 raise NotImplementedError(
@@ -398,6 +421,12 @@ class AdamFamily(Optimizer):
                 f"({param_label(group, i)} has one); use torch.optim.SparseAdam, or "
                 "nn.Embedding(sparse=False)"
             )
+        if not self.algorithm.complex and any(map(_IS_COMPLEX, params)):
+            i = next(i for i, p in enumerate(group["params"]) if p.is_complex())
+            raise RuntimeError(
+                f"{self.algorithm.name} does not support complex parameters "
+                f"({param_label(group, i)} is {group['params'][i].dtype})"
+            )
         states = self._entries(params)
         if not all(states):  # an empty dict: state not created yet
             for p, state in zip(params, states, strict=True):
@@ -412,11 +441,24 @@ class AdamFamily(Optimizer):
         path = DIFFERENTIABLE if path_name == "differentiable" else PATHS[path_name]
         if path.name != "foreach":
             # One parameter at a time: temporaries never exceed one parameter's size.
-            for p in params:
-                self._apply_rule(path, [p], group, hyper, moment_keys)
+            buckets = [[p] for p in params]
         else:
-            for indices in by_device_and_dtype(params).values():
-                self._apply_rule(path, [params[i] for i in indices], group, hyper, moment_keys)
+            buckets = [[params[i] for i in b] for b in by_device_and_dtype(params).values()]
+        if self.algorithm.layout is not None:  # the tensors of a bucket keep the same states
+            buckets = [b for bucket in buckets for b in self._by_layout(bucket, group).values()]
+        for bucket in buckets:
+            if self.algorithm.layout is not None:
+                moment_keys = tuple(self._state_shapes(bucket[0], group))
+            self._apply_rule(path, bucket, group, hyper, moment_keys)
+
+    def _by_layout(
+        self, params: list[Tensor], group: dict[str, Any]
+    ) -> dict[tuple[str, ...], list[Tensor]]:
+        """``params`` split by the state tensors each keeps (Adafactor's matrices and vectors)."""
+        split: dict[tuple[str, ...], list[Tensor]] = {}
+        for p in params:
+            split.setdefault(tuple(self._state_shapes(p, group)), []).append(p)
+        return split
 
     def _apply_rule(
         self,
@@ -435,6 +477,10 @@ class AdamFamily(Optimizer):
         formats = self._formats(params, group)
         stochastic = group["stochastic_rounding"]
         rule = type(self)._rule
+        if self.algorithm.eps_pair and hyper.eps1 is None:
+            # Adafactor's eps1=None: the machine epsilon of the parameters' own dtype, also
+            # where bf16 parameters are stepped through fp32 copies.
+            hyper = dataclasses.replace(hyper, eps1=torch.finfo(params[0].dtype).eps)
         if hyper.cautious or hyper.update_clipping:
             stats = self.__dict__.setdefault("_update_stats", {}).setdefault(
                 id(group), UpdateStats()
@@ -521,4 +567,5 @@ def _graph_value(value: float | Tensor) -> float:
 
 _GRAD = operator.attrgetter("grad")
 _IS_SPARSE = operator.attrgetter("is_sparse")
+_IS_COMPLEX = operator.methodcaller("is_complex")
 _NONE = id(None)

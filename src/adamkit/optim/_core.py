@@ -71,6 +71,9 @@ class Hyper:
     #: The algorithm's own hyperparameters (its row's ``own``), by name: NAdam's
     #: ``momentum_decay``.
     own: Mapping[str, float] = field(default_factory=dict)
+    #: The first of an ``eps`` pair (its row's ``eps_pair``: Adafactor's ``eps1``; ``eps`` is
+    #: then the second); ``None``: the machine epsilon of the parameters' dtype.
+    eps1: float | None = None
 
 
 Rule = Callable[[TensorOps, Bucket, Hyper], None]

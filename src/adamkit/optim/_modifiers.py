@@ -71,7 +71,7 @@ class Capture:
         else:  # the decoupled weight decay (prepare_grads): applied after, with the lr's factor
             self.shrunk = True
 
-    def lerp_(self, xs: Tensors, ys: Tensors, weight: float) -> None:
+    def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
         if self._updates_of(xs) is not None:
             raise NotImplementedError("an update by interpolation cannot be masked or clipped")
         self._ops.lerp_(xs, ys, weight)

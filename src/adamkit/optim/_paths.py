@@ -55,7 +55,8 @@ class TensorOps(Protocol):
     def add_scalar_(self, xs: Tensors, value: Scalars) -> None: ...
     def mul_(self, xs: Tensors, value: Scalars) -> None: ...
     def div_(self, xs: Tensors, value: Scalars) -> None: ...
-    def lerp_(self, xs: Tensors, ys: Tensors, weight: float) -> None: ...
+    def mul(self, xs: Tensors, ys: Tensors) -> Tensors: ...
+    def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None: ...
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None: ...
     def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: Scalars) -> None: ...
     def maximum_(self, xs: Tensors, ys: Tensors) -> None: ...
@@ -104,8 +105,11 @@ class ForEach:
     def div_(self, xs: Tensors, value: Scalars) -> None:
         torch._foreach_div_(xs, value if isinstance(value, (int, float)) else list(value))
 
-    def lerp_(self, xs: Tensors, ys: Tensors, weight: float) -> None:
-        torch._foreach_lerp_(xs, ys, weight)
+    def mul(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return list(torch._foreach_mul(xs, ys))
+
+    def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
+        torch._foreach_lerp_(xs, ys, weight if isinstance(weight, (int, float)) else list(weight))
 
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None:
         torch._foreach_addcmul_(xs, ys, zs, value)
@@ -168,9 +172,12 @@ class ForLoop:
         for x, v in zip(xs, _per_tensor(value, len(xs)), strict=True):
             x.div_(v)
 
-    def lerp_(self, xs: Tensors, ys: Tensors, weight: float) -> None:
-        for x, y in zip(xs, ys, strict=True):
-            x.lerp_(y, weight)
+    def mul(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return [x * y for x, y in zip(xs, ys, strict=True)]
+
+    def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
+        for x, y, w in zip(xs, ys, _per_tensor(weight, len(xs)), strict=True):
+            x.lerp_(y, w)
 
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None:
         for x, y, z in zip(xs, ys, zs, strict=True):
@@ -250,10 +257,13 @@ class Differentiable(ForLoop):
         for x, v in zip(xs, _per_tensor(value, len(xs)), strict=True):
             self._set(x, x.clone() / v)
 
-    def lerp_(self, xs: Tensors, ys: Tensors, weight: float) -> None:
-        for x, y in zip(xs, ys, strict=True):
+    def mul(self, xs: Tensors, ys: Tensors) -> Tensors:
+        return [x.clone() * y.clone() for x, y in zip(xs, ys, strict=True)]
+
+    def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
+        for x, y, w in zip(xs, ys, _per_tensor(weight, len(xs)), strict=True):
             old = x.clone()
-            self._set(x, old + (y.clone() - old) * weight)
+            self._set(x, old + (y.clone() - old) * w)
 
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None:
         for x, y, z in zip(xs, ys, zs, strict=True):

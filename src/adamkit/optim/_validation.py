@@ -81,6 +81,28 @@ def _betas(value: Any, where: str) -> None:
             )
 
 
+def _eps_pair(value: Any, where: str) -> None:
+    """Adafactor's ``eps``: ``(eps1, eps2)``, eps1 a number >= 0 or ``None``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{where}eps must be a pair (eps1 or None, eps2), got {value!r}")
+    if value[0] is not None:
+        _non_negative("eps[0]", value[0], where, "epsilon1 value")
+    _non_negative("eps[1]", value[1], where, "epsilon2 value")
+
+
+def _within(name: str, value: Any, where: str, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    x = _number(name, value, where)
+    if not (math.isfinite(x) and low <= x <= high):  # also rejects NaN
+        expected = f"<= {high:g}" if low == -math.inf else f">= {low:g}"
+        if low != -math.inf and high != math.inf:
+            expected = f"in [{low:g}, {high:g}]"
+        raise ValueError(
+            f"{where}Invalid {name} value: {value} ({name}={value!r}; expected a finite "
+            f"number {expected})"
+        )
+
+
 # Execution settings accepted as in torch, with the values this release cannot honour yet.
 _UNSUPPORTED = {
     "capturable": "CUDA-graph capture is not implemented yet",
@@ -103,12 +125,20 @@ def check_group(
     own = row.own if row else ()
     fractions = row.fractions if row else ()
     precisions = row.precisions if row else ("fp32", "bf16", "8bit")
+    bounds = row.bounds if row else {}
     _non_negative("lr", group["lr"], where, "learning rate")
-    _non_negative("eps", group["eps"], where, "epsilon value")
+    if row is not None and row.eps_pair:
+        _eps_pair(group["eps"], where)
+    else:
+        _non_negative("eps", group["eps"], where, "epsilon value")
     _non_negative("weight_decay", group["weight_decay"], where, "weight_decay value")
-    _betas(group["betas"], where)
+    if row is None or row.betas:
+        _betas(group["betas"], where)
     for name in own:
-        _non_negative(name, group[name], where, f"{name} value")
+        if name in bounds:
+            _within(name, group[name], where, bounds[name])
+        else:
+            _non_negative(name, group[name], where, f"{name} value")
     for name in row.integers if row else ():
         if not float(group[name]).is_integer():
             raise ValueError(
@@ -202,9 +232,8 @@ def check_group(
     if precision not in precisions:
         raise ValueError(
             f"{where}state_precision={precision!r} is not available for adamkit.{optimizer} "
-            f"(expected {' or '.join(map(repr, precisions))}): its state holds a copy of the "
-            "weights, which low-precision storage would round as weights, not as moments (for "
-            "bf16 weights, train bf16 parameters with stochastic_rounding=True)"
+            f"(expected {' or '.join(map(repr, precisions))}): "
+            + (row.why_precisions if row else "")
         )
 
 

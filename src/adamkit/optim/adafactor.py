@@ -1,0 +1,144 @@
+"""Adafactor: a factored second moment (row and column statistics) and relative step sizes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._algorithms import ALGORITHMS
+from ._base import AdamFamily, ParamsT, group_defaults
+from ._core import Bucket, Hyper
+from ._paths import TensorOps
+
+__all__ = ["Adafactor", "adafactor_rule"]
+
+
+def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
+    """One Adafactor step, in ``torch.optim.Adafactor``'s operations and order.
+
+    Bucket-wide where the operations are elementwise (the step counts, the weight decay, the
+    vectors' ``variance``), then one tensor at a time: a matrix's statistics are reductions
+    of its own, and its variance estimate is a temporary the size of the tensor, so the peak
+    memory is one tensor's (torch's multi-tensor step holds every tensor's at once).
+    """
+    steps = ops.count_step(b.steps)
+    grads = ops.neg(b.grads) if h.maximize else b.grads
+    params = b.params
+    # The relative step size scales with the parameter's RMS before the weight decay.
+    alphas = [max(h.eps, _rms(p)) * min(h.lr, 1 / t**0.5) for p, t in zip(params, steps)]
+    if h.weight_decay != 0:
+        ops.mul_(params, 1 - h.lr * h.weight_decay)
+    decays = [t ** h.own["beta2_decay"] for t in steps]  # 1 - beta2_t
+    eps1 = h.eps1 if h.eps1 is not None else torch.finfo(params[0].dtype).eps
+    factored = "row_var" in b.state
+    if not factored:
+        ops.lerp_(b.state["variance"], ops.mul(grads, grads), decays)
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        if p.numel() == 0:  # nothing to step (torch divides by its size, 0, here)
+            continue
+        if factored:
+            row_var, col_var = b.state["row_var"][i], b.state["col_var"][i]
+            row_var.lerp_(_mean_square(g, -1), decays[i])
+            col_var.lerp_(_mean_square(g, -2), decays[i])
+            estimate = row_var @ col_var
+            estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
+        else:
+            estimate = b.state["variance"][i].clone()
+        update = estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
+        # The update's RMS is capped at d (the paper's update clipping).
+        clip = max(1.0, _rms(update) / h.own["d"])
+        ops.mul_([update], -alphas[i] / clip)
+        ops.add_([p], [update], 1.0)
+
+
+def _rms(x: Tensor) -> float:
+    """Root mean square of ``x``'s elements, as torch takes it (0 for an empty tensor)."""
+    return x.norm(2).item() / (x.numel() ** 0.5) if x.numel() else 0.0
+
+
+def _mean_square(g: Tensor, dim: int) -> Tensor:
+    """``(g * g).mean(dim, keepdim=True)`` without a temporary the size of ``g``."""
+    return torch.norm(g, dim=dim, keepdim=True).square_().div_(g.size(dim))
+
+
+class Adafactor(AdamFamily):
+    r"""Adafactor: Adam's second moment in sublinear memory, with relative step sizes.
+
+    .. math::
+        \hat\beta_{2,t} &= 1 - t^{\tau}, \qquad \rho_t = \min(\gamma, 1/\sqrt t), \qquad
+            \alpha_t = \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))\, \rho_t \\
+        R_t &= \hat\beta_{2,t} R_{t-1} + (1-\hat\beta_{2,t})\,\mathrm{mean}_{j}(G_t^2), \quad
+            C_t = \hat\beta_{2,t} C_{t-1} + (1-\hat\beta_{2,t})\,\mathrm{mean}_{i}(G_t^2), \quad
+            \hat V_t = \frac{R_t C_t}{\max(\mathrm{mean}_i(R_t), \epsilon_1)} \\
+        U_t &= \frac{G_t}{\sqrt{\max(\hat V_t, \epsilon_1^2)}}, \qquad
+            \theta_t = (1 - \gamma\lambda)\,\theta_{t-1}
+            - \frac{\alpha_t}{\max(1, \mathrm{RMS}(U_t)/d)}\, U_t
+
+    A tensor of two or more dimensions keeps only the mean square of its rows (``row_var``,
+    shape ``[..., n, 1]``) and of its columns (``col_var``, ``[..., 1, m]``), factoring its last
+    two dimensions: ``n + m`` numbers where Adam keeps ``2 n m``. A vector or a scalar keeps
+    ``variance``, shaped like it. There is no first moment, and the step size is relative to
+    the parameter's RMS, so ``lr`` is only its cap.
+
+    A drop-in for ``torch.optim.Adafactor`` (torch 2.5+): the same arguments and defaults, state
+    keys and update, checkpoints interchangeable both ways.
+
+    Args:
+        params: as in :class:`adamkit.Adam`.
+        lr: the cap of the relative step size :math:`\rho_t`, and the weight decay's
+            coefficient (default 1e-2, the paper's cap).
+        beta2_decay: :math:`\tau`, with :math:`\hat\beta_{2,t} = 1 - t^{\tau}` (default -0.8,
+            <= 0).
+        eps: :math:`(\epsilon_1, \epsilon_2)`: the floor of the variance estimate (``None``:
+            the machine epsilon of the parameter's dtype) and of the parameter's RMS in the
+            step size (default ``(None, 1e-3)``).
+        d: the update's RMS is clipped to ``d`` (default 1.0, >= 1).
+        weight_decay: decoupled weight decay, :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`
+            (default 0).
+        foreach, maximize, fused, nonfinite, max_grad_norm, state_precision,
+        stochastic_rounding: as in :class:`adamkit.Adam`. There is no fused kernel: ``fused``
+            must stay ``None`` or ``False``, and ``state_precision`` ``"fp32"`` (the state is
+            already small). The default path is the multi-tensor one, which here holds one
+            tensor's temporaries at a time (torch's defaults to its for-loop because its
+            multi-tensor step holds every tensor's).
+
+    Example:
+        >>> import torch, adamkit
+        >>> opt = adamkit.Adafactor(torch.nn.Linear(3, 1).parameters())
+
+    References:
+        Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+        ICML 2018 (arXiv:1804.04235), Algorithms 4 and 5.
+
+    Warning:
+        This is torch's formulation, which departs from the paper (and from optax's and
+        transformers' ``Adafactor``): ``lr`` caps :math:`\rho_t` (the paper's constant 0.01)
+        and scales the weight decay; :math:`\epsilon_1` floors :math:`\hat V` and the row mean
+        where they add it to :math:`G^2`. transformers' ``Adafactor`` also has a first moment
+        (``beta1``) and ``relative_step`` / ``scale_parameter`` switches. Complex parameters
+        and sparse gradients are refused, as in torch; so are sharded (FSDP2) parameters, whose
+        statistics need the whole tensor. With ``eps1=None``, torch takes the machine epsilon
+        of the first parameter's dtype for a whole param group; adamkit of each parameter's.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        fused: bool | None = None,
+        nonfinite: str | None = None,
+        max_grad_norm: float | None = None,
+        state_precision: str = "fp32",
+        stochastic_rounding: bool = False,
+    ) -> None:
+        super().__init__(params, group_defaults(locals()))
+
+    algorithm = ALGORITHMS["Adafactor"]
+    _rule = adafactor_rule
