@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,11 +13,15 @@ SHAPES = [(4, 3), (7,), (), (2, 3, 2), (0, 3), (5,)]
 SCALES = [1.0, 1e-3, 10.0, 0.3, 1.0, 1e-6]
 
 
-def make_params(dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.Tensor]:
+def make_params(
+    dtype: torch.dtype = torch.float32, seed: int = 0, empty: bool = True
+) -> list[torch.Tensor]:
+    """One parameter of each of :data:`SHAPES` (``empty=False``: but the zero-element one)."""
     g = torch.Generator().manual_seed(seed)
     return [
         torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
         for shape in SHAPES
+        if empty or math.prod(shape)
     ]
 
 

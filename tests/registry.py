@@ -46,17 +46,35 @@ class Case:
             pytest.skip("torch.optim has no cautious masking or update clipping")
         return getattr(torch.optim, twin)  # type: ignore[no-any-return]
 
+    def twin_params(self, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """The problem's parameters, for a comparison with the torch twin (which may not
+        take a zero-element one: :data:`TWIN_FAILS_ON_EMPTY`)."""
+        from .problems import make_params
+
+        import torch as pt  # (the class's `torch` is the twin)
+
+        return make_params(dtype or pt.float32, empty=self.name not in TWIN_FAILS_ON_EMPTY)
+
     @property
     def reference(self) -> Any:
         return self.row.reference
 
-    def math_kwargs(self) -> dict[str, Any]:
-        """The kwargs without execution settings (what the NumPy reference takes)."""
-        return {
+    def math_kwargs(self, dtype: Any = None) -> dict[str, Any]:
+        """The kwargs without execution settings (what the NumPy reference takes). With the
+        parameters' ``dtype``, an eps pair's ``None`` (Adafactor's eps1) is that dtype's
+        machine epsilon, as the optimizer takes it (the reference's is float64's)."""
+        kwargs = {
             k: float(v) if isinstance(v, torch.Tensor) else v
             for k, v in self.kwargs.items()
             if k not in ("foreach", "fused", "state_precision", "stochastic_rounding")
         }
+        if self.row.eps_pair and dtype is not None:
+            import torch as pt  # (the class's `torch` is the twin)
+
+            eps1, eps2 = kwargs.get("eps", signature(self.name)["eps"])
+            real = pt.empty(0, dtype=dtype).real.dtype  # the machine epsilon of the real dtype
+            kwargs["eps"] = (pt.finfo(real).eps if eps1 is None else eps1, eps2)
+        return kwargs
 
     @property
     def id(self) -> str:
@@ -69,8 +87,20 @@ class Case:
 ALGORITHMS = list(TABLE)
 FUSED = [name for name, row in TABLE.items() if row.kinds]
 TWINNED = [name for name, row in TABLE.items() if row.torch_twin]
-# Non-default hyperparameters, so a rule that ignores one is caught.
+# Non-default hyperparameters, so a rule that ignores one is caught (an eps pair where the
+# row takes one: Adafactor's eps1 then floors the smallest gradients' variance).
 ODD = {"lr": 3e-3, "betas": (0.8, 0.95), "eps": 1e-6}
+ODD_PAIR = {"lr": 3e-3, "eps": (1e-4, 1e-2)}
+
+
+def odd(name: str) -> dict[str, Any]:
+    """:data:`ODD`, as the algorithm's signature takes it."""
+    return ODD_PAIR if TABLE[name].eps_pair else ODD
+
+
+#: torch twins that fail on a zero-element parameter (torch.optim.Adafactor divides its norm by
+#: sqrt(numel): ZeroDivisionError); the problems they are compared on leave it out.
+TWIN_FAILS_ON_EMPTY = frozenset({"Adafactor"})
 
 
 def signature(name: str) -> dict[str, Any]:
@@ -114,13 +144,13 @@ def _cases() -> list[Case]:
         for fe, mx, wd, ams in itertools.product(foreach, maximize, weight_decays(name), amsgrad):
             cases.append(Case(name, {**fe, **mx, **wd, **ams}))
         for fe in foreach:
-            cases.append(Case(name, {**fe, **ODD}))
+            cases.append(Case(name, {**fe, **odd(name)}))
             own = own_hyperparameters(name)
             if own:
                 cases.append(Case(name, {**fe, **own}))
             if row.amsgrad_state and "decoupled_weight_decay" in signature(name):
                 everything = {"amsgrad": True, "decoupled_weight_decay": True, "weight_decay": 0.1}
-                cases.append(Case(name, {**fe, **everything, **ODD}))
+                cases.append(Case(name, {**fe, **everything, **odd(name)}))
         # The options every algorithm may take (optim/_modifiers.py), on the eager paths.
         # One case each on the eager paths (their code is the same on both: the paths differ
         # only in the operations, which the cases above cover), and on the fused kernel.
@@ -131,7 +161,7 @@ def _cases() -> list[Case]:
             cases += [Case(name, {**f, "cautious": True, **decay}) for f in fused]
         if row.clipped_by:
             both = {"cautious": True, "update_clipping": True, "weight_decay": 0.1}
-            cases.append(Case(name, {"foreach": False, **both, **ODD}))
+            cases.append(Case(name, {"foreach": False, **both, **odd(name)}))
             cases += [Case(name, {**f, **both, "maximize": True}) for f in fused]
     return cases
 

@@ -41,6 +41,10 @@ from ._precision import (
 )
 from ._validation import OPTIMIZER_WIDE, check_flag, check_group, check_optimizer_wide
 
+#: What a stepped parameter of a saved group keeps: ``needed(saved_group, param)`` -> each
+#: state entry's name and, for a state tensor, its shape (``None``: a 0-d counter).
+Needed = Callable[[Mapping[str, Any], Tensor], Mapping[str, "tuple[int, ...] | None"]]
+
 if TYPE_CHECKING:
     from ._base import AdamFamily
 
@@ -233,8 +237,11 @@ def check_format(state_dict: Any, version: str) -> None:
         )
 
 
-def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
-    """Why a parameter's saved state cannot belong to ``param``, or None when it fits."""
+def _misfit(param: Tensor, entry: Any, needed: Mapping[str, tuple[int, ...] | None]) -> str | None:
+    """Why a parameter's saved state cannot belong to ``param``, or None when it fits.
+
+    ``needed``: the entries a stepped parameter keeps, with each state tensor's shape (``None``:
+    the 0-d counters); a state tensor it does not name must be shaped like the parameter."""
     if not isinstance(entry, Mapping):
         return f"its state is a {type(entry).__name__}, not a dict"
     if not entry:
@@ -264,10 +271,10 @@ def _misfit(param: Tensor, entry: Any, needed: Sequence[str]) -> str | None:
                     f"it is {_describe(value)}"
                 )
             continue
-        if tuple(value.shape) != tuple(param.shape):
-            return (
-                f"state {key!r} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
-            )
+        shape = needed.get(key) or tuple(param.shape)
+        if tuple(value.shape) != shape:
+            whose = "the parameter" if shape == tuple(param.shape) else "it should have"
+            return f"state {key!r} has shape {tuple(value.shape)}, {whose} {shape}"
         if value.dtype == torch.uint8 and not param.is_complex():
             if scale_key(key) not in entry:
                 return f"state {key!r} holds 8-bit codes but the entry has no {scale_key(key)!r}"
@@ -336,14 +343,15 @@ def _live_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def prepare(
     state_dict: Mapping[str, Any],
     groups: list[dict[str, Any]],
-    needed: Callable[[Mapping[str, Any]], Sequence[str]],
+    needed: Needed,
     strict: bool,
 ) -> tuple[dict[str, Any], LoadReport]:
     """Check ``state_dict`` against the optimizer's ``groups`` and return it in torch's
     positional layout for this optimizer (and the live state layout: 8-bit codes under the
     moment's key), with the report of what was left out.
 
-    ``needed(saved_group)`` lists the state keys a stepped parameter of that group must have.
+    ``needed(saved_group, param)``: the state a stepped ``param`` of that group must keep
+    (see :func:`_misfit`).
     Raises (and so changes nothing) on anything that would load state into the wrong place.
     """
     state_dict = _live_state(state_dict)
@@ -367,7 +375,7 @@ def prepare(
             zip(group["params"], saved["params"], strict=True)
         ):
             if saved_id in saved_state:
-                why = _misfit(param, saved_state[saved_id], needed(saved))
+                why = _misfit(param, saved_state[saved_id], needed(saved, param))
                 if why:
                     raise ValueError(
                         f"load_state_dict: parameter #{position} of param group {i} does not "
@@ -381,7 +389,7 @@ def prepare(
 def _by_name(
     state_dict: Mapping[str, Any],
     groups: list[dict[str, Any]],
-    needed: Callable[[Mapping[str, Any]], Sequence[str]],
+    needed: Needed,
     strict: bool,
 ) -> tuple[dict[str, Any], LoadReport]:
     saved_state = state_dict["state"]
@@ -402,7 +410,7 @@ def _by_name(
     for name in current:
         if name in saved and saved[name][0] in saved_state:
             saved_id, group = saved[name]
-            why = _misfit(params[name], saved_state[saved_id], needed(group))
+            why = _misfit(params[name], saved_state[saved_id], needed(group, params[name]))
             if why:
                 mismatched.append(name)
                 reasons.append(f"{name!r}: {why}")
@@ -482,13 +490,14 @@ def load_into(
 
     check_format(state_dict, __version__)
 
-    def needed(saved_group: Mapping[str, Any]) -> tuple[str, ...]:
+    def needed(saved_group: Mapping[str, Any], param: Tensor) -> dict[str, tuple[int, ...] | None]:
         group = {**opt.defaults, **saved_group}
         if "amsgrad" in group:  # it decides which state to expect: it must be a flag
             saved = state_dict.get("param_groups", [])
             index = next((i for i, g in enumerate(saved) if g is saved_group), "?")
             check_flag("amsgrad", group["amsgrad"], f"loaded param group {index}: ")
-        return ("step", *opt._moment_keys(group), *opt._scalar_keys)
+        counters = dict.fromkeys(("step", *opt._scalar_keys))
+        return {**counters, **opt._state_shapes(param, group)}
 
     positional, report = prepare(state_dict, opt.param_groups, needed, strict)
     before = (opt.state, opt.param_groups)
@@ -542,14 +551,13 @@ def _convert_loaded(opt: AdamFamily, positional: Mapping[str, Any]) -> None:
     tensors (torch's loader has cast floating-point state to the parameter's dtype)."""
     saved_state = positional["state"]
     for group, saved_group in zip(opt.param_groups, positional["param_groups"], strict=True):
-        keys = opt._moment_keys(group)
         for p, saved_id in zip(group["params"], saved_group["params"], strict=True):
             saved = saved_state.get(saved_id)
             if not saved:
                 continue
             entry = opt.state[p]
             fmt = state_format(p, group["state_precision"])
-            for key in keys:
+            for key in opt._state_shapes(p, group):
                 entry.pop(scale_key(key), None)
                 source = saved
                 if is_sharded(p) and not is_sharded(saved[key]):
