@@ -42,8 +42,14 @@ OPTIMIZERS = _optimizers()
 FSDP_CASES = [
     (name, kwargs, precision)
     for (name, kwargs), precision in itertools.product(OPTIMIZERS, ("fp32", "bf16", "8bit"))
-    if precision in ALGORITHMS[name].precisions
+    if precision in ALGORITHMS[name].precisions and ALGORITHMS[name].elementwise
 ]
+#: What needs a tensor's whole update, refused on shards: an option, and each algorithm whose
+#: step is not elementwise (Adafactor's row and column statistics).
+REFUSED_ON_SHARDS = {
+    "cautious": ("AdamW", {"cautious": True}),
+    **{name: (name, {}) for name, row in ALGORITHMS.items() if not row.elementwise},
+}
 WORLD = 2
 STEPS = 6
 BATCH = 8  # per process; the global batch is WORLD * BATCH
@@ -120,25 +126,28 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             ),
             "local_bytes_per_param": adamkit.state_memory(opt).bytes_per_param,
         }
-    # cautious / update_clipping need a tensor's whole update: refused on shards, before any
-    # change (the parameters stay as they were).
-    model = make_model()
-    fully_shard(model)
-    opt = adamkit.AdamW(model.parameters(), lr=1e-2, cautious=True)
-    before = [_full(p) for p in model.parameters()]
-    try:
-        train(model, opt, rank, WORLD)
-        results["fsdp2/cautious"] = "stepped"
-    except NotImplementedError as error:
-        unchanged = all(
-            torch.equal(a, _full(b)) for a, b in zip(before, model.parameters(), strict=True)
-        )
-        results["fsdp2/cautious"] = f"{error} (unchanged: {unchanged})"
+    # cautious / update_clipping and Adafactor need a tensor's whole update: refused on
+    # shards, before any change (the parameters stay as they were).
+    for key, (name, kwargs) in REFUSED_ON_SHARDS.items():
+        model = make_model()
+        fully_shard(model)
+        opt = getattr(adamkit, name)(model.parameters(), lr=1e-2, **kwargs)
+        before = [_full(p) for p in model.parameters()]
+        try:
+            train(model, opt, rank, WORLD)
+            results[f"fsdp2/{key}"] = "stepped"
+        except NotImplementedError as error:
+            unchanged = all(
+                torch.equal(a, _full(b)) for a, b in zip(before, model.parameters(), strict=True)
+            )
+            results[f"fsdp2/{key}"] = f"{error} (unchanged: {unchanged})"
 
-    model = torch.nn.parallel.DistributedDataParallel(make_model())
-    opt = adamkit.Adam(model.parameters(), lr=1e-2)
-    train(model, opt, rank, WORLD)
-    results["ddp"] = {"params": [_full(p) for p in model.parameters()]}
+    # DDP: every process steps whole tensors (Adafactor too).
+    for name in ("Adam", *(n for n in REFUSED_ON_SHARDS if n in ALGORITHMS)):
+        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        opt = getattr(adamkit, name)(model.parameters(), lr=1e-2)
+        train(model, opt, rank, WORLD)
+        results[f"ddp/{name}"] = {"params": [_full(p) for p in model.parameters()]}
 
     from torch.distributed.optim import ZeroRedundancyOptimizer
 

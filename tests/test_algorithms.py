@@ -54,17 +54,23 @@ def _arguments(cls: type) -> dict[str, Any]:
 def test_the_state_kept_is_the_row_s_and_its_signs_hold(name: str, amsgrad: bool) -> None:
     row = ALGORITHMS[name]
     torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(300, dtype=torch.float64))
-    opt = getattr(adamkit, name)([p], **({"amsgrad": True} if amsgrad else {}))
+    ps = [torch.nn.Parameter(torch.randn(shape, dtype=torch.float64)) for shape in [(300,), (20, 15)]]
+    opt = getattr(adamkit, name)(ps, **({"amsgrad": True} if amsgrad else {}))
     for _ in range(5):
-        p.grad = torch.randn_like(p)
+        for p in ps:
+            p.grad = torch.randn_like(p)
         opt.step()
-    state = opt.state[p]
-    assert set(state) == {"step", *row.state_keys(amsgrad), *row.scalars}
-    for key in row.state_keys(amsgrad):
-        # Random gradients make every signed state negative somewhere: the table's sign
-        # claims are facts of the update, not choices.
-        assert bool((state[key] >= 0).all()) == (key in row.unsigned), key
+    kept = set()
+    for p in ps:
+        state, shapes = opt.state[p], row.shapes(tuple(p.shape), amsgrad)
+        assert set(state) == {"step", *shapes, *row.scalars}
+        kept |= set(shapes)
+        for key, shape in shapes.items():
+            assert tuple(state[key].shape) == shape
+            # Random gradients make every signed state negative somewhere: the table's sign
+            # claims are facts of the update, not choices.
+            assert bool((state[key] >= 0).all()) == (key in row.unsigned), key
+    assert kept == set(row.state_keys(amsgrad))  # every state the row names is kept
 
 
 def test_the_tables_derived_from_the_rows_agree() -> None:

@@ -75,6 +75,14 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"stochastic_rounding": "yes"}, TypeError, r"stochastic_rounding must be True or False"),
     ({"cautious": "yes"}, TypeError, r"cautious must be True or False"),
     ({"update_clipping": 1}, TypeError, r"update_clipping must be True or False"),
+    # Adafactor's: an eps pair, beta2_decay <= 0, d >= 1
+    ({"eps": (-1.0, 1e-3)}, ValueError, r"Invalid epsilon1 value: -1\.0"),
+    ({"eps": (None, math.nan)}, ValueError, r"Invalid epsilon2 value: nan"),
+    ({"eps": 1e-3}, TypeError, r"eps must be a pair \(eps1 or None, eps2\), got 0\.001"),
+    ({"eps": ("a", 1e-3)}, TypeError, r"eps\[0\] must be a float .* got str"),
+    ({"beta2_decay": 0.5}, ValueError, r"Invalid beta2_decay value: 0\.5 .*expected a finite number <= 0"),
+    ({"d": 0.5}, ValueError, r"Invalid d value: 0\.5 .*expected a finite number >= 1"),
+    ({"d": math.inf}, ValueError, r"Invalid d value: inf"),
 ]
 
 
@@ -84,11 +92,17 @@ def _accepts(name: str, kwarg: str) -> bool:
     return kwarg in inspect.signature(getattr(adamkit, name)).parameters
 
 
+def _applies(name: str, kwargs: dict) -> bool:
+    """Whether a bad-argument case is for this algorithm's signature: it takes every keyword,
+    and an ``eps`` of the kind it takes, a number or (Adafactor) a pair."""
+    if not all(_accepts(name, k) for k in kwargs):
+        return False
+    pair = isinstance(kwargs.get("eps"), tuple) or kwargs.get("eps") == 1e-3
+    return "eps" not in kwargs or pair == TABLE[name].eps_pair
+
+
 BAD_ARGUMENT_CASES = [
-    (name, *row)
-    for name in ALGORITHMS
-    for row in BAD_ARGUMENTS
-    if all(_accepts(name, k) for k in row[0])
+    (name, *row) for name in ALGORITHMS for row in BAD_ARGUMENTS if _applies(name, row[0])
 ]
 
 
@@ -169,8 +183,9 @@ def test_bad_param_group_value_is_named_with_its_group(name: str) -> None:
     with pytest.raises(ValueError, match=r"param group 1: Invalid learning rate: -5"):
         getattr(adamkit, name)([{"params": [a]}, {"params": [b], "lr": -5}])
     opt = getattr(adamkit, name)([a])
-    with pytest.raises(ValueError, match=r"param group 1: Invalid epsilon value: -1"):
-        opt.add_param_group({"params": [b], "eps": -1})
+    eps, label = ((None, -1), "epsilon2") if TABLE[name].eps_pair else (-1, "epsilon")
+    with pytest.raises(ValueError, match=rf"param group 1: Invalid {label} value: -1"):
+        opt.add_param_group({"params": [b], "eps": eps})
     assert len(opt.param_groups) == 1
 
 
@@ -357,7 +372,8 @@ def test_defaults_are_torchs(name: str) -> None:
     # defaulting to what torch does.
     defaults = {"nonfinite": None, "max_grad_norm": None, "state_precision": "fp32"}
     defaults["stochastic_rounding"] = False
-    defaults["cautious"] = False
+    if TABLE[name].cautious:
+        defaults["cautious"] = False
     if TABLE[name].clipped_by:
         defaults["update_clipping"] = False
     extra = ([] if "fused" in theirs else ["fused"]) + list(defaults)

@@ -29,7 +29,11 @@ def test_adamkit_passes_its_own_kit_against_torch(name: str) -> None:
     report = check(getattr(adamkit, name), CONFIGS, reference=getattr(torch.optim, name),
                    checks=FAST)  # fmt: skip
     report.assert_ok()
-    assert report.counts()["skip"] == 0
+    # Every check runs, but complex parameters for an algorithm that refuses them (as torch).
+    skipped = {r.check for r in report.results if r.status == "skip"}
+    assert skipped == (set() if TABLE[name].complex else {"complex"})
+    if "bf16" not in TABLE[name].precisions:
+        return
     # bf16 state: its stochastic rounding is salted by the parameter's position in the
     # optimizer, so a late group or a real view rounds differently, and the moments are not
     # torch's fp32 ones; every other check holds, bit for bit where it asks.

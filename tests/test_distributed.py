@@ -102,18 +102,27 @@ def test_fsdp2_state_memory_counts_this_process_shards(ranks: list[dict[str, Any
     assert ranks[0]["fsdp2/AdamW/8bit"]["local_bytes_per_param"] < 2.5  # biases stay fp32
 
 
-def test_ddp_processes_agree_with_one_process(ranks: list[dict[str, Any]]) -> None:
-    expected = _single_process(adamkit.Adam)
-    for a, b, want in zip(
-        ranks[0]["ddp"]["params"], ranks[1]["ddp"]["params"], expected, strict=True
-    ):
+@pytest.mark.parametrize("name", ["Adam", "Adafactor"])
+def test_ddp_processes_agree_with_one_process(ranks: list[dict[str, Any]], name: str) -> None:
+    expected = _single_process(getattr(adamkit, name))
+    key = f"ddp/{name}"
+    for a, b, want in zip(ranks[0][key]["params"], ranks[1][key]["params"], expected, strict=True):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-5)
 
 
-def test_cautious_on_shards_is_refused_before_any_change(ranks: list[dict[str, Any]]) -> None:
-    for result in (ranks[0]["fsdp2/cautious"], ranks[1]["fsdp2/cautious"]):
-        assert "cautious=True on sharded parameters" in result and "(unchanged: True)" in result
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("cautious", "cautious=True on sharded parameters"),
+        ("Adafactor", "adamkit.Adafactor on sharded parameters (FSDP2, tensor parallel"),
+    ],
+)
+def test_whole_tensor_steps_on_shards_are_refused_before_any_change(
+    ranks: list[dict[str, Any]], key: str, message: str
+) -> None:
+    for result in (ranks[0][f"fsdp2/{key}"], ranks[1][f"fsdp2/{key}"]):
+        assert message in result and "(unchanged: True)" in result
 
 
 @pytest.mark.parametrize("precision", ["fp32", "8bit"])

@@ -13,7 +13,7 @@ import torch
 import adamkit
 
 from .problems import clone, grad_stream, make_params, set_grads
-from .registry import ALGORITHMS, FUSED, TWINNED
+from .registry import ALGORITHMS, FUSED, TWINNED, Case
 
 PATHS = [{"foreach": True}, {"foreach": False}, {"fused": True}]
 #: Each algorithm on each path it has (the fused one where a kernel steps it).
@@ -27,7 +27,7 @@ NAME_PATHS = [
 
 @pytest.mark.parametrize("name", TWINNED)
 def test_clipping_equals_torch_clip_grad_norm(name: str) -> None:
-    ours_p = make_params()
+    ours_p = Case(name).twin_params()
     theirs_p = clone(ours_p)
     ours = getattr(adamkit, name)(ours_p, foreach=True, max_grad_norm=0.5)
     theirs = getattr(torch.optim, name)(theirs_p, foreach=True)

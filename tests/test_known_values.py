@@ -163,6 +163,11 @@ SHORT_RUNS: dict[str, dict[str, float]] = {"AdEMAMix": {"beta3": 0.99}}
 # 4.5e-4 on the parabola, 3.4e-3 on Rosenbrock with r = 1).
 ROSENBROCK["ScheduleFreeAdamW"] = {"lr": 0.05, "r": 1.0}
 SCHEDULE_FREE_TOL = {"parabola": 1e-3, "rosenbrock": 1e-2}
+# Adafactor has no first moment, and its step is relative (lr * RMS(theta), clipped): it
+# crawls along the valley's floor (measured 1.4e-2 from the minimum after 5000 steps with
+# beta2_decay = -0.3, 1.8e-2 to 5e-2 with the default -0.8 at lr 0.02 to 1.0).
+ROSENBROCK["Adafactor"] = {"lr": 0.02, "beta2_decay": -0.3}
+ROSENBROCK_TOL = {"Adafactor": 2e-2}
 
 
 def evaluated(opt: torch.optim.Optimizer) -> None:
@@ -204,5 +209,5 @@ def test_converges_on_rosenbrock(name: str) -> None:
         if schedule is not None:
             schedule.step()
     evaluated(opt)
-    atol = SCHEDULE_FREE_TOL["rosenbrock"] if schedule_free else 1e-3
+    atol = SCHEDULE_FREE_TOL["rosenbrock"] if schedule_free else ROSENBROCK_TOL.get(name, 1e-3)
     torch.testing.assert_close(xy.detach(), torch.ones(2, dtype=torch.float64), atol=atol, rtol=0)

@@ -482,6 +482,18 @@ _BAD = {
 }
 
 
+def _as_signature_takes(cls: type, key: str, value: Any) -> Any:
+    """A bad number where the constructor's default for ``key`` is a pair (Adafactor's
+    ``eps=(None, 1e-3)``): the default with its last entry made ``value``."""
+    try:
+        default = inspect.signature(cls).parameters[key].default
+    except (TypeError, ValueError, KeyError):
+        return value
+    if isinstance(default, tuple) and not isinstance(value, tuple) and default:
+        return (*default[:-1], value)
+    return value
+
+
 def check_bad_hyperparameters(case: Case) -> None:
     """Invalid values are refused at construction, with the value in the message."""
     tried = []
@@ -489,10 +501,11 @@ def check_bad_hyperparameters(case: Case) -> None:
         if not accepts(case.cls, key):
             continue
         tried.append(key)
+        value = _as_signature_takes(case.cls, key, value)
         try:
             case.make(make_params(), **{key: value})
         except (ValueError, TypeError) as error:
-            shown = str(value[0] if isinstance(value, tuple) else value)
+            shown = str(next(v for v in value if v is not None) if isinstance(value, tuple) else value)
             if shown not in str(error) and shown.rstrip("0").rstrip(".") not in str(error):
                 raise CheckFailed(f"{key}={value!r} is refused but not named: {error}") from None
             continue
