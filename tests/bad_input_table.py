@@ -17,6 +17,7 @@ import adamkit
 from adamkit.schedules import parse
 
 from .problems import make_params
+from .test_adafactor import BAD_ADAFACTOR
 from .test_api import BAD_ARGUMENTS, BAD_PARAM_GROUPS
 from .test_load import BAD_STATE_DICTS
 from .test_schedulefree import BAD_SCHEDULE_FREE
@@ -131,6 +132,16 @@ def render() -> str:
         "|---|---|",
     ]
     for code, call, _, _ in BAD_SCHEDULE_FREE:
+        lines.append(f"| {_cell(code)} | {_cell(_error(call))} |")
+    lines += [
+        "",
+        "## Adafactor (`adamkit.Adafactor`: its eps pair, its own hyperparameters, what it "
+        "refuses)",
+        "",
+        "| input | error |",
+        "|---|---|",
+    ]
+    for code, call, _, _ in BAD_ADAFACTOR:
         lines.append(f"| {_cell(code)} | {_cell(_error(call))} |")
     lines += ["", "## Checkpoints (`optimizer.load_state_dict(state_dict)`)", ""]
     lines += ["| state dict | error |", "|---|---|"]

@@ -49,9 +49,9 @@ class Case:
     def twin_params(self, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """The problem's parameters, for a comparison with the torch twin (which may not
         take a zero-element one: :data:`TWIN_FAILS_ON_EMPTY`)."""
-        from .problems import make_params
-
         import torch as pt  # (the class's `torch` is the twin)
+
+        from .problems import make_params
 
         return make_params(dtype or pt.float32, empty=self.name not in TWIN_FAILS_ON_EMPTY)
 

@@ -54,7 +54,9 @@ def _arguments(cls: type) -> dict[str, Any]:
 def test_the_state_kept_is_the_row_s_and_its_signs_hold(name: str, amsgrad: bool) -> None:
     row = ALGORITHMS[name]
     torch.manual_seed(0)
-    ps = [torch.nn.Parameter(torch.randn(shape, dtype=torch.float64)) for shape in [(300,), (20, 15)]]
+    ps = [
+        torch.nn.Parameter(torch.randn(shape, dtype=torch.float64)) for shape in [(300,), (20, 15)]
+    ]
     opt = getattr(adamkit, name)(ps, **({"amsgrad": True} if amsgrad else {}))
     for _ in range(5):
         for p in ps:

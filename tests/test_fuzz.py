@@ -30,25 +30,27 @@ PATHS = [{"foreach": True}, {"foreach": False}, {"fused": True}]
 @st.composite
 def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]], int]:
     name = draw(st.sampled_from(ALGORITHMS))
+    row = TABLE[name]
     kwargs: dict[str, Any] = {
         "lr": draw(st.floats(1e-5, 0.5)),
-        # Schedule-free needs beta1 > 0 (its x is recovered by dividing by it).
-        "betas": (
-            draw(st.floats(0.0 if name != "ScheduleFreeAdamW" else 0.05, 0.99)),
-            draw(st.floats(0.5, 0.9999)),
-        ),
-        "eps": draw(st.floats(1e-10, 1e-2)),
         "weight_decay": draw(st.sampled_from([0.0, 0.0, 0.01, 0.3])),
         "maximize": draw(st.booleans()),
-        **draw(st.sampled_from(PATHS if TABLE[name].kinds else PATHS[:2])),
+        **draw(st.sampled_from(PATHS if row.kinds else PATHS[:2])),
     }
+    if row.betas:  # schedule-free needs beta1 > 0 (its x is recovered by dividing by it)
+        beta1 = draw(st.floats(0.0 if name != "ScheduleFreeAdamW" else 0.05, 0.99))
+        kwargs["betas"] = (beta1, draw(st.floats(0.5, 0.9999)))
+    eps = draw(st.floats(1e-10, 1e-2))
+    # Adafactor's pair: eps1 (None: the dtype's machine epsilon) and eps2
+    kwargs["eps"] = (draw(st.sampled_from([None, eps])), eps * 10) if row.eps_pair else eps
     if TABLE[name].amsgrad_state:
         kwargs["amsgrad"] = draw(st.booleans())
     if "decoupled_weight_decay" in signature(name) and kwargs["weight_decay"]:
         kwargs["decoupled_weight_decay"] = draw(st.booleans())
     for key, probe in own_hyperparameters(name).items():  # up to twice the registry's probe
-        top = 0.9999 if key in TABLE[name].fractions else 2 * probe  # a decay rate stays < 1
-        kwargs[key] = draw(st.floats(0.0, top))
+        low, top = sorted((0.0, 0.9999 if key in row.fractions else 2 * probe))  # a rate < 1
+        bounds = row.bounds.get(key, (low, top))  # within its own (beta2_decay <= 0, d >= 1)
+        kwargs[key] = draw(st.floats(max(low, bounds[0]), min(top, bounds[1])))
         if key in TABLE[name].integers:  # a number of steps
             kwargs[key] = round(kwargs[key])
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
@@ -176,9 +178,10 @@ def test_malformed_state_dicts_get_a_clear_error_and_change_nothing(
     # Loaded: then it must be usable, with state shaped like the parameters.
     for group in opt.param_groups:
         for p in group["params"]:
+            shapes = TABLE[name].shapes(tuple(p.shape))
             for key, value in opt.state[p].items():
                 if isinstance(value, torch.Tensor) and key not in ("step", "mu_product"):
-                    assert value.shape == p.shape, key
+                    assert tuple(value.shape) == shapes.get(key, tuple(p.shape)), key
             p.grad = torch.ones_like(p)
     opt.step()
 

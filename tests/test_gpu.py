@@ -31,7 +31,7 @@ import adamkit
 import adamkit.optim._router as router
 
 from .problems import clone, set_grads
-from .registry import ALGORITHMS, CASES, FUSED, Case, params
+from .registry import CASES, FUSED, Case, params
 from .test_parity import (
     NADAM_FP64_REF_TOL,
     REF_TOL,
@@ -595,7 +595,7 @@ def test_kernels_compile_for_an_h100(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.max_memory_allocated)")
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", FUSED)
 def test_step_allocates_no_parameter_sized_memory_on_the_gpu(name: str) -> None:
     """One pass, no temporaries: a step allocates its small tables at most, where torch's
     foreach path allocates at least the parameters' size (pytorch issue 97712)."""

@@ -310,6 +310,8 @@ def test_a_corrupt_counter_is_refused_by_name_even_when_not_strict(execution: di
 def test_checkpoints_of_every_released_format_load_and_continue(
     path: Path, execution: dict[str, bool]
 ) -> None:
+    if execution.get("fused") and not TABLE[path.stem].kinds:
+        pytest.skip(f"{path.stem} has no fused kernel")
     saved = torch.load(path, weights_only=True)
     params = [p.clone().requires_grad_() for p in saved["params"]]
     named = [(f"layer.{i}", p) for i, p in enumerate(params)]
@@ -451,5 +453,10 @@ def test_loaded_state_is_not_shared_with_the_state_dict() -> None:
 
 
 def test_every_format_up_to_the_current_one_has_files() -> None:
+    """Every torch twin the format's release had (the first five in every format), and every
+    twin in the current format's."""
+    first = {"Adam", "AdamW", "RAdam", "NAdam", "Adamax"}
     for fmt in range(1, STATE_FORMAT + 1):
-        assert sorted(p.stem for p in (DATA / f"format{fmt}").glob("*.pt")) == sorted(TWINNED)
+        names = {p.stem for p in (DATA / f"format{fmt}").glob("*.pt")}
+        assert first <= names <= set(TWINNED)
+    assert names == set(TWINNED)

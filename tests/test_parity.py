@@ -205,9 +205,7 @@ def test_low_precision_matches_reference_early(case: Case, dtype: torch.dtype) -
 
 
 COMPLEX_CASES = [
-    c
-    for c in CASES
-    if (c.kwargs.get("maximize") or c.kwargs.get("weight_decay")) and c.row.complex
+    c for c in CASES if (c.kwargs.get("maximize") or c.kwargs.get("weight_decay")) and c.row.complex
 ][::2]
 
 

@@ -65,6 +65,8 @@ def test_state_swapped_or_replaced_by_hand_is_what_the_step_uses(name: str, how:
         _steps(ours, twin, ours_p, twin_p, 3)
         for opt in (ours, twin):
             for state in opt.state.values():
+                if key not in state:  # Adafactor: a vector's variance, a matrix's statistics
+                    continue
                 if how == "data":
                     state[key].data = state[key].data.clone() * 0.5
                 else:
@@ -72,7 +74,8 @@ def test_state_swapped_or_replaced_by_hand_is_what_the_step_uses(name: str, how:
         _steps(ours, twin, ours_p, twin_p, 3)
         _close(ours_p, twin_p)
         for state, twin_state in zip(ours.state.values(), twin.state.values(), strict=True):
-            torch.testing.assert_close(state[key], twin_state[key], rtol=1e-5, atol=1e-7)
+            if key in state:
+                torch.testing.assert_close(state[key], twin_state[key], rtol=1e-5, atol=1e-7)
 
 
 def test_replaced_8bit_scales_are_what_the_step_uses() -> None:

@@ -37,9 +37,9 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "KEPT_ELSEWHERE",
-    "adafactor",
     "REFERENCES",
     "State",
+    "adafactor",
     "adam",
     "adamax",
     "adamw",

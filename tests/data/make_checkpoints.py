@@ -23,6 +23,7 @@ ALGORITHMS = {
     "RAdam": {"decoupled_weight_decay": True, "weight_decay": 0.01},
     "NAdam": {},
     "Adamax": {},
+    "Adafactor": {"weight_decay": 0.01},  # from state format 3 (fp32 state only)
 }
 BEFORE, AFTER = 8, 4
 
@@ -45,7 +46,10 @@ FORMAT_SHAPES: dict[int, list[tuple[int, ...]]] = {
 
 def make(name: str, kwargs: dict[str, object]) -> dict[str, object]:
     generator = torch.Generator().manual_seed(7)
+    row = getattr(adamkit, name).algorithm
     kwargs = {**kwargs, **FORMAT_KWARGS[STATE_FORMAT]}
+    if kwargs.get("state_precision", "fp32") not in row.precisions:
+        kwargs.pop("state_precision")
     params = [torch.randn(shape, generator=generator) for shape in FORMAT_SHAPES[STATE_FORMAT]]
     named = [(f"layer.{i}", p.requires_grad_()) for i, p in enumerate(params)]
     optimizer = getattr(adamkit, name)(named, lr=0.01, foreach=True, **kwargs)

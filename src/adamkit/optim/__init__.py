@@ -14,8 +14,8 @@ from .schedulefree import ScheduleFreeAdamW, evaluation_mode
 __all__ = [
     "ADOPT",
     "STATE_FORMAT",
-    "Adafactor",
     "AdEMAMix",
+    "Adafactor",
     "Adam",
     "AdamW",
     "Adamax",

@@ -433,6 +433,8 @@ class AdamFamily(Optimizer):
                 if len(state) == 0:
                     state.update(self._init_state(p, group))
 
+        if self.algorithm.layout is not None:
+            self._check_layout(params, states, group)
         hyper = self._hyper(group)
         path_name = self.execution_path(group)
         if path_name == "fused":
@@ -450,6 +452,23 @@ class AdamFamily(Optimizer):
             if self.algorithm.layout is not None:
                 moment_keys = tuple(self._state_shapes(bucket[0], group))
             self._apply_rule(path, bucket, group, hyper, moment_keys)
+
+    def _check_layout(
+        self, params: list[Tensor], states: list[dict[str, Any]], group: dict[str, Any]
+    ) -> None:
+        """Each parameter's state is what its shape keeps (the row's layout), before anything
+        changes: a parameter resized after its state was made would otherwise broadcast
+        against its old statistics, or fail half-way through the step."""
+        for p, state in zip(params, states, strict=True):
+            shapes = self._state_shapes(p, group)
+            kept = {k: tuple(v.shape) for k, v in state.items() if k in self.algorithm.states}
+            if kept != shapes:
+                raise RuntimeError(
+                    f"adamkit.{type(self).__name__}: {label_of(group, p)} has {p.numel()} "
+                    f"elements of shape {tuple(p.shape)}, which keep {shapes}, but its state "
+                    f"holds {kept}: was the parameter replaced or resized after its state was "
+                    "created? Delete its state (optimizer.state.pop(p)) to start it afresh"
+                )
 
     def _by_layout(
         self, params: list[Tensor], group: dict[str, Any]

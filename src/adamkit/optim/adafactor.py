@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -10,7 +12,7 @@ from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper
 from ._paths import TensorOps
 
-__all__ = ["Adafactor", "adafactor_rule"]
+__all__ = ["Adafactor", "adafactor_rule", "clip_factors", "normalised_update"]
 
 
 def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
@@ -25,7 +27,8 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     grads = ops.neg(b.grads) if h.maximize else b.grads
     params = b.params
     # The relative step size scales with the parameter's RMS before the weight decay.
-    alphas = [max(h.eps, _rms(p)) * min(h.lr, 1 / t**0.5) for p, t in zip(params, steps)]
+    rhos = [min(h.lr, 1 / t**0.5) for t in steps]
+    alphas = [max(h.eps, _rms(p)) * rho for p, rho in zip(params, rhos, strict=True)]
     if h.weight_decay != 0:
         ops.mul_(params, 1 - h.lr * h.weight_decay)
     decays = [t ** h.own["beta2_decay"] for t in steps]  # 1 - beta2_t
@@ -36,19 +39,44 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         if p.numel() == 0:  # nothing to step (torch divides by its size, 0, here)
             continue
+        state = {key: tensors[i] for key, tensors in b.state.items()}
         if factored:
-            row_var, col_var = b.state["row_var"][i], b.state["col_var"][i]
-            row_var.lerp_(_mean_square(g, -1), decays[i])
-            col_var.lerp_(_mean_square(g, -2), decays[i])
-            estimate = row_var @ col_var
-            estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
-        else:
-            estimate = b.state["variance"][i].clone()
-        update = estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
+            state["row_var"].lerp_(_mean_square(g, -1), decays[i])
+            state["col_var"].lerp_(_mean_square(g, -2), decays[i])
+        update = normalised_update(state, g, eps1)
         # The update's RMS is capped at d (the paper's update clipping).
-        clip = max(1.0, _rms(update) / h.own["d"])
+        clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * h.own["d"]))
         ops.mul_([update], -alphas[i] / clip)
         ops.add_([p], [update], 1.0)
+
+
+def normalised_update(state: dict[str, Tensor], grad: Tensor, eps1: float) -> Tensor:
+    """``U = G / sqrt(max(V_hat, eps1^2))`` from one tensor's (updated) state, a new tensor:
+    ``V_hat = R C / max(mean(R), eps1)`` for a matrix, its ``variance`` for a vector."""
+    if "row_var" in state:
+        row_var = state["row_var"]
+        estimate = row_var @ state["col_var"]
+        estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
+    else:
+        estimate = state["variance"].clone()  # (the state itself stays as it is)
+    return estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
+
+
+def clip_factors(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> list[float]:
+    """The factor ``1 / max(1, RMS(U) / d)`` each tensor of ``group`` with a gradient had its
+    step scaled by at the last step: 1 unless the update was clipped. For telemetry, after a
+    step (the gradients still in ``.grad``); torch's ``Adafactor`` keeps the same state."""
+    factors = []
+    eps1_given = group["eps"][0]
+    for p in group["params"]:
+        state = optimizer.state.get(p, {})
+        if p.grad is None or p.numel() == 0 or "step" not in state:
+            continue
+        eps1 = torch.finfo(p.dtype).eps if eps1_given is None else eps1_given
+        tensors = {k: v for k, v in state.items() if k in ("row_var", "col_var", "variance")}
+        update = normalised_update(tensors, p.grad, eps1)
+        factors.append(1 / max(1.0, _rms(update) / float(group["d"])))
+    return factors
 
 
 def _rms(x: Tensor) -> float:
@@ -58,7 +86,8 @@ def _rms(x: Tensor) -> float:
 
 def _mean_square(g: Tensor, dim: int) -> Tensor:
     """``(g * g).mean(dim, keepdim=True)`` without a temporary the size of ``g``."""
-    return torch.norm(g, dim=dim, keepdim=True).square_().div_(g.size(dim))
+    norm: Tensor = torch.norm(g, dim=dim, keepdim=True)
+    return norm.square_().div_(g.size(dim))
 
 
 class Adafactor(AdamFamily):

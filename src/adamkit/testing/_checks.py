@@ -505,7 +505,9 @@ def check_bad_hyperparameters(case: Case) -> None:
         try:
             case.make(make_params(), **{key: value})
         except (ValueError, TypeError) as error:
-            shown = str(next(v for v in value if v is not None) if isinstance(value, tuple) else value)
+            shown = str(
+                next(v for v in value if v is not None) if isinstance(value, tuple) else value
+            )
             if shown not in str(error) and shown.rstrip("0").rstrip(".") not in str(error):
                 raise CheckFailed(f"{key}={value!r} is refused but not named: {error}") from None
             continue

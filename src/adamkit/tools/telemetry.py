@@ -15,7 +15,9 @@ RAdam, ``rho_t`` and ``rectified`` (whether the adaptive step was used); for AdE
 optimizers (adamkit's and the ``schedulefree`` package's), ``average_weight`` (the weight
 :math:`c_{t+1}` of this step's iterate in the average x) and, as ``lr``, the warmed-up lr
 the step used; with ``cautious=True``, ``kept_fraction`` (of the update's elements), with
-``update_clipping=True``, ``clip_factor`` (the mean factor the lr was scaled by). Recording
+``update_clipping=True``, ``clip_factor`` (the mean factor the lr was scaled by); for
+Adafactor (adamkit's and torch's), ``relative_step`` (``min(lr, 1 / sqrt(t))``)
+and ``clip_factor`` (the mean over its tensors of ``1 / max(1, RMS(U) / d)``). Recording
 costs a copy
 of the parameters on the steps it records: use ``every=N`` for large models.
 """
@@ -34,6 +36,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._plot import log_axis, png_path
+from ..optim.adafactor import clip_factors as adafactor_clip_factors
 from ..optim.ademamix import ademamix_schedules
 from ..optim.radam import radam_rectification
 from ..optim.schedulefree import averaging_weight
@@ -57,6 +60,7 @@ FIELDS = [
     "average_weight",
     "kept_fraction",
     "clip_factor",
+    "relative_step",
 ]
 
 
@@ -138,6 +142,7 @@ class Telemetry:
             "average_weight": None,
             "kept_fraction": None,
             "clip_factor": None,
+            "relative_step": None,
         }
         if type(optimizer).__name__ == "RAdam":
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
@@ -155,6 +160,12 @@ class Telemetry:
         if isinstance(stats, list) and index < len(stats):  # cautious, update_clipping
             record["kept_fraction"] = stats[index]["kept_fraction"]
             record["clip_factor"] = stats[index]["clip_factor"]
+        if type(optimizer).__name__ == "Adafactor":  # adamkit's or torch's: the same state
+            steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
+            if steps:
+                record["relative_step"] = min(record["lr"], 1 / float(max(steps)) ** 0.5)
+            factors = adafactor_clip_factors(optimizer, group)
+            record["clip_factor"] = sum(factors) / len(factors) if factors else None
         if "train_mode" in group and group.get("k", 0) > 0:  # schedule-free: its own warmup
             record["lr"] = float(group["scheduled_lr"])
             record["average_weight"] = averaging_weight(group)
@@ -208,8 +219,8 @@ def read_telemetry(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
     """Plot lr, gradient norm, update/param ratio and (if any) RAdam's rho_t, AdEMAMix's
-    alpha_t and beta3_t, schedule-free's average_weight, cautious's kept_fraction and update
-    clipping's clip_factor per group to PNG."""
+    alpha_t and beta3_t, schedule-free's average_weight, cautious's kept_fraction, update
+    clipping's (and Adafactor's) clip_factor and Adafactor's relative_step per group to PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,6 +237,7 @@ def plot_telemetry(path: str | Path, out: str | Path = "telemetry.png") -> Path:
         ("average_weight", True),
         ("kept_fraction", False),
         ("clip_factor", False),
+        ("relative_step", True),
     )
     for key, log in extra:
         if any(r.get(key) is not None for r in records):

@@ -1,0 +1,243 @@
+"""Adafactor beyond the registry (which holds every path equal to torch.optim.Adafactor and to
+the NumPy reference, checkpoints exchanged both ways): longer runs on more shapes, the memory
+it keeps, its own bad input, bf16 parameters, and its telemetry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adamkit
+from adamkit import reference
+
+from .artifacts import assert_real_png
+
+SHAPES = [(17, 9), (3, 5, 4), (2, 1, 6, 7), (33,), (), (1, 40), (40, 1)]
+ODD = {"lr": 3e-2, "beta2_decay": -0.6, "eps": (1e-5, 1e-2), "d": 1.3, "weight_decay": 0.05}
+
+
+def _run(cls: Any, dtype: torch.dtype, steps: int, **kwargs: Any) -> tuple[Any, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, dtype=dtype, generator=g).requires_grad_() for s in SHAPES]
+    opt = cls(ps, **kwargs)
+    for t in range(steps):
+        for i, p in enumerate(ps):
+            # Gradients of very different sizes (eps1 binds on the small ones), some skipped.
+            scale = 10.0 ** ((i % 4) - 3)
+            grad = torch.randn(p.shape, dtype=dtype, generator=g) * scale
+            p.grad = None if (i == 3 and t % 5 == 4) else grad
+        opt.step()
+    return opt, ps
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, ODD, {**ODD, "maximize": True}], ids=["default", "odd", "max"]
+)
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+def test_equals_torch_over_300_steps_on_every_shape(kwargs: dict, foreach: bool) -> None:
+    """4-d and degenerate (1 x n, n x 1) matrices factored over their last two dimensions, a
+    vector, a scalar, a tensor that skips steps; the multi-tensor path bit for bit (torch's
+    operations in torch's order), the for-loop within its last bits (it applies the update as
+    ``mul`` then ``add`` where torch's for-loop takes ``add(alpha=)``)."""
+    for dtype in (torch.float64, torch.float32):
+        ours, ps = _run(adamkit.Adafactor, dtype, 300, foreach=foreach, **kwargs)
+        theirs, qs = _run(torch.optim.Adafactor, dtype, 300, foreach=foreach, **kwargs)
+        tol = {"rtol": 0, "atol": 0} if foreach else {"rtol": 1e-6, "atol": 1e-12}
+        if dtype == torch.float32 and not foreach:
+            tol = {"rtol": 1e-5, "atol": 1e-6}
+        for p, q in zip(ps, qs, strict=True):
+            torch.testing.assert_close(p, q, **tol)
+            assert sorted(ours.state[p]) == sorted(theirs.state[q])
+            for key, value in ours.state[p].items():
+                torch.testing.assert_close(value, theirs.state[q][key], **tol)
+
+
+def test_the_reference_is_the_paper_s_factored_estimate() -> None:
+    """With beta2 = 0 (beta2_decay so that 1 - beta2_1 = 1) the estimate is the rank-1
+    factorisation of G^2 of the paper's Algorithm 4, ``V = R C / sum(R)`` with sums (torch's
+    means give the same ratio): checked on a gradient whose square is exactly rank 1."""
+    row, col = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 4.0])
+    grad = (row[:, None] * col[None, :]).sqrt().numpy()  # G^2 = row col^T
+    x = torch.ones(3, 2).numpy()
+    _, state = reference.adafactor(x, grad, lr=1.0, eps=(0.0, 1e-3))
+    v_hat = state["row_var"] * state["col_var"] / state["row_var"].mean()
+    assert v_hat == pytest.approx(grad**2)
+
+
+def test_state_is_sublinear_in_a_matrix_s_size() -> None:
+    """A (1024, 512) matrix keeps 1024 + 512 numbers, a bias its 512; against Adam's 2 per
+    element."""
+    model = torch.nn.Linear(1024, 512)
+    opt = adamkit.Adafactor(model.parameters())
+    model(torch.randn(4, 1024)).sum().backward()
+    opt.step()
+    state = opt.state[model.weight]
+    assert state["row_var"].shape == (512, 1) and state["col_var"].shape == (1, 1024)
+    memory = adamkit.state_memory(opt)
+    floats = 512 + 1024 + 512  # row_var, col_var of the weight; the bias's variance
+    assert memory.total_bytes == 4 * floats + 2 * 4  # and two step counters
+    assert memory.bytes_per_param < 0.02  # Adam: 8
+
+
+def test_bf16_parameters_round_stochastically_and_keep_bf16_state() -> None:
+    """As torch: bf16 state for bf16 parameters; eps1 = None is bf16's machine epsilon also
+    when the step runs on fp32 copies (stochastic rounding), so both modes agree on average."""
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(64, 32, generator=g)
+    finals = []
+    for stochastic in (False, True):
+        p = start.bfloat16().requires_grad_()
+        opt = adamkit.Adafactor([p], lr=1e-2, stochastic_rounding=stochastic)
+        for _ in range(20):
+            p.grad = (torch.randn(64, 32, generator=g) * 1e-3).bfloat16()
+            opt.step()
+        assert opt.state[p]["row_var"].dtype == torch.bfloat16
+        finals.append(p.detach().float())
+    assert not torch.equal(finals[0], finals[1])  # the stochastic run rounded differently
+    assert (finals[0] - finals[1]).abs().mean() < 0.02
+
+
+def _make(**kwargs: Any) -> Any:
+    return lambda: adamkit.Adafactor([torch.randn(3, 3, requires_grad=True)], **kwargs)
+
+
+def _complex_at_the_step() -> None:
+    p = torch.randn(3, requires_grad=True)
+    opt = adamkit.Adafactor([p])
+    p.data = torch.randn(3, dtype=torch.complex64)
+    p.grad = torch.randn(3, dtype=torch.complex64)
+    opt.step()
+
+
+def _resized() -> None:
+    p = torch.randn(4, 3, requires_grad=True)
+    opt = adamkit.Adafactor([p])
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    p.data = torch.randn(12)
+    p.grad = torch.randn(12)
+    opt.step()
+
+
+#: Adafactor's own bad input (docs/bad-input.md has a section of them).
+BAD_ADAFACTOR: list[tuple[str, Any, type[Exception], str]] = [
+    ("Adafactor(params, eps=1e-3)", _make(eps=1e-3), TypeError, r"eps must be a pair"),
+    (
+        "Adafactor(params, eps=(-1.0, 1e-3))",
+        _make(eps=(-1.0, 1e-3)),
+        ValueError,
+        r"Invalid epsilon1 value: -1\.0",
+    ),
+    (
+        "Adafactor(params, eps=(None, nan))",
+        _make(eps=(None, float("nan"))),
+        ValueError,
+        r"Invalid epsilon2 value: nan",
+    ),
+    (
+        "Adafactor(params, eps=('a', 1e-3))",
+        _make(eps=("a", 1e-3)),
+        TypeError,
+        r"eps\[0\] must be a float .* got str",
+    ),
+    (
+        "Adafactor(params, beta2_decay=0.5)",
+        _make(beta2_decay=0.5),
+        ValueError,
+        r"Invalid beta2_decay value: 0\.5 .*<= 0",
+    ),
+    ("Adafactor(params, d=0.5)", _make(d=0.5), ValueError, r"Invalid d value: 0\.5 .*>= 1"),
+    ("Adafactor(params, d=inf)", _make(d=float("inf")), ValueError, r"Invalid d value: inf"),
+    (
+        "Adafactor(params, fused=True)",
+        _make(fused=True),
+        RuntimeError,
+        r"no fused kernel steps Adafactor; leave fused=None",
+    ),
+    (
+        "Adafactor(params, state_precision='bf16')",
+        _make(state_precision="bf16"),
+        ValueError,
+        r"its state is already small",
+    ),
+    (
+        "Adafactor([complex parameter])",
+        lambda: adamkit.Adafactor([torch.randn(3, dtype=torch.complex64)]),
+        RuntimeError,
+        r"does not support complex parameters \(params\[0\] is torch.complex64\)",
+    ),
+    (
+        "p.data = complex tensor; step()",
+        _complex_at_the_step,
+        RuntimeError,
+        r"parameter #0 is torch.complex64",
+    ),
+    (
+        "p.data = torch.randn(12) (was 4 x 3); step()",
+        _resized,
+        RuntimeError,
+        r"was the parameter replaced or resized",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "call", "error", "message"), BAD_ADAFACTOR, ids=[r[0] for r in BAD_ADAFACTOR]
+)
+def test_bad_input_is_named(code: str, call: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_a_value_changed_by_hand_is_refused_before_the_step() -> None:
+    p = torch.randn(4, 3, requires_grad=True)
+    opt = adamkit.Adafactor([p])
+    opt.param_groups[0]["beta2_decay"] = 0.5
+    p.grad = torch.randn(4, 3)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"param group 0: Invalid beta2_decay value: 0\.5"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+def test_a_checkpoint_of_another_optimizer_or_shape_is_refused_and_changes_nothing() -> None:
+    p = torch.randn(6, 4, requires_grad=True)
+    adam = torch.optim.Adam([p])
+    p.grad = torch.randn(6, 4)
+    adam.step()
+    opt = adamkit.Adafactor([p.detach().clone().requires_grad_()])
+    with pytest.raises(ValueError, match=r"its state lacks \['row_var', 'col_var'\]"):
+        opt.load_state_dict(adam.state_dict())
+    assert opt.state_dict()["state"] == {}
+    other = torch.optim.Adafactor([torch.randn(4, 6, requires_grad=True)])
+    other.param_groups[0]["params"][0].grad = torch.randn(4, 6)
+    other.step()
+    with pytest.raises(ValueError, match=r"state 'row_var' has shape \(4, 1\), it should have"):
+        opt.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize(
+    "cls", [adamkit.Adafactor, torch.optim.Adafactor], ids=["adamkit", "torch"]
+)
+def test_telemetry_records_the_relative_step_and_the_clipping(tmp_path: Path, cls: Any) -> None:
+    """rho_t = min(lr, 1/sqrt(t)): 1 / sqrt(t) until it falls below lr; the update's RMS is
+    clipped to d, hardest at the first step (where beta2_1 = 0 and |U| = 1 everywhere but
+    where eps1 binds, so d = 1 never clips it and d > 1 neither)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = cls(model.parameters(), lr=0.2)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    with adamkit.Telemetry(opt, tmp_path / "adafactor.jsonl") as telemetry:
+        for _ in range(40):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    steps = [r["relative_step"] for r in telemetry.records]
+    assert steps[:3] == pytest.approx([0.2, 0.2, 0.2])  # lr caps 1/sqrt(t) up to t = 25
+    assert steps[-1] == pytest.approx(1 / 40**0.5)
+    factors = [r["clip_factor"] for r in telemetry.records]
+    assert all(0 < f <= 1 for f in factors) and min(factors) < 1  # some steps were clipped
+    assert_real_png(adamkit.plot_telemetry(tmp_path / "adafactor.jsonl", tmp_path / "a.png"))
