@@ -39,20 +39,18 @@ def _run(cls: Any, dtype: torch.dtype, steps: int, **kwargs: Any) -> tuple[Any, 
 @pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
 def test_equals_torch_over_300_steps_on_every_shape(kwargs: dict, foreach: bool) -> None:
     """4-d and degenerate (1 x n, n x 1) matrices factored over their last two dimensions, a
-    vector, a scalar, a tensor that skips steps; the multi-tensor path bit for bit (torch's
-    operations in torch's order), the for-loop within its last bits (it applies the update as
-    ``mul`` then ``add`` where torch's for-loop takes ``add(alpha=)``)."""
-    for dtype in (torch.float64, torch.float32):
+    vector, a scalar, a tensor that skips steps, gradients small enough for eps1 to bind: equal
+    to torch within rounding, state included (adamkit takes the mean squares as means of g^2
+    where torch squares a norm, and applies a matrix's update in factored form: the last bits
+    differ, and 300 steps of a relative step size carry them along)."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
         ours, ps = _run(adamkit.Adafactor, dtype, 300, foreach=foreach, **kwargs)
         theirs, qs = _run(torch.optim.Adafactor, dtype, 300, foreach=foreach, **kwargs)
-        tol = {"rtol": 0, "atol": 0} if foreach else {"rtol": 1e-6, "atol": 1e-12}
-        if dtype == torch.float32 and not foreach:
-            tol = {"rtol": 1e-5, "atol": 1e-6}
         for p, q in zip(ps, qs, strict=True):
-            torch.testing.assert_close(p, q, **tol)
+            torch.testing.assert_close(p, q, rtol=tol, atol=tol)
             assert sorted(ours.state[p]) == sorted(theirs.state[q])
             for key, value in ours.state[p].items():
-                torch.testing.assert_close(value, theirs.state[q][key], **tol)
+                torch.testing.assert_close(value, theirs.state[q][key], rtol=tol, atol=tol * 1e-3)
 
 
 def test_the_reference_is_the_paper_s_factored_estimate() -> None:

@@ -13,7 +13,7 @@ import torch
 import adamkit
 
 from .problems import clone, grad_stream, make_params, set_grads
-from .registry import ALGORITHMS, FUSED, TWINNED, Case
+from .registry import ALGORITHMS, FUSED, NOT_BIT_EQUAL, TWINNED, Case
 
 PATHS = [{"foreach": True}, {"foreach": False}, {"fused": True}]
 #: Each algorithm on each path it has (the fused one where a kernel steps it).
@@ -38,7 +38,10 @@ def test_clipping_equals_torch_clip_grad_norm(name: str) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in theirs_p if p.grad is not None], 0.5)
         theirs.step()
     for a, b in zip(ours_p, theirs_p, strict=True):
-        assert torch.equal(a, b)  # the same operations: bit for bit
+        if name in NOT_BIT_EQUAL:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(a, b)  # the same operations: bit for bit
     assert ours.last_grad_norm > 0.5  # the problem's gradients are large: clipping was active
 
 

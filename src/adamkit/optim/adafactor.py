@@ -16,11 +16,17 @@ __all__ = ["Adafactor", "adafactor_rule", "clip_factors", "normalised_update"]
 
 
 def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
-    """One Adafactor step, in ``torch.optim.Adafactor``'s operations and order.
+    """One Adafactor step: ``torch.optim.Adafactor``'s update, equal to it within rounding.
 
     Bucket-wide where the operations are elementwise (the step counts, the weight decay, the
-    vectors' ``variance``), then one tensor at a time: a matrix's statistics are reductions
-    of its own, and its variance estimate is a temporary the size of the tensor, so the peak
+    vectors' ``variance``), then one tensor at a time: a matrix's statistics are reductions of
+    its own. Two changes to torch's operations make a matrix's step about 4x faster on the
+    CPU (``benchmarks/bench_adafactor.py``): its row and column mean squares are two means of
+    one ``g * g`` (torch's ``norm`` over dimension -2 strides through memory: 13.5 ms for a
+    (1024, 4096) fp32 tensor here, against 1.2 ms), and the update is applied in its factored
+    form, ``G * rsqrt(C) * rsqrt(R / mean(R))``, without the ``n x m`` estimate
+    ``R C / mean(R)`` where its ``eps1^2`` floor cannot bind (checked exactly on the smallest
+    element; else torch's form). One temporary the size of the tensor at a time: the peak
     memory is one tensor's (torch's multi-tensor step holds every tensor's at once).
     """
     steps = ops.count_step(b.steps)
@@ -36,18 +42,42 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     factored = "row_var" in b.state
     if not factored:
         ops.lerp_(b.state["variance"], ops.mul(grads, grads), decays)
+    d = h.own["d"]
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         if p.numel() == 0:  # nothing to step (torch divides by its size, 0, here)
             continue
         state = {key: tensors[i] for key, tensors in b.state.items()}
+        factors = None
         if factored:
-            state["row_var"].lerp_(_mean_square(g, -1), decays[i])
-            state["col_var"].lerp_(_mean_square(g, -2), decays[i])
-        update = normalised_update(state, g, eps1)
-        # The update's RMS is capped at d (the paper's update clipping).
-        clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * h.own["d"]))
-        ops.mul_([update], -alphas[i] / clip)
-        ops.add_([p], [update], 1.0)
+            square = g * g
+            state["row_var"].lerp_(square.mean(dim=-1, keepdim=True), decays[i])
+            state["col_var"].lerp_(square.mean(dim=-2, keepdim=True), decays[i])
+            del square
+            factors = _rank_one_factors(state["row_var"], state["col_var"], eps1)
+        if factors is not None:  # U = (G * col_factor) * row_factor, never formed
+            row_factor, col_factor = factors
+            scaled = g * col_factor
+            norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).mul_(row_factor).norm()
+            # The update's RMS is capped at d (the paper's update clipping).
+            clip = max(1.0, norm.item() / (p.numel() ** 0.5 * d))
+            p.addcmul_(scaled, row_factor, value=-alphas[i] / clip)
+        else:
+            update = normalised_update(state, g, eps1)
+            clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
+            p.add_(update, alpha=-alphas[i] / clip)
+
+
+def _rank_one_factors(
+    row_var: Tensor, col_var: Tensor, eps1: float
+) -> tuple[Tensor, Tensor] | None:
+    """``rsqrt(R / max(mean(R), eps1))`` and ``rsqrt(C)``, whose outer product is torch's
+    ``rsqrt(max(R C / max(mean(R), eps1), eps1^2))``, or ``None`` where the ``eps1^2`` floor
+    binds somewhere (at the smallest ``R_i C_j``, computed as torch computes it)."""
+    mean = row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1)
+    smallest = row_var.amin(dim=-2, keepdim=True) * col_var.amin(dim=-1, keepdim=True) / mean
+    if bool((smallest <= eps1 * eps1).any()):
+        return None
+    return (row_var / mean).rsqrt_(), col_var.rsqrt()
 
 
 def normalised_update(state: dict[str, Tensor], grad: Tensor, eps1: float) -> Tensor:
@@ -82,12 +112,6 @@ def clip_factors(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> lis
 def _rms(x: Tensor) -> float:
     """Root mean square of ``x``'s elements, as torch takes it (0 for an empty tensor)."""
     return x.norm(2).item() / (x.numel() ** 0.5) if x.numel() else 0.0
-
-
-def _mean_square(g: Tensor, dim: int) -> Tensor:
-    """``(g * g).mean(dim, keepdim=True)`` without a temporary the size of ``g``."""
-    norm: Tensor = torch.norm(g, dim=dim, keepdim=True)
-    return norm.square_().div_(g.size(dim))
 
 
 class Adafactor(AdamFamily):
