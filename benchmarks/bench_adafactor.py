@@ -14,6 +14,7 @@ freed blocks are returned.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_step import machine_description
+from bench_step import machine_description, write_section
 
 import adamkit
 
@@ -75,9 +76,17 @@ def _memory(set_name: str, variant: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--md", type=Path, help="append the tables to this file")
+    parser.add_argument("--md", type=Path, help="markdown file whose section to replace")
     args = parser.parse_args()
-    lines = [*machine_description(), ""]
+    command = "python benchmarks/bench_adafactor.py " + " ".join(sys.argv[1:])
+    lines = [
+        "## Adafactor against torch's (`benchmarks/bench_adafactor.py`)",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
+        *(f"{line}  " for line in machine_description()),
+        "",
+    ]
     for set_name, shapes in SETS.items():
         elements = sum(torch.Size(s).numel() for s in shapes)
         runs = {name: cls(params(shapes), **kw) for name, (cls, kw) in VARIANTS.items()}
@@ -107,8 +116,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.md:
-        with args.md.open("a") as f:
-            f.write(text + "\n")
+        write_section(args.md, text, "bench_adafactor")
 
 
 if __name__ == "__main__":

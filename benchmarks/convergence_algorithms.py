@@ -81,13 +81,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "ADOPT": {"weight_decay": WEIGHT_DECAY, "decoupled_weight_decay": True},
     "ScheduleFreeAdamW": {"weight_decay": WEIGHT_DECAY, "warmup_steps": "warmup"},
+    # Its lr is not a step size but the cap of its relative step (the step is lr * RMS(theta)):
+    # the shared lr does not apply; torch's default, the paper's cap. Not run by default.
+    "Adafactor": {"lr": 1e-2, "weight_decay": WEIGHT_DECAY},
+    "Adafactor+lr0.03": {"lr": 3e-2, "weight_decay": WEIGHT_DECAY},
     # The options, on AdamW (labels of their own; not run by default).
     "AdamW+cautious": {"weight_decay": WEIGHT_DECAY, "cautious": True},
     "StableAdamW": {"weight_decay": WEIGHT_DECAY},  # its own defaults: betas (0.9, 0.99)
     "AdamW+update_clipping": {"weight_decay": WEIGHT_DECAY, "update_clipping": True},
 }
 #: What runs without --algorithms: every algorithm once.
-DEFAULT = [name for name in SETTINGS if "+" not in name and name != "StableAdamW"]
+DEFAULT = [n for n in SETTINGS if "+" not in n and n not in ("StableAdamW", "Adafactor")]
 SEEDS = (0, 1, 2)
 
 
@@ -99,7 +103,7 @@ def maker(name: str, steps: int, lr: float) -> Callable[[nn.Module], torch.optim
         for k, v in SETTINGS[name].items()
     }
     cls = getattr(adamkit, name.split("+")[0])  # "AdamW+cautious": AdamW
-    return lambda model: cls(model.parameters(), lr=lr, **resolved)
+    return lambda model: cls(model.parameters(), **{"lr": lr, **resolved})
 
 
 def spread(values: Sequence[float], digits: int = 4) -> str:
