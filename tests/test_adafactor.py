@@ -110,6 +110,18 @@ def _complex_at_the_step() -> None:
     opt.step()
 
 
+def _changed_by_hand(key: str, value: Any) -> None:
+    """Two groups; the second's ``key`` changed by hand: refused before the first steps."""
+    p, q = torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)
+    opt = adamkit.Adafactor([{"params": [p]}, {"params": [q]}])
+    opt.param_groups[1][key] = value
+    p.grad, q.grad = torch.randn(4, 3), torch.randn(5)
+    try:
+        opt.step()
+    finally:
+        assert not opt.state[p]  # the first group did not step
+
+
 def _resized() -> None:
     p = torch.randn(4, 3, requires_grad=True)
     opt = adamkit.Adafactor([p])
@@ -148,7 +160,25 @@ BAD_ADAFACTOR: list[tuple[str, Any, type[Exception], str]] = [
         r"Invalid beta2_decay value: 0\.5 .*<= 0",
     ),
     ("Adafactor(params, d=0.5)", _make(d=0.5), ValueError, r"Invalid d value: 0\.5 .*>= 1"),
-    ("Adafactor(params, d=inf)", _make(d=float("inf")), ValueError, r"Invalid d value: inf"),
+    ("Adafactor(params, d=nan)", _make(d=float("nan")), ValueError, r"Invalid d value: nan"),
+    (
+        "add_param_group({..., 'fused': True})",
+        lambda: _make()().add_param_group({"params": [torch.randn(2, 2)], "fused": True}),
+        RuntimeError,
+        r"param group 1: adamkit.Adafactor\(fused=True\): no fused kernel steps Adafactor",
+    ),
+    (
+        "group['eps'] = 1e-3 (by hand); step()",
+        lambda: _changed_by_hand("eps", 1e-3),
+        TypeError,
+        r"param group 1: eps must be a pair \(eps1 or None, eps2\), got 0\.001",
+    ),
+    (
+        "group['fused'] = True (by hand); step()",
+        lambda: _changed_by_hand("fused", True),
+        RuntimeError,
+        r"param group 1: adamkit.Adafactor\(fused=True\): no fused kernel",
+    ),
     (
         "Adafactor(params, fused=True)",
         _make(fused=True),
@@ -171,7 +201,7 @@ BAD_ADAFACTOR: list[tuple[str, Any, type[Exception], str]] = [
         "p.data = complex tensor; step()",
         _complex_at_the_step,
         RuntimeError,
-        r"parameter #0 is torch.complex64",
+        r"parameter #0 of param group 0 is torch.complex64",
     ),
     (
         "p.data = torch.randn(12) (was 4 x 3); step()",
@@ -239,3 +269,73 @@ def test_telemetry_records_the_relative_step_and_the_clipping(tmp_path: Path, cl
     factors = [r["clip_factor"] for r in telemetry.records]
     assert all(0 < f <= 1 for f in factors) and min(factors) < 1  # some steps were clipped
     assert_real_png(adamkit.plot_telemetry(tmp_path / "adafactor.jsonl", tmp_path / "a.png"))
+
+
+def test_d_inf_turns_the_clipping_off_as_in_torch() -> None:
+    _, ps = _run(adamkit.Adafactor, torch.float64, 30, d=float("inf"))
+    _, qs = _run(torch.optim.Adafactor, torch.float64, 30, d=float("inf"))
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def _extreme_rows(dtype: torch.dtype, big: float, small: float, rows: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    grad = torch.randn(rows, 32, generator=g) * big
+    grad[3] = torch.randn(32, generator=g) * small
+    return grad.to(dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "big", "small", "eps"),
+    [
+        (torch.float16, 20.0, 2e-3, (None, 1e-3)),  # a row's R / mean(R) underflows fp16
+        (torch.float32, 1e8, 1e-16, (0.0, 1e-3)),  # ... and fp32's normal range
+    ],
+    ids=["fp16", "fp32"],
+)
+def test_statistics_spanning_the_dtype_s_range_step_as_the_reference(
+    dtype: torch.dtype, big: float, small: float, eps: tuple
+) -> None:
+    """The factored form's row factor rsqrt(R / mean(R)) is taken in fp32 at least, and
+    torch's form is taken where it would leave its range: no NaN or infinite rows (the first
+    version gave fp16 a NaN row), and the reference's step within the dtype's rounding.
+    (torch's own fp16 step is no yardstick here: its ``R C`` overflows fp16 at |g| ~ 16, and
+    those elements stop moving.)"""
+    p = torch.randn(64, 32).to(dtype).requires_grad_()
+    ours = adamkit.Adafactor([p], eps=eps)
+    theta, state = p.detach().double().numpy(), None
+    eps1 = torch.finfo(dtype).eps if eps[0] is None else eps[0]
+    for _ in range(3):
+        grad = _extreme_rows(dtype, big, small)
+        p.grad = grad.clone()
+        ours.step()
+        theta, state = reference.adafactor(theta, grad.double().numpy(), state, eps=(eps1, eps[1]))
+    assert torch.isfinite(p).all()
+    tol = 2e-3 if dtype == torch.float16 else 1e-6
+    torch.testing.assert_close(p.double(), torch.from_numpy(theta), rtol=tol, atol=tol)
+
+
+def test_a_checkpoint_entry_with_states_its_shape_does_not_keep_is_refused() -> None:
+    p = torch.randn(4, 3, requires_grad=True)
+    opt = adamkit.Adafactor([p])
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    saved = opt.state_dict()
+    saved["state"][0]["variance"] = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"its state has \['variance'\], which a parameter of"):
+        adamkit.Adafactor([p.detach().clone().requires_grad_()]).load_state_dict(saved)
+
+
+def test_telemetry_leaves_other_packages_adafactor_alone(tmp_path: Path) -> None:
+    """transformers' and timm's classes are also named Adafactor, with other state: no
+    Adafactor fields for them, and no failure after their step."""
+
+    class Adafactor(torch.optim.SGD):  # a stand-in with the name and none of the state
+        pass
+
+    p = torch.randn(3, 2, requires_grad=True)
+    opt = Adafactor([p], lr=0.1)
+    with adamkit.Telemetry(opt, tmp_path / "t.jsonl") as telemetry:
+        p.grad = torch.ones(3, 2)
+        opt.step()
+    assert telemetry.records[0]["relative_step"] is None

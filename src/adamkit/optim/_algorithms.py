@@ -139,10 +139,13 @@ class Algorithm:
         return {key: tuple(shape) for key in self.state_keys(amsgrad)}
 
     def in_bounds(self, item: tuple[str, float]) -> bool:
-        """Whether own hyperparameter ``(name, value)`` is finite and within its bounds."""
+        """Whether own hyperparameter ``(name, value)`` is within its bounds: finite for the
+        default ``[0, inf)``, an infinite bound included for the row's ``bounds``."""
         name, value = item
-        low, high = self.bounds.get(name, (0.0, math.inf))
-        return math.isfinite(value) and low <= value <= high
+        if name in self.bounds:
+            low, high = self.bounds[name]
+            return low <= value <= high
+        return math.isfinite(value) and value >= 0
 
     @property
     def elementwise(self) -> bool:

@@ -110,11 +110,6 @@ class AdamFamily(Optimizer):
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         check_group(defaults, type(self).__name__, "", self.algorithm)
         super().__init__(params, defaults)
-        if any(g.get("fused") for g in self.param_groups) and self.algorithm.kernel is None:
-            raise RuntimeError(
-                f"adamkit.{type(self).__name__}(fused=True): no fused kernel steps "
-                f"{self.algorithm.name}; leave fused=None to use the multi-tensor path"
-            )
         if not kernel_available() and any(
             g.get("fused") and _has_cpu_params(g) for g in self.param_groups
         ):
@@ -273,6 +268,20 @@ class AdamFamily(Optimizer):
         return state
 
     def _hyper(self, group: dict[str, Any]) -> Hyper:
+        try:
+            return self._checked_hyper(group)
+        except (TypeError, ValueError):
+            # A value of the wrong kind set by hand (group["eps"] = 1e-3 where a pair is
+            # taken): check_group names it; anything it lets pass is raised as it was.
+            self._refuse(group)
+            raise
+
+    def _refuse(self, group: dict[str, Any]) -> None:
+        """Raise check_group's error for a group changed by hand, naming the group."""
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        check_group(group, type(self).__name__, f"param group {index}: ", self.algorithm)
+
+    def _checked_hyper(self, group: dict[str, Any]) -> Hyper:
         row = self.algorithm
         beta1, beta2 = group["betas"] if row.betas else (0.0, 0.0)
         eps1, eps = group["eps"] if row.eps_pair else (None, group["eps"])
@@ -308,10 +317,9 @@ class AdamFamily(Optimizer):
             and all(map(row.in_bounds, h.own.items()))
             and all(h.own[name] < 1 for name in row.fractions)
             and all(h.own[name].is_integer() for name in row.integers)
+            and not (group.get("fused") and row.kernel is None)
         ):
-            index = next(i for i, g in enumerate(self.param_groups) if g is group)
-            where = f"param group {index}: "
-            check_group(group, type(self).__name__, where, row)
+            self._refuse(group)
         return h
 
     def execution_path(self, group: dict[str, Any] | None = None) -> str:
@@ -357,6 +365,10 @@ class AdamFamily(Optimizer):
                 loss = closure()
         self.__dict__["_update_stats"] = {}  # what the options do at this step (none yet)
         for index, group in enumerate(self.param_groups):
+            # Values and tensors changed by hand since: refused before any group steps.
+            AdamFamily._hyper(self, group)
+            if self.algorithm.layout is not None or not self.algorithm.complex:
+                self._check_tensors(group, index)
             if any(options_of(group)):  # set by hand since: refused before anything changes
                 where = f"param group {index}: "
                 check_group(group, type(self).__name__, where, self.algorithm)
@@ -421,20 +433,12 @@ class AdamFamily(Optimizer):
                 f"({param_label(group, i)} has one); use torch.optim.SparseAdam, or "
                 "nn.Embedding(sparse=False)"
             )
-        if not self.algorithm.complex and any(map(_IS_COMPLEX, params)):
-            i = next(i for i, p in enumerate(group["params"]) if p.is_complex())
-            raise RuntimeError(
-                f"{self.algorithm.name} does not support complex parameters "
-                f"({param_label(group, i)} is {group['params'][i].dtype})"
-            )
         states = self._entries(params)
         if not all(states):  # an empty dict: state not created yet
             for p, state in zip(params, states, strict=True):
                 if len(state) == 0:
                     state.update(self._init_state(p, group))
 
-        if self.algorithm.layout is not None:
-            self._check_layout(params, states, group)
         hyper = self._hyper(group)
         path_name = self.execution_path(group)
         if path_name == "fused":
@@ -453,21 +457,32 @@ class AdamFamily(Optimizer):
                 moment_keys = tuple(self._state_shapes(bucket[0], group))
             self._apply_rule(path, bucket, group, hyper, moment_keys)
 
-    def _check_layout(
-        self, params: list[Tensor], states: list[dict[str, Any]], group: dict[str, Any]
-    ) -> None:
-        """Each parameter's state is what its shape keeps (the row's layout), before anything
-        changes: a parameter resized after its state was made would otherwise broadcast
-        against its old statistics, or fail half-way through the step."""
-        for p, state in zip(params, states, strict=True):
+    def _check_tensors(self, group: dict[str, Any], index: int) -> None:
+        """Before any group steps: no complex parameter where the row takes none, and each
+        stepped parameter's state is what its shape keeps (the row's layout; a parameter
+        resized after its state was made would otherwise broadcast against its old
+        statistics, or fail half-way through the step)."""
+        row = self.algorithm
+        name = f"adamkit.{type(self).__name__}"
+        for i, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            where = f"{param_label(group, i)} of param group {index}"
+            if p.is_complex() and not row.complex:
+                raise RuntimeError(
+                    f"{row.name} does not support complex parameters ({where} is {p.dtype})"
+                )
+            state = self.state.get(p)
+            if row.layout is None or not state:
+                continue
             shapes = self._state_shapes(p, group)
-            kept = {k: tuple(v.shape) for k, v in state.items() if k in self.algorithm.states}
+            kept = {k: tuple(v.shape) for k, v in state.items() if k in row.states}
             if kept != shapes:
                 raise RuntimeError(
-                    f"adamkit.{type(self).__name__}: {label_of(group, p)} has {p.numel()} "
-                    f"elements of shape {tuple(p.shape)}, which keep {shapes}, but its state "
-                    f"holds {kept}: was the parameter replaced or resized after its state was "
-                    "created? Delete its state (optimizer.state.pop(p)) to start it afresh"
+                    f"{name}: {where} has {p.numel()} elements of shape {tuple(p.shape)}, which "
+                    f"keep {shapes}, but its state holds {kept}: was the parameter replaced or "
+                    "resized after its state was created? Delete its state "
+                    "(optimizer.state.pop(p)) to start it afresh"
                 )
 
     def _by_layout(
@@ -586,5 +601,4 @@ def _graph_value(value: float | Tensor) -> float:
 
 _GRAD = operator.attrgetter("grad")
 _IS_SPARSE = operator.attrgetter("is_sparse")
-_IS_COMPLEX = operator.methodcaller("is_complex")
 _NONE = id(None)

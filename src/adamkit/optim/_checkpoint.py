@@ -42,8 +42,10 @@ from ._precision import (
 from ._validation import OPTIMIZER_WIDE, check_flag, check_group, check_optimizer_wide
 
 #: What a stepped parameter of a saved group keeps: ``needed(saved_group, param)`` -> each
-#: state entry's name and, for a state tensor, its shape (``None``: a 0-d counter).
-Needed = Callable[[Mapping[str, Any], Tensor], Mapping[str, "tuple[int, ...] | None"]]
+#: state entry's name and, for a state tensor, its shape (``None``: a 0-d counter; ``ABSENT``:
+#: a state of the algorithm this parameter must not have, Adafactor's ``variance`` of a matrix).
+Needed = Callable[[Mapping[str, Any], Tensor], Mapping[str, "tuple[int, ...] | str | None"]]
+ABSENT = "absent"
 
 if TYPE_CHECKING:
     from ._base import AdamFamily
@@ -237,7 +239,9 @@ def check_format(state_dict: Any, version: str) -> None:
         )
 
 
-def _misfit(param: Tensor, entry: Any, needed: Mapping[str, tuple[int, ...] | None]) -> str | None:
+def _misfit(
+    param: Tensor, entry: Any, needed: Mapping[str, tuple[int, ...] | str | None]
+) -> str | None:
     """Why a parameter's saved state cannot belong to ``param``, or None when it fits.
 
     ``needed``: the entries a stepped parameter keeps, with each state tensor's shape (``None``:
@@ -246,7 +250,14 @@ def _misfit(param: Tensor, entry: Any, needed: Mapping[str, tuple[int, ...] | No
         return f"its state is a {type(entry).__name__}, not a dict"
     if not entry:
         return None  # never stepped: nothing to fit
-    absent = [k for k in needed if k not in entry]
+    extra = [k for k, v in needed.items() if v == ABSENT and k in entry]
+    if extra:
+        kept = [k for k, v in needed.items() if v not in (ABSENT, None)]
+        return (
+            f"its state has {extra}, which a parameter of shape {tuple(param.shape)} does not "
+            f"keep (it keeps {kept})"
+        )
+    absent = [k for k, v in needed.items() if k not in entry and v != ABSENT]
     if absent:
         return (
             f"its state lacks {absent} (it has {sorted(entry)}): a checkpoint of another optimizer?"
@@ -271,7 +282,8 @@ def _misfit(param: Tensor, entry: Any, needed: Mapping[str, tuple[int, ...] | No
                     f"it is {_describe(value)}"
                 )
             continue
-        shape = needed.get(key) or tuple(param.shape)
+        expected = needed.get(key)
+        shape = expected if isinstance(expected, tuple) else tuple(param.shape)
         if tuple(value.shape) != shape:
             whose = "the parameter" if shape == tuple(param.shape) else "it should have"
             return f"state {key!r} has shape {tuple(value.shape)}, {whose} {shape}"
@@ -490,14 +502,17 @@ def load_into(
 
     check_format(state_dict, __version__)
 
-    def needed(saved_group: Mapping[str, Any], param: Tensor) -> dict[str, tuple[int, ...] | None]:
+    def needed(
+        saved_group: Mapping[str, Any], param: Tensor
+    ) -> dict[str, tuple[int, ...] | str | None]:
         group = {**opt.defaults, **saved_group}
         if "amsgrad" in group:  # it decides which state to expect: it must be a flag
             saved = state_dict.get("param_groups", [])
             index = next((i for i, g in enumerate(saved) if g is saved_group), "?")
             check_flag("amsgrad", group["amsgrad"], f"loaded param group {index}: ")
         counters = dict.fromkeys(("step", *opt._scalar_keys))
-        return {**counters, **opt._state_shapes(param, group)}
+        others = dict.fromkeys(opt.algorithm.states, ABSENT)  # (only a layout leaves some out)
+        return {**counters, **others, **opt._state_shapes(param, group)}
 
     positional, report = prepare(state_dict, opt.param_groups, needed, strict)
     before = (opt.state, opt.param_groups)

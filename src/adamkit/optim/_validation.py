@@ -91,15 +91,16 @@ def _eps_pair(value: Any, where: str) -> None:
 
 
 def _within(name: str, value: Any, where: str, bounds: tuple[float, float]) -> None:
+    """``value`` in ``[low, high]``, an infinite bound included (Adafactor's ``d = inf``
+    turns its update clipping off, as in torch)."""
     low, high = bounds
     x = _number(name, value, where)
-    if not (math.isfinite(x) and low <= x <= high):  # also rejects NaN
+    if not low <= x <= high:  # also rejects NaN
         expected = f"<= {high:g}" if low == -math.inf else f">= {low:g}"
         if low != -math.inf and high != math.inf:
             expected = f"in [{low:g}, {high:g}]"
         raise ValueError(
-            f"{where}Invalid {name} value: {value} ({name}={value!r}; expected a finite "
-            f"number {expected})"
+            f"{where}Invalid {name} value: {value} ({name}={value!r}; expected a number {expected})"
         )
 
 
@@ -191,6 +192,11 @@ def check_group(
             )
     if group.get("fused") and group.get("foreach"):
         raise ValueError(f"{where}fused=True and foreach=True cannot be set together")
+    if group.get("fused") and row is not None and row.kernel is None:
+        raise RuntimeError(
+            f"{where}adamkit.{optimizer}(fused=True): no fused kernel steps {row.name}; leave "
+            "fused=None to use the multi-tensor path"
+        )
     for flag, why in _UNSUPPORTED.items():
         if group.get(flag):
             raise NotImplementedError(

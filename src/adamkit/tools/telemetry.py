@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._plot import log_axis, png_path
+from ..optim.adafactor import Adafactor
 from ..optim.adafactor import clip_factors as adafactor_clip_factors
 from ..optim.ademamix import ademamix_schedules
 from ..optim.radam import radam_rectification
@@ -160,7 +161,8 @@ class Telemetry:
         if isinstance(stats, list) and index < len(stats):  # cautious, update_clipping
             record["kept_fraction"] = stats[index]["kept_fraction"]
             record["clip_factor"] = stats[index]["clip_factor"]
-        if type(optimizer).__name__ == "Adafactor":  # adamkit's or torch's: the same state
+        # adamkit's or torch's (the same state; transformers' and timm's Adafactor keep others)
+        if isinstance(optimizer, (Adafactor, torch.optim.Adafactor)) and not record["skipped"]:
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
             if steps:
                 record["relative_step"] = min(record["lr"], 1 / float(max(steps)) ** 0.5)
