@@ -479,10 +479,11 @@ class AdamFamily(Optimizer):
             kept = {k: tuple(v.shape) for k, v in state.items() if k in row.states}
             if kept != shapes:
                 raise RuntimeError(
-                    f"{name}: {where} has {p.numel()} elements of shape {tuple(p.shape)}, which "
-                    f"keep {shapes}, but its state holds {kept}: was the parameter replaced or "
-                    "resized after its state was created? Delete its state "
-                    "(optimizer.state.pop(p)) to start it afresh"
+                    f"{name}: {param_label(group, i)} has {p.numel()} elements of shape "
+                    f"{tuple(p.shape)} (param group {index}), which keep {shapes}, but its "
+                    f"state holds {kept}: was the parameter replaced or resized after its "
+                    "state was created? Delete its state (optimizer.state.pop(p)) to start it "
+                    "afresh"
                 )
 
     def _by_layout(
