@@ -177,18 +177,6 @@ BAD_SCHEDULE_FREE: list[tuple[str, Any, type[Exception], str]] = [
         r"beta1 > 0",
     ),
     (
-        "ScheduleFreeAdamW(params, state_precision='8bit')",
-        _make(state_precision="8bit"),
-        ValueError,
-        r"state_precision='8bit' is not available .* copy of",
-    ),
-    (
-        "ScheduleFreeAdamW(params, state_precision='bf16')",
-        _make(state_precision="bf16"),
-        ValueError,
-        r"state_precision='bf16' is not available",
-    ),
-    (
         "ScheduleFreeAdamW(params, warmup_steps=-1)",
         _make(warmup_steps=-1),
         ValueError,
@@ -372,3 +360,31 @@ def test_a_group_changed_by_hand_is_refused_and_its_schedule_does_not_advance() 
     with pytest.raises(ValueError, match="param group 0: Invalid learning rate"):
         opt.step()
     assert {k: opt.param_groups[0][k] for k in schedule} == schedule
+
+
+@pytest.mark.parametrize(("precision", "nbytes"), [("bf16", 6.0), ("8bit", 5.02)])
+def test_low_precision_moments_beside_full_precision_z(precision: str, nbytes: float) -> None:
+    """``state_precision`` applies to exp_avg_sq; z, a copy of the weights, is kept as the
+    weights are. Two formats a tensor: the kernels take one, so the default path steps it on
+    the multi-tensor path and ``fused=True`` says why. A checkpoint converts exp_avg_sq and
+    keeps z bit for bit."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(256, 64)
+    opt = adamkit.ScheduleFreeAdamW(model.parameters(), lr=1e-2, state_precision=precision)
+    model(torch.randn(8, 256)).square().mean().backward()
+    opt.step()
+    entry = opt.state[model.weight]
+    assert entry["z"].dtype == torch.float32
+    assert entry["exp_avg_sq"].dtype == (torch.bfloat16 if precision == "bf16" else torch.uint8)
+    memory = adamkit.state_memory(opt)
+    assert memory.by_key["z"] == 4 * (256 * 64 + 64)
+    assert memory.bytes_per_param == pytest.approx(nbytes, abs=0.03)  # Adam's 8 in fp32
+    full = adamkit.ScheduleFreeAdamW(model.parameters(), lr=1e-2)
+    full.load_state_dict(opt.state_dict())
+    assert torch.equal(full.state[model.weight]["z"], entry["z"])
+    assert full.state[model.weight]["exp_avg_sq"].dtype == torch.float32
+    strict = adamkit.ScheduleFreeAdamW(
+        model.parameters(), lr=1e-2, state_precision=precision, fused=True
+    )
+    with pytest.raises(RuntimeError, match=r"keeps z as the weights beside .* moments"):
+        strict.step()

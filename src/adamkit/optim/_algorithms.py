@@ -55,7 +55,10 @@ class Algorithm:
             ``warmup_steps``).
         pinned: group values a loaded checkpoint may not change (AdamW stays decoupled).
         copies: those of ``states`` that start as a copy of the parameter, not as zeros
-            (schedule-free's ``z``).
+            (schedule-free's ``z``). They are kept as the weights are, whatever
+            ``state_precision`` (which applies to the other states); with low-precision
+            moments beside them, the tensor's states have two formats, which the kernels do
+            not take (the multi-tensor path steps them).
         decay_in_rule: the rule applies ``weight_decay`` itself, not as coupled or decoupled
             decay before it (schedule-free's, at y after normalising the gradient).
         group_schedule: its step count and schedule are the param group's, advancing every
@@ -64,9 +67,7 @@ class Algorithm:
         cautious: it takes ``cautious=True`` (schedule-free's step is no gradient step: no).
         clipped_by: the second-moment state ``update_clipping=True`` measures the gradient
             against, bias-corrected as Adam's (``None``: no update clipping).
-        precisions: the ``state_precision`` values it takes (schedule-free's ``z`` is a copy
-            of the weights: stored in bf16 or 8 bits, it would round the weights; a state
-            format per state tensor would let its ``exp_avg_sq`` alone be low-precision).
+        precisions: the ``state_precision`` values it takes (Adafactor's: fp32 only).
         why_precisions: why it takes no others (the error message's reason).
         layout: the state tensors a parameter of a given shape keeps, with their shapes,
             where that is not every one of ``states`` shaped like the parameter (Adafactor's
@@ -241,10 +242,6 @@ ALGORITHMS: dict[str, Algorithm] = {
             decay_in_rule=True,
             group_schedule=True,
             cautious=False,
-            precisions=("fp32",),
-            why_precisions="its state holds a copy of the weights, which low-precision storage "
-            "would round as weights, not as moments (for bf16 weights, train bf16 parameters "
-            "with stochastic_rounding=True)",
         ),
         Algorithm(
             "Adafactor",

@@ -50,7 +50,6 @@ from ._paths import DIFFERENTIABLE, PATHS, TensorOps
 from ._precision import (
     BF16_SR,
     NATIVE,
-    encode,
     is_sharded,
     needs_widening,
     state_format,
@@ -259,10 +258,10 @@ class AdamFamily(Optimizer):
             if shape != p.shape:  # Adafactor's row and column statistics, in full precision
                 state[key] = torch.zeros(shape, dtype=p.dtype, device=p.device)
             elif key in self.algorithm.copies:  # schedule-free's z starts at the parameter
-                # (differentiable: in the graph, as the parameter it copies)
+                # (differentiable: in the graph, as the parameter it copies), and is kept as
+                # the weights are, whatever state_precision
                 source = p if group.get("differentiable") else p.detach()
-                copy = source.clone(memory_format=torch.preserve_format)
-                state.update(encode(copy, fmt, key, p, seed=None))
+                state[key] = source.clone(memory_format=torch.preserve_format)
             else:
                 state.update(zero_state(p, fmt, key))
         return state
@@ -521,7 +520,9 @@ class AdamFamily(Optimizer):
                 id(group), UpdateStats()
             )
             rule = modified(rule, self.algorithm, stats)
-        if not needs_widening(params, formats, stochastic):
+        by_key = self._key_formats(params, formats, group, moment_keys)
+        every = [f for entry in by_key for f in entry.values()]
+        if not needs_widening(params, every, stochastic):
             rule(path, self._bucket(params, moment_keys), hyper)
             return
         widened_step(
@@ -529,7 +530,7 @@ class AdamFamily(Optimizer):
             path,
             params,
             [self.state[p] for p in params],
-            formats,
+            by_key,
             self._salts(params),
             moment_keys,
             self._scalar_keys,
@@ -538,17 +539,41 @@ class AdamFamily(Optimizer):
         )
 
     def _formats(self, params: list[Tensor], group: dict[str, Any]) -> list[int]:
-        """How each parameter's state is stored (see ``_precision.stored_format``). State
+        """How each parameter's moments are stored (see ``_precision.stored_format``). State
         that copies the weights (the row's ``copies``: schedule-free's ``z``) of bf16
-        parameters rounds as the weights do: stochastically with ``stochastic_rounding``."""
+        parameters rounds as the weights do: stochastically with ``stochastic_rounding``, and
+        its moments with it (one format a tensor, as the kernels take it)."""
         precision = group["state_precision"]
-        formats = [stored_format(p, self.state[p], precision) for p in params]
+        coded = next(k for k in self.algorithm.states if k not in self.algorithm.copies)
+        formats = [stored_format(p, self.state[p], precision, coded) for p in params]
         if self.algorithm.copies and group["stochastic_rounding"]:
             return [
                 BF16_SR if f == NATIVE and p.dtype == torch.bfloat16 else f
                 for p, f in zip(params, formats, strict=True)
             ]
         return formats
+
+    def _copy_format(self, p: Tensor, group: dict[str, Any]) -> int:
+        """How a state that copies the weights is stored: as the weights, whatever
+        ``state_precision`` (stochastically rounded bf16 where they are)."""
+        stochastic = group["stochastic_rounding"] and p.dtype == torch.bfloat16
+        return BF16_SR if stochastic else NATIVE
+
+    def _key_formats(
+        self,
+        params: list[Tensor],
+        formats: list[int],
+        group: dict[str, Any],
+        keys: tuple[str, ...],
+    ) -> list[dict[str, int]]:
+        """Each parameter's format per state: its moments' (``formats``), and for the states
+        that copy the weights, the weights' (schedule-free's z beside a bf16 or 8-bit
+        ``exp_avg_sq``)."""
+        copies = self.algorithm.copies
+        return [
+            {k: self._copy_format(p, group) if k in copies else f for k in keys}
+            for p, f in zip(params, formats, strict=True)
+        ]
 
     def _salts(self, params: list[Tensor]) -> list[int]:
         """Each parameter's position in the optimizer: it salts stochastic rounding."""

@@ -48,7 +48,7 @@ codecs bit for bit inside its update loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,15 +128,18 @@ def state_format(param: Tensor, precision: str) -> int:
     return BF16_SR
 
 
-def stored_format(param: Tensor, entry: Mapping[str, Any], precision: str) -> int:
-    """The format ``param``'s existing state is in (``state_format`` when it has none yet).
+def stored_format(
+    param: Tensor, entry: Mapping[str, Any], precision: str, key: str = "exp_avg"
+) -> int:
+    """The format ``param``'s existing state is in (``state_format`` when it has none yet),
+    read from its state ``key`` (a moment: not a state kept as the weights).
 
     State keeps the format it was created (or loaded) in: changing a group's
     ``state_precision`` later applies to state created afterwards, and to a checkpoint loaded
     afterwards, which converts. For bf16 parameters, whose full-precision state is bf16 too,
     ``precision`` still decides how it is rounded.
     """
-    value = entry.get("exp_avg")
+    value = entry.get(key)
     if not isinstance(value, Tensor):
         return state_format(param, precision)
     if value.dtype == torch.uint8:
@@ -332,7 +335,7 @@ def state_memory(optimizer: torch.optim.Optimizer) -> StateMemory:
 
 
 # ------------------------------------------------------------------- the eager paths
-def needs_widening(params: list[Tensor], formats: list[int], stochastic: bool) -> bool:
+def needs_widening(params: list[Tensor], formats: Sequence[int], stochastic: bool) -> bool:
     """Whether a bucket must be stepped on fp32 copies (low-precision state, or bf16
     parameters rounded stochastically) rather than on its tensors directly."""
     return any(f != NATIVE for f in formats) or (
@@ -345,14 +348,15 @@ def widened_step(
     ops: TensorOps,
     params: list[Tensor],
     states: list[dict[str, Any]],
-    formats: list[int],
+    formats: Sequence[Mapping[str, int]],
     salts: list[int],
     moment_keys: tuple[str, ...],
     scalar_keys: tuple[str, ...],
     hyper: Hyper,
     stochastic: bool,
 ) -> None:
-    """Run ``rule`` on fp32 views of a bucket, then store the results back in their formats.
+    """Run ``rule`` on fp32 views of a bucket, then store the results back in their formats
+    (``formats[j][key]``: each tensor's, per state).
 
     fp32 parameters and fp32 state are used in place; everything else is decoded into an fp32
     temporary and encoded back after the step (the fused kernel does the same per block of
@@ -382,8 +386,9 @@ def widened_step(
             value = bucket.state[key][j]
             if value is local(entry[key]):
                 continue  # fp32 state, updated in place
-            seed = rounding_seed(step, salts[j], key) if formats[j] == BF16_SR else None
-            for name, stored in encode(value, formats[j], key, p, seed).items():
+            fmt = formats[j][key]
+            seed = rounding_seed(step, salts[j], key) if fmt == BF16_SR else None
+            for name, stored in encode(value, fmt, key, p, seed).items():
                 local(entry[name]).copy_(stored)
 
 

@@ -137,10 +137,13 @@ class ScheduleFreeAdamW(AdamFamily):
         r: power of :math:`t` in the averaging weights (default 0).
         weight_lr_power: power of the largest learning rate so far in the averaging weights
             (default 2).
-        state_precision: ``"fp32"`` only: ``z`` is a copy of the weights, and stored in bf16
-            it would make them bf16 weights (measured: 0.55 of the largest displacement off
-            the fp32 run in 60 steps, where bf16 moments stay within 0.02). For bf16 weights,
-            give bf16 parameters and ``stochastic_rounding=True``.
+        state_precision: how ``exp_avg_sq`` is stored (``"fp32"``, ``"bf16"``, ``"8bit"``:
+            8, 6 or about 5 bytes a parameter). ``z`` is a copy of the weights and is kept as
+            the weights are, whatever this says (stored in bf16 it would make them bf16
+            weights: measured 0.55 of the largest displacement off the fp32 run in 60 steps,
+            where bf16 moments stay within 0.02); with bf16 or 8-bit moments beside it, the
+            multi-tensor path steps it (the kernels take one format a tensor). For bf16
+            weights, give bf16 parameters and ``stochastic_rounding=True``.
         fused: as in :class:`adamkit.Adam`: by default the fused kernels step it (CPU and GPU).
 
     Example:
