@@ -56,6 +56,8 @@ class TensorOps(Protocol):
     def mul_(self, xs: Tensors, value: Scalars) -> None: ...
     def div_(self, xs: Tensors, value: Scalars) -> None: ...
     def mul(self, xs: Tensors, ys: Tensors) -> Tensors: ...
+    def clamp_min(self, xs: Tensors, low: float) -> Tensors: ...
+    def rsqrt_(self, xs: Tensors) -> None: ...
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None: ...
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None: ...
     def addcdiv_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: Scalars) -> None: ...
@@ -69,6 +71,10 @@ class TensorOps(Protocol):
     def values(self, xs: Tensors) -> list[float]:
         """One-element state tensors (NAdam's ``mu_product``) as numbers to compute with:
         Python floats, or the tensors themselves on the differentiable path."""
+        ...
+
+    def norms(self, xs: Tensors) -> list[float]:
+        """Each tensor's 2-norm, as Python floats (Adafactor's RMS of a tensor)."""
         ...
 
 
@@ -108,6 +114,12 @@ class ForEach:
     def mul(self, xs: Tensors, ys: Tensors) -> Tensors:
         return list(torch._foreach_mul(xs, ys))
 
+    def clamp_min(self, xs: Tensors, low: float) -> Tensors:
+        return list(torch._foreach_clamp_min(xs, low))
+
+    def rsqrt_(self, xs: Tensors) -> None:
+        torch._foreach_rsqrt_(xs)
+
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
         torch._foreach_lerp_(xs, ys, weight if isinstance(weight, (int, float)) else list(weight))
 
@@ -137,6 +149,10 @@ class ForEach:
 
     def values(self, xs: Tensors) -> list[float]:
         return [x.item() for x in xs]
+
+    def norms(self, xs: Tensors) -> list[float]:
+        # One read of the device for the bucket, not one per tensor.
+        return torch.stack(torch._foreach_norm(xs)).tolist() if xs else []
 
 
 class ForLoop:
@@ -175,6 +191,13 @@ class ForLoop:
     def mul(self, xs: Tensors, ys: Tensors) -> Tensors:
         return [x * y for x, y in zip(xs, ys, strict=True)]
 
+    def clamp_min(self, xs: Tensors, low: float) -> Tensors:
+        return [x.clamp_min(low) for x in xs]
+
+    def rsqrt_(self, xs: Tensors) -> None:
+        for x in xs:
+            x.rsqrt_()
+
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
         for x, y, w in zip(xs, ys, _per_tensor(weight, len(xs)), strict=True):
             x.lerp_(y, w)
@@ -207,6 +230,9 @@ class ForLoop:
 
     def values(self, xs: Tensors) -> list[float]:
         return [x.item() for x in xs]
+
+    def norms(self, xs: Tensors) -> list[float]:
+        return [x.norm().item() for x in xs]
 
 
 class Differentiable(ForLoop):
@@ -259,6 +285,10 @@ class Differentiable(ForLoop):
 
     def mul(self, xs: Tensors, ys: Tensors) -> Tensors:
         return [x.clone() * y.clone() for x, y in zip(xs, ys, strict=True)]
+
+    def rsqrt_(self, xs: Tensors) -> None:
+        for x in xs:
+            self._set(x, x.clone().rsqrt())
 
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
         for x, y, w in zip(xs, ys, _per_tensor(weight, len(xs)), strict=True):
