@@ -186,12 +186,6 @@ BAD_ADAFACTOR: list[tuple[str, Any, type[Exception], str]] = [
         r"no fused kernel steps Adafactor; leave fused=None",
     ),
     (
-        "Adafactor(params, state_precision='bf16')",
-        _make(state_precision="bf16"),
-        ValueError,
-        r"its state is already small",
-    ),
-    (
         "Adafactor([complex parameter])",
         lambda: adamkit.Adafactor([torch.randn(3, dtype=torch.complex64)]),
         RuntimeError,

@@ -75,7 +75,7 @@ def test_a_resized_parameter_is_refused_naming_it_and_nothing_is_written(tmp_pat
         row = TABLE[name]
         # The multi-tensor path: torch's own size check (also where a copy of the weights
         # beside low-precision moments gives a tensor two formats, which the kernels refuse).
-        if not row.kinds and row.elementwise or (row.copies and precision != "fp32"):
+        if (not row.kinds and row.elementwise) or (row.copies and precision != "fp32"):
             assert "must match the size of tensor" in message, (key, message)
             continue
         assert "parameter 'weight' has 16384 elements" in message, (key, message)

@@ -67,7 +67,7 @@ class Algorithm:
         cautious: it takes ``cautious=True`` (schedule-free's step is no gradient step: no).
         clipped_by: the second-moment state ``update_clipping=True`` measures the gradient
             against, bias-corrected as Adam's (``None``: no update clipping).
-        precisions: the ``state_precision`` values it takes (Adafactor's: fp32 only).
+        precisions: the ``state_precision`` values it takes (all three, for every row so far).
         why_precisions: why it takes no others (the error message's reason).
         layout: the state tensors a parameter of a given shape keeps, with their shapes,
             where that is not every one of ``states`` shaped like the parameter (Adafactor's
@@ -257,10 +257,6 @@ ALGORITHMS: dict[str, Algorithm] = {
             decay_in_rule=True,
             cautious=False,
             complex=False,
-            precisions=("fp32",),
-            why_precisions="its state is already small (a matrix keeps one number per row and "
-            "per column; only vectors keep one per element, well under 1% of a model's "
-            "state), so there is nothing worth compressing",
         ),
     )
 }

@@ -544,8 +544,11 @@ class AdamFamily(Optimizer):
         parameters rounds as the weights do: stochastically with ``stochastic_rounding``, and
         its moments with it (one format a tensor, as the kernels take it)."""
         precision = group["state_precision"]
-        coded = next(k for k in self.algorithm.states if k not in self.algorithm.copies)
-        formats = [stored_format(p, self.state[p], precision, coded) for p in params]
+        coded = [k for k in self.algorithm.states if k not in self.algorithm.copies]
+        formats = [
+            stored_format(p, entry, precision, next((k for k in coded if k in entry), coded[0]))
+            for p, entry in zip(params, map(self.state.__getitem__, params), strict=True)
+        ]
         if self.algorithm.copies and group["stochastic_rounding"]:
             return [
                 BF16_SR if f == NATIVE and p.dtype == torch.bfloat16 else f
@@ -559,6 +562,16 @@ class AdamFamily(Optimizer):
         stochastic = group["stochastic_rounding"] and p.dtype == torch.bfloat16
         return BF16_SR if stochastic else NATIVE
 
+    def _state_format(self, p: Tensor, group: dict[str, Any], key: str, moments: int) -> int:
+        """How ``p``'s state ``key`` is stored, given its moments' format: a state that copies
+        the weights as the weights are (schedule-free's z), one not shaped like the parameter
+        in full precision (Adafactor's row and column statistics), the others as ``moments``."""
+        if key in self.algorithm.copies:
+            return self._copy_format(p, group)
+        if self.algorithm.layout is not None and self._state_shapes(p, group)[key] != p.shape:
+            return NATIVE
+        return moments
+
     def _key_formats(
         self,
         params: list[Tensor],
@@ -566,12 +579,10 @@ class AdamFamily(Optimizer):
         group: dict[str, Any],
         keys: tuple[str, ...],
     ) -> list[dict[str, int]]:
-        """Each parameter's format per state: its moments' (``formats``), and for the states
-        that copy the weights, the weights' (schedule-free's z beside a bf16 or 8-bit
-        ``exp_avg_sq``)."""
-        copies = self.algorithm.copies
+        """Each parameter's format per state (see :meth:`_state_format`): schedule-free's z
+        beside a bf16 or 8-bit ``exp_avg_sq``, Adafactor's full-precision statistics."""
         return [
-            {k: self._copy_format(p, group) if k in copies else f for k in keys}
+            {k: self._state_format(p, group, k, f) for k in keys}
             for p, f in zip(params, formats, strict=True)
         ]
 

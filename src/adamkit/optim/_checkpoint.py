@@ -573,9 +573,7 @@ def _convert_loaded(opt: AdamFamily, positional: Mapping[str, Any]) -> None:
             entry = opt.state[p]
             moments = state_format(p, group["state_precision"])
             for key in opt._state_shapes(p, group):
-                # (a state that copies the weights is kept as the weights are)
-                copy = key in opt.algorithm.copies
-                fmt = opt._copy_format(p, group) if copy else moments
+                fmt = opt._state_format(p, group, key, moments)
                 entry.pop(scale_key(key), None)
                 source = saved
                 if is_sharded(p) and not is_sharded(saved[key]):

@@ -184,12 +184,14 @@ class Adafactor(AdamFamily):
         d: the update's RMS is clipped to ``d`` (default 1.0, >= 1).
         weight_decay: decoupled weight decay, :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`
             (default 0).
-        foreach, maximize, fused, nonfinite, max_grad_norm, state_precision,
-        stochastic_rounding: as in :class:`adamkit.Adam`. There is no fused kernel: ``fused``
-            must stay ``None`` or ``False``, and ``state_precision`` ``"fp32"`` (the state is
-            already small). The default path is the multi-tensor one, which here holds one
+        foreach, maximize, fused, nonfinite, max_grad_norm, stochastic_rounding: as in
+            :class:`adamkit.Adam`. There is no fused kernel: ``fused`` must stay ``None`` or
+            ``False``. The default path is the multi-tensor one, which here holds one
             tensor's temporaries at a time (torch's defaults to its for-loop because its
             multi-tensor step holds every tensor's).
+        state_precision: how a vector's ``variance`` is stored (``"fp32"``, ``"bf16"``,
+            ``"8bit"``, as in :class:`adamkit.Adam`); a matrix's row and column statistics,
+            already a sliver of the memory, stay in full precision.
 
     Example:
         >>> import torch, adamkit
