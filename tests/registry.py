@@ -103,6 +103,11 @@ def odd(name: str) -> dict[str, Any]:
 #: where torch squares a norm over a strided dimension, and a factored update (3x faster).
 NOT_BIT_EQUAL = frozenset({"Adafactor"})
 
+#: Algorithms whose multi-tensor and for-loop paths round differently, as their torch twin's
+#: two paths do (Adafactor's multi-tensor path scales a vector's update, then adds it; its
+#: for-loop adds it with alpha): each path equals torch's own bit for bit, not the other.
+PATHS_DIFFER = frozenset({"Adafactor"})
+
 #: torch twins that fail on a zero-element parameter (torch.optim.Adafactor divides its norm by
 #: sqrt(numel): ZeroDivisionError); the problems they are compared on leave it out.
 TWIN_FAILS_ON_EMPTY = frozenset({"Adafactor"})

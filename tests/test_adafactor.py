@@ -333,3 +333,69 @@ def test_telemetry_leaves_other_packages_adafactor_alone(tmp_path: Path) -> None
         p.grad = torch.ones(3, 2)
         opt.step()
     assert telemetry.records[0]["relative_step"] is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+def test_statistics_of_degenerate_matrices_stay_full_precision(precision: str) -> None:
+    """A (1, n) parameter's col_var, an (n, 1) one's row_var and a ViT class token's
+    (1, 1, 768) are shaped like the parameter, but are statistics: full precision, no block
+    scales, whatever state_precision (the first version coded them, and then failed)."""
+    shapes = [(1, 8192), (8192, 1), (1, 1, 768), (5000,)]
+    ps = [torch.randn(s, requires_grad=True) for s in shapes]
+    opt = adamkit.Adafactor(ps, state_precision=precision)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    for p in ps[:3]:
+        entry = opt.state[p]
+        assert {entry[k].dtype for k in ("row_var", "col_var")} == {torch.float32}
+        assert not any(k.endswith("_scale") for k in entry)
+    coded = torch.bfloat16 if precision == "bf16" else torch.uint8
+    assert opt.state[ps[3]]["variance"].dtype == coded
+    # A torch checkpoint of them loads into a low-precision optimizer the same way.
+    theirs = torch.optim.Adafactor([p.detach().clone().requires_grad_() for p in ps])
+    for p in theirs.param_groups[0]["params"]:
+        p.grad = torch.randn(p.shape)
+    theirs.step()
+    again = adamkit.Adafactor(
+        [p.detach().clone().requires_grad_() for p in ps], state_precision=precision
+    )
+    again.load_state_dict(theirs.state_dict())
+    for p in again.param_groups[0]["params"][:3]:
+        assert again.state[p]["col_var"].dtype == torch.float32
+
+
+def test_telemetry_decodes_low_precision_variance(tmp_path: Path) -> None:
+    """Its clip factor reads the state decoded (8-bit codes failed the step's hook)."""
+    factors = []
+    for precision in ("fp32", "8bit"):
+        torch.manual_seed(0)
+        p = torch.randn(6000, requires_grad=True)
+        opt = adamkit.Adafactor([p], state_precision=precision)
+        with adamkit.Telemetry(opt, tmp_path / f"{precision}.jsonl") as telemetry:
+            for _ in range(3):
+                p.grad = torch.randn(6000)
+                opt.step()
+        factors.append(telemetry.records[-1]["clip_factor"])
+    assert factors[1] == pytest.approx(factors[0], rel=0.02)
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+def test_bf16_vectors_equal_torch_bit_for_bit(foreach: bool) -> None:
+    """Vectors take torch's operations on each path (the multi-tensor path scales the update
+    and adds it, the for-loop adds it with alpha): bf16 rounds the same."""
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.randn(n, generator=g).bfloat16().requires_grad_() for n in (5000, 33, 1)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours = adamkit.Adafactor(ps, foreach=foreach, weight_decay=0.1)
+    theirs = torch.optim.Adafactor(qs, foreach=foreach, weight_decay=0.1)
+    for _ in range(50):
+        for p, q in zip(ps, qs, strict=True):
+            p.grad = torch.randn(p.shape, generator=g).bfloat16()
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(ours.state[p]["variance"], theirs.state[q]["variance"])

@@ -47,7 +47,7 @@ from adamkit.optim import _precision as precision
 from adamkit.optim._algorithms import noise
 from adamkit.optim._checkpoint import live_entry
 
-from .registry import PRECISION_CASES, TABLE, Case, params
+from .registry import PATHS_DIFFER, PRECISION_CASES, TABLE, Case, params
 
 SHAPES = [(64, 80), (300,), (70, 70), (4096,)]  # 8-bit, small (full precision), partial block
 STEPS = 40  # the bounds are per step (deviation / (lr * STEPS)); 60 before, at 1.5x the time
@@ -406,8 +406,8 @@ def test_close_to_full_precision(case: Case) -> None:
         entry = opt.state[p]
         fmt = precision.state_format(p, case.kwargs["state_precision"])
         expected = {precision.Q8: torch.uint8, precision.BF16_SR: torch.bfloat16}.get(fmt, p.dtype)
-        for key, shape in row.shapes(tuple(p.shape)).items():
-            full = key in row.copies or shape != tuple(p.shape)
+        for key in row.shapes(tuple(p.shape)):
+            full = key in row.copies or key in row.reduced
             assert entry[key].dtype == (p.dtype if full else expected), key
             assert (f"{key}_scale" in entry) == (fmt == precision.Q8 and not full)
 
@@ -418,7 +418,10 @@ def test_execution_paths_agree(case: Case) -> None:
     forloop, forloop_opt = run(case.name, {**case.kwargs, "foreach": False})
     lr = opt.param_groups[0]["lr"]
     for a, b in zip(foreach, forloop, strict=True):
-        assert torch.equal(a, b)  # the same codecs and rule, tensor by tensor
+        if case.name in PATHS_DIFFER:  # each as torch's path of its kind
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a, b)  # the same codecs and rule, tensor by tensor
     # and the fused kernel, where one steps the algorithm in one format a tensor
     if TABLE[case.name].kinds and not TABLE[case.name].copies:
         fused_kwargs = {k: v for k, v in case.kwargs.items() if k != "foreach"}
@@ -428,7 +431,8 @@ def test_execution_paths_agree(case: Case) -> None:
             assert (a - c).abs().max() <= 0.1 * lr
     for a, b in zip(foreach, forloop, strict=True):
         for key, value in opt.state[a].items():
-            assert torch.equal(value, forloop_opt.state[b][key]), key
+            if case.name not in PATHS_DIFFER:
+                assert torch.equal(value, forloop_opt.state[b][key]), key
 
 
 # ------------------------------------------------------ non-finite values in 8-bit blocks

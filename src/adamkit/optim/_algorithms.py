@@ -79,6 +79,10 @@ class Algorithm:
         bounds: those of ``own`` whose range is not ``[0, inf)``: ``(low, high)``, inclusive
             (Adafactor's ``beta2_decay <= 0`` and ``d >= 1``).
         complex: it takes complex parameters (as real pairs).
+        reduced: those of ``states`` that are reductions over some of the parameter's
+            dimensions (Adafactor's ``row_var`` and ``col_var``): kept in full precision
+            whatever ``state_precision`` (which applies to the others), even where their
+            shape happens to be the parameter's (a ``(1, n)`` parameter's ``col_var``).
     """
 
     name: str
@@ -105,12 +109,15 @@ class Algorithm:
     eps_pair: bool = False
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     complex: bool = True
+    reduced: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not set(self.copies) <= set(self.states):
             raise ValueError(f"{self.name}: copies {self.copies} are not all in states")
         if not set(self.fractions) | set(self.integers) | set(self.bounds) <= set(self.own):
             raise ValueError(f"{self.name}: fractions, integers and bounds are not all in own")
+        if not set(self.reduced) <= set(self.states):
+            raise ValueError(f"{self.name}: reduced {self.reduced} are not all in states")
         if self.layout is not None and (self.kinds or self.amsgrad_state):
             raise ValueError(f"{self.name}: a row with a layout has no kernels and no AMSGrad")
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
@@ -252,6 +259,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             own=("beta2_decay", "d"),
             bounds={"beta2_decay": (-math.inf, 0.0), "d": (1.0, math.inf)},
             layout=factored,
+            reduced=("row_var", "col_var"),
             betas=False,
             eps_pair=True,
             decay_in_rule=True,

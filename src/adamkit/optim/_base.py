@@ -255,7 +255,7 @@ class AdamFamily(Optimizer):
             state[key] = torch.tensor(value, dtype=step_dtype())
         fmt = state_format(p, group["state_precision"])
         for key, shape in self._state_shapes(p, group).items():
-            if shape != p.shape:  # Adafactor's row and column statistics, in full precision
+            if key in self.algorithm.reduced:  # Adafactor's row and column statistics
                 state[key] = torch.zeros(shape, dtype=p.dtype, device=p.device)
             elif key in self.algorithm.copies:  # schedule-free's z starts at the parameter
                 # (differentiable: in the graph, as the parameter it copies), and is kept as
@@ -544,7 +544,8 @@ class AdamFamily(Optimizer):
         parameters rounds as the weights do: stochastically with ``stochastic_rounding``, and
         its moments with it (one format a tensor, as the kernels take it)."""
         precision = group["state_precision"]
-        coded = [k for k in self.algorithm.states if k not in self.algorithm.copies]
+        row = self.algorithm
+        coded = [k for k in row.states if k not in row.copies and k not in row.reduced]
         formats = [
             stored_format(p, entry, precision, next((k for k in coded if k in entry), coded[0]))
             for p, entry in zip(params, map(self.state.__getitem__, params), strict=True)
@@ -565,10 +566,11 @@ class AdamFamily(Optimizer):
     def _state_format(self, p: Tensor, group: dict[str, Any], key: str, moments: int) -> int:
         """How ``p``'s state ``key`` is stored, given its moments' format: a state that copies
         the weights as the weights are (schedule-free's z), one not shaped like the parameter
-        in full precision (Adafactor's row and column statistics), the others as ``moments``."""
+        in full precision (the row's ``reduced``: Adafactor's row and column statistics), the
+        others as ``moments``."""
         if key in self.algorithm.copies:
             return self._copy_format(p, group)
-        if self.algorithm.layout is not None and self._state_shapes(p, group)[key] != p.shape:
+        if key in self.algorithm.reduced:
             return NATIVE
         return moments
 

@@ -57,6 +57,11 @@ class TensorOps(Protocol):
     def div_(self, xs: Tensors, value: Scalars) -> None: ...
     def mul(self, xs: Tensors, ys: Tensors) -> Tensors: ...
     def clamp_min(self, xs: Tensors, low: float) -> Tensors: ...
+    def add_scaled_(self, xs: Tensors, ys: Tensors, scales: Sequence[float]) -> None:
+        """``x += s * y`` per tensor, as torch's path of the same kind does it (the
+        multi-tensor path scales ``ys`` in place first)."""
+        ...
+
     def rsqrt_(self, xs: Tensors) -> None: ...
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None: ...
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None: ...
@@ -116,6 +121,10 @@ class ForEach:
 
     def clamp_min(self, xs: Tensors, low: float) -> Tensors:
         return list(torch._foreach_clamp_min(xs, low))
+
+    def add_scaled_(self, xs: Tensors, ys: Tensors, scales: Sequence[float]) -> None:
+        torch._foreach_mul_(ys, list(scales))
+        torch._foreach_add_(xs, ys)
 
     def rsqrt_(self, xs: Tensors) -> None:
         torch._foreach_rsqrt_(xs)
@@ -193,6 +202,10 @@ class ForLoop:
 
     def clamp_min(self, xs: Tensors, low: float) -> Tensors:
         return [x.clamp_min(low) for x in xs]
+
+    def add_scaled_(self, xs: Tensors, ys: Tensors, scales: Sequence[float]) -> None:
+        for x, y, s in zip(xs, ys, scales, strict=True):
+            x.add_(y, alpha=s)
 
     def rsqrt_(self, xs: Tensors) -> None:
         for x in xs:
@@ -289,6 +302,10 @@ class Differentiable(ForLoop):
     def rsqrt_(self, xs: Tensors) -> None:
         for x in xs:
             self._set(x, x.clone().rsqrt())
+
+    def add_scaled_(self, xs: Tensors, ys: Tensors, scales: Sequence[float]) -> None:
+        for x, y, s in zip(xs, ys, scales, strict=True):
+            self._set(x, x.clone() + y.clone() * s)
 
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
         for x, y, w in zip(xs, ys, _per_tensor(weight, len(xs)), strict=True):

@@ -165,11 +165,10 @@ def _plan(
     formats = opt._formats(params, group)
     by_key = opt._key_formats(params, formats, group, moment_keys)
     if any(len(set(entry.values())) > 1 for entry in by_key):
-        precision = group["state_precision"]
         return None, (
             f"the fused kernels store all of a tensor's states in one format, and "
             f"{opt.algorithm.name} keeps {', '.join(opt.algorithm.copies)} as the weights "
-            f"beside {precision} moments"
+            "beside low-precision moments"
         )
     check_scales(name, params, states, moment_keys, formats, lambda p: label_of(group, p))
     stochastic = group["stochastic_rounding"]

@@ -11,6 +11,7 @@ from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper
 from ._paths import TensorOps
+from ._precision import decode
 
 __all__ = ["Adafactor", "adafactor_rule", "clip_factors", "normalised_update"]
 
@@ -58,8 +59,9 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
             max(1.0, n / (s * d)) if s else 1.0
             for n, s in zip(ops.norms(updates), sizes, strict=True)
         ]
-        ops.mul_(updates, [-sign * a / c for a, c in zip(alphas, clips, strict=True)])
-        ops.add_(params, updates, 1.0)
+        ops.add_scaled_(
+            params, updates, [-sign * a / c for a, c in zip(alphas, clips, strict=True)]
+        )
         return
     # One buffer for every matrix's two temporaries (g^2, then G * col_factor): the size of
     # the largest, allocated once a step (fresh 16 MB temporaries cost 3.3 ms of page faults
@@ -143,7 +145,10 @@ def clip_factors(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> lis
         if p.grad is None or p.numel() == 0 or "step" not in state:
             continue
         eps1 = torch.finfo(p.dtype).eps if eps1_given is None else eps1_given
-        tensors = {k: v for k, v in state.items() if k in ("row_var", "col_var", "variance")}
+        # (decoded: a vector's variance may be stored in bf16 or 8 bits)
+        tensors = {
+            k: decode(state, k).float() for k in ("row_var", "col_var", "variance") if k in state
+        }
         update = normalised_update(tensors, p.grad, eps1)
         rms = update.norm(2).item() / update.numel() ** 0.5
         factors.append(1 / max(1.0, rms / float(group["d"])))
