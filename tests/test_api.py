@@ -174,8 +174,12 @@ def test_bad_param_group_value_is_named_with_its_group(name: str) -> None:
     with pytest.raises(ValueError, match=r"param group 1: Invalid learning rate: -5"):
         getattr(adamkit, name)([{"params": [a]}, {"params": [b], "lr": -5}])
     opt = getattr(adamkit, name)([a])
-    eps, label = ((None, -1), "epsilon2") if TABLE[name].eps_pair else (-1, "epsilon")
-    with pytest.raises(ValueError, match=rf"param group 1: Invalid {label} value: -1"):
+    eps, message = (
+        ((None, -1), "epsilon2 should be >= 0 but is: -1")  # Adafactor's pair, torch's words
+        if TABLE[name].eps_pair
+        else (-1, "Invalid epsilon value: -1")
+    )
+    with pytest.raises(ValueError, match=rf"param group 1: {message}"):
         opt.add_param_group({"params": [b], "eps": eps})
     assert len(opt.param_groups) == 1
 

@@ -177,12 +177,6 @@ class AdamFamily(Optimizer):
                     "torch warns and steps it once, adamkit refuses)"
                 )
             seen[id(t)] = i
-            if t.is_complex() and not self.algorithm.complex:
-                # torch's words (it raises them at the step)
-                raise RuntimeError(
-                    f"{where}{self.algorithm.name} does not support complex parameters "
-                    f"(params[{i}] is {t.dtype})"
-                )
         for g, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if id(p) in seen:

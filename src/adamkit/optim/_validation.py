@@ -85,9 +85,22 @@ def _eps_pair(value: Any, where: str) -> None:
     """Adafactor's ``eps``: ``(eps1, eps2)``, eps1 a number >= 0 or ``None``."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise TypeError(f"{where}eps must be a pair (eps1 or None, eps2), got {value!r}")
-    if value[0] is not None:
-        _non_negative("eps[0]", value[0], where, "epsilon1 value")
-    _non_negative("eps[1]", value[1], where, "epsilon2 value")
+    for i, eps in enumerate(value):
+        if i == 0 and eps is None:
+            continue
+        x = _number(f"eps[{i}]", eps, where)
+        if not (math.isfinite(x) and x >= 0.0):  # torch's words first
+            raise ValueError(
+                f"{where}epsilon{i + 1} should be >= 0 but is: {eps} (eps[{i}]={eps!r}; "
+                "expected a finite number >= 0)"
+            )
+
+
+#: torch's words for an own hyperparameter out of its bounds (code that matches them works).
+_TORCH_WORDS = {
+    "beta2_decay": "beta2_decay should be <= 0 but is: {}",
+    "d": "Clipping threshold d should be >= 1 but is: {}",
+}
 
 
 def _within(name: str, value: Any, where: str, bounds: tuple[float, float]) -> None:
@@ -99,9 +112,8 @@ def _within(name: str, value: Any, where: str, bounds: tuple[float, float]) -> N
         expected = f"<= {high:g}" if low == -math.inf else f">= {low:g}"
         if low != -math.inf and high != math.inf:
             expected = f"in [{low:g}, {high:g}]"
-        raise ValueError(
-            f"{where}Invalid {name} value: {value} ({name}={value!r}; expected a number {expected})"
-        )
+        words = _TORCH_WORDS.get(name, f"Invalid {name} value: {{}}").format(value)
+        raise ValueError(f"{where}{words} ({name}={value!r}; expected a number {expected})")
 
 
 # Execution settings accepted as in torch, with the values this release cannot honour yet.
