@@ -199,7 +199,8 @@ def render(
         + f"  \nTotal time: {seconds:.0f} s",
         f"The tasks of `convergence.py` (digits: {steps.get('digits', 0)} steps, constant lr; "
         f"charlm: {steps.get('charlm', 0)} steps, warmup + cosine except for the schedule-free "
-        f"optimizer), fp32 state, lr {lr:g} for all, seeds {', '.join(map(str, seeds))}; "
+        f"optimizer), fp32 state, lr {lr:g} for all but those whose settings give one, seeds "
+        f"{', '.join(map(str, seeds))}; "
         f"cells are mean (min-max) over the seeds, rows sorted by final train loss. Settings: "
         f"{settings}.",
     ]

@@ -416,3 +416,28 @@ def test_bf16_vectors_equal_torch_bit_for_bit(foreach: bool) -> None:
     for p, q in zip(ps, qs, strict=True):
         assert torch.equal(p, q)
         assert torch.equal(ours.state[p]["variance"], theirs.state[q]["variance"])
+
+
+@pytest.mark.parametrize("shape", [(300, 16), (3, 100, 16)], ids=["matrix", "batched"])
+def test_rows_the_floor_binds_take_torch_s_form_the_others_the_factored_one(
+    shape: tuple[int, ...],
+) -> None:
+    """An embedding table whose unseen tokens have zero rows: those rows' R_i is 0, where the
+    eps1^2 floor binds; they take torch's estimate, the other rows the factored form (a
+    batched tensor with such a row takes torch's form whole). Equal to torch within rounding,
+    state included, in fp64 and fp32."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        g = torch.Generator().manual_seed(6)
+        p = torch.randn(shape, generator=g, dtype=dtype).requires_grad_()
+        q = p.detach().clone().requires_grad_()
+        ours, theirs = adamkit.Adafactor([p]), torch.optim.Adafactor([q])
+        for _ in range(20):
+            grad = torch.randn(shape, generator=g, dtype=dtype)
+            grad[..., : shape[-2] // 2, :] = 0  # half the rows never seen
+            grad[..., torch.rand(shape[-2], generator=g) < 0.5, :] = 0  # others now and then
+            p.grad, q.grad = grad, grad.clone()
+            ours.step()
+            theirs.step()
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+        for key in ("row_var", "col_var"):
+            torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=tol, atol=tol)

@@ -67,8 +67,8 @@ class Algorithm:
         cautious: it takes ``cautious=True`` (schedule-free's step is no gradient step: no).
         clipped_by: the second-moment state ``update_clipping=True`` measures the gradient
             against, bias-corrected as Adam's (``None``: no update clipping).
-        precisions: the ``state_precision`` values it takes (all three, for every row so far).
-        why_precisions: why it takes no others (the error message's reason).
+        precisions: the ``state_precision`` values it takes (all three, for every row so far:
+            a state that cannot be stored in low precision is a ``copies`` or ``reduced`` one).
         layout: the state tensors a parameter of a given shape keeps, with their shapes,
             where that is not every one of ``states`` shaped like the parameter (Adafactor's
             row and column statistics of a matrix, its ``variance`` of a vector). ``None``:
@@ -103,7 +103,6 @@ class Algorithm:
     cautious: bool = True
     clipped_by: str | None = None
     precisions: tuple[str, ...] = ("fp32", "bf16", "8bit")
-    why_precisions: str = ""
     layout: Callable[[tuple[int, ...]], dict[str, tuple[int, ...]]] | None = None
     betas: bool = True
     eps_pair: bool = False
@@ -118,6 +117,12 @@ class Algorithm:
             raise ValueError(f"{self.name}: fractions, integers and bounds are not all in own")
         if not set(self.reduced) <= set(self.states):
             raise ValueError(f"{self.name}: reduced {self.reduced} are not all in states")
+        if self.reduced and self.layout is None:
+            raise ValueError(f"{self.name}: reduced states need a layout (their shapes)")
+        if set(self.states) <= {*self.copies, *self.reduced}:
+            raise ValueError(
+                f"{self.name}: some state must be a moment (neither copies nor reduced)"
+            )
         if self.layout is not None and (self.kinds or self.amsgrad_state):
             raise ValueError(f"{self.name}: a row with a layout has no kernels and no AMSGrad")
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}

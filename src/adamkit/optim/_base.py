@@ -231,7 +231,8 @@ class AdamFamily(Optimizer):
         return dict(self.algorithm.pinned)
 
     def _moment_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        """Names of the state tensors shaped like the parameter, in the rule's order."""
+        """Names of the state tensors a group's parameters may keep, in the rule's order
+        (shaped like the parameter, but for a row with a layout: :meth:`_state_shapes`)."""
         return self.algorithm.state_keys(group.get("amsgrad", False))
 
     @property
@@ -257,6 +258,7 @@ class AdamFamily(Optimizer):
                 source = p if group.get("differentiable") else p.detach()
                 state[key] = source.clone(memory_format=torch.preserve_format)
             else:
+                assert shape == p.shape, (key, shape)  # a moment: shaped like the parameter
                 state.update(zero_state(p, fmt, key))
         return state
 
@@ -358,7 +360,8 @@ class AdamFamily(Optimizer):
                 loss = closure()
         self.__dict__["_update_stats"] = {}  # what the options do at this step (none yet)
         for index, group in enumerate(self.param_groups):
-            # Values and tensors changed by hand since: refused before any group steps.
+            # Values and tensors changed by hand since: refused before any group steps. (The
+            # base's _hyper, only to validate: a subclass's derives values from its schedule.)
             AdamFamily._hyper(self, group)
             if self.algorithm.layout is not None or not self.algorithm.complex:
                 self._check_tensors(group, index)
@@ -533,13 +536,14 @@ class AdamFamily(Optimizer):
         )
 
     def _formats(self, params: list[Tensor], group: dict[str, Any]) -> list[int]:
-        """How each parameter's moments are stored (see ``_precision.stored_format``). State
-        that copies the weights (the row's ``copies``: schedule-free's ``z``) of bf16
-        parameters rounds as the weights do: stochastically with ``stochastic_rounding``, and
-        its moments with it (one format a tensor, as the kernels take it)."""
+        """How each parameter's moments are stored (see ``_precision.stored_format``; the
+        other states' formats follow from it: :meth:`_state_format`). For bf16 parameters with
+        ``stochastic_rounding`` and a state that copies the weights (the row's ``copies``:
+        schedule-free's ``z``), the moments round stochastically too, so that the tensor
+        keeps one format, which the kernels can step."""
         precision = group["state_precision"]
         row = self.algorithm
-        coded = [k for k in row.states if k not in row.copies and k not in row.reduced]
+        coded = [k for k in row.states if k not in row.copies and k not in row.reduced]  # >= 1
         formats = [
             stored_format(p, entry, precision, next((k for k in coded if k in entry), coded[0]))
             for p, entry in zip(params, map(self.state.__getitem__, params), strict=True)
@@ -555,13 +559,13 @@ class AdamFamily(Optimizer):
         """How a state that copies the weights is stored: as the weights, whatever
         ``state_precision`` (stochastically rounded bf16 where they are)."""
         stochastic = group["stochastic_rounding"] and p.dtype == torch.bfloat16
-        return BF16_SR if stochastic else NATIVE
+        return BF16_SR if stochastic else NATIVE  # (_formats rounds the moments alike)
 
     def _state_format(self, p: Tensor, group: dict[str, Any], key: str, moments: int) -> int:
         """How ``p``'s state ``key`` is stored, given its moments' format: a state that copies
-        the weights as the weights are (schedule-free's z), one not shaped like the parameter
-        in full precision (the row's ``reduced``: Adafactor's row and column statistics), the
-        others as ``moments``."""
+        the weights as the weights are (schedule-free's z), a reduction in full precision (the
+        row's ``reduced``: Adafactor's row and column statistics, by key, whatever their
+        shape), the others as ``moments``."""
         if key in self.algorithm.copies:
             return self._copy_format(p, group)
         if key in self.algorithm.reduced:

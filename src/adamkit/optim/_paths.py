@@ -24,6 +24,7 @@ of steps).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Protocol, TypeAlias
 
@@ -35,6 +36,17 @@ Scalars: TypeAlias = float | Sequence[float]
 
 __all__ = ["DIFFERENTIABLE", "PATHS", "Differentiable", "ForEach", "ForLoop", "Scalars"]
 __all__ += ["TensorOps", "Tensors"]
+
+
+@functools.cache
+def _foreach_lerp_takes_lists() -> bool:
+    """Whether ``torch._foreach_lerp_`` takes a weight per tensor (torch 2.5 and later)."""
+    t = torch.zeros(1)
+    try:
+        torch._foreach_lerp_([t], [t], [0.5])
+    except (TypeError, RuntimeError):
+        return False
+    return True
 
 
 def _per_tensor(value: Scalars, n: int) -> Sequence[float]:
@@ -130,7 +142,13 @@ class ForEach:
         torch._foreach_rsqrt_(xs)
 
     def lerp_(self, xs: Tensors, ys: Tensors, weight: Scalars) -> None:
-        torch._foreach_lerp_(xs, ys, weight if isinstance(weight, (int, float)) else list(weight))
+        if isinstance(weight, (int, float)):
+            torch._foreach_lerp_(xs, ys, weight)
+        elif _foreach_lerp_takes_lists():
+            torch._foreach_lerp_(xs, ys, list(weight))
+        else:  # torch < 2.5: one lerp per tensor, the same arithmetic
+            for x, y, w in zip(xs, ys, weight, strict=True):
+                x.lerp_(y, w)
 
     def addcmul_(self, xs: Tensors, ys: Tensors, zs: Tensors, value: float) -> None:
         torch._foreach_addcmul_(xs, ys, zs, value)

@@ -250,8 +250,7 @@ def check_group(
     if precision not in precisions:
         raise ValueError(
             f"{where}state_precision={precision!r} is not available for adamkit.{optimizer} "
-            f"(expected {' or '.join(map(repr, precisions))}): "
-            + (row.why_precisions if row else "")
+            f"(expected {' or '.join(map(repr, precisions))})"
         )
 
 

@@ -13,24 +13,23 @@ from ._core import Bucket, Hyper
 from ._paths import TensorOps
 from ._precision import decode
 
-__all__ = ["Adafactor", "adafactor_rule", "clip_factors", "normalised_update"]
+__all__ = ["Adafactor", "adafactor_clip_factors", "adafactor_rule", "normalised_update"]
 
 
 def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     """One Adafactor step: ``torch.optim.Adafactor``'s update, equal to it within rounding.
 
-    A bucket of vectors (and scalars) is stepped bucket-wide, its norms read once; a bucket
-    of matrices one tensor at a time: a matrix's statistics are reductions of its own. Three
-    changes to torch's operations make the step faster on the
-    CPU (``benchmarks/bench_adafactor.py``): its row and column mean squares are two means of
-    one ``g * g`` (torch's ``norm`` over dimension -2 strides through memory: 13.5 ms for a
-    (1024, 4096) fp32 tensor here, against 1.2 ms), and the update is applied in its factored
-    form, ``G * rsqrt(C) * rsqrt(R / mean(R))``, without the ``n x m`` estimate
-    ``R C / mean(R)`` where its ``eps1^2`` floor cannot bind (checked exactly on the smallest
-    element; else torch's form); a bucket of vectors reads its norms in one call (torch reads
-    each tensor's on its own). One matrix
-    temporary at a time: the peak memory is one tensor's (torch's multi-tensor step holds
-    every tensor's at once).
+    A bucket of vectors (and scalars) is stepped bucket-wide, its norms read once (torch
+    reads each tensor's on its own); a bucket of matrices one tensor at a time, a matrix's
+    statistics being reductions of its own. Its row and column mean squares are two means of
+    one ``g * g`` (torch's ``norm`` over dimension -2 is a strided reduction, about ten times
+    slower on the CPUs measured), and its update is applied in factored form,
+    ``G * rsqrt(C) * rsqrt(R / mean(R))``, without the ``n x m`` estimate ``R C / mean(R)``, in
+    the rows where the ``eps1^2`` floor cannot bind (checked exactly on each row's smallest
+    element; the other rows take torch's form). ``benchmarks/bench_adafactor.py`` measures the
+    step at 2.6-3.2x torch's. A matrix's temporaries share one buffer, the size of the bucket's
+    largest: the peak memory is one matrix's (torch's multi-tensor step holds every tensor's
+    at once); a bucket of vectors holds its vectors' temporaries together, as torch's does.
     """
     steps = ops.count_step(b.steps)
     # The statistics see g^2: maximize only turns the update's sign (no negated copies).
@@ -64,8 +63,8 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
         )
         return
     # One buffer for every matrix's two temporaries (g^2, then G * col_factor): the size of
-    # the largest, allocated once a step (fresh 16 MB temporaries cost 3.3 ms of page faults
-    # against 0.6 ms for the product itself here). Half-precision gradients, whose
+    # the largest, allocated once a step (a fresh large temporary costs its page faults, which
+    # measured several times the product itself here). Half-precision gradients, whose
     # temporaries differ in dtype, allocate their own.
     wide = torch.promote_types(grads[0].dtype, torch.float32)
     largest = max(g.numel() for g in grads)
@@ -83,15 +82,18 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
         del square
         factors = _rank_one_factors(state["row_var"], state["col_var"], eps1)
         if factors is not None:  # U = (G * col_factor) * row_factor, never formed
-            row_factor, col_factor = factors
+            row_factor, col_factor, binding = factors
             scaled = torch.mul(g, col_factor, out=temporary)
+            if binding is not None:  # rows where the floor binds: torch's form, those rows
+                scaled[binding] = normalised_update(state, g, eps1, binding).to(scaled.dtype)
+                row_factor[binding] = 1.0
             norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).mul_(row_factor).norm()
             # The update's RMS is capped at d (the paper's update clipping).
             clip = max(1.0, norm.item() / (p.numel() ** 0.5 * d))
             p.addcmul_(scaled, row_factor, value=-sign * alphas[i] / clip)
             del scaled  # (before the next tensor's square: one temporary at a time)
         else:
-            update = normalised_update(state, g, eps1)
+            update = normalised_update(state, g, eps1, out=temporary)
             clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
             p.add_(update, alpha=-sign * alphas[i] / clip)
             del update
@@ -99,42 +101,62 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
 
 def _rank_one_factors(
     row_var: Tensor, col_var: Tensor, eps1: float
-) -> tuple[Tensor, Tensor] | None:
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
     """``rsqrt(R / max(mean(R), eps1))`` and ``rsqrt(C)``, whose outer product is torch's
-    ``rsqrt(max(R C / max(mean(R), eps1), eps1^2))``, or ``None`` (take torch's form) where the
-    ``eps1^2`` floor binds somewhere (at the smallest ``R_i C_j``) or a factor leaves the range
-    of its dtype (a ratio that underflows, a factor that overflows: statistics spanning more
-    than the dtype's range). In fp32 at least: fp16's range ends at 65504, and a row's ratio to
-    the mean leaves it for tables of 65,504 rows or one row 1e5 times quieter than the rest."""
+    ``rsqrt(max(R C / max(mean(R), eps1), eps1^2))``, and the rows (of a matrix) this form
+    cannot take: where the ``eps1^2`` floor binds in some element of the row (at its smallest
+    ``R_i C_j``, computed as torch computes it: a row of zeros, an embedding's unseen token), or
+    the row's factor leaves its dtype's range. Those rows take torch's form (``None``: no such
+    row). ``None`` for the whole tensor where a column's factor leaves the range, more than
+    half the rows bind (their estimate would cost more memory than torch's form, which works
+    in place), or a batched (3-d and more) tensor has a binding row. In fp32 at least: fp16's range
+    ends at 65504, and a row's ratio to the mean leaves it for tables of 65,504 rows or one row
+    1e5 times quieter than the rest."""
     wide = torch.promote_types(row_var.dtype, torch.float32)
     rows, cols = row_var.to(wide), col_var.to(wide)
     mean = rows.mean(dim=-2, keepdim=True).clamp_(min=eps1)
-    smallest = rows.amin(dim=-2, keepdim=True) * cols.amin(dim=-1, keepdim=True) / mean
     ratio = rows / mean
     row_factor, col_factor = ratio.rsqrt(), cols.rsqrt()
-    tiny = torch.finfo(wide).tiny
-    usable = (
-        (smallest > eps1 * eps1).all()
-        & (ratio.amin() >= tiny)
-        & row_factor.isfinite().all()
-        & col_factor.isfinite().all()
-    )
-    return (row_factor, col_factor) if bool(usable) else None
+    smallest = rows * cols.amin(dim=-1, keepdim=True) / mean  # each row's smallest R_i C_j
+    binds = (smallest <= eps1 * eps1) | (ratio < torch.finfo(wide).tiny) | ~row_factor.isfinite()
+    if not bool(col_factor.isfinite().all()):
+        return None
+    count = int(binds.sum())
+    if count == 0:
+        return row_factor, col_factor, None
+    if 2 * count > binds.numel() or binds.dim() > 2:  # (most rows: torch's form, in place)
+        return None
+    return row_factor, col_factor, binds.view(-1).nonzero().view(-1)
 
 
-def normalised_update(state: dict[str, Tensor], grad: Tensor, eps1: float) -> Tensor:
-    """``U = G / sqrt(max(V_hat, eps1^2))`` from one tensor's (updated) state, a new tensor:
-    ``V_hat = R C / max(mean(R), eps1)`` for a matrix, its ``variance`` for a vector."""
+def normalised_update(
+    state: dict[str, Tensor],
+    grad: Tensor,
+    eps1: float,
+    rows: Tensor | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``U = G / sqrt(max(V_hat, eps1^2))`` from one tensor's (updated) state, in torch's
+    operations: ``V_hat = R C / max(mean(R), eps1)`` for a matrix (its ``rows`` alone, where
+    given; a whole matrix's into ``out`` where given), its ``variance`` for a vector. A new
+    tensor, or ``out``; the state is left as it is."""
     if "row_var" in state:
         row_var = state["row_var"]
-        estimate = row_var @ state["col_var"]
-        estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
+        mean = row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1)
+        picked = row_var if rows is None else row_var[rows]
+        if out is not None and rows is None and out.dtype == row_var.dtype:
+            estimate = torch.matmul(picked, state["col_var"], out=out)
+        else:
+            estimate = picked @ state["col_var"]
+        estimate.div_(mean)
+        if rows is not None:
+            grad = grad[rows]
     else:
         estimate = state["variance"].clone()  # (the state itself stays as it is)
     return estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
 
 
-def clip_factors(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> list[float]:
+def adafactor_clip_factors(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> list[float]:
     """The factor ``1 / max(1, RMS(U) / d)`` each tensor of ``group`` with a gradient had its
     step scaled by at the last step: 1 unless the update was clipped. For telemetry, after a
     step (the gradients still in ``.grad``); torch's ``Adafactor`` keeps the same state."""

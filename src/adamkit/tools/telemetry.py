@@ -18,8 +18,7 @@ the step used; with ``cautious=True``, ``kept_fraction`` (of the update's elemen
 ``update_clipping=True``, ``clip_factor`` (the mean factor the lr was scaled by); for
 Adafactor (adamkit's and torch's), ``relative_step`` (``min(lr, 1 / sqrt(t))``)
 and ``clip_factor`` (the mean over its tensors of ``1 / max(1, RMS(U) / d)``). Recording
-costs a copy
-of the parameters on the steps it records: use ``every=N`` for large models.
+costs a copy of the parameters on the steps it records: use ``every=N`` for large models.
 """
 
 from __future__ import annotations
@@ -36,13 +35,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._plot import log_axis, png_path
-from ..optim.adafactor import Adafactor
-from ..optim.adafactor import clip_factors as adafactor_clip_factors
+from ..optim.adafactor import Adafactor, adafactor_clip_factors
 from ..optim.ademamix import ademamix_schedules
 from ..optim.radam import radam_rectification
 from ..optim.schedulefree import averaging_weight
 
 __all__ = ["FIELDS", "Telemetry", "plot_telemetry", "read_telemetry"]
+
+#: The Adafactor classes whose state telemetry reads (torch's since 2.5).
+_ADAFACTORS = (Adafactor, *([torch.optim.Adafactor] if hasattr(torch.optim, "Adafactor") else []))
 
 FIELDS = [
     "step",
@@ -162,7 +163,7 @@ class Telemetry:
             record["kept_fraction"] = stats[index]["kept_fraction"]
             record["clip_factor"] = stats[index]["clip_factor"]
         # adamkit's or torch's (the same state; transformers' and timm's Adafactor keep others)
-        if isinstance(optimizer, (Adafactor, torch.optim.Adafactor)) and not record["skipped"]:
+        if isinstance(optimizer, _ADAFACTORS) and not record["skipped"]:
             steps = [optimizer.state[p]["step"] for p in params if "step" in optimizer.state[p]]
             if steps:
                 record["relative_step"] = min(record["lr"], 1 / float(max(steps)) ** 0.5)
