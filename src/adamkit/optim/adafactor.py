@@ -239,8 +239,11 @@ class Adafactor(AdamFamily):
         of the first parameter's dtype for a whole param group; adamkit of each parameter's.
         adamkit's step equals torch's within rounding, not bit for bit (it takes a matrix's
         mean squares and its update in fewer operations, 2.6-3.2x faster), and where torch's
-        ``R C`` overflows (gradients above about 1e10 in fp32, 16 in fp16) torch's step is 0
-        and adamkit's is not.
+        ``R C`` leaves its dtype's range, adamkit's factored form (in fp32 at least) does
+        not: where it overflows (gradients above about 1e10 in fp32, 16 in fp16) torch's step
+        is 0, and where it underflows (fp16 gradients of about 1e-2, fp32 ones below 1e-10
+        with a tiny ``eps1``) torch floors it at ``eps1^2`` and steps up to 3x too far;
+        adamkit stays within rounding of the float64 step there.
     """
 
     def __init__(
