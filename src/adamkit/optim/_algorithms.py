@@ -14,6 +14,7 @@ Adding an algorithm: see ``docs/adding-an-algorithm.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ class Algorithm:
             raise ValueError(f"{self.name}: reduced {self.reduced} are not all in states")
         if self.reduced and self.layout is None:
             raise ValueError(f"{self.name}: reduced states need a layout (their shapes)")
-        if set(self.states) <= {*self.copies, *self.reduced}:
+        if not self.moments:
             raise ValueError(
                 f"{self.name}: some state must be a moment (neither copies nor reduced)"
             )
@@ -159,6 +160,18 @@ class Algorithm:
             low, high = self.bounds[name]
             return low <= value <= high
         return math.isfinite(value) and value >= 0
+
+    @functools.cached_property
+    def moments(self) -> tuple[str, ...]:
+        """Those of ``states`` that ``state_precision`` applies to: neither copies of the
+        weights nor reductions (the first one present tells how a tensor's state is stored)."""
+        return tuple(k for k in self.states if k not in self.copies and k not in self.reduced)
+
+    @property
+    def mixed_formats(self) -> bool:
+        """Whether a tensor's states may be stored in more than one format (a copy of the
+        weights or a reduction beside low-precision moments)."""
+        return bool(self.copies or self.reduced)
 
     @property
     def elementwise(self) -> bool:

@@ -517,11 +517,19 @@ class AdamFamily(Optimizer):
                 id(group), UpdateStats()
             )
             rule = modified(rule, self.algorithm, stats)
-        by_key = self._key_formats(params, formats, group, moment_keys)
-        every = [f for entry in by_key for f in entry.values()]
+        # Per state only where a row's states may differ in format (schedule-free, Adafactor):
+        # a step of thousands of tensors asks this of every one.
+        by_key = (
+            self._key_formats(params, formats, group, moment_keys)
+            if self.algorithm.mixed_formats
+            else None
+        )
+        every = formats if by_key is None else [f for e in by_key for f in e.values()]
         if not needs_widening(params, every, stochastic):
             rule(path, self._bucket(params, moment_keys), hyper)
             return
+        if by_key is None:
+            by_key = [dict.fromkeys(moment_keys, f) for f in formats]
         widened_step(
             rule,
             path,
@@ -542,10 +550,15 @@ class AdamFamily(Optimizer):
         schedule-free's ``z``), the moments round stochastically too, so that the tensor
         keeps one format, which the kernels can step."""
         precision = group["state_precision"]
-        row = self.algorithm
-        coded = [k for k in row.states if k not in row.copies and k not in row.reduced]  # >= 1
+        coded = self.algorithm.moments
+        first = coded[0]
         formats = [
-            stored_format(p, entry, precision, next((k for k in coded if k in entry), coded[0]))
+            stored_format(
+                p,
+                entry,
+                precision,
+                first if first in entry else next((k for k in coded if k in entry), first),
+            )
             for p, entry in zip(params, map(self.state.__getitem__, params), strict=True)
         ]
         if self.algorithm.copies and group["stochastic_rounding"]:

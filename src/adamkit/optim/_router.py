@@ -163,7 +163,8 @@ def _plan(
     prepare_counters(name, states, counters, step_dtype(), label)
     bucket = opt._bucket(params, moment_keys)
     formats = opt._formats(params, group)
-    by_key = opt._key_formats(params, formats, group, moment_keys)
+    mixed = opt.algorithm.mixed_formats
+    by_key = opt._key_formats(params, formats, group, moment_keys) if mixed else []
     if any(len(set(entry.values())) > 1 for entry in by_key):
         return None, (
             f"the fused kernels store all of a tensor's states in one format, and "
