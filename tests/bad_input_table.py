@@ -72,6 +72,14 @@ STATE_DICT_LABELS = [
 ]
 
 
+def _calls(title: str, column: str, rows: list[Any], intro: str = "") -> list[str]:
+    """A section of rows ``(code, call, error, message)``: each call run for its message."""
+    lines = ["", title, "", *([intro, ""] if intro else []), f"| {column} | error |", "|---|---|"]
+    for code, call, _, _ in rows:
+        lines.append(f"| {_cell(code)} | {_cell(_error(call))} |")
+    return lines
+
+
 def render() -> str:
     lines = [
         "# Bad input and the error it gets",
@@ -110,39 +118,26 @@ def render() -> str:
     for spec, _, _ in BAD_SPECS:
         message = _error(lambda spec=spec: parse(spec))
         lines.append(f"| {_cell(repr(spec))} | {_cell(message)} |")
-    lines += [
-        "",
+    lines += _calls(
         "## Between steps (what a training loop did to the tensors; `optimizer.step()`)",
-        "",
+        "what was done",
+        BAD_BETWEEN_STEPS,
         "The rows marked `fused=True` are refusals of the fused kernel only: without "
         "`fused=True` such a step falls back to an eager path instead (one parameter at a time "
         "for overlapping tensors, torch's broadcasting for a smaller gradient, torch's "
         "operations for a strided gradient or a float64 state).",
-        "",
-        "| what was done | error |",
-        "|---|---|",
-    ]
-    for code, action, _, _ in BAD_BETWEEN_STEPS:
-        lines.append(f"| {_cell(code)} | {_cell(_error(action))} |")
-    lines += [
-        "",
+    )
+    lines += _calls(
         "## Schedule-free training (`adamkit.ScheduleFreeAdamW`: its modes and what it refuses)",
-        "",
-        "| input | error |",
-        "|---|---|",
-    ]
-    for code, call, _, _ in BAD_SCHEDULE_FREE:
-        lines.append(f"| {_cell(code)} | {_cell(_error(call))} |")
-    lines += [
-        "",
+        "input",
+        BAD_SCHEDULE_FREE,
+    )
+    lines += _calls(
         "## Adafactor (`adamkit.Adafactor`: its eps pair, its own hyperparameters, what it "
         "refuses)",
-        "",
-        "| input | error |",
-        "|---|---|",
-    ]
-    for code, call, _, _ in BAD_ADAFACTOR:
-        lines.append(f"| {_cell(code)} | {_cell(_error(call))} |")
+        "input",
+        BAD_ADAFACTOR,
+    )
     lines += ["", "## Checkpoints (`optimizer.load_state_dict(state_dict)`)", ""]
     lines += ["| state dict | error |", "|---|---|"]
     assert len(STATE_DICT_LABELS) == len(BAD_STATE_DICTS)
