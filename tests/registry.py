@@ -149,7 +149,7 @@ def _cases() -> list[Case]:
     # (where the row names one).
     maximize = [{}, {"maximize": True}]
     for name, row in TABLE.items():
-        foreach = [{"foreach": True}, {"foreach": False}, *([{"fused": True}] * bool(row.kinds))]
+        foreach = [{"foreach": True}, {"foreach": False}, *([{"fused": True}] * row.fused)]
         amsgrad = [{}, {"amsgrad": True}] if row.amsgrad_state else [{}]
         for fe, mx, wd, ams in itertools.product(foreach, maximize, weight_decays(name), amsgrad):
             cases.append(Case(name, {**fe, **mx, **wd, **ams}))
@@ -202,7 +202,7 @@ def _precision_cases() -> list[Case]:
         for case, path, precision in itertools.product(algorithms, paths, ["bf16", "8bit"])
         # (a row whose states include a copy of the weights keeps it as the weights beside
         # low-precision moments: two formats a tensor, which the kernels do not take)
-        if ((TABLE[case.name].kinds and not TABLE[case.name].copies) or "fused" not in path)
+        if ((TABLE[case.name].fused and not TABLE[case.name].copies) or "fused" not in path)
         and precision in TABLE[case.name].precisions
     ]
 

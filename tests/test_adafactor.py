@@ -36,15 +36,18 @@ def _run(cls: Any, dtype: torch.dtype, steps: int, **kwargs: Any) -> tuple[Any, 
 @pytest.mark.parametrize(
     "kwargs", [{}, ODD, {**ODD, "maximize": True}], ids=["default", "odd", "max"]
 )
-@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
-def test_equals_torch_over_300_steps_on_every_shape(kwargs: dict, foreach: bool) -> None:
+@pytest.mark.parametrize("path", ["foreach", "forloop", "fused"])
+def test_equals_torch_over_300_steps_on_every_shape(kwargs: dict, path: str) -> None:
     """4-d and degenerate (1 x n, n x 1) matrices factored over their last two dimensions, a
     vector, a scalar, a tensor that skips steps, gradients small enough for eps1 to bind: equal
     to torch within rounding, state included (adamkit takes the mean squares as means of g^2
     where torch squares a norm, and applies a matrix's update in factored form: the last bits
-    differ, and 300 steps of a relative step size carry them along)."""
+    differ, and 300 steps of a relative step size carry them along). The fused path's C
+    kernel steps the matrices (the vector and the scalar take the multi-tensor ops)."""
+    foreach = path == "foreach"
+    execution = {"fused": True} if path == "fused" else {"foreach": foreach}
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
-        ours, ps = _run(adamkit.Adafactor, dtype, 300, foreach=foreach, **kwargs)
+        ours, ps = _run(adamkit.Adafactor, dtype, 300, **execution, **kwargs)
         theirs, qs = _run(torch.optim.Adafactor, dtype, 300, foreach=foreach, **kwargs)
         for p, q in zip(ps, qs, strict=True):
             torch.testing.assert_close(p, q, rtol=tol, atol=tol)
@@ -129,6 +132,23 @@ def _complex_step() -> None:
     opt.step()
 
 
+def _fused_refused(dtype: torch.dtype, transposed: bool = False) -> None:
+    """fused=True with a matrix the kernel cannot take: refused before any matrix of its
+    bucket (its dtype) steps."""
+    taken = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    refused = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    opt = adamkit.Adafactor([taken, refused], fused=True)
+    taken.grad = torch.randn(4, 3, dtype=dtype)
+    refused.grad = (
+        torch.randn(3, 4, dtype=dtype).t() if transposed else torch.randn(4, 3, dtype=dtype)
+    )
+    before = taken.detach().clone()
+    try:
+        opt.step()
+    finally:
+        assert torch.equal(taken, before)  # (the first matrix did not step either)
+
+
 def _resized() -> None:
     p = torch.randn(4, 3, requires_grad=True)
     opt = adamkit.Adafactor([p])
@@ -179,28 +199,23 @@ BAD_ADAFACTOR: list[tuple[str, Any, type[Exception], str]] = [
         r"Clipping threshold d should be >= 1 but is: nan",
     ),
     (
-        "add_param_group({..., 'fused': True})",
-        lambda: _make()().add_param_group({"params": [torch.randn(2, 2)], "fused": True}),
-        RuntimeError,
-        r"param group 1: adamkit.Adafactor\(fused=True\): no fused kernel steps Adafactor",
-    ),
-    (
         "group['eps'] = 1e-3 (by hand); step()",
         lambda: _changed_by_hand("eps", 1e-3),
         TypeError,
         r"param group 1: eps must be a pair \(eps1 or None, eps2\), got 0\.001",
     ),
     (
-        "group['fused'] = True (by hand); step()",
-        lambda: _changed_by_hand("fused", True),
+        "Adafactor([bf16 matrices], fused=True).step()",
+        lambda: _fused_refused(torch.bfloat16),
         RuntimeError,
-        r"param group 1: adamkit.Adafactor\(fused=True\): no fused kernel",
+        r"adamkit.Adafactor\(fused=True\): the fused Adafactor kernel takes float32 and float64 "
+        r"parameters, not torch.bfloat16; leave fused=None",
     ),
     (
-        "Adafactor(params, fused=True)",
-        _make(fused=True),
+        "Adafactor([matrices, one with a transposed gradient], fused=True).step()",
+        lambda: _fused_refused(torch.float32, transposed=True),
         RuntimeError,
-        r"no fused kernel steps Adafactor; leave fused=None",
+        r"adamkit.Adafactor\(fused=True\): the fused kernel needs contiguous tensors",
     ),
     (
         "Adafactor([complex parameter]).step()  (refused at the step, as torch)",
@@ -441,3 +456,171 @@ def test_rows_the_floor_binds_take_torch_s_form_the_others_the_factored_one(
         torch.testing.assert_close(p, q, rtol=tol, atol=tol)
         for key in ("row_var", "col_var"):
             torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------- the fused path's C kernel
+def _twins(shape: tuple[int, ...], dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any, Any, Any]:
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(shape, dtype=dtype, generator=g).requires_grad_()
+    q = p.detach().clone().requires_grad_()
+    return p, q, adamkit.Adafactor([p], fused=True, **kwargs), torch.optim.Adafactor([q], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(300, 5000), (9000, 40), (3, 70, 90), (1, 9000), (9000, 1)],
+    ids=["column-tiles", "row-tiles", "batched", "1xn", "nx1"],
+)
+def test_the_kernel_equals_torch_on_tiled_matrices_with_rows_the_floor_binds(
+    shape: tuple[int, ...],
+) -> None:
+    """Matrices of several row and column tiles (the kernel sums each tile apart), batched,
+    degenerate; a third of the rows with no gradient (torch's estimate floors them at eps1^2,
+    the kernel's factors take the minimum); weight decay, clipping (d = 1 binds at the first
+    steps): equal to torch within rounding in float64, state included, over 30 steps."""
+    kwargs = {"weight_decay": 0.1, "lr": 0.05}
+    p, q, ours, theirs = _twins(shape, torch.float64, **kwargs)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(30):
+        grad = torch.randn(shape, dtype=torch.float64, generator=g)
+        grad[..., ::3, :] = 0
+        p.grad, q.grad = grad, grad.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+    for key in ("row_var", "col_var"):
+        torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=1e-12, atol=0)
+
+
+def test_the_kernel_is_closer_to_float64_than_torch_s_float32_step() -> None:
+    """In float32 the kernel sums in double (torch in float32): its step is nearer the float64
+    one than torch's own float32 step, here by several times."""
+    shape = (1000, 3000)
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(shape, generator=g)
+    grad = torch.randn(shape, generator=g) * torch.rand(shape[0], 1, generator=g)
+    results = {}
+    for name, cls, dtype, kw in [
+        ("kernel", adamkit.Adafactor, torch.float32, {"fused": True}),
+        ("torch32", torch.optim.Adafactor, torch.float32, {}),
+        ("torch64", torch.optim.Adafactor, torch.float64, {"eps": (1.1920928955078125e-07, 1e-3)}),
+    ]:
+        p = start.to(dtype, copy=True).requires_grad_()
+        opt = cls([p], **kw)
+        for _ in range(3):
+            p.grad = grad.to(dtype)
+            opt.step()
+        results[name] = p.detach().double()
+    moved = (results["torch64"] - start.double()).abs().max()
+    ours = (results["kernel"] - results["torch64"]).abs().max() / moved
+    torch32 = (results["torch32"] - results["torch64"]).abs().max() / moved
+    assert ours < 2e-5 and ours <= torch32
+
+
+def test_the_kernel_steps_the_same_with_any_number_of_threads() -> None:
+    """Each tile's sums are kept apart and added in tile order: one thread and two give the
+    same bits (a matrix large enough for two threads)."""
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            p, _, ours, _ = _twins((600, 1200), torch.float32)
+            for seed in range(3):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))
+                ours.step()
+            results.append((p.detach().clone(), ours.state[p]["row_var"].clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_the_kernel_is_the_default_and_steps_every_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default (fused=None, foreach=None) CPU matrices of fp32 and fp64 take the kernel
+    (counted by a spy around the real call), vectors the multi-tensor ops; the kernel's result
+    is within rounding of the multi-tensor path's."""
+    from adamkit.optim import adafactor
+
+    calls: list[tuple[int, ...]] = []
+
+    def spy(p: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        calls.append(tuple(p.shape))
+        factored(p, *args, **kwargs)
+
+    factored = adafactor.factored_step
+    monkeypatch.setattr(adafactor, "factored_step", spy)
+    shapes = [(20, 30), (4,), (2, 3, 5)]
+    ps = [torch.randn(s, requires_grad=True) for s in shapes]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours, eager = adamkit.Adafactor(ps), adamkit.Adafactor(qs, foreach=True)
+    assert ours.execution_path() == "fused"
+    for _ in range(5):
+        for p, q in zip(ps, qs, strict=True):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        ours.step()
+        eager.step()
+    assert calls == [(20, 30), (2, 3, 5)] * 5
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(p, q, rtol=2e-6, atol=2e-6)
+
+
+def _canary_case(change: str) -> tuple[torch.Tensor, Any, str]:
+    torch.manual_seed(0)
+    p = torch.randn(8, 6, requires_grad=True)
+    opt = adamkit.Adafactor([p])
+    p.grad = torch.randn(8, 6)
+    opt.step()
+    state = opt.state[p]
+    if change == "strided gradient":
+        p.grad = torch.randn(6, 8).t()
+    elif change == "statistics of another dtype":
+        state["row_var"] = state["row_var"].double()
+    elif change == "statistics viewing the parameter":
+        state["col_var"] = p.detach().view(-1)[:6].view(1, 6)
+    elif change == "strided statistics":
+        state["row_var"] = torch.rand(8, 2)[:, :1]
+    return p, opt, change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "strided gradient",
+        "statistics of another dtype",
+        "statistics viewing the parameter",
+        "strided statistics",
+    ],
+)
+def test_tensors_the_kernel_cannot_take_take_torch_s_ops_or_are_refused(change: str) -> None:
+    """The kernel is handed only tensors checked at the call: those it cannot take step on
+    torch's operations by default (as the multi-tensor path, bit for bit), and are refused,
+    naming why, with fused=True."""
+    p, opt, _ = _canary_case(change)
+    q, twin, _ = _canary_case(change)
+    twin.param_groups[0]["fused"], twin.param_groups[0]["foreach"] = False, True
+    q.grad = p.grad.clone()
+    if change == "statistics of another dtype":  # as torch: the multi-tensor step fails too
+        with pytest.raises(RuntimeError):
+            opt.step()
+        return
+    opt.step()
+    twin.step()
+    assert torch.equal(p, q)
+    r, strict, _ = _canary_case(change)
+    strict.param_groups[0]["fused"] = True
+    before = r.detach().clone()
+    with pytest.raises(RuntimeError, match=r"Adafactor\(fused=True\): the "):
+        strict.step()
+    assert torch.equal(r, before)
+
+
+def test_a_parameter_past_the_end_of_its_storage_is_refused() -> None:
+    p = torch.randn(8, 6, requires_grad=True)
+    opt = adamkit.Adafactor([p])
+    p.grad = torch.randn(8, 6)
+    opt.step()
+    opt.state[p]["col_var"].untyped_storage().resize_(8)
+    with pytest.raises(RuntimeError, match="past the end of its storage"):
+        opt.step()

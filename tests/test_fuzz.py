@@ -35,7 +35,7 @@ def problems(draw: st.DrawFn) -> tuple[Case, torch.dtype, list[tuple[int, ...]],
         "lr": draw(st.floats(1e-5, 0.5)),
         "weight_decay": draw(st.sampled_from([0.0, 0.0, 0.01, 0.3])),
         "maximize": draw(st.booleans()),
-        **draw(st.sampled_from(PATHS if row.kinds else PATHS[:2])),
+        **draw(st.sampled_from(PATHS if row.fused else PATHS[:2])),
     }
     if row.betas:  # schedule-free needs beta1 > 0 (its x is recovered by dividing by it)
         beta1 = draw(st.floats(0.0 if name != "ScheduleFreeAdamW" else 0.05, 0.99))

@@ -423,7 +423,7 @@ def test_execution_paths_agree(case: Case) -> None:
         else:
             assert torch.equal(a, b)  # the same codecs and rule, tensor by tensor
     # and the fused kernel, where one steps the algorithm in one format a tensor
-    if TABLE[case.name].kinds and not TABLE[case.name].copies:
+    if TABLE[case.name].fused and not TABLE[case.name].copies:
         fused_kwargs = {k: v for k, v in case.kwargs.items() if k != "foreach"}
         fused, fused_opt = run(case.name, {**fused_kwargs, "fused": True})
         assert fused_opt.execution_path() == "fused"

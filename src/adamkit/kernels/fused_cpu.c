@@ -1306,6 +1306,211 @@ int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Adafactor's step of one tensor (adamkit/optim/adafactor.py; torch.optim.Adafactor's update),
+ * where the multi-tensor ops make about ten passes over memory, in three:
+ *   A  read p and g: sum(p^2), and each row's and each column's sum of g^2; then, O(n + m),
+ *      the statistics' EMA (torch's lerp, in T) and each row's and column's factor;
+ *   B  read g: sum(U^2), with U = G min(a_i b_j, 1 / eps1), a_i = rsqrt(R_i / max(mean R,
+ *      eps1)), b_j = rsqrt(C_j): torch's G rsqrt(max(R_i C_j / max(mean R, eps1), eps1^2)),
+ *      factored (the estimate is never formed, and its floor is the minimum);
+ *   C  read g and p, write p (1 - lr wd) - alpha / max(1, RMS(U) / d) U.
+ * The tensor is `batch` matrices of n rows and m columns (its last two dimensions); row_var
+ * holds batch x n numbers, col_var batch x m. Sums are taken in double, the factors computed
+ * in double and rounded to T once. The work is split into tiles of whole row segments whose
+ * partial sums are kept apart and added in tile order, so the result does not depend on the
+ * number of threads. Every temporary (a double per FT_ROWS elements, and O(batch (n + m))) is
+ * allocated before anything is written.
+ */
+#define FT_COLS 4096   /* columns of a tile */
+#define FT_ROWS 64     /* its rows, at least (more for narrow matrices: CHUNK elements) */
+
+typedef struct {
+    void *p, *row, *col;
+    const void *g;
+    int64_t batch, n, m, rows, nrt, nct; /* rows a tile takes; row and column tiles of a matrix */
+    double *colpart;                     /* [batch][nrt][m]: each row tile's column sums */
+    double *rowpart;                     /* [batch][n][nct]: each column tile's row sums */
+    double *psq, *usq;                   /* [tile]: sum(p^2), sum(U^2) */
+    void *row_factor, *col_factor;       /* T [batch][n], [batch][m] */
+    double inv_eps1, shrink, scale;
+} factored_t;
+
+static inline double lane_sum(const double *acc) {
+    double s = 0;
+    for (int k = 0; k < LANES; k++) s += acc[k];
+    return s;
+}
+
+/* Tile j's matrix b, rows [r0, r1), columns [c0, c1), and its row and column tile. */
+#define FACTORED_TILE(f, j)                                                                     \
+    const int64_t per = (f)->nrt * (f)->nct, b = (j) / per, rt = (j) % per / (f)->nct;          \
+    const int64_t ct = (j) % (f)->nct, r0 = rt * (f)->rows, c0 = ct * FT_COLS;                  \
+    const int64_t r1 = r0 + (f)->rows < (f)->n ? r0 + (f)->rows : (f)->n;                       \
+    const int64_t c1 = c0 + FT_COLS < (f)->m ? c0 + FT_COLS : (f)->m;
+
+/* One element of U, and the loop over a row segment [c0, c1) of row i of matrix b. */
+#define FACTORED_U(T) T ab = ai * bj[c], cap = (T)f->inv_eps1, u = gi[c] * (ab > cap ? cap : ab);
+#define FACTORED_ROW(T)                                                                         \
+    const T *gi = (const T *)f->g + (b * f->n + i) * f->m;                                      \
+    const T *bj = (const T *)f->col_factor + b * f->m, ai = ((const T *)f->row_factor)[b * f->n + i];
+
+#define DEFINE_FACTORED(SUFFIX, T)                                                              \
+    static void factored_sums_##SUFFIX(const void *ctx, int64_t j, float *scratch) {            \
+        const factored_t *f = ctx;                                                              \
+        (void)scratch;                                                                          \
+        FACTORED_TILE(f, j)                                                                     \
+        double *cp = f->colpart + (b * f->nrt + rt) * f->m, ptotal = 0;                         \
+        for (int64_t c = c0; c < c1; c++) cp[c] = 0;                                            \
+        for (int64_t i = r0; i < r1; i++) {                                                     \
+            const T *gi = (const T *)f->g + (b * f->n + i) * f->m;                              \
+            const T *pi = (const T *)f->p + (b * f->n + i) * f->m;                              \
+            double racc[LANES] = {0}, pacc[LANES] = {0};                                        \
+            int64_t c = c0;                                                                     \
+            for (; c + LANES <= c1; c += LANES)                                                 \
+                for (int k = 0; k < LANES; k++) {                                               \
+                    const double s = (double)gi[c + k] * gi[c + k];                             \
+                    cp[c + k] += s;                                                             \
+                    racc[k] += s;                                                               \
+                    pacc[k] += (double)pi[c + k] * pi[c + k];                                   \
+                }                                                                               \
+            for (; c < c1; c++) {                                                               \
+                const double s = (double)gi[c] * gi[c];                                         \
+                cp[c] += s;                                                                     \
+                racc[0] += s;                                                                   \
+                pacc[0] += (double)pi[c] * pi[c];                                               \
+            }                                                                                   \
+            f->rowpart[(b * f->n + i) * f->nct + ct] = lane_sum(racc);                          \
+            ptotal += lane_sum(pacc);                                                           \
+        }                                                                                       \
+        f->psq[j] = ptotal;                                                                     \
+    }                                                                                           \
+                                                                                                \
+    static void factored_norm_##SUFFIX(const void *ctx, int64_t j, float *scratch) {            \
+        const factored_t *f = ctx;                                                              \
+        (void)scratch;                                                                          \
+        FACTORED_TILE(f, j)                                                                     \
+        double total = 0;                                                                       \
+        for (int64_t i = r0; i < r1; i++) {                                                     \
+            FACTORED_ROW(T)                                                                     \
+            double acc[LANES] = {0};                                                            \
+            int64_t c = c0;                                                                     \
+            for (; c + LANES <= c1; c += LANES)                                                 \
+                for (int k = 0; k < LANES; k++) {                                               \
+                    const T ab = ai * bj[c + k], cap = (T)f->inv_eps1;                          \
+                    const T u = gi[c + k] * (ab > cap ? cap : ab);                              \
+                    acc[k] += (double)u * u;                                                    \
+                }                                                                               \
+            for (; c < c1; c++) {                                                               \
+                FACTORED_U(T)                                                                   \
+                acc[0] += (double)u * u;                                                        \
+            }                                                                                   \
+            total += lane_sum(acc);                                                             \
+        }                                                                                       \
+        f->usq[j] = total;                                                                      \
+    }                                                                                           \
+                                                                                                \
+    static void factored_apply_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
+        const factored_t *f = ctx;                                                              \
+        (void)scratch;                                                                          \
+        FACTORED_TILE(f, j)                                                                     \
+        const T shrink = (T)f->shrink, scale = (T)f->scale;                                     \
+        for (int64_t i = r0; i < r1; i++) {                                                     \
+            FACTORED_ROW(T)                                                                     \
+            T *restrict pi = (T *)f->p + (b * f->n + i) * f->m;                                 \
+            for (int64_t c = c0; c < c1; c++) {                                                 \
+                FACTORED_U(T)                                                                   \
+                pi[c] = pi[c] * shrink + scale * u;                                             \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* torch's lerp: self + w (end - self) for w < 0.5, else end - (end - self) (1 - w). */     \
+    static inline T lerp_##SUFFIX(T self, T end, T w) {                                         \
+        return w < (T)0.5 ? self + w * (end - self) : end - (end - self) * ((T)1 - w);          \
+    }                                                                                           \
+                                                                                                \
+    /* Between passes A and B: the statistics' EMA (weight w), and the factors. */              \
+    static void factored_factors_##SUFFIX(factored_t *f, double w, double eps1) {               \
+        const T weight = (T)w;                                                                  \
+        for (int64_t b = 0; b < f->batch; b++) {                                                \
+            T *R = (T *)f->row + b * f->n, *C = (T *)f->col + b * f->m;                         \
+            T *a = (T *)f->row_factor + b * f->n, *bc = (T *)f->col_factor + b * f->m;          \
+            double total = 0;                                                                   \
+            for (int64_t i = 0; i < f->n; i++) {                                                \
+                const double *part = f->rowpart + (b * f->n + i) * f->nct;                      \
+                double s = 0;                                                                   \
+                for (int64_t k = 0; k < f->nct; k++) s += part[k];                              \
+                R[i] = lerp_##SUFFIX(R[i], (T)(s / (double)f->m), weight);                      \
+                total += R[i];                                                                  \
+            }                                                                                   \
+            /* The column sums, added row tile by row tile into the first one's. */             \
+            double *sums = f->colpart + b * f->nrt * f->m;                                      \
+            for (int64_t k = 1; k < f->nrt; k++)                                                \
+                for (int64_t c = 0; c < f->m; c++) sums[c] += sums[k * f->m + c];               \
+            for (int64_t c = 0; c < f->m; c++) {                                                \
+                C[c] = lerp_##SUFFIX(C[c], (T)(sums[c] / (double)f->n), weight);                \
+                bc[c] = (T)(1.0 / sqrt((double)C[c]));                                          \
+            }                                                                                   \
+            double mean = total / (double)f->n;                                                 \
+            mean = mean < eps1 ? eps1 : mean; /* torch's clamp: a NaN stays */                  \
+            for (int64_t i = 0; i < f->n; i++) a[i] = (T)(1.0 / sqrt((double)R[i] / mean));     \
+        }                                                                                       \
+    }
+
+DEFINE_FACTORED(f32, float)
+DEFINE_FACTORED(f64, double)
+
+/* One Adafactor step of a tensor of batch x n x m elements (shape[0..2]; shape[3]: E_F32 or
+ * E_F64; shape[4]: threads). table: its parameter, gradient, row_var (batch x n) and col_var
+ * (batch x m). hyper: rho (the relative step's cap), 1 - beta2_t, eps1, eps2, d, 1 - lr wd,
+ * and the update's sign (-1: maximize). out: the parameter's RMS before the step, and the
+ * update's. Returns 0; 2, having changed nothing, for sizes or an element type it does not
+ * take; 3, having changed nothing, when its temporaries cannot be allocated. */
+int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table, double *out) {
+    const int64_t batch = shape[0], n = shape[1], m = shape[2];
+    const int element = (int)shape[3];
+    if (batch < 1 || n < 1 || m < 1 || (element != E_F32 && element != E_F64)) return 2;
+    if (n > INT64_MAX / m || n * m > INT64_MAX / batch) return 2;
+    const size_t size = element == E_F32 ? sizeof(float) : sizeof(double);
+    const int64_t width = m < FT_COLS ? m : FT_COLS, rows = CHUNK / width > FT_ROWS ? CHUNK / width : FT_ROWS;
+    factored_t f = {.p = table[0], .g = table[1], .row = table[2], .col = table[3],
+                    .batch = batch, .n = n, .m = m, .rows = rows,
+                    .nrt = (n + rows - 1) / rows, .nct = (m + FT_COLS - 1) / FT_COLS};
+    const int64_t tiles = batch * f.nrt * f.nct;
+    const size_t doubles = (size_t)(batch * (f.nrt * m + n * f.nct) + 2 * tiles);
+    double *work = malloc(doubles * sizeof(double) + (size_t)(batch * (n + m)) * size);
+    if (!work) return 3;
+    f.colpart = work;
+    f.rowpart = f.colpart + batch * f.nrt * m;
+    f.psq = f.rowpart + batch * n * f.nct;
+    f.usq = f.psq + tiles;
+    f.row_factor = f.usq + tiles;
+    f.col_factor = (char *)f.row_factor + (size_t)(batch * n) * size;
+    const int threads = (int)shape[4];
+    const int64_t elements = batch * n * m;
+    const int f64 = element == E_F64;
+    run_chunks(tiles, elements, threads, f64 ? factored_sums_f64 : factored_sums_f32, &f, NULL, 0);
+    if (f64) factored_factors_f64(&f, hyper[1], hyper[2]);
+    else factored_factors_f32(&f, hyper[1], hyper[2]);
+    f.inv_eps1 = 1.0 / hyper[2];
+    run_chunks(tiles, elements, threads, f64 ? factored_norm_f64 : factored_norm_f32, &f, NULL, 0);
+    double psq = 0, usq = 0;
+    for (int64_t j = 0; j < tiles; j++) psq += f.psq[j], usq += f.usq[j];
+    /* As torch's Python: max(eps2, RMS(p)) rho and max(1, RMS(U) / d) (a NaN RMS is passed
+     * over, as Python's max passes it). */
+    const double root = sqrt((double)elements), rms = sqrt(psq) / root;
+    const double alpha = (rms > hyper[3] ? rms : hyper[3]) * hyper[0];
+    const double ratio = sqrt(usq) / (root * hyper[4]), clip = ratio > 1.0 ? ratio : 1.0;
+    f.shrink = hyper[5];
+    f.scale = -hyper[6] * alpha / clip;
+    run_chunks(tiles, elements, threads, f64 ? factored_apply_f64 : factored_apply_f32, &f, NULL, 0);
+    free(work);
+    out[0] = rms;
+    out[1] = sqrt(usq) / root;
+    return 0;
+}
+
 /* The codecs on their own, for the tests that hold them equal to adamkit/optim/_precision.py. */
 void adamkit_encode_q8(const float *in, int64_t n, uint8_t *codes, float *scales, int is_unsigned) {
     for (int64_t e = 0; e < n; e += TILE)

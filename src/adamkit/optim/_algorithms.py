@@ -43,8 +43,7 @@ class Algorithm:
         kinds: the fused kernels' element loops for the update (the C kernel's
             ``BODY_<KIND>``, the Triton kernel's ``K_<KIND>`` branch), the first being the
             algorithm's own; its step-scalar function (next to its rule) picks one per tensor.
-            Empty: no fused kernel, so the default path is the multi-tensor one and
-            ``fused=True`` is refused with a reason.
+            Empty: no element loop (see ``tensor_kernel``).
         torch_twin: the ``torch.optim`` class with the same semantics and signature, or
             ``None``.
         reference: the NumPy reference step (``adamkit.reference``), the oracle of the tests.
@@ -84,6 +83,10 @@ class Algorithm:
             dimensions (Adafactor's ``row_var`` and ``col_var``): kept in full precision
             whatever ``state_precision`` (which applies to the others), even where their
             shape happens to be the parameter's (a ``(1, n)`` parameter's ``col_var``).
+        tensor_kernel: a C kernel steps one whole tensor at a time, called from the rule on
+            the fused path (``Hyper.tensor_kernel``): Adafactor's matrices, whose statistics
+            are reductions of the tensor. With neither ``kinds`` nor this, there is no fused
+            kernel: the default path is the multi-tensor one and ``fused=True`` is refused.
     """
 
     name: str
@@ -110,6 +113,7 @@ class Algorithm:
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     complex: bool = True
     reduced: tuple[str, ...] = ()
+    tensor_kernel: bool = False
 
     def __post_init__(self) -> None:
         if not set(self.copies) <= set(self.states):
@@ -137,8 +141,13 @@ class Algorithm:
 
     @property
     def kernel(self) -> str | None:
-        """The algorithm's element loop (its first kind), or ``None`` without a kernel."""
+        """The algorithm's element loop (its first kind), or ``None`` without one."""
         return self.kinds[0] if self.kinds else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether a fused kernel steps it: element loops, or a kernel of whole tensors."""
+        return bool(self.kinds) or self.tensor_kernel
 
     def state_keys(self, amsgrad: bool = False) -> tuple[str, ...]:
         """The state tensors shaped like the parameter, for a group with this ``amsgrad``."""
@@ -283,6 +292,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             decay_in_rule=True,
             cautious=False,
             complex=False,
+            tensor_kernel=True,
         ),
     )
 }

@@ -312,7 +312,7 @@ class AdamFamily(Optimizer):
             and all(map(row.in_bounds, h.own.items()))
             and all(h.own[name] < 1 for name in row.fractions)
             and all(h.own[name].is_integer() for name in row.integers)
-            and not (group.get("fused") and row.kernel is None)
+            and not (group.get("fused") and not row.fused)
         ):
             self._refuse(group)
         return h
@@ -337,7 +337,7 @@ class AdamFamily(Optimizer):
             return "fused"
         # By default, the fused path where a kernel steps the algorithm (the GPU kernels need
         # no CPU library: only CPU parameters need it built).
-        default = fused is None and foreach is None and self.algorithm.kernel is not None
+        default = fused is None and foreach is None and self.algorithm.fused
         if default and (kernel_available() or not _has_cpu_params(group)):
             return "fused"
         return "forloop" if foreach is False else "foreach"
@@ -437,7 +437,13 @@ class AdamFamily(Optimizer):
 
         hyper = self._hyper(group)
         path_name = self.execution_path(group)
-        if path_name == "fused":
+        if path_name == "fused" and self.algorithm.tensor_kernel:
+            # Its kernel steps whole tensors, called by the rule, which runs on the
+            # multi-tensor ops for what the kernel does not take (vectors, other devices).
+            choice = "required" if group.get("fused") else "auto"
+            hyper = dataclasses.replace(hyper, tensor_kernel=choice)
+            path_name = "foreach"
+        elif path_name == "fused":
             step_fused(self, group, params, grads, states, hyper, moment_keys)
             return
         path = DIFFERENTIABLE if path_name == "differentiable" else PATHS[path_name]

@@ -74,6 +74,11 @@ class Hyper:
     #: The first of an ``eps`` pair (its row's ``eps_pair``: Adafactor's ``eps1``; ``eps`` is
     #: then the second); ``None``: the machine epsilon of the parameters' dtype.
     eps1: float | None = None
+    #: On the fused path of a row whose kernel steps whole tensors (its row's
+    #: ``tensor_kernel``: Adafactor's), how the rule takes it: ``"auto"`` for each tensor the
+    #: kernel can take, ``"required"`` with ``fused=True`` (a tensor it cannot take is an
+    #: error, raised before any tensor of the bucket is stepped). ``None``: torch's operations.
+    tensor_kernel: str | None = None
 
 
 Rule = Callable[[TensorOps, Bucket, Hyper], None]

@@ -204,7 +204,7 @@ def check_group(
             )
     if group.get("fused") and group.get("foreach"):
         raise ValueError(f"{where}fused=True and foreach=True cannot be set together")
-    if group.get("fused") and row is not None and row.kernel is None:
+    if group.get("fused") and row is not None and not row.fused:
         raise RuntimeError(
             f"{where}adamkit.{optimizer}(fused=True): no fused kernel steps {row.name}; leave "
             "fused=None to use the multi-tensor path"

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
-from ._core import Bucket, Hyper
+from ._core import Bucket, Hyper, select
+from ._factored import factored_step, factored_unsupported
 from ._paths import TensorOps
 from ._precision import decode
 
@@ -35,18 +36,22 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     # The statistics see g^2: maximize only turns the update's sign (no negated copies).
     grads, sign = b.grads, -1.0 if h.maximize else 1.0
     params = b.params
-    # The relative step size scales with the parameter's RMS before the weight decay.
     rhos = [min(h.lr, 1 / t**0.5) for t in steps]
-    rms = [
-        n / p.numel() ** 0.5 if p.numel() else 0.0
-        for p, n in zip(params, ops.norms(params), strict=True)
-    ]
-    alphas = [max(h.eps, r) * rho for r, rho in zip(rms, rhos, strict=True)]
-    if h.weight_decay != 0:
-        ops.mul_(params, 1 - h.lr * h.weight_decay)
     decays = [t ** h.own["beta2_decay"] for t in steps]  # 1 - beta2_t
     eps1 = h.eps1 if h.eps1 is not None else torch.finfo(params[0].dtype).eps
     d = h.own["d"]
+    # On the fused path, the C kernel steps each matrix it can take whole (its RMS and weight
+    # decay included); the others take torch's operations.
+    native = _native(b, h)
+    eager = [i for i, taken in enumerate(native) if not taken]
+    # The relative step size scales with the parameter's RMS before the weight decay.
+    alphas = [0.0] * len(params)
+    if eager:
+        mine = select(params, eager)
+        for i, p, n in zip(eager, mine, ops.norms(mine), strict=True):
+            alphas[i] = max(h.eps, n / p.numel() ** 0.5 if p.numel() else 0.0) * rhos[i]
+        if h.weight_decay != 0:
+            ops.mul_(mine, 1 - h.lr * h.weight_decay)
     if "row_var" not in b.state:  # vectors and scalars: elementwise, bucket-wide
         variances = b.state["variance"]
         ops.lerp_(variances, ops.mul(grads, grads), decays)
@@ -67,14 +72,31 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     # measured several times the product itself here). Half-precision gradients, whose
     # temporaries differ in dtype, allocate their own.
     wide = torch.promote_types(grads[0].dtype, torch.float32)
-    largest = max(g.numel() for g in grads)
+    largest = max((grads[i].numel() for i in eager), default=0)
     buffer = (
-        torch.empty(largest, dtype=wide, device=grads[0].device) if grads[0].dtype == wide else None
+        torch.empty(largest, dtype=wide, device=grads[0].device)
+        if eager and grads[0].dtype == wide
+        else None
     )
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         if p.numel() == 0:  # nothing to step (torch divides by its size, 0, here)
             continue
         state = {key: tensors[i] for key, tensors in b.state.items()}
+        if native[i]:
+            factored_step(
+                p,
+                g,
+                state["row_var"],
+                state["col_var"],
+                rho=rhos[i],
+                decay=decays[i],
+                eps1=eps1,
+                eps2=h.eps,
+                d=d,
+                shrink=1 - h.lr * h.weight_decay,
+                sign=sign,
+            )
+            continue
         temporary = None if buffer is None else buffer[: g.numel()].view(g.shape)
         square = torch.mul(g, g, out=temporary)
         state["row_var"].lerp_(square.mean(dim=-1, keepdim=True), decays[i])
@@ -97,6 +119,26 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
             clip = max(1.0, update.norm(2).item() / (update.numel() ** 0.5 * d))
             p.add_(update, alpha=-sign * alphas[i] / clip)
             del update
+
+
+def _native(b: Bucket, h: Hyper) -> list[bool]:
+    """Which tensors of the bucket the C kernel steps: on the fused path, the matrices it can
+    take (with ``fused=True``, every one, or an error before any is stepped)."""
+    if h.tensor_kernel is None or "row_var" not in b.state:
+        return [False] * len(b.params)
+    rows, cols = b.state["row_var"], b.state["col_var"]
+    reasons = [
+        factored_unsupported(p, g, r, c) if p.numel() else "empty"
+        for p, g, r, c in zip(b.params, b.grads, rows, cols, strict=True)
+    ]
+    if h.tensor_kernel == "required":
+        reason = next((r for r in reasons if r not in (None, "empty")), None)
+        if reason is not None:
+            raise RuntimeError(
+                f"adamkit.Adafactor(fused=True): {reason}; leave fused=None to fall back to "
+                "the multi-tensor path"
+            )
+    return [r is None for r in reasons]
 
 
 def _rank_one_factors(
