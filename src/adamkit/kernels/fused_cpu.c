@@ -1308,7 +1308,7 @@ int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64
 
 /* ------------------------------------------------------------------------------------------
  * Adafactor's step of one tensor (adamkit/optim/adafactor.py; torch.optim.Adafactor's update),
- * where the multi-tensor ops make about ten passes over memory, in three:
+ * where the multi-tensor ops take about ten passes over memory, in three:
  *   A  read p and g: sum(p^2), and each row's and each column's sum of g^2; then, O(n + m),
  *      the statistics' EMA (torch's lerp, in T) and each row's and column's factor;
  *   B  read g: sum(U^2), with U = G min(a_i b_j, 1 / eps1), a_i = rsqrt(R_i / max(mean R,
@@ -1317,22 +1317,22 @@ int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64
  *   C  read g and p, write p (1 - lr wd) - alpha / max(1, RMS(U) / d) U.
  * The tensor is `batch` matrices of n rows and m columns (its last two dimensions); row_var
  * holds batch x n numbers, col_var batch x m. Sums are taken in double, the factors computed
- * in double and rounded to T once. The work is split into tiles of whole row segments whose
+ * in double and rounded to T once. The work is split into tiles of whole rows (contiguous
+ * memory: tiles of row segments measured up to 1.7x slower), at least FT_ROWS of them, whose
  * partial sums are kept apart and added in tile order, so the result does not depend on the
  * number of threads. Every temporary (a double per FT_ROWS elements, and O(batch (n + m))) is
  * allocated before anything is written.
  */
-#define FT_COLS 4096   /* columns of a tile */
-#define FT_ROWS 64     /* its rows, at least (more for narrow matrices: CHUNK elements) */
+#define FT_ROWS 64 /* rows of a tile, at least (more for narrow matrices: CHUNK elements) */
 
 typedef struct {
     void *p, *row, *col;
     const void *g;
-    int64_t batch, n, m, rows, nrt, nct; /* rows a tile takes; row and column tiles of a matrix */
-    double *colpart;                     /* [batch][nrt][m]: each row tile's column sums */
-    double *rowpart;                     /* [batch][n][nct]: each column tile's row sums */
-    double *psq, *usq;                   /* [tile]: sum(p^2), sum(U^2) */
-    void *row_factor, *col_factor;       /* T [batch][n], [batch][m] */
+    int64_t batch, n, m, rows, tiles; /* rows a tile takes; tiles of a matrix */
+    double *colpart;                  /* [batch][tiles][m]: each tile's column sums */
+    double *rowsum;                   /* [batch][n] */
+    double *psq, *usq;                /* [tile]: sum(p^2), sum(U^2) */
+    void *row_factor, *col_factor;    /* T [batch][n], [batch][m] */
     double inv_eps1, shrink, scale;
 } factored_t;
 
@@ -1342,51 +1342,50 @@ static inline double lane_sum(const double *acc) {
     return s;
 }
 
-/* Tile j's matrix b, rows [r0, r1), columns [c0, c1), and its row and column tile. */
+/* Tile j's matrix b, its rows [r0, r1) and its place among the matrix's tiles. */
 #define FACTORED_TILE(f, j)                                                                     \
-    const int64_t per = (f)->nrt * (f)->nct, b = (j) / per, rt = (j) % per / (f)->nct;          \
-    const int64_t ct = (j) % (f)->nct, r0 = rt * (f)->rows, c0 = ct * FT_COLS;                  \
-    const int64_t r1 = r0 + (f)->rows < (f)->n ? r0 + (f)->rows : (f)->n;                       \
-    const int64_t c1 = c0 + FT_COLS < (f)->m ? c0 + FT_COLS : (f)->m;
-
-/* One element of U, and the loop over a row segment [c0, c1) of row i of matrix b. */
-#define FACTORED_U(T) T ab = ai * bj[c], cap = (T)f->inv_eps1, u = gi[c] * (ab > cap ? cap : ab);
+    const int64_t b = (j) / (f)->tiles, rt = (j) % (f)->tiles, r0 = rt * (f)->rows;             \
+    const int64_t r1 = r0 + (f)->rows < (f)->n ? r0 + (f)->rows : (f)->n, m = (f)->m;
+/* Row i of matrix b: its gradient, its factor, and the columns' factors. */
 #define FACTORED_ROW(T)                                                                         \
-    const T *gi = (const T *)f->g + (b * f->n + i) * f->m;                                      \
-    const T *bj = (const T *)f->col_factor + b * f->m, ai = ((const T *)f->row_factor)[b * f->n + i];
+    const T *gi = (const T *)f->g + (b * f->n + i) * m;                                         \
+    const T *bj = (const T *)f->col_factor + b * m, ai = ((const T *)f->row_factor)[b * f->n + i];
+/* Element c of the row's U. */
+#define FACTORED_U(T, c)                                                                        \
+    const T ab = ai * bj[c], cap = (T)f->inv_eps1, u = gi[c] * (ab > cap ? cap : ab);
 
 #define DEFINE_FACTORED(SUFFIX, T)                                                              \
-    static void factored_sums_##SUFFIX(const void *ctx, int64_t j, float *scratch) {            \
+    static void factored_sums_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
         const factored_t *f = ctx;                                                              \
         (void)scratch;                                                                          \
         FACTORED_TILE(f, j)                                                                     \
-        double *cp = f->colpart + (b * f->nrt + rt) * f->m, ptotal = 0;                         \
-        for (int64_t c = c0; c < c1; c++) cp[c] = 0;                                            \
+        double *cp = f->colpart + j * m, ptotal = 0;                                            \
+        for (int64_t c = 0; c < m; c++) cp[c] = 0;                                              \
         for (int64_t i = r0; i < r1; i++) {                                                     \
-            const T *gi = (const T *)f->g + (b * f->n + i) * f->m;                              \
-            const T *pi = (const T *)f->p + (b * f->n + i) * f->m;                              \
+            const T *gi = (const T *)f->g + (b * f->n + i) * m;                                 \
+            const T *pi = (const T *)f->p + (b * f->n + i) * m;                                 \
             double racc[LANES] = {0}, pacc[LANES] = {0};                                        \
-            int64_t c = c0;                                                                     \
-            for (; c + LANES <= c1; c += LANES)                                                 \
+            int64_t c = 0;                                                                      \
+            for (; c + LANES <= m; c += LANES)                                                  \
                 for (int k = 0; k < LANES; k++) {                                               \
                     const double s = (double)gi[c + k] * gi[c + k];                             \
                     cp[c + k] += s;                                                             \
                     racc[k] += s;                                                               \
                     pacc[k] += (double)pi[c + k] * pi[c + k];                                   \
                 }                                                                               \
-            for (; c < c1; c++) {                                                               \
+            for (; c < m; c++) {                                                                \
                 const double s = (double)gi[c] * gi[c];                                         \
                 cp[c] += s;                                                                     \
                 racc[0] += s;                                                                   \
                 pacc[0] += (double)pi[c] * pi[c];                                               \
             }                                                                                   \
-            f->rowpart[(b * f->n + i) * f->nct + ct] = lane_sum(racc);                          \
+            f->rowsum[b * f->n + i] = lane_sum(racc);                                           \
             ptotal += lane_sum(pacc);                                                           \
         }                                                                                       \
         f->psq[j] = ptotal;                                                                     \
     }                                                                                           \
                                                                                                 \
-    static void factored_norm_##SUFFIX(const void *ctx, int64_t j, float *scratch) {            \
+    static void factored_norm_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
         const factored_t *f = ctx;                                                              \
         (void)scratch;                                                                          \
         FACTORED_TILE(f, j)                                                                     \
@@ -1394,15 +1393,14 @@ static inline double lane_sum(const double *acc) {
         for (int64_t i = r0; i < r1; i++) {                                                     \
             FACTORED_ROW(T)                                                                     \
             double acc[LANES] = {0};                                                            \
-            int64_t c = c0;                                                                     \
-            for (; c + LANES <= c1; c += LANES)                                                 \
+            int64_t c = 0;                                                                      \
+            for (; c + LANES <= m; c += LANES)                                                  \
                 for (int k = 0; k < LANES; k++) {                                               \
-                    const T ab = ai * bj[c + k], cap = (T)f->inv_eps1;                          \
-                    const T u = gi[c + k] * (ab > cap ? cap : ab);                              \
+                    FACTORED_U(T, c + k)                                                        \
                     acc[k] += (double)u * u;                                                    \
                 }                                                                               \
-            for (; c < c1; c++) {                                                               \
-                FACTORED_U(T)                                                                   \
+            for (; c < m; c++) {                                                                \
+                FACTORED_U(T, c)                                                                \
                 acc[0] += (double)u * u;                                                        \
             }                                                                                   \
             total += lane_sum(acc);                                                             \
@@ -1410,51 +1408,49 @@ static inline double lane_sum(const double *acc) {
         f->usq[j] = total;                                                                      \
     }                                                                                           \
                                                                                                 \
-    static void factored_apply_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
+    static void factored_apply_##SUFFIX(const void *ctx, int64_t j, float *scratch) {          \
         const factored_t *f = ctx;                                                              \
         (void)scratch;                                                                          \
         FACTORED_TILE(f, j)                                                                     \
         const T shrink = (T)f->shrink, scale = (T)f->scale;                                     \
         for (int64_t i = r0; i < r1; i++) {                                                     \
             FACTORED_ROW(T)                                                                     \
-            T *restrict pi = (T *)f->p + (b * f->n + i) * f->m;                                 \
-            for (int64_t c = c0; c < c1; c++) {                                                 \
-                FACTORED_U(T)                                                                   \
+            T *restrict pi = (T *)f->p + (b * f->n + i) * m;                                    \
+            for (int64_t c = 0; c < m; c++) {                                                   \
+                FACTORED_U(T, c)                                                                \
                 pi[c] = pi[c] * shrink + scale * u;                                             \
             }                                                                                   \
         }                                                                                       \
     }                                                                                           \
                                                                                                 \
-    /* torch's lerp: self + w (end - self) for w < 0.5, else end - (end - self) (1 - w). */     \
+    /* torch's lerp: self + w (end - self) for w < 0.5, else end - (end - self) (1 - w). */    \
     static inline T lerp_##SUFFIX(T self, T end, T w) {                                         \
         return w < (T)0.5 ? self + w * (end - self) : end - (end - self) * ((T)1 - w);          \
     }                                                                                           \
                                                                                                 \
-    /* Between passes A and B: the statistics' EMA (weight w), and the factors. */              \
-    static void factored_factors_##SUFFIX(factored_t *f, double w, double eps1) {               \
+    /* Between passes A and B: the statistics' EMA (weight w), and the factors. */             \
+    static void factored_factors_##SUFFIX(factored_t *f, double w, double eps1) {              \
         const T weight = (T)w;                                                                  \
+        const int64_t n = f->n, m = f->m;                                                       \
         for (int64_t b = 0; b < f->batch; b++) {                                                \
-            T *R = (T *)f->row + b * f->n, *C = (T *)f->col + b * f->m;                         \
-            T *a = (T *)f->row_factor + b * f->n, *bc = (T *)f->col_factor + b * f->m;          \
+            T *R = (T *)f->row + b * n, *C = (T *)f->col + b * m;                               \
+            T *a = (T *)f->row_factor + b * n, *bc = (T *)f->col_factor + b * m;                \
             double total = 0;                                                                   \
-            for (int64_t i = 0; i < f->n; i++) {                                                \
-                const double *part = f->rowpart + (b * f->n + i) * f->nct;                      \
-                double s = 0;                                                                   \
-                for (int64_t k = 0; k < f->nct; k++) s += part[k];                              \
-                R[i] = lerp_##SUFFIX(R[i], (T)(s / (double)f->m), weight);                      \
+            for (int64_t i = 0; i < n; i++) {                                                   \
+                R[i] = lerp_##SUFFIX(R[i], (T)(f->rowsum[b * n + i] / (double)m), weight);      \
                 total += R[i];                                                                  \
             }                                                                                   \
-            /* The column sums, added row tile by row tile into the first one's. */             \
-            double *sums = f->colpart + b * f->nrt * f->m;                                      \
-            for (int64_t k = 1; k < f->nrt; k++)                                                \
-                for (int64_t c = 0; c < f->m; c++) sums[c] += sums[k * f->m + c];               \
-            for (int64_t c = 0; c < f->m; c++) {                                                \
-                C[c] = lerp_##SUFFIX(C[c], (T)(sums[c] / (double)f->n), weight);                \
+            /* The column sums, added tile by tile into the first tile's. */                    \
+            double *sums = f->colpart + b * f->tiles * m;                                       \
+            for (int64_t k = 1; k < f->tiles; k++)                                              \
+                for (int64_t c = 0; c < m; c++) sums[c] += sums[k * m + c];                     \
+            for (int64_t c = 0; c < m; c++) {                                                   \
+                C[c] = lerp_##SUFFIX(C[c], (T)(sums[c] / (double)n), weight);                   \
                 bc[c] = (T)(1.0 / sqrt((double)C[c]));                                          \
             }                                                                                   \
-            double mean = total / (double)f->n;                                                 \
+            double mean = total / (double)n;                                                    \
             mean = mean < eps1 ? eps1 : mean; /* torch's clamp: a NaN stays */                  \
-            for (int64_t i = 0; i < f->n; i++) a[i] = (T)(1.0 / sqrt((double)R[i] / mean));     \
+            for (int64_t i = 0; i < n; i++) a[i] = (T)(1.0 / sqrt((double)R[i] / mean));        \
         }                                                                                       \
     }
 
@@ -1473,17 +1469,16 @@ int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table, d
     if (batch < 1 || n < 1 || m < 1 || (element != E_F32 && element != E_F64)) return 2;
     if (n > INT64_MAX / m || n * m > INT64_MAX / batch) return 2;
     const size_t size = element == E_F32 ? sizeof(float) : sizeof(double);
-    const int64_t width = m < FT_COLS ? m : FT_COLS, rows = CHUNK / width > FT_ROWS ? CHUNK / width : FT_ROWS;
+    const int64_t rows = CHUNK / m > FT_ROWS ? CHUNK / m : FT_ROWS;
     factored_t f = {.p = table[0], .g = table[1], .row = table[2], .col = table[3],
-                    .batch = batch, .n = n, .m = m, .rows = rows,
-                    .nrt = (n + rows - 1) / rows, .nct = (m + FT_COLS - 1) / FT_COLS};
-    const int64_t tiles = batch * f.nrt * f.nct;
-    const size_t doubles = (size_t)(batch * (f.nrt * m + n * f.nct) + 2 * tiles);
+                    .batch = batch, .n = n, .m = m, .rows = rows, .tiles = (n + rows - 1) / rows};
+    const int64_t tiles = batch * f.tiles;
+    const size_t doubles = (size_t)(tiles * m + batch * n + 2 * tiles);
     double *work = malloc(doubles * sizeof(double) + (size_t)(batch * (n + m)) * size);
     if (!work) return 3;
     f.colpart = work;
-    f.rowpart = f.colpart + batch * f.nrt * m;
-    f.psq = f.rowpart + batch * n * f.nct;
+    f.rowsum = f.colpart + tiles * m;
+    f.psq = f.rowsum + batch * n;
     f.usq = f.psq + tiles;
     f.row_factor = f.usq + tiles;
     f.col_factor = (char *)f.row_factor + (size_t)(batch * n) * size;
