@@ -2,7 +2,9 @@
 
     python benchmarks/bench_adafactor.py [--reps 7] [--md BENCHMARKS.md]
 
-Three parameter sets: case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), 29.66M
+The default path's C kernel steps the matrices (three passes over memory), the multi-tensor
+ops the vectors; the foreach and for-loop paths take torch's operations throughout. Three
+parameter sets: case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), 29.66M
 elements), a transformer-shaped one (the same shapes as bench_step.py's), and an embedding
 table whose rows mostly get no gradient (the rows where Adafactor's eps1 floor binds). Times:
 one step per optimizer in turn (interleaved), median of the reps; ratio = torch's default step
@@ -43,7 +45,8 @@ ZERO_ROWS = {"embedding (50000,512), 90% of rows without gradient": 0.9}
 VARIANTS = {
     "torch Adafactor (default: for-loop)": (torch.optim.Adafactor, {}),
     "torch Adafactor, foreach": (torch.optim.Adafactor, {"foreach": True}),
-    "adamkit Adafactor (default: foreach)": (adamkit.Adafactor, {}),
+    "adamkit Adafactor (default: fused)": (adamkit.Adafactor, {}),
+    "adamkit Adafactor, foreach": (adamkit.Adafactor, {"foreach": True}),
     "adamkit Adafactor, for-loop": (adamkit.Adafactor, {"foreach": False}),
 }
 
