@@ -27,10 +27,12 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     slower on the CPUs measured), and its update is applied in factored form,
     ``G * rsqrt(C) * rsqrt(R / mean(R))``, without the ``n x m`` estimate ``R C / mean(R)``, in
     the rows where the ``eps1^2`` floor cannot bind (checked exactly on each row's smallest
-    element; the other rows take torch's form). ``benchmarks/bench_adafactor.py`` measures the
-    step at 2.6-3.2x torch's. A matrix's temporaries share one buffer, the size of the bucket's
-    largest: the peak memory is one matrix's (torch's multi-tensor step holds every tensor's
-    at once); a bucket of vectors holds its vectors' temporaries together, as torch's does.
+    element; the other rows take torch's form). A matrix's temporaries share one buffer, the
+    size of the bucket's largest: the peak memory is one matrix's (torch's multi-tensor step
+    holds every tensor's at once); a bucket of vectors holds its vectors' temporaries together,
+    as torch's does. On the fused path (``h.tensor_kernel``) the C kernel steps each matrix it
+    can take (``_factored.py``) in three passes over memory, about 1.3-5x faster than these
+    operations (``benchmarks/bench_adafactor.py``); they step the rest.
     """
     steps = ops.count_step(b.steps)
     # The statistics see g^2: maximize only turns the update's sign (no negated copies).
@@ -254,10 +256,15 @@ class Adafactor(AdamFamily):
         weight_decay: decoupled weight decay, :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`
             (default 0).
         foreach, maximize, fused, nonfinite, max_grad_norm, stochastic_rounding: as in
-            :class:`adamkit.Adam`. There is no fused kernel: ``fused`` must stay ``None`` or
-            ``False``. The default path is the multi-tensor one, which here holds one
-            tensor's temporaries at a time (torch's defaults to its for-loop because its
-            multi-tensor step holds every tensor's).
+            :class:`adamkit.Adam`. The fused path (the default on the CPU) steps each fp32 or
+            fp64 CPU matrix with a C kernel that reads and writes it in three passes where
+            torch's operations take about ten, sums in double, and allocates a few percent of
+            the matrix (3.8-13x torch's step on ``benchmarks/bench_adafactor.py``'s sets);
+            vectors, scalars and what the kernel cannot take (other dtypes and devices,
+            non-contiguous tensors) take torch's operations, or, with ``fused=True``, are
+            refused before any tensor of their dtype steps. ``foreach=True`` is the
+            multi-tensor path, which here holds one matrix's temporaries at a time (torch's
+            defaults to its for-loop because its multi-tensor step holds every tensor's).
         state_precision: how a vector's ``variance`` is stored (``"fp32"``, ``"bf16"``,
             ``"8bit"``, as in :class:`adamkit.Adam`); a matrix's row and column statistics,
             already a sliver of the memory, stay in full precision.
@@ -280,11 +287,12 @@ class Adafactor(AdamFamily):
         statistics need the whole tensor. With ``eps1=None``, torch takes the machine epsilon
         of the first parameter's dtype for a whole param group; adamkit of each parameter's.
         adamkit's step equals torch's within rounding, not bit for bit (it takes a matrix's
-        mean squares and its update in fewer operations, 2.6-3.2x faster), and where torch's
-        ``R C`` leaves its dtype's range, adamkit's factored form (in fp32 at least) does
-        not: where it overflows (gradients above about 1e10 in fp32, 16 in fp16) torch's step
-        is 0, and where it underflows (fp16 gradients of about 1e-2, fp32 ones below 1e-10
-        with a tiny ``eps1``) torch floors it at ``eps1^2`` and steps up to 3x too far;
+        mean squares and its update in fewer operations; the kernel sums in double), and
+        where torch's ``R C`` leaves its dtype's range, adamkit's factored form (in fp32 at
+        least) does not: where it overflows (gradients above about 1e10 in fp32, 16 in
+        fp16) torch's step is 0, and where it underflows (fp16 gradients of about 1e-2,
+        fp32 ones below 1e-10 with a tiny ``eps1``) torch floors it at ``eps1^2`` and steps
+        up to 3x too far;
         adamkit stays within rounding of the float64 step there.
     """
 
