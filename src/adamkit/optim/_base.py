@@ -241,8 +241,15 @@ class AdamFamily(Optimizer):
         return tuple(self.algorithm.scalars)
 
     def _state_shapes(self, p: Tensor, group: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The state tensors ``p`` keeps, with their shapes (the row's ``shapes``)."""
-        return self.algorithm.shapes(tuple(p.shape), group.get("amsgrad", False))
+        """The state tensors ``p`` keeps, with their shapes (the row's ``shapes``; kept by
+        shape: a step of thousands of tensors asks it of each, twice). Not to be changed."""
+        key = (tuple(p.shape), bool(group.get("amsgrad", False)))
+        known: dict[Any, dict[str, tuple[int, ...]]]
+        known = self.__dict__.setdefault("_known_shapes", {})
+        shapes = known.get(key)
+        if shapes is None:
+            shapes = known[key] = self.algorithm.shapes(*key)
+        return shapes
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": torch.tensor(0.0, dtype=step_dtype())}
@@ -469,8 +476,8 @@ class AdamFamily(Optimizer):
         for i, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
-            where = f"{param_label(group, i)} of param group {index}"
             if p.is_complex() and not row.complex:
+                where = f"{param_label(group, i)} of param group {index}"
                 raise RuntimeError(
                     f"{row.name} does not support complex parameters ({where} is {p.dtype})"
                 )
