@@ -132,21 +132,25 @@ def _complex_step() -> None:
     opt.step()
 
 
-def _fused_refused(dtype: torch.dtype, transposed: bool = False) -> None:
-    """fused=True with a matrix the kernel cannot take: refused before any matrix of its
-    bucket (its dtype) steps."""
-    taken = torch.randn(4, 3, dtype=dtype, requires_grad=True)
-    refused = torch.randn(4, 3, dtype=dtype, requires_grad=True)
-    opt = adamkit.Adafactor([taken, refused], fused=True)
-    taken.grad = torch.randn(4, 3, dtype=dtype)
-    refused.grad = (
-        torch.randn(3, 4, dtype=dtype).t() if transposed else torch.randn(4, 3, dtype=dtype)
-    )
-    before = taken.detach().clone()
+def _fused_refused(change: str) -> None:
+    """fused=True with a matrix the kernel cannot take: refused before any tensor steps (a
+    vector, a matrix it takes, in an earlier group), the step counters included."""
+    vector = torch.randn(5, requires_grad=True)
+    taken = torch.randn(4, 3, requires_grad=True)
+    refused = torch.randn(4, 3, requires_grad=True)
+    opt = adamkit.Adafactor([{"params": [vector, taken]}, {"params": [refused]}], fused=True)
+    vector.grad, taken.grad, refused.grad = torch.randn(5), torch.randn(4, 3), torch.randn(4, 3)
+    opt.step()
+    if change == "transposed gradient":
+        refused.grad = torch.randn(3, 4).t()
+    else:  # its column statistics a view of the parameter
+        opt.state[refused]["col_var"] = refused.detach().view(-1)[:3].view(1, 3)
+    before = [t.detach().clone() for t in (vector, taken)]
     try:
         opt.step()
     finally:
-        assert torch.equal(taken, before)  # (the first matrix did not step either)
+        assert all(torch.equal(t, b) for t, b in zip((vector, taken), before, strict=True))
+        assert all(float(s["step"]) == 1 for s in opt.state.values())
 
 
 def _resized() -> None:
@@ -205,17 +209,18 @@ BAD_ADAFACTOR: list[tuple[str, Any, type[Exception], str]] = [
         r"param group 1: eps must be a pair \(eps1 or None, eps2\), got 0\.001",
     ),
     (
-        "Adafactor([bf16 matrices], fused=True).step()",
-        lambda: _fused_refused(torch.bfloat16),
+        "Adafactor([matrices], fused=True); state['col_var'] = a view of its parameter; step()",
+        lambda: _fused_refused("statistics viewing the parameter"),
         RuntimeError,
-        r"adamkit.Adafactor\(fused=True\): the fused Adafactor kernel takes float32 and float64 "
-        r"parameters, not torch.bfloat16; leave fused=None",
+        r"adamkit.Adafactor\(fused=True\): parameter #0 of param group 1: the parameter, its "
+        r"gradient and its statistics overlap in memory; leave fused=None",
     ),
     (
-        "Adafactor([matrices, one with a transposed gradient], fused=True).step()",
-        lambda: _fused_refused(torch.float32, transposed=True),
+        "Adafactor([matrices], fused=True); a transposed gradient; step()",
+        lambda: _fused_refused("transposed gradient"),
         RuntimeError,
-        r"adamkit.Adafactor\(fused=True\): the fused kernel needs contiguous tensors",
+        r"adamkit.Adafactor\(fused=True\): parameter #0 of param group 1: the fused kernel "
+        r"needs contiguous tensors",
     ),
     (
         "Adafactor([complex parameter]).step()  (refused at the step, as torch)",
@@ -468,16 +473,17 @@ def _twins(shape: tuple[int, ...], dtype: torch.dtype, **kwargs: Any) -> tuple[A
 
 @pytest.mark.parametrize(
     "shape",
-    [(300, 5000), (9000, 40), (3, 70, 90), (1, 9000), (9000, 1)],
-    ids=["column-tiles", "row-tiles", "batched", "1xn", "nx1"],
+    [(300, 5000), (9000, 40), (3, 70, 90), (16, 8, 3, 3), (1, 9000), (9000, 1)],
+    ids=["row-tiles", "narrow-row-tiles", "batched", "conv-kernels", "1xn", "nx1"],
 )
 def test_the_kernel_equals_torch_on_tiled_matrices_with_rows_the_floor_binds(
     shape: tuple[int, ...],
 ) -> None:
-    """Matrices of several row and column tiles (the kernel sums each tile apart), batched,
-    degenerate; a third of the rows with no gradient (torch's estimate floors them at eps1^2,
-    the kernel's factors take the minimum); weight decay, clipping (d = 1 binds at the first
-    steps): equal to torch within rounding in float64, state included, over 30 steps."""
+    """Matrices of several tiles of rows (the kernel sums each tile apart), batched ones of a
+    tile each (a tile's sums and factors stay in its thread's scratch), degenerate ones; a
+    third of the rows with no gradient (torch's estimate floors them at eps1^2, the kernel's
+    factors take the minimum); weight decay, clipping (d = 1 binds at the first steps): equal
+    to torch within rounding in float64, state included, over 30 steps."""
     kwargs = {"weight_decay": 0.1, "lr": 0.05}
     p, q, ours, theirs = _twins(shape, torch.float64, **kwargs)
     g = torch.Generator().manual_seed(2)
@@ -611,7 +617,7 @@ def test_tensors_the_kernel_cannot_take_take_torch_s_ops_or_are_refused(change: 
     r, strict, _ = _canary_case(change)
     strict.param_groups[0]["fused"] = True
     before = r.detach().clone()
-    with pytest.raises(RuntimeError, match=r"Adafactor\(fused=True\): the "):
+    with pytest.raises(RuntimeError, match=r"Adafactor\(fused=True\): parameter #0 .*: the "):
         strict.step()
     assert torch.equal(r, before)
 
@@ -624,3 +630,50 @@ def test_a_parameter_past_the_end_of_its_storage_is_refused() -> None:
     opt.state[p]["col_var"].untyped_storage().resize_(8)
     with pytest.raises(RuntimeError, match="past the end of its storage"):
         opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_the_kernel_steps_half_matrices_rounding_each_result_once(dtype: torch.dtype) -> None:
+    """bf16 and fp16 matrices are read into fp32 and each result (the statistics at their EMA,
+    the parameter at its update) rounded to nearest once, where torch's operations round each
+    of theirs: after 20 steps the kernel's parameters are nearer torch's float64 run than torch's
+    own run in that dtype, and the statistics stay in the parameters' dtype, as torch's."""
+    shape = (300, 500)
+    g = torch.Generator().manual_seed(4)
+    start = torch.randn(shape, generator=g)
+    eps1 = torch.finfo(dtype).eps
+    runs = {
+        "kernel": (adamkit.Adafactor, dtype, {"fused": True}),
+        "torch": (torch.optim.Adafactor, dtype, {}),
+        "float64": (torch.optim.Adafactor, torch.float64, {"eps": (eps1, 1e-3)}),
+    }
+    params = {k: start.to(dt, copy=True).requires_grad_() for k, (_, dt, _) in runs.items()}
+    opts = {k: cls([params[k]], weight_decay=0.1, **kw) for k, (cls, _, kw) in runs.items()}
+    for _ in range(20):
+        grad = torch.randn(shape, generator=g) * 0.1
+        for k, p in params.items():
+            p.grad = grad.to(p.dtype)
+            opts[k].step()
+    exact = params["float64"].detach()
+    moved = (exact - start.double()).abs().max()
+    error = {
+        k: ((params[k].detach().double() - exact).abs().max() / moved).item()
+        for k in ("kernel", "torch")
+    }
+    assert error["kernel"] < error["torch"], error
+    assert opts["kernel"].state[params["kernel"]]["row_var"].dtype == dtype
+
+
+def test_what_the_kernel_cannot_take_is_named() -> None:
+    """The reasons name the tensor that is off the CPU, an inference tensor among the state
+    (written in place: torch refuses that outside inference mode, so the kernel must not)."""
+    from adamkit.optim._factored import factored_unsupported
+
+    p, g = torch.randn(4, 3), torch.randn(4, 3)
+    row, col = torch.rand(4, 1), torch.rand(1, 3)
+    assert factored_unsupported(p, g, row, col) is None
+    assert "not on meta" in str(factored_unsupported(p, g, row.to("meta"), col))
+    with torch.inference_mode():
+        frozen = torch.rand(1, 3)
+    assert "inference tensor" in str(factored_unsupported(p, g, row, frozen))
+    assert "inference tensor" not in str(factored_unsupported(p, g, row, col))

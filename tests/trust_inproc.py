@@ -371,6 +371,26 @@ def test_a_storage_shrunk_under_a_state_tensor_is_an_error_on_every_path() -> No
             opt.step()
 
 
+@pytest.mark.parametrize("size", [0, 8], ids=["to nothing", "to 8 bytes"])
+@pytest.mark.parametrize("key", ["row_var", "col_var", "grad", "param"])
+def test_a_storage_shrunk_under_adafactor_s_tensors_is_an_error(key: str, size: int) -> None:
+    """Adafactor's kernel of whole matrices (its default path): a storage resized to nothing
+    (as FSDP frees one) has a null data pointer, which the kernel must not take as a tensor it
+    cannot step (the fallback, torch's operations, wrote through it): an error, before the
+    step changes anything, its counters included."""
+    p = torch.nn.Parameter(torch.randn(40, 30))
+    opt = adamkit.Adafactor([p])
+    p.grad = torch.randn(40, 30)
+    opt.step()
+    p.grad = torch.randn(40, 30)
+    tensors = {"row_var": opt.state[p]["row_var"], "col_var": opt.state[p]["col_var"]}
+    tensors.update(grad=p.grad, param=p)
+    tensors[key].untyped_storage().resize_(size)
+    with pytest.raises(RuntimeError, match="past the end of its storage"):
+        opt.step()
+    assert float(opt.state[p]["step"]) == 1
+
+
 def test_the_kernel_bumps_version_counters_as_torch_does() -> None:
     """torch's in-place updates make autograd refuse a graph that saved the old weights."""
     lin = torch.nn.Linear(8, 8)

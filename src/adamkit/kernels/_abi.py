@@ -21,7 +21,9 @@ H_LR, H_BETA1, H_BETA2, H_EPS, H_WD = range(5)
 HYPER_SLOTS = 5
 S_FLAGS, S_COUNT, S_STATES, S_SKIP, S_THREADS, S_PARAM_FMT, S_SCALES, S_ELEMENT = range(8)
 SHAPE_SLOTS = 8
-E_F32, E_F64, E_WIDE = range(3)
+# (E_BF16, E_F16: Adafactor's kernel of whole tensors, adamkit_adafactor, which reads half
+# tensors into fp32 and rounds each result to nearest.)
+E_F32, E_F64, E_WIDE, E_BF16, E_F16 = range(5)
 MAX_STATES = 3
 #: Elements of a tensor one thread takes at a time (the plan numbers each tensor's chunks), and
 #: of a tile of the low-precision loops (the caller's scratch holds one per parameter, gradient
@@ -94,6 +96,8 @@ C_DEFINES: dict[str, int] = {
             "E_F32",
             "E_F64",
             "E_WIDE",
+            "E_BF16",
+            "E_F16",
             "MAX_STATES",
             "CHUNK",
             "TILE",

@@ -48,7 +48,7 @@ enum { S_FLAGS = AK_S_FLAGS, S_COUNT = AK_S_COUNT, S_STATES = AK_S_STATES,
        S_SCALES = AK_S_SCALES, S_ELEMENT = AK_S_ELEMENT };
 enum { R_A = AK_R_A, R_B = AK_R_B, R_C = AK_R_C, R_D = AK_R_D, R_KIND = AK_R_KIND, R_T = AK_R_T };
 #define ROW AK_ROW
-enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE };
+enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE, E_BF16 = AK_E_BF16, E_F16 = AK_E_F16 };
 #define MAX_STATES AK_MAX_STATES
 enum { CODEC_UNSIGNED = AK_CODEC_UNSIGNED, CODEC_HIGH = AK_CODEC_HIGH, CODEC_STREAM = AK_CODEC_STREAM };
 
@@ -1310,18 +1310,22 @@ int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64
  * Adafactor's step of one tensor (adamkit/optim/adafactor.py; torch.optim.Adafactor's update),
  * where the multi-tensor ops take about ten passes over memory, in three:
  *   A  read p and g: sum(p^2), and each row's and each column's sum of g^2; then, O(n + m),
- *      the statistics' EMA (torch's lerp, in T) and each row's and column's factor;
+ *      the statistics' EMA (torch's lerp) and each row's and column's factor;
  *   B  read g: sum(U^2), with U = G min(a_i b_j, 1 / eps1), a_i = rsqrt(R_i / max(mean R,
  *      eps1)), b_j = rsqrt(C_j): torch's G rsqrt(max(R_i C_j / max(mean R, eps1), eps1^2)),
  *      factored (the estimate is never formed, and its floor is the minimum);
  *   C  read g and p, write p (1 - lr wd) - alpha / max(1, RMS(U) / d) U.
  * The tensor is `batch` matrices of n rows and m columns (its last two dimensions); row_var
  * holds batch x n numbers, col_var batch x m. Sums are taken in double, the factors computed
- * in double and rounded to T once. The work is split into tiles of whole rows (contiguous
- * memory: tiles of row segments measured up to 1.7x slower), at least FT_ROWS of them, whose
- * partial sums are kept apart and added in tile order, so the result does not depend on the
- * number of threads. Every temporary (a double per FT_ROWS elements, and O(batch (n + m))) is
- * allocated before anything is written.
+ * in double and rounded once. The work is split into tiles of whole rows (contiguous memory:
+ * tiles of row segments measured up to 1.7x slower), at least FT_ROWS of them, whose partial
+ * sums are kept apart and added in tile order, so the result does not depend on the number of
+ * threads. A matrix of one tile (n <= FT_ROWS rows, or narrow enough) is its own: its sums and
+ * factors stay in its thread's scratch (recomputed from its statistics in passes B and C), so
+ * a batch of small matrices (a convolution's 3 x 3 kernels) allocates nothing per matrix.
+ * Larger matrices keep each tile's column sums (a double per FT_ROWS elements, at most a
+ * sixteenth of an fp32 tensor's size) and their factors. Every temporary is allocated before
+ * anything is written.
  */
 #define FT_ROWS 64 /* rows of a tile, at least (more for narrow matrices: CHUNK elements) */
 
@@ -1329,11 +1333,12 @@ typedef struct {
     void *p, *row, *col;
     const void *g;
     int64_t batch, n, m, rows, tiles; /* rows a tile takes; tiles of a matrix */
-    double *colpart;                  /* [batch][tiles][m]: each tile's column sums */
-    double *rowsum;                   /* [batch][n] */
+    int64_t per;                      /* one-tile matrices: how many a tile takes */
+    double *colpart;                  /* tiles > 1: [batch][tiles][m], each tile's column sums */
+    double *rowsum;                   /* tiles > 1: [batch][n] */
     double *psq, *usq;                /* [tile]: sum(p^2), sum(U^2) */
-    void *row_factor, *col_factor;    /* T [batch][n], [batch][m] */
-    double inv_eps1, shrink, scale;
+    void *row_factor, *col_factor;    /* tiles > 1: [batch][n], [batch][m] of the compute type */
+    double decay, eps1, inv_eps1, shrink, scale;
 } factored_t;
 
 static inline double lane_sum(const double *acc) {
@@ -1342,154 +1347,218 @@ static inline double lane_sum(const double *acc) {
     return s;
 }
 
-/* Tile j's matrix b, its rows [r0, r1) and its place among the matrix's tiles. */
+/* Tile j's matrices [b0, b1) and their rows [r0, r1): rows of one matrix of several tiles, or
+ * (`own`) whole matrices of one tile each, whose sums and factors live in the scratch (m + n
+ * doubles, then n + m factors) one matrix at a time. */
 #define FACTORED_TILE(f, j)                                                                     \
-    const int64_t b = (j) / (f)->tiles, rt = (j) % (f)->tiles, r0 = rt * (f)->rows;             \
-    const int64_t r1 = r0 + (f)->rows < (f)->n ? r0 + (f)->rows : (f)->n, m = (f)->m;
-/* Row i of matrix b: its gradient, its factor, and the columns' factors. */
-#define FACTORED_ROW(T)                                                                         \
-    const T *gi = (const T *)f->g + (b * f->n + i) * m;                                         \
-    const T *bj = (const T *)f->col_factor + b * m, ai = ((const T *)f->row_factor)[b * f->n + i];
+    const int own = (f)->tiles == 1;                                                            \
+    const int64_t m = (f)->m;                                                                   \
+    const int64_t b0 = own ? (j) * (f)->per : (j) / (f)->tiles;                                 \
+    const int64_t b1 = own ? (b0 + (f)->per < (f)->batch ? b0 + (f)->per : (f)->batch) : b0 + 1; \
+    const int64_t r0 = own ? 0 : (j) % (f)->tiles * (f)->rows;                                  \
+    const int64_t r1 = r0 + (f)->rows < (f)->n ? r0 + (f)->rows : (f)->n;
+/* The factors of matrix b a tile uses: its own (computed into the scratch), or the call's. */
+#define FACTORED_FACTORS(SUFFIX, T)                                                             \
+    T *A, *Bc;                                                                                  \
+    if (own) {                                                                                  \
+        A = (T *)((double *)scratch + f->n + m), Bc = A + f->n;                                 \
+        factors_##SUFFIX(f, b, A, Bc);                                                          \
+    } else {                                                                                    \
+        A = (T *)f->row_factor + b * f->n, Bc = (T *)f->col_factor + b * m;                     \
+    }
+/* Row i of matrix b: its gradient and its factor. */
+#define FACTORED_ROW(S, T)                                                                      \
+    const S *gi = (const S *)f->g + (b * f->n + i) * m;                                         \
+    const T ai = A[i];
 /* Element c of the row's U. */
-#define FACTORED_U(T, c)                                                                        \
-    const T ab = ai * bj[c], cap = (T)f->inv_eps1, u = gi[c] * (ab > cap ? cap : ab);
+#define FACTORED_U(T, LOAD, c)                                                                  \
+    const T ab = ai * Bc[c], cap = (T)f->inv_eps1, u = LOAD(gi[c]) * (ab > cap ? cap : ab);
 
-#define DEFINE_FACTORED(SUFFIX, T)                                                              \
-    static void factored_sums_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
-        const factored_t *f = ctx;                                                              \
-        (void)scratch;                                                                          \
-        FACTORED_TILE(f, j)                                                                     \
-        double *cp = f->colpart + j * m, ptotal = 0;                                            \
-        for (int64_t c = 0; c < m; c++) cp[c] = 0;                                              \
-        for (int64_t i = r0; i < r1; i++) {                                                     \
-            const T *gi = (const T *)f->g + (b * f->n + i) * m;                                 \
-            const T *pi = (const T *)f->p + (b * f->n + i) * m;                                 \
-            double racc[LANES] = {0}, pacc[LANES] = {0};                                        \
-            int64_t c = 0;                                                                      \
-            for (; c + LANES <= m; c += LANES)                                                  \
-                for (int k = 0; k < LANES; k++) {                                               \
-                    const double s = (double)gi[c + k] * gi[c + k];                             \
-                    cp[c + k] += s;                                                             \
-                    racc[k] += s;                                                               \
-                    pacc[k] += (double)pi[c + k] * pi[c + k];                                   \
-                }                                                                               \
-            for (; c < m; c++) {                                                                \
-                const double s = (double)gi[c] * gi[c];                                         \
-                cp[c] += s;                                                                     \
-                racc[0] += s;                                                                   \
-                pacc[0] += (double)pi[c] * pi[c];                                               \
-            }                                                                                   \
-            f->rowsum[b * f->n + i] = lane_sum(racc);                                           \
-            ptotal += lane_sum(pacc);                                                           \
-        }                                                                                       \
-        f->psq[j] = ptotal;                                                                     \
-    }                                                                                           \
-                                                                                                \
-    static void factored_norm_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
-        const factored_t *f = ctx;                                                              \
-        (void)scratch;                                                                          \
-        FACTORED_TILE(f, j)                                                                     \
-        double total = 0;                                                                       \
-        for (int64_t i = r0; i < r1; i++) {                                                     \
-            FACTORED_ROW(T)                                                                     \
-            double acc[LANES] = {0};                                                            \
-            int64_t c = 0;                                                                      \
-            for (; c + LANES <= m; c += LANES)                                                  \
-                for (int k = 0; k < LANES; k++) {                                               \
-                    FACTORED_U(T, c + k)                                                        \
-                    acc[k] += (double)u * u;                                                    \
-                }                                                                               \
-            for (; c < m; c++) {                                                                \
-                FACTORED_U(T, c)                                                                \
-                acc[0] += (double)u * u;                                                        \
-            }                                                                                   \
-            total += lane_sum(acc);                                                             \
-        }                                                                                       \
-        f->usq[j] = total;                                                                      \
-    }                                                                                           \
-                                                                                                \
-    static void factored_apply_##SUFFIX(const void *ctx, int64_t j, float *scratch) {          \
-        const factored_t *f = ctx;                                                              \
-        (void)scratch;                                                                          \
-        FACTORED_TILE(f, j)                                                                     \
-        const T shrink = (T)f->shrink, scale = (T)f->scale;                                     \
-        for (int64_t i = r0; i < r1; i++) {                                                     \
-            FACTORED_ROW(T)                                                                     \
-            T *restrict pi = (T *)f->p + (b * f->n + i) * m;                                    \
-            for (int64_t c = 0; c < m; c++) {                                                   \
-                FACTORED_U(T, c)                                                                \
-                pi[c] = pi[c] * shrink + scale * u;                                             \
-            }                                                                                   \
-        }                                                                                       \
-    }                                                                                           \
-                                                                                                \
-    /* torch's lerp: self + w (end - self) for w < 0.5, else end - (end - self) (1 - w). */    \
+#define DEFINE_FACTORED(SUFFIX, S, T, LOAD, STORE)                                              \
+    /* torch's lerp: self + w (end - self) for w < 0.5, else end - (end - self) (1 - w). */     \
     static inline T lerp_##SUFFIX(T self, T end, T w) {                                         \
         return w < (T)0.5 ? self + w * (end - self) : end - (end - self) * ((T)1 - w);          \
     }                                                                                           \
                                                                                                 \
-    /* Between passes A and B: the statistics' EMA (weight w), and the factors. */             \
-    static void factored_factors_##SUFFIX(factored_t *f, double w, double eps1) {              \
-        const T weight = (T)w;                                                                  \
-        const int64_t n = f->n, m = f->m;                                                       \
+    /* Matrix b's statistics take their EMA of the mean squares (its sums of g^2). */           \
+    static void update_##SUFFIX(const factored_t *f, int64_t b, const double *rowsum,           \
+                                const double *colsum) {                                         \
+        const T weight = (T)f->decay;                                                           \
+        S *R = (S *)f->row + b * f->n, *C = (S *)f->col + b * f->m;                             \
+        for (int64_t i = 0; i < f->n; i++)                                                      \
+            R[i] = STORE(lerp_##SUFFIX(LOAD(R[i]), (T)(rowsum[i] / (double)f->m), weight));     \
+        for (int64_t c = 0; c < f->m; c++)                                                      \
+            C[c] = STORE(lerp_##SUFFIX(LOAD(C[c]), (T)(colsum[c] / (double)f->n), weight));     \
+    }                                                                                           \
+                                                                                                \
+    /* Matrix b's row and column factors, from its statistics. */                               \
+    static void factors_##SUFFIX(const factored_t *f, int64_t b, T *a, T *bc) {                 \
+        const S *R = (const S *)f->row + b * f->n, *C = (const S *)f->col + b * f->m;           \
+        double total = 0;                                                                       \
+        for (int64_t i = 0; i < f->n; i++) total += LOAD(R[i]);                                 \
+        double mean = total / (double)f->n;                                                     \
+        mean = mean < f->eps1 ? f->eps1 : mean; /* torch's clamp: a NaN stays */                \
+        for (int64_t i = 0; i < f->n; i++) a[i] = (T)(1.0 / sqrt((double)LOAD(R[i]) / mean));   \
+        for (int64_t c = 0; c < f->m; c++) bc[c] = (T)(1.0 / sqrt((double)LOAD(C[c])));         \
+    }                                                                                           \
+                                                                                                \
+    static void factored_sums_##SUFFIX(const void *ctx, int64_t j, float *scratch) {            \
+        const factored_t *f = ctx;                                                              \
+        FACTORED_TILE(f, j)                                                                     \
+        double ptotal = 0;                                                                      \
+        for (int64_t b = b0; b < b1; b++) {                                                     \
+            double *cp = own ? (double *)scratch : f->colpart + j * m;                          \
+            double *rs = own ? (double *)scratch + m : f->rowsum + b * f->n;                    \
+            for (int64_t c = 0; c < m; c++) cp[c] = 0;                                          \
+            for (int64_t i = r0; i < r1; i++) {                                                 \
+                const S *gi = (const S *)f->g + (b * f->n + i) * m;                             \
+                const S *pi = (const S *)f->p + (b * f->n + i) * m;                             \
+                double racc[LANES] = {0}, pacc[LANES] = {0};                                    \
+                int64_t c = 0;                                                                  \
+                for (; c + LANES <= m; c += LANES)                                              \
+                    for (int k = 0; k < LANES; k++) {                                           \
+                        const double gv = LOAD(gi[c + k]), pv = LOAD(pi[c + k]), s = gv * gv;   \
+                        cp[c + k] += s;                                                         \
+                        racc[k] += s;                                                           \
+                        pacc[k] += pv * pv;                                                     \
+                    }                                                                           \
+                for (; c < m; c++) {                                                            \
+                    const double gv = LOAD(gi[c]), pv = LOAD(pi[c]), s = gv * gv;               \
+                    cp[c] += s;                                                                 \
+                    racc[0] += s;                                                               \
+                    pacc[0] += pv * pv;                                                         \
+                }                                                                               \
+                rs[i] = lane_sum(racc);                                                         \
+                ptotal += lane_sum(pacc);                                                       \
+            }                                                                                   \
+            if (own) update_##SUFFIX(f, b, rs, cp);                                             \
+        }                                                                                       \
+        f->psq[j] = ptotal;                                                                     \
+    }                                                                                           \
+                                                                                                \
+    static void factored_norm_##SUFFIX(const void *ctx, int64_t j, float *scratch) {            \
+        const factored_t *f = ctx;                                                              \
+        FACTORED_TILE(f, j)                                                                     \
+        double total = 0;                                                                       \
+        for (int64_t b = b0; b < b1; b++) {                                                     \
+            FACTORED_FACTORS(SUFFIX, T)                                                         \
+            for (int64_t i = r0; i < r1; i++) {                                                 \
+                FACTORED_ROW(S, T)                                                              \
+                double acc[LANES] = {0};                                                        \
+                int64_t c = 0;                                                                  \
+                for (; c + LANES <= m; c += LANES)                                              \
+                    for (int k = 0; k < LANES; k++) {                                           \
+                        FACTORED_U(T, LOAD, c + k)                                              \
+                        acc[k] += (double)u * u;                                                \
+                    }                                                                           \
+                for (; c < m; c++) {                                                            \
+                    FACTORED_U(T, LOAD, c)                                                      \
+                    acc[0] += (double)u * u;                                                    \
+                }                                                                               \
+                total += lane_sum(acc);                                                         \
+            }                                                                                   \
+        }                                                                                       \
+        f->usq[j] = total;                                                                      \
+    }                                                                                           \
+                                                                                                \
+    static void factored_apply_##SUFFIX(const void *ctx, int64_t j, float *scratch) {           \
+        const factored_t *f = ctx;                                                              \
+        FACTORED_TILE(f, j)                                                                     \
+        const T shrink = (T)f->shrink, scale = (T)f->scale;                                     \
+        for (int64_t b = b0; b < b1; b++) {                                                     \
+            FACTORED_FACTORS(SUFFIX, T)                                                         \
+            for (int64_t i = r0; i < r1; i++) {                                                 \
+                FACTORED_ROW(S, T)                                                              \
+                S *restrict pi = (S *)f->p + (b * f->n + i) * m;                                \
+                for (int64_t c = 0; c < m; c++) {                                               \
+                    FACTORED_U(T, LOAD, c)                                                      \
+                    pi[c] = STORE(LOAD(pi[c]) * shrink + scale * u);                            \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* Between passes A and B, for matrices of several tiles: the column sums (added tile by    \
+     * tile into the first tile's), the statistics' EMA and the factors. */                     \
+    static void factored_factors_##SUFFIX(factored_t *f) {                                      \
         for (int64_t b = 0; b < f->batch; b++) {                                                \
-            T *R = (T *)f->row + b * n, *C = (T *)f->col + b * m;                               \
-            T *a = (T *)f->row_factor + b * n, *bc = (T *)f->col_factor + b * m;                \
-            double total = 0;                                                                   \
-            for (int64_t i = 0; i < n; i++) {                                                   \
-                R[i] = lerp_##SUFFIX(R[i], (T)(f->rowsum[b * n + i] / (double)m), weight);      \
-                total += R[i];                                                                  \
-            }                                                                                   \
-            /* The column sums, added tile by tile into the first tile's. */                    \
-            double *sums = f->colpart + b * f->tiles * m;                                       \
+            double *sums = f->colpart + b * f->tiles * f->m;                                    \
             for (int64_t k = 1; k < f->tiles; k++)                                              \
-                for (int64_t c = 0; c < m; c++) sums[c] += sums[k * m + c];                     \
-            for (int64_t c = 0; c < m; c++) {                                                   \
-                C[c] = lerp_##SUFFIX(C[c], (T)(sums[c] / (double)n), weight);                   \
-                bc[c] = (T)(1.0 / sqrt((double)C[c]));                                          \
-            }                                                                                   \
-            double mean = total / (double)n;                                                    \
-            mean = mean < eps1 ? eps1 : mean; /* torch's clamp: a NaN stays */                  \
-            for (int64_t i = 0; i < n; i++) a[i] = (T)(1.0 / sqrt((double)R[i] / mean));        \
+                for (int64_t c = 0; c < f->m; c++) sums[c] += sums[k * f->m + c];               \
+            update_##SUFFIX(f, b, f->rowsum + b * f->n, sums);                                  \
+            factors_##SUFFIX(f, b, (T *)f->row_factor + b * f->n, (T *)f->col_factor + b * f->m); \
         }                                                                                       \
     }
 
-DEFINE_FACTORED(f32, float)
-DEFINE_FACTORED(f64, double)
+/* fp32 and fp64 tensors in place; bf16 and fp16 ones read into fp32 and rounded to nearest
+ * once an element (the statistics at their EMA, the parameter at its update). */
+#define AS_IS(x) (x)
+#define BF16_VALUE(x) float_of((uint32_t)(x) << 16)
+DEFINE_FACTORED(f32, float, float, AS_IS, AS_IS)
+DEFINE_FACTORED(f64, double, double, AS_IS, AS_IS)
+DEFINE_FACTORED(bf16, uint16_t, float, BF16_VALUE, bf16_nearest)
+DEFINE_FACTORED(f16, uint16_t, float, f16_value, f16_nearest)
 
-/* One Adafactor step of a tensor of batch x n x m elements (shape[0..2]; shape[3]: E_F32 or
- * E_F64; shape[4]: threads). table: its parameter, gradient, row_var (batch x n) and col_var
- * (batch x m). hyper: rho (the relative step's cap), 1 - beta2_t, eps1, eps2, d, 1 - lr wd,
- * and the update's sign (-1: maximize). out: the parameter's RMS before the step, and the
- * update's. Returns 0; 2, having changed nothing, for sizes or an element type it does not
- * take; 3, having changed nothing, when its temporaries cannot be allocated. */
+/* Each element type's passes, the step between them, and the size of its factors. */
+static const struct {
+    chunk_body sums, norm, apply;
+    void (*factors)(factored_t *);
+    size_t factor_size;
+} factored_kinds[] = {
+    [E_F32] = {factored_sums_f32, factored_norm_f32, factored_apply_f32, factored_factors_f32, 4},
+    [E_F64] = {factored_sums_f64, factored_norm_f64, factored_apply_f64, factored_factors_f64, 8},
+    [E_BF16] = {factored_sums_bf16, factored_norm_bf16, factored_apply_bf16, factored_factors_bf16,
+                4},
+    [E_F16] = {factored_sums_f16, factored_norm_f16, factored_apply_f16, factored_factors_f16, 4},
+};
+
+/* One Adafactor step of a tensor of batch x n x m elements (shape[0..2]; shape[3]: E_F32,
+ * E_F64, E_BF16 or E_F16, the type of the parameter, its gradient and statistics; shape[4]:
+ * threads). table: its parameter, gradient, row_var (batch x n) and col_var (batch x m).
+ * hyper: rho (the relative step's cap), 1 - beta2_t, eps1, eps2, d, 1 - lr wd, and the
+ * update's sign (-1: maximize). out: the parameter's RMS before the step, and the update's.
+ * Returns 0; 2, having changed nothing, for sizes or an element type it does not take; 3,
+ * having changed nothing, when its temporaries cannot be allocated. */
 int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table, double *out) {
     const int64_t batch = shape[0], n = shape[1], m = shape[2];
     const int element = (int)shape[3];
-    if (batch < 1 || n < 1 || m < 1 || (element != E_F32 && element != E_F64)) return 2;
-    if (n > INT64_MAX / m || n * m > INT64_MAX / batch) return 2;
-    const size_t size = element == E_F32 ? sizeof(float) : sizeof(double);
+    if (batch < 1 || n < 1 || m < 1) return 2;
+    if (element != E_F32 && element != E_F64 && element != E_BF16 && element != E_F16) return 2;
+    if (n > INT64_MAX / m || n * m > INT64_MAX / batch || n + m > INT64_MAX / 16) return 2;
+    const size_t size = factored_kinds[element].factor_size;
     const int64_t rows = CHUNK / m > FT_ROWS ? CHUNK / m : FT_ROWS;
     factored_t f = {.p = table[0], .g = table[1], .row = table[2], .col = table[3],
-                    .batch = batch, .n = n, .m = m, .rows = rows, .tiles = (n + rows - 1) / rows};
-    const int64_t tiles = batch * f.tiles;
-    const size_t doubles = (size_t)(tiles * m + batch * n + 2 * tiles);
-    double *work = malloc(doubles * sizeof(double) + (size_t)(batch * (n + m)) * size);
-    if (!work) return 3;
-    f.colpart = work;
-    f.rowsum = f.colpart + tiles * m;
-    f.psq = f.rowsum + batch * n;
+                    .batch = batch, .n = n, .m = m, .rows = rows, .tiles = (n + rows - 1) / rows,
+                    .decay = hyper[1], .eps1 = hyper[2], .inv_eps1 = 1.0 / hyper[2]};
+    const int own = f.tiles == 1;
+    /* One-tile matrices: as many a tile as make CHUNK elements. */
+    f.per = own ? (CHUNK / (n * m) > 1 ? CHUNK / (n * m) : 1) : 1;
+    const int64_t tiles = own ? (batch + f.per - 1) / f.per : batch * f.tiles;
+    /* Per tile: its two sums; matrices of several tiles: each tile's column sums, the rows'
+     * sums and the factors; one-tile matrices: a scratch of their sums and factors a thread. */
+    const size_t doubles = (size_t)(2 * tiles + (own ? 0 : tiles * m + batch * n));
+    const size_t factors = own ? 0 : (size_t)(batch * (n + m)) * size;
+    const size_t scratch_floats = own ? (size_t)(4 * (n + m)) : 0;
+    double *work = malloc(doubles * sizeof(double) + factors);
+    float *scratch = own ? malloc(scratch_floats * sizeof(float)) : NULL;
+    if (!work || (own && !scratch)) {
+        free(work);
+        free(scratch);
+        return 3;
+    }
+    f.psq = work;
     f.usq = f.psq + tiles;
-    f.row_factor = f.usq + tiles;
-    f.col_factor = (char *)f.row_factor + (size_t)(batch * n) * size;
+    if (!own) {
+        f.colpart = f.usq + tiles;
+        f.rowsum = f.colpart + tiles * m;
+        f.row_factor = f.rowsum + batch * n;
+        f.col_factor = (char *)f.row_factor + (size_t)(batch * n) * size;
+    }
     const int threads = (int)shape[4];
     const int64_t elements = batch * n * m;
-    const int f64 = element == E_F64;
-    run_chunks(tiles, elements, threads, f64 ? factored_sums_f64 : factored_sums_f32, &f, NULL, 0);
-    if (f64) factored_factors_f64(&f, hyper[1], hyper[2]);
-    else factored_factors_f32(&f, hyper[1], hyper[2]);
-    f.inv_eps1 = 1.0 / hyper[2];
-    run_chunks(tiles, elements, threads, f64 ? factored_norm_f64 : factored_norm_f32, &f, NULL, 0);
+    run_chunks(tiles, elements, threads, factored_kinds[element].sums, &f, scratch, scratch_floats);
+    if (!own) factored_kinds[element].factors(&f);
+    run_chunks(tiles, elements, threads, factored_kinds[element].norm, &f, scratch, scratch_floats);
     double psq = 0, usq = 0;
     for (int64_t j = 0; j < tiles; j++) psq += f.psq[j], usq += f.usq[j];
     /* As torch's Python: max(eps2, RMS(p)) rho and max(1, RMS(U) / d) (a NaN RMS is passed
@@ -1499,8 +1568,9 @@ int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table, d
     const double ratio = sqrt(usq) / (root * hyper[4]), clip = ratio > 1.0 ? ratio : 1.0;
     f.shrink = hyper[5];
     f.scale = -hyper[6] * alpha / clip;
-    run_chunks(tiles, elements, threads, f64 ? factored_apply_f64 : factored_apply_f32, &f, NULL, 0);
+    run_chunks(tiles, elements, threads, factored_kinds[element].apply, &f, scratch, scratch_floats);
     free(work);
+    free(scratch);
     out[0] = rms;
     out[1] = sqrt(usq) / root;
     return 0;

@@ -467,10 +467,11 @@ class AdamFamily(Optimizer):
             self._apply_rule(path, bucket, group, hyper, moment_keys)
 
     def _check_tensors(self, group: dict[str, Any], index: int) -> None:
-        """Before any group steps: no complex parameter where the row takes none, and each
+        """Before any group steps: no complex parameter where the row takes none, each
         stepped parameter's state is what its shape keeps (the row's layout; a parameter
         resized after its state was made would otherwise broadcast against its old
-        statistics, or fail half-way through the step)."""
+        statistics, or fail half-way through the step), and with ``fused=True`` a kernel of
+        whole tensors takes each one it steps."""
         row = self.algorithm
         name = f"adamkit.{type(self).__name__}"
         for i, p in enumerate(group["params"]):
@@ -482,18 +483,30 @@ class AdamFamily(Optimizer):
                     f"{row.name} does not support complex parameters ({where} is {p.dtype})"
                 )
             state = self.state.get(p)
-            if row.layout is None or not state:
-                continue
-            shapes = self._state_shapes(p, group)
-            kept = {k: tuple(v.shape) for k, v in state.items() if k in row.states}
-            if kept != shapes:
-                raise RuntimeError(
-                    f"{name}: {param_label(group, i)} has {p.numel()} elements of shape "
-                    f"{tuple(p.shape)} (param group {index}), which keep {shapes}, but its "
-                    f"state holds {kept}: was the parameter replaced or resized after its "
-                    "state was created? Delete its state (optimizer.state.pop(p)) to start it "
-                    "afresh"
-                )
+            if row.layout is not None and state:
+                shapes = self._state_shapes(p, group)
+                kept = {k: tuple(v.shape) for k, v in state.items() if k in row.states}
+                if kept != shapes:
+                    raise RuntimeError(
+                        f"{name}: {param_label(group, i)} has {p.numel()} elements of shape "
+                        f"{tuple(p.shape)} (param group {index}), which keep {shapes}, but its "
+                        f"state holds {kept}: was the parameter replaced or resized after its "
+                        "state was created? Delete its state (optimizer.state.pop(p)) to start "
+                        "it afresh"
+                    )
+            if group.get("fused") and row.tensor_kernel:
+                reason = self._kernel_refusal(p, state or {})
+                if reason is not None:
+                    raise RuntimeError(
+                        f"{name}(fused=True): {param_label(group, i)} of param group {index}: "
+                        f"{reason}; leave fused=None to fall back to the multi-tensor path"
+                    )
+
+    def _kernel_refusal(self, p: Tensor, state: dict[str, Any]) -> str | None:
+        """Why the kernel of whole tensors (the row's ``tensor_kernel``) cannot take ``p``, its
+        gradient and ``state`` as they are (``None``: it can, or it does not step ``p``):
+        ``fused=True`` refuses it before any group steps. The row's class says."""
+        return None
 
     def _by_layout(
         self, params: list[Tensor], group: dict[str, Any]

@@ -21,55 +21,65 @@ from ._fused import address, bump_versions
 
 __all__ = ["factored_step", "factored_unsupported"]
 
-_ELEMENT = {torch.float32: _abi.E_F32, torch.float64: _abi.E_F64}
+_ELEMENT = {
+    torch.float32: _abi.E_F32,
+    torch.float64: _abi.E_F64,
+    torch.bfloat16: _abi.E_BF16,
+    torch.float16: _abi.E_F16,
+}
 
 
-def factored_unsupported(p: Tensor, g: Tensor, row: Tensor, col: Tensor) -> str | None:
-    """Why the kernel cannot step this matrix now (``None``: it can). A view past the end of
-    its storage is an error: no path can step it safely."""
+def factored_unsupported(
+    p: Tensor, g: Tensor, row: Tensor | None = None, col: Tensor | None = None
+) -> str | None:
+    """Why the kernel cannot step this matrix now (``None``: it can); without ``row`` and
+    ``col``, whether it could take the parameter and its gradient (their statistics not made
+    yet, or checked at the call). A view past the end of its storage is an error: no path can
+    step it safely."""
     if fused_library() is None:
         return f"the fused CPU kernel is unavailable ({unavailable_reason()})"
-    tensors = (p, g, row, col)
+    tensors = (p, g) if row is None or col is None else (p, g, row, col)
     other = next((t for t in tensors if type(t) not in PLAIN_TENSORS), None)
     if other is not None:
         return f"the fused kernel takes plain tensors, not {type(other).__name__}"
-    if not all(t.is_cpu for t in tensors):
-        return f"the fused Adafactor kernel runs on the CPU, not on {p.device}"
+    away = next((t for t in tensors if not t.is_cpu), None)
+    if away is not None:
+        return f"the fused Adafactor kernel runs on the CPU, not on {away.device}"
     if p.dtype not in _ELEMENT:
-        return f"the fused Adafactor kernel takes float32 and float64 parameters, not {p.dtype}"
-    if g.dtype != p.dtype or row.dtype != p.dtype or col.dtype != p.dtype:
+        return f"the fused Adafactor kernel takes floating-point parameters, not {p.dtype}"
+    if any(t.dtype != p.dtype for t in tensors):
+        dtypes = ", ".join(str(t.dtype) for t in tensors[1:])
         return (
-            f"the fused Adafactor kernel needs the gradient ({g.dtype}) and the statistics "
-            f"({row.dtype}, {col.dtype}) in the parameter's dtype ({p.dtype})"
+            f"the fused Adafactor kernel needs the gradient and the statistics in the "
+            f"parameter's dtype ({p.dtype}), not {dtypes}"
         )
     shape = p.shape
-    if (
-        p.dim() < 2
-        or g.shape != shape
-        or row.shape != (*shape[:-1], 1)
-        or col.shape != (*shape[:-2], 1, shape[-1])
-    ):
+    wanted = [shape, shape, (*shape[:-1], 1), (*shape[:-2], 1, shape[-1])][: len(tensors)]
+    if p.dim() < 2 or [t.shape for t in tensors] != wanted:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
         return (
-            f"the fused Adafactor kernel takes a matrix (or a batch of them) with its gradient "
-            f"and statistics, not shapes {tuple(shape)}, {tuple(g.shape)}, {tuple(row.shape)}, "
-            f"{tuple(col.shape)}"
+            "the fused Adafactor kernel takes a matrix (or a batch of them) with its gradient "
+            f"and statistics of matching shapes, not {shapes}"
         )
     if not all(t.is_contiguous() for t in tensors):
         return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
-    if any(t.is_neg() or t.is_conj() for t in tensors):
-        return "the fused kernel takes tensors without a lazy negation or conjugation"
-    if p.is_inference():
-        return "a parameter is an inference tensor (made under torch.inference_mode())"
+    if any(t.is_neg() or t.is_conj() or t._is_zerotensor() for t in tensors):
+        return "the fused kernel takes tensors without a lazy negation, conjugation or zeros"
+    if any(t.is_inference() for t in tensors if t is not g):
+        return "a parameter or its state is an inference tensor (torch.inference_mode())"
     ranges = []
-    for t, written in zip(tensors, (True, False, True, True), strict=True):
-        start, size = t.data_ptr(), t.numel() * t.element_size()
-        if start == 0:
-            return "a tensor has no memory (a null data pointer)"
-        if t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+    for t, written in zip(tensors, (True, False, True, True), strict=False):
+        size = t.numel() * t.element_size()
+        # (first: a storage resized to nothing also has a null pointer, and the operations of
+        # the other paths would write through it)
+        if t.untyped_storage().nbytes() < t.storage_offset() * t.element_size() + size:
             raise RuntimeError(
                 "adamkit: a parameter or its state is a view past the end of its storage (was "
                 "the storage resized in place, storage.resize_()?); no path can step it safely"
             )
+        start = t.data_ptr()
+        if start == 0:
+            return "a tensor has no memory (a null data pointer)"
         ranges.append((start, start + size, written))
     for i, (start, end, written) in enumerate(ranges):
         for other_start, other_end, other_written in ranges[i + 1 :]:
@@ -113,7 +123,7 @@ def factored_step(
     if status == 3:  # nothing was changed
         raise MemoryError(
             f"adamkit.Adafactor: the fused kernel could not allocate its temporaries for a "
-            f"tensor of shape {tuple(p.shape)} (a few percent of its size)"
+            f"tensor of shape {tuple(p.shape)}"
         )
     if status != 0:  # the call describes its tensors wrongly: a bug, and nothing was updated
         raise RuntimeError(f"the fused Adafactor kernel refused the call (status {status})")

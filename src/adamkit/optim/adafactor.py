@@ -31,9 +31,13 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     size of the bucket's largest: the peak memory is one matrix's (torch's multi-tensor step
     holds every tensor's at once); a bucket of vectors holds its vectors' temporaries together,
     as torch's does. On the fused path (``h.tensor_kernel``) the C kernel steps each matrix it
-    can take (``_factored.py``) in three passes over memory, about 1.3-5x faster than these
+    can take (``_factored.py``) in three passes over memory, 1.3-5x faster than these
     operations (``benchmarks/bench_adafactor.py``); they step the rest.
     """
+    # On the fused path, the C kernel steps each matrix it can take whole (its RMS and weight
+    # decay included); the others take torch's operations. (Asked first: it may raise, and
+    # then nothing has changed, the step counters included.)
+    native = _native(b, h)
     steps = ops.count_step(b.steps)
     # The statistics see g^2: maximize only turns the update's sign (no negated copies).
     grads, sign = b.grads, -1.0 if h.maximize else 1.0
@@ -42,9 +46,6 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     decays = [t ** h.own["beta2_decay"] for t in steps]  # 1 - beta2_t
     eps1 = h.eps1 if h.eps1 is not None else torch.finfo(params[0].dtype).eps
     d = h.own["d"]
-    # On the fused path, the C kernel steps each matrix it can take whole (its RMS and weight
-    # decay included); the others take torch's operations.
-    native = _native(b, h)
     eager = [i for i, taken in enumerate(native) if not taken]
     # The relative step size scales with the parameter's RMS before the weight decay.
     alphas = [0.0] * len(params)
@@ -317,3 +318,8 @@ class Adafactor(AdamFamily):
 
     algorithm = ALGORITHMS["Adafactor"]
     _rule = adafactor_rule
+
+    def _kernel_refusal(self, p: Tensor, state: dict[str, Any]) -> str | None:
+        if p.dim() < 2 or p.numel() == 0 or p.grad is None:  # (vectors: torch's ops)
+            return None
+        return factored_unsupported(p, p.grad, state.get("row_var"), state.get("col_var"))
