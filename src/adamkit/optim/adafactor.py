@@ -257,13 +257,16 @@ class Adafactor(AdamFamily):
         weight_decay: decoupled weight decay, :math:`\theta \leftarrow (1 - \gamma\lambda)\theta`
             (default 0).
         foreach, maximize, fused, nonfinite, max_grad_norm, stochastic_rounding: as in
-            :class:`adamkit.Adam`. The fused path (the default on the CPU) steps each fp32 or
-            fp64 CPU matrix with a C kernel that reads and writes it in three passes where
-            torch's operations take about ten, sums in double, and allocates a few percent of
-            the matrix (3.8-13x torch's step on ``benchmarks/bench_adafactor.py``'s sets);
-            vectors, scalars and what the kernel cannot take (other dtypes and devices,
-            non-contiguous tensors) take torch's operations, or, with ``fused=True``, are
-            refused before any tensor of their dtype steps. ``foreach=True`` is the
+            :class:`adamkit.Adam`. The fused path (the default on the CPU) steps each CPU
+            matrix (fp32, fp64, and bf16 or fp16 read into fp32, each result rounded to
+            nearest once) with a C kernel that reads and writes it in three passes where
+            torch's operations take about ten, sums in double, and allocates at most a
+            sixteenth of an fp32 matrix's size (a batch of small matrices, a convolution's
+            3 x 3 kernels, only its threads' scratch): 3.8-13x torch's step on
+            ``benchmarks/bench_adafactor.py``'s sets. Vectors, scalars and what the kernel
+            cannot take (other devices, non-contiguous or overlapping tensors) take torch's
+            operations, or, with ``fused=True``, are refused, naming the parameter, before
+            any group steps. ``foreach=True`` is the
             multi-tensor path, which here holds one matrix's temporaries at a time (torch's
             defaults to its for-loop because its multi-tensor step holds every tensor's).
         state_precision: how a vector's ``variance`` is stored (``"fp32"``, ``"bf16"``,
