@@ -3,10 +3,11 @@
     python benchmarks/bench_adafactor.py [--reps 7] [--md BENCHMARKS.md]
 
 The default path's C kernel steps the matrices (three passes over memory), the multi-tensor
-ops the vectors; the foreach and for-loop paths take torch's operations throughout. Three
+ops the vectors; the foreach and for-loop paths take torch's operations throughout. Four
 parameter sets: case (b) of bench_step.py (7x(1024, 4096) + 293x(1024,), 29.66M
-elements), a transformer-shaped one (the same shapes as bench_step.py's), and an embedding
-table whose rows mostly get no gradient (the rows where Adafactor's eps1 floor binds). Times:
+elements), a transformer-shaped one (the same shapes as bench_step.py's), an embedding
+table whose rows mostly get no gradient (the rows where Adafactor's eps1 floor binds), and a
+convolution's kernels (batches of 3 x 3 matrices). Times:
 one step per optimizer in turn (interleaved), median of the reps; ratio = torch's default step
 (its for-loop) / this one (> 1 is faster). Memory: each optimizer in a fresh process, what two
 steps add to the peak resident memory: the state (about 1.3 MiB on case (b)) and the
@@ -39,6 +40,10 @@ SETS = {
     # The rows of tokens a batch does not contain get no gradient: there the eps1 floor binds
     # and those rows take torch's estimate (the first steps: every unseen row is zero).
     "embedding (50000,512), 90% of rows without gradient": [(50000, 512)],
+    # A convolution's kernels are factored over their last two dimensions: batches of 3 x 3
+    # matrices, each a tile of the kernel's own.
+    "conv kernels 4x(512,512,3,3) + 4x(256,256,3,3)": [(512, 512, 3, 3)] * 4
+    + [(256, 256, 3, 3)] * 4,
 }
 #: The fraction of each set's matrices' rows whose gradient is zero.
 ZERO_ROWS = {"embedding (50000,512), 90% of rows without gradient": 0.9}

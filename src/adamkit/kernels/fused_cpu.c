@@ -1341,7 +1341,11 @@ typedef struct {
     double decay, eps1, inv_eps1, shrink, scale;
 } factored_t;
 
-static inline double lane_sum(const double *acc) {
+/* The sum of a row's partial sums; a row narrower than LANES has only the first (adding the
+ * others, zeros, would give the same bits, at the cost of a chain of LANES additions a row:
+ * most of the time of a batch of 3 x 3 matrices). */
+static inline double lane_sum(const double *acc, int64_t m) {
+    if (m < LANES) return acc[0];
     double s = 0;
     for (int k = 0; k < LANES; k++) s += acc[k];
     return s;
@@ -1428,8 +1432,8 @@ static inline double lane_sum(const double *acc) {
                     racc[0] += s;                                                               \
                     pacc[0] += pv * pv;                                                         \
                 }                                                                               \
-                rs[i] = lane_sum(racc);                                                         \
-                ptotal += lane_sum(pacc);                                                       \
+                rs[i] = lane_sum(racc, m);                                                      \
+                ptotal += lane_sum(pacc, m);                                                    \
             }                                                                                   \
             if (own) update_##SUFFIX(f, b, rs, cp);                                             \
         }                                                                                       \
@@ -1455,7 +1459,7 @@ static inline double lane_sum(const double *acc) {
                     FACTORED_U(T, LOAD, c)                                                      \
                     acc[0] += (double)u * u;                                                    \
                 }                                                                               \
-                total += lane_sum(acc);                                                         \
+                total += lane_sum(acc, m);                                                      \
             }                                                                                   \
         }                                                                                       \
         f->usq[j] = total;                                                                      \
