@@ -1316,7 +1316,8 @@ int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64
  *      factored (the estimate is never formed, and its floor is the minimum);
  *   C  read g and p, write p (1 - lr wd) - alpha / max(1, RMS(U) / d) U.
  * The tensor is `batch` matrices of n rows and m columns (its last two dimensions); row_var
- * holds batch x n numbers, col_var batch x m. Sums are taken in double, the factors computed
+ * holds batch x n numbers, col_var batch x m. Squares are taken in the compute type (fp32 for
+ * fp32, bf16 and fp16 tensors, as torch's), their sums in double, the factors computed
  * in double and rounded once. The work is split into tiles of whole rows (contiguous memory:
  * tiles of row segments measured up to 1.7x slower), at least FT_ROWS of them, whose partial
  * sums are kept apart and added in tile order, so the result does not depend on the number of
@@ -1421,13 +1422,15 @@ static inline double lane_sum(const double *acc, int64_t m) {
                 int64_t c = 0;                                                                  \
                 for (; c + LANES <= m; c += LANES)                                              \
                     for (int k = 0; k < LANES; k++) {                                           \
-                        const double gv = LOAD(gi[c + k]), pv = LOAD(pi[c + k]), s = gv * gv;   \
+                        const T gv = LOAD(gi[c + k]), pv = LOAD(pi[c + k]);                     \
+                        const double s = gv * gv;                                               \
                         cp[c + k] += s;                                                         \
                         racc[k] += s;                                                           \
                         pacc[k] += pv * pv;                                                     \
                     }                                                                           \
                 for (; c < m; c++) {                                                            \
-                    const double gv = LOAD(gi[c]), pv = LOAD(pi[c]), s = gv * gv;               \
+                    const T gv = LOAD(gi[c]), pv = LOAD(pi[c]);                                 \
+                    const double s = gv * gv;                                                   \
                     cp[c] += s;                                                                 \
                     racc[0] += s;                                                               \
                     pacc[0] += pv * pv;                                                         \
@@ -1453,11 +1456,11 @@ static inline double lane_sum(const double *acc, int64_t m) {
                 for (; c + LANES <= m; c += LANES)                                              \
                     for (int k = 0; k < LANES; k++) {                                           \
                         FACTORED_U(T, LOAD, c + k)                                              \
-                        acc[k] += (double)u * u;                                                \
+                        acc[k] += u * u;                                                        \
                     }                                                                           \
                 for (; c < m; c++) {                                                            \
                     FACTORED_U(T, LOAD, c)                                                      \
-                    acc[0] += (double)u * u;                                                    \
+                    acc[0] += u * u;                                                            \
                 }                                                                               \
                 total += lane_sum(acc, m);                                                      \
             }                                                                                   \
