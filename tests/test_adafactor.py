@@ -677,3 +677,31 @@ def test_what_the_kernel_cannot_take_is_named() -> None:
         frozen = torch.rand(1, 3)
     assert "inference tensor" in str(factored_unsupported(p, g, row, frozen))
     assert "inference tensor" not in str(factored_unsupported(p, g, row, col))
+
+
+def test_a_matrix_of_a_few_rows_and_very_many_columns_takes_torch_s_ops() -> None:
+    """The kernel's column sums of a one-tile matrix live in each thread's scratch, which may
+    not exceed an eighth of the tensor (beyond a megabyte): a (1, 300000) matrix would need
+    four times its size, so torch's operations step it (fused=True refuses it, saying why);
+    a (64, 300000) one takes the kernel."""
+    from adamkit.optim._factored import factored_unsupported
+
+    def reason(n: int, m: int) -> str | None:
+        p, g = torch.randn(n, m), torch.randn(n, m)
+        return factored_unsupported(p, g, torch.rand(n, 1), torch.rand(1, m))
+
+    assert "column sums would need more memory than an eighth" in str(reason(1, 300000))
+    assert reason(64, 300000) is None and reason(1, 3000) is None
+    p = torch.randn(1, 300000, requires_grad=True)
+    opt = adamkit.Adafactor([p], fused=True)
+    p.grad = torch.randn(1, 300000)
+    with pytest.raises(RuntimeError, match="column sums would need more memory"):
+        opt.step()
+
+
+def test_parameters_on_no_cpu_do_not_report_the_fused_path() -> None:
+    """The kernel of whole matrices runs on the CPU: a group with no CPU parameter is stepped by
+    torch's operations, and says so."""
+    opt = adamkit.Adafactor([torch.nn.Parameter(torch.randn(3, 3, device="meta"))])
+    assert opt.execution_path() == "foreach"
+    assert adamkit.Adafactor([torch.nn.Parameter(torch.randn(3, 3))]).execution_path() == "fused"

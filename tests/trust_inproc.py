@@ -377,18 +377,23 @@ def test_a_storage_shrunk_under_adafactor_s_tensors_is_an_error(key: str, size: 
     """Adafactor's kernel of whole matrices (its default path): a storage resized to nothing
     (as FSDP frees one) has a null data pointer, which the kernel must not take as a tensor it
     cannot step (the fallback, torch's operations, wrote through it): an error, before the
-    step changes anything, its counters included."""
+    step changes anything (an earlier group, a vector), its counters included."""
+    first = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(4, 3))]
     p = torch.nn.Parameter(torch.randn(40, 30))
-    opt = adamkit.Adafactor([p])
-    p.grad = torch.randn(40, 30)
-    opt.step()
-    p.grad = torch.randn(40, 30)
+    opt = adamkit.Adafactor([{"params": first}, {"params": [p]}])
+    for _ in range(2):
+        for q in (*first, p):
+            q.grad = torch.randn_like(q)
+        if _ == 0:
+            opt.step()
     tensors = {"row_var": opt.state[p]["row_var"], "col_var": opt.state[p]["col_var"]}
     tensors.update(grad=p.grad, param=p)
     tensors[key].untyped_storage().resize_(size)
+    before = [q.detach().clone() for q in first]
     with pytest.raises(RuntimeError, match="past the end of its storage"):
         opt.step()
-    assert float(opt.state[p]["step"]) == 1
+    assert all(float(opt.state[q]["step"]) == 1 for q in (*first, p))
+    assert all(torch.equal(q, b) for q, b in zip(first, before, strict=True))
 
 
 def test_the_kernel_bumps_version_counters_as_torch_does() -> None:

@@ -24,6 +24,14 @@ SHAPE_SLOTS = 8
 # (E_BF16, E_F16: Adafactor's kernel of whole tensors, adamkit_adafactor, which reads half
 # tensors into fp32 and rounds each result to nearest.)
 E_F32, E_F64, E_WIDE, E_BF16, E_F16 = range(5)
+# adamkit_adafactor's arguments: the slots of its hyper[] (doubles) and shape[] (int64).
+AF_RHO, AF_DECAY, AF_EPS1, AF_EPS2, AF_D, AF_SHRINK, AF_SIGN = range(7)
+AF_HYPER_SLOTS = 7
+AF_BATCH, AF_ROWS, AF_COLS, AF_ELEMENT, AF_THREADS = range(5)
+AF_SHAPE_SLOTS = 5
+#: The most scratch (floats) a thread of adamkit_adafactor may hold beyond 1/8 of the tensor:
+#: a matrix of few rows and very many columns that would need more takes torch's operations.
+AF_SCRATCH_FLOATS = 1 << 18
 MAX_STATES = 3
 #: Elements of a tensor one thread takes at a time (the plan numbers each tensor's chunks), and
 #: of a tile of the low-precision loops (the caller's scratch holds one per parameter, gradient
@@ -98,6 +106,19 @@ C_DEFINES: dict[str, int] = {
             "E_WIDE",
             "E_BF16",
             "E_F16",
+            "AF_RHO",
+            "AF_DECAY",
+            "AF_EPS1",
+            "AF_EPS2",
+            "AF_D",
+            "AF_SHRINK",
+            "AF_SIGN",
+            "AF_BATCH",
+            "AF_ROWS",
+            "AF_COLS",
+            "AF_ELEMENT",
+            "AF_THREADS",
+            "AF_SCRATCH_FLOATS",
             "MAX_STATES",
             "CHUNK",
             "TILE",

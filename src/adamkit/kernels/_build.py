@@ -272,7 +272,9 @@ def _declare(library: ctypes.CDLL) -> None:
     library.adamkit_apply_options.restype = i32
     library.adamkit_apply_options.argtypes = [pointer] * 5
     library.adamkit_adafactor.restype = i32
-    library.adamkit_adafactor.argtypes = [pointer] * 4
+    library.adamkit_adafactor.argtypes = [pointer] * 3
+    library.adamkit_adafactor_takes.restype = i32
+    library.adamkit_adafactor_takes.argtypes = [pointer]
     library.adamkit_overlap.restype = i64
     library.adamkit_overlap.argtypes = [i64, pointer, pointer, pointer]
 

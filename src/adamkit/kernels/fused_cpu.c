@@ -48,7 +48,12 @@ enum { S_FLAGS = AK_S_FLAGS, S_COUNT = AK_S_COUNT, S_STATES = AK_S_STATES,
        S_SCALES = AK_S_SCALES, S_ELEMENT = AK_S_ELEMENT };
 enum { R_A = AK_R_A, R_B = AK_R_B, R_C = AK_R_C, R_D = AK_R_D, R_KIND = AK_R_KIND, R_T = AK_R_T };
 #define ROW AK_ROW
-enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE, E_BF16 = AK_E_BF16, E_F16 = AK_E_F16 };
+enum { E_F32 = AK_E_F32, E_F64 = AK_E_F64, E_WIDE = AK_E_WIDE, E_BF16 = AK_E_BF16,
+       E_F16 = AK_E_F16 };
+enum { AF_RHO = AK_AF_RHO, AF_DECAY = AK_AF_DECAY, AF_EPS1 = AK_AF_EPS1, AF_EPS2 = AK_AF_EPS2,
+       AF_D = AK_AF_D, AF_SHRINK = AK_AF_SHRINK, AF_SIGN = AK_AF_SIGN };
+enum { AF_BATCH = AK_AF_BATCH, AF_ROWS = AK_AF_ROWS, AF_COLS = AK_AF_COLS,
+       AF_ELEMENT = AK_AF_ELEMENT, AF_THREADS = AK_AF_THREADS };
 #define MAX_STATES AK_MAX_STATES
 enum { CODEC_UNSIGNED = AK_CODEC_UNSIGNED, CODEC_HIGH = AK_CODEC_HIGH, CODEC_STREAM = AK_CODEC_STREAM };
 
@@ -185,6 +190,11 @@ static void *worker(void *arg) {
         }
         if (scratch || !job->scratch_floats) claim_chunks(job, scratch);
         release(job);
+        if (scratch_floats > AK_SCRATCH_FLOATS) { /* (a larger one, Adafactor's: not kept) */
+            free(scratch);
+            scratch = NULL;
+            scratch_floats = 0;
+        }
         pthread_mutex_lock(&pool.lock);
     }
     return NULL;
@@ -1325,8 +1335,9 @@ int adamkit_apply_options(const double *hyper, const int64_t *shape, const int64
  * factors stay in its thread's scratch (recomputed from its statistics in passes B and C), so
  * a batch of small matrices (a convolution's 3 x 3 kernels) allocates nothing per matrix.
  * Larger matrices keep each tile's column sums (a double per FT_ROWS elements, at most a
- * sixteenth of an fp32 tensor's size) and their factors. Every temporary is allocated before
- * anything is written.
+ * sixteenth of an fp32 tensor's size) and their factors. The call's temporaries are allocated
+ * before anything is written; a one-tile matrix whose scratch would be larger than an eighth of
+ * the tensor (and than AF_SCRATCH_FLOATS: a few rows of a great many columns) is not taken.
  */
 #define FT_ROWS 64 /* rows of a tile, at least (more for narrow matrices: CHUNK elements) */
 
@@ -1519,31 +1530,47 @@ static const struct {
     [E_F16] = {factored_sums_f16, factored_norm_f16, factored_apply_f16, factored_factors_f16, 4},
 };
 
-/* One Adafactor step of a tensor of batch x n x m elements (shape[0..2]; shape[3]: E_F32,
- * E_F64, E_BF16 or E_F16, the type of the parameter, its gradient and statistics; shape[4]:
- * threads). table: its parameter, gradient, row_var (batch x n) and col_var (batch x m).
- * hyper: rho (the relative step's cap), 1 - beta2_t, eps1, eps2, d, 1 - lr wd, and the
- * update's sign (-1: maximize). out: the parameter's RMS before the step, and the update's.
- * Returns 0; 2, having changed nothing, for sizes or an element type it does not take; 3,
- * having changed nothing, when its temporaries cannot be allocated. */
-int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table, double *out) {
-    const int64_t batch = shape[0], n = shape[1], m = shape[2];
-    const int element = (int)shape[3];
+/* Whether the kernel takes a tensor of this shape (shape[AF_BATCH], [AF_ROWS], [AF_COLS],
+ * [AF_ELEMENT]): a one-tile matrix's scratch (its column sums and factors, a thread) may not
+ * be larger than an eighth of the tensor, nor than AF_SCRATCH_FLOATS. 1 or 0. */
+int adamkit_adafactor_takes(const int64_t *shape) {
+    const int64_t batch = shape[AF_BATCH], n = shape[AF_ROWS], m = shape[AF_COLS];
+    const int element = shape[AF_ELEMENT] == E_F64 ? 8 : shape[AF_ELEMENT] == E_F32 ? 4 : 2;
+    if (batch < 1 || n < 1 || m < 1 || n > INT64_MAX / m || n * m > INT64_MAX / batch / 8)
+        return 0;
+    const int64_t rows = CHUNK / m > FT_ROWS ? CHUNK / m : FT_ROWS, floats = 4 * (n + m);
+    if (n > rows) return 1; /* several tiles: no scratch */
+    return floats <= AK_AF_SCRATCH_FLOATS || 4 * floats <= batch * n * m * element / 8;
+}
+
+/* One Adafactor step of a tensor of batch x n x m elements (shape[AF_BATCH], [AF_ROWS],
+ * [AF_COLS]); shape[AF_ELEMENT]: E_F32, E_F64, E_BF16 or E_F16, the type of the parameter,
+ * its gradient and statistics; shape[AF_THREADS]. table: its parameter, gradient, row_var
+ * (batch x n) and col_var (batch x m). hyper[AF_*]: rho (the relative step's cap),
+ * 1 - beta2_t, eps1, eps2, d, 1 - lr wd, and the update's sign (-1: maximize). Returns 0; 2,
+ * having changed nothing, for sizes or an element type it does not take (a matrix whose
+ * scratch would not fit, too); 3, having changed nothing, when the call's temporaries cannot
+ * be allocated (a worker that cannot allocate its scratch leaves its tiles to the others). */
+int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table) {
+    const int64_t batch = shape[AF_BATCH], n = shape[AF_ROWS], m = shape[AF_COLS];
+    const int element = (int)shape[AF_ELEMENT];
     if (batch < 1 || n < 1 || m < 1) return 2;
     if (element != E_F32 && element != E_F64 && element != E_BF16 && element != E_F16) return 2;
-    if (n > INT64_MAX / m || n * m > INT64_MAX / batch || n + m > INT64_MAX / 16) return 2;
+    if (n > INT64_MAX / m || n * m > INT64_MAX / batch / 8 || n + m > INT64_MAX / 16) return 2;
+    const int64_t rows = CHUNK / m > FT_ROWS ? CHUNK / m : FT_ROWS, elements = batch * n * m;
     const size_t size = factored_kinds[element].factor_size;
-    const int64_t rows = CHUNK / m > FT_ROWS ? CHUNK / m : FT_ROWS;
     factored_t f = {.p = table[0], .g = table[1], .row = table[2], .col = table[3],
                     .batch = batch, .n = n, .m = m, .rows = rows, .tiles = (n + rows - 1) / rows,
-                    .decay = hyper[1], .eps1 = hyper[2], .inv_eps1 = 1.0 / hyper[2]};
+                    .decay = hyper[AF_DECAY], .eps1 = hyper[AF_EPS1],
+                    .inv_eps1 = 1.0 / hyper[AF_EPS1]};
     const int own = f.tiles == 1;
+    if (!adamkit_adafactor_takes(shape)) return 2;
     /* One-tile matrices: as many a tile as make CHUNK elements. */
     f.per = own ? (CHUNK / (n * m) > 1 ? CHUNK / (n * m) : 1) : 1;
-    const int64_t tiles = own ? (batch + f.per - 1) / f.per : batch * f.tiles;
+    const int64_t total = own ? (batch + f.per - 1) / f.per : batch * f.tiles; /* tiles */
     /* Per tile: its two sums; matrices of several tiles: each tile's column sums, the rows'
      * sums and the factors; one-tile matrices: a scratch of their sums and factors a thread. */
-    const size_t doubles = (size_t)(2 * tiles + (own ? 0 : tiles * m + batch * n));
+    const size_t doubles = (size_t)(2 * total + (own ? 0 : total * m + batch * n));
     const size_t factors = own ? 0 : (size_t)(batch * (n + m)) * size;
     const size_t scratch_floats = own ? (size_t)(4 * (n + m)) : 0;
     double *work = malloc(doubles * sizeof(double) + factors);
@@ -1554,32 +1581,29 @@ int adamkit_adafactor(const double *hyper, const int64_t *shape, void **table, d
         return 3;
     }
     f.psq = work;
-    f.usq = f.psq + tiles;
+    f.usq = f.psq + total;
     if (!own) {
-        f.colpart = f.usq + tiles;
-        f.rowsum = f.colpart + tiles * m;
+        f.colpart = f.usq + total;
+        f.rowsum = f.colpart + total * m;
         f.row_factor = f.rowsum + batch * n;
         f.col_factor = (char *)f.row_factor + (size_t)(batch * n) * size;
     }
-    const int threads = (int)shape[4];
-    const int64_t elements = batch * n * m;
-    run_chunks(tiles, elements, threads, factored_kinds[element].sums, &f, scratch, scratch_floats);
+    const int threads = (int)shape[AF_THREADS];
+    run_chunks(total, elements, threads, factored_kinds[element].sums, &f, scratch, scratch_floats);
     if (!own) factored_kinds[element].factors(&f);
-    run_chunks(tiles, elements, threads, factored_kinds[element].norm, &f, scratch, scratch_floats);
+    run_chunks(total, elements, threads, factored_kinds[element].norm, &f, scratch, scratch_floats);
     double psq = 0, usq = 0;
-    for (int64_t j = 0; j < tiles; j++) psq += f.psq[j], usq += f.usq[j];
+    for (int64_t j = 0; j < total; j++) psq += f.psq[j], usq += f.usq[j];
     /* As torch's Python: max(eps2, RMS(p)) rho and max(1, RMS(U) / d) (a NaN RMS is passed
      * over, as Python's max passes it). */
     const double root = sqrt((double)elements), rms = sqrt(psq) / root;
-    const double alpha = (rms > hyper[3] ? rms : hyper[3]) * hyper[0];
-    const double ratio = sqrt(usq) / (root * hyper[4]), clip = ratio > 1.0 ? ratio : 1.0;
-    f.shrink = hyper[5];
-    f.scale = -hyper[6] * alpha / clip;
-    run_chunks(tiles, elements, threads, factored_kinds[element].apply, &f, scratch, scratch_floats);
+    const double alpha = (rms > hyper[AF_EPS2] ? rms : hyper[AF_EPS2]) * hyper[AF_RHO];
+    const double ratio = sqrt(usq) / (root * hyper[AF_D]), clip = ratio > 1.0 ? ratio : 1.0;
+    f.shrink = hyper[AF_SHRINK];
+    f.scale = -hyper[AF_SIGN] * alpha / clip;
+    run_chunks(total, elements, threads, factored_kinds[element].apply, &f, scratch, scratch_floats);
     free(work);
     free(scratch);
-    out[0] = rms;
-    out[1] = sqrt(usq) / root;
     return 0;
 }
 

@@ -345,6 +345,8 @@ class AdamFamily(Optimizer):
         # By default, the fused path where a kernel steps the algorithm (the GPU kernels need
         # no CPU library: only CPU parameters need it built).
         default = fused is None and foreach is None and self.algorithm.fused
+        if default and self.algorithm.tensor_kernel:  # (a CPU kernel, of CPU tensors only)
+            default = any(p.is_cpu for p in group["params"])
         if default and (kernel_available() or not _has_cpu_params(group)):
             return "fused"
         return "forloop" if foreach is False else "foreach"
@@ -447,8 +449,7 @@ class AdamFamily(Optimizer):
         if path_name == "fused" and self.algorithm.tensor_kernel:
             # Its kernel steps whole tensors, called by the rule, which runs on the
             # multi-tensor ops for what the kernel does not take (vectors, other devices).
-            choice = "required" if group.get("fused") else "auto"
-            hyper = dataclasses.replace(hyper, tensor_kernel=choice)
+            hyper = dataclasses.replace(hyper, tensor_kernel=True)
             path_name = "foreach"
         elif path_name == "fused":
             step_fused(self, group, params, grads, states, hyper, moment_keys)
@@ -470,8 +471,9 @@ class AdamFamily(Optimizer):
         """Before any group steps: no complex parameter where the row takes none, each
         stepped parameter's state is what its shape keeps (the row's layout; a parameter
         resized after its state was made would otherwise broadcast against its old
-        statistics, or fail half-way through the step), and with ``fused=True`` a kernel of
-        whole tensors takes each one it steps."""
+        statistics, or fail half-way through the step), and on the fused path of a kernel of
+        whole tensors that no tensor's storage was freed under it, and, with ``fused=True``,
+        that the kernel takes each one."""
         row = self.algorithm
         name = f"adamkit.{type(self).__name__}"
         for i, p in enumerate(group["params"]):
@@ -494,9 +496,10 @@ class AdamFamily(Optimizer):
                         "state was created? Delete its state (optimizer.state.pop(p)) to start "
                         "it afresh"
                     )
-            if group.get("fused") and row.tensor_kernel:
+            if row.tensor_kernel and self.execution_path(group) == "fused":
+                # (it raises for storage freed under a tensor, as the kernel's own check would)
                 reason = self._kernel_refusal(p, state or {})
-                if reason is not None:
+                if reason is not None and group.get("fused"):
                     raise RuntimeError(
                         f"{name}(fused=True): {param_label(group, i)} of param group {index}: "
                         f"{reason}; leave fused=None to fall back to the multi-tensor path"

@@ -75,10 +75,9 @@ class Hyper:
     #: then the second); ``None``: the machine epsilon of the parameters' dtype.
     eps1: float | None = None
     #: On the fused path of a row whose kernel steps whole tensors (its row's
-    #: ``tensor_kernel``: Adafactor's), how the rule takes it: ``"auto"`` for each tensor the
-    #: kernel can take, ``"required"`` with ``fused=True`` (a tensor it cannot take is an
-    #: error, raised before any tensor of the bucket is stepped). ``None``: torch's operations.
-    tensor_kernel: str | None = None
+    #: ``tensor_kernel``: Adafactor's), the rule hands it each tensor it can take (with
+    #: ``fused=True``, every one: the base refuses the others before any group steps).
+    tensor_kernel: bool = False
 
 
 Rule = Callable[[TensorOps, Bucket, Hyper], None]

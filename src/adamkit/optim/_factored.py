@@ -2,10 +2,11 @@
 ``kernels/fused_cpu.c``): three passes over the tensor where torch's operations take about ten.
 
 Its rule calls it on the fused path (``Hyper.tensor_kernel``), one tensor at a time. Nothing is
-planned or cached: every call checks the four tensors it hands over (the parameter, its
-gradient, its row and column statistics) for type, device, dtype, shape, contiguity, the
-storage that holds them and overlap, then reads their addresses, so the kernel only ever
-touches memory that is, at that moment, the tensor it was told of, with its size and dtype.
+planned or cached: the rule asks :func:`factored_unsupported` of each matrix in the step that
+hands it over, which checks the four tensors (the parameter, its gradient, its row and column
+statistics) for type, device, dtype, shape, contiguity, the storage that holds them and
+overlap; :func:`factored_step` reads their addresses then, so the kernel only ever touches
+memory that is, at that moment, the tensor it was told of, with its size and dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ..kernels import _abi, fused_library, unavailable_reason
 from ._core import PLAIN_TENSORS
-from ._fused import address, bump_versions
+from ._fused import NO_MEMORY, address, bump_versions, check_storage, overlapping
 
 __all__ = ["factored_step", "factored_unsupported"]
 
@@ -27,16 +28,18 @@ _ELEMENT = {
     torch.bfloat16: _abi.E_BF16,
     torch.float16: _abi.E_F16,
 }
+#: How a message names each of the four tensors.
+_ROLES = ("a parameter", "a gradient", "the state 'row_var'", "the state 'col_var'")
 
 
 def factored_unsupported(
     p: Tensor, g: Tensor, row: Tensor | None = None, col: Tensor | None = None
 ) -> str | None:
     """Why the kernel cannot step this matrix now (``None``: it can); without ``row`` and
-    ``col``, whether it could take the parameter and its gradient (their statistics not made
-    yet, or checked at the call). A view past the end of its storage is an error: no path can
-    step it safely."""
-    if fused_library() is None:
+    ``col`` (not made yet), whether it could take the parameter and its gradient. A view
+    past the end of its storage is an error: no path can step it safely."""
+    library = fused_library()
+    if library is None:
         return f"the fused CPU kernel is unavailable ({unavailable_reason()})"
     tensors = (p, g) if row is None or col is None else (p, g, row, col)
     other = next((t for t in tensors if type(t) not in PLAIN_TENSORS), None)
@@ -65,26 +68,25 @@ def factored_unsupported(
         return "the fused kernel needs contiguous tensors (a parameter, grad or state is not)"
     if any(t.is_neg() or t.is_conj() or t._is_zerotensor() for t in tensors):
         return "the fused kernel takes tensors without a lazy negation, conjugation or zeros"
-    if any(t.is_inference() for t in tensors if t is not g):
+    if any(t.is_inference() for t in tensors if t is not g):  # (those it writes)
         return "a parameter or its state is an inference tensor (torch.inference_mode())"
-    ranges = []
-    for t, written in zip(tensors, (True, False, True, True), strict=False):
-        size = t.numel() * t.element_size()
-        # (first: a storage resized to nothing also has a null pointer, and the operations of
-        # the other paths would write through it)
-        if t.untyped_storage().nbytes() < t.storage_offset() * t.element_size() + size:
-            raise RuntimeError(
-                "adamkit: a parameter or its state is a view past the end of its storage (was "
-                "the storage resized in place, storage.resize_()?); no path can step it safely"
-            )
-        start = t.data_ptr()
-        if start == 0:
-            return "a tensor has no memory (a null data pointer)"
-        ranges.append((start, start + size, written))
-    for i, (start, end, written) in enumerate(ranges):
-        for other_start, other_end, other_written in ranges[i + 1 :]:
-            if (written or other_written) and start < other_end and other_start < end:
-                return "the parameter, its gradient and its statistics overlap in memory"
+    # (before the null address: a storage resized to nothing has one, and torch's operations,
+    # the other paths, would write through it)
+    for t, role in zip(tensors, _ROLES, strict=False):
+        check_storage(t, role)
+    starts = [t.data_ptr() for t in tensors]
+    if 0 in starts:
+        return NO_MEMORY
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    if overlapping(starts, sizes, [True, False, True, True][: len(tensors)]):
+        return "the parameter, its gradient and its statistics overlap in memory"
+    shape_of = _shape(p)  # (held: the library reads it through its address)
+    if not library.adamkit_adafactor_takes(address(shape_of)):
+        *_, n, m = shape
+        return (
+            f"a matrix of {n} rows of {m} columns: the kernel's column sums would need more "
+            "memory than an eighth of it"
+        )
     return None
 
 
@@ -104,22 +106,17 @@ def factored_step(
 ) -> None:
     """One Adafactor step of the matrix ``p`` (see ``adamkit_adafactor``), its statistics
     updated in place: ``decay`` is ``1 - beta2_t``, ``shrink`` ``1 - lr * weight_decay``,
-    ``sign`` -1 to maximize. The caller has asked :func:`factored_unsupported`; this asks
-    again, at the call, and raises where the answer changed."""
-    reason = factored_unsupported(p, g, row, col)
-    if reason is not None:
-        raise RuntimeError(f"adamkit.Adafactor: the fused kernel cannot step this tensor: {reason}")
+    ``sign`` -1 to maximize. The caller has asked :func:`factored_unsupported` of these very
+    tensors in this step."""
     library = fused_library()
-    assert library is not None  # (checked above)
-    *batch, n, m = p.shape
-    count = 1
-    for size in batch:
-        count *= size
-    shape = array("q", [count, n, m, _ELEMENT[p.dtype], torch.get_num_threads()])
-    hyper = array("d", [rho, decay, eps1, eps2, d, shrink, sign])
+    assert library is not None  # (the caller asked)
+    hyper = array("d", [0.0] * _abi.AF_HYPER_SLOTS)
+    hyper[_abi.AF_RHO], hyper[_abi.AF_DECAY], hyper[_abi.AF_EPS1] = rho, decay, eps1
+    hyper[_abi.AF_EPS2], hyper[_abi.AF_D], hyper[_abi.AF_SHRINK] = eps2, d, shrink
+    hyper[_abi.AF_SIGN] = sign
     table = array("Q", [p.data_ptr(), g.data_ptr(), row.data_ptr(), col.data_ptr()])
-    out = array("d", [0.0, 0.0])
-    status = library.adamkit_adafactor(address(hyper), address(shape), address(table), address(out))
+    shape = _shape(p)  # (held, as hyper and table: the library reads them by address)
+    status = library.adamkit_adafactor(address(hyper), address(shape), address(table))
     if status == 3:  # nothing was changed
         raise MemoryError(
             f"adamkit.Adafactor: the fused kernel could not allocate its temporaries for a "
@@ -128,3 +125,14 @@ def factored_step(
     if status != 0:  # the call describes its tensors wrongly: a bug, and nothing was updated
         raise RuntimeError(f"the fused Adafactor kernel refused the call (status {status})")
     bump_versions([p, row, col])
+
+
+def _shape(p: Tensor) -> array[int]:
+    """adamkit_adafactor's shape[]: ``p`` as a batch of matrices, its dtype, the threads."""
+    *batch, n, m = p.shape
+    shape = array("q", [0] * _abi.AF_SHAPE_SLOTS)
+    shape[_abi.AF_BATCH] = torch.Size(batch).numel()
+    shape[_abi.AF_ROWS], shape[_abi.AF_COLS] = n, m
+    shape[_abi.AF_ELEMENT] = _ELEMENT[p.dtype]
+    shape[_abi.AF_THREADS] = torch.get_num_threads()
+    return shape

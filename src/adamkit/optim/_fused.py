@@ -40,6 +40,7 @@ from ._precision import BF16, BF16_SR, F16, NATIVE, Q8, blocks, scale_key
 from ._scalars import Counters, StepScalars, fill_scalars
 
 __all__ = [
+    "NO_MEMORY",
     "OVERLAPPING",
     "FusedPlan",
     "Layout",
@@ -49,10 +50,12 @@ __all__ = [
     "bump_versions",
     "check_scales",
     "check_state_sizes",
+    "check_storage",
     "common_unsupported",
     "counters",
     "kernel_available",
     "layout_unsupported",
+    "overlapping",
     "pointers",
     "prepare_counters",
 ]
@@ -128,6 +131,22 @@ def state_dtype(fmt: int, param_dtype: torch.dtype) -> torch.dtype:
 def _tensors(bucket: Bucket) -> list[Tensor]:
     """The tensors a plan is built for: not the gradients, which each step checks anew."""
     return [*bucket.params, *(t for ts in bucket.state.values() for t in ts)]
+
+
+#: Why a kernel does not take a tensor whose address is null.
+NO_MEMORY = "a tensor of this bucket has no memory (a null data pointer)"
+
+
+def check_storage(t: Tensor, where: str) -> None:
+    """Raise where ``t`` ends past the end of its storage (``untyped_storage().resize_()``
+    shrank it, or freed it: its address is then null): torch's operations would read and
+    write past it as well, so no path can step it. ``where``: how the message names it."""
+    end = (t.storage_offset() + t.numel()) * t.element_size()
+    if t.numel() and t.untyped_storage().nbytes() < end:
+        raise RuntimeError(
+            f"adamkit: {where} is a view past the end of its storage (was the storage resized "
+            "in place, storage.resize_()?); no path can step it safely"
+        )
 
 
 def bump_versions(tensors: list[Tensor]) -> None:
@@ -417,7 +436,7 @@ class Layout:
             self._hold(tensors, table)
         if table != self.overlap_free:
             if 0 in table and any(a == 0 and self.sizes[i] for i, a in enumerate(table)):
-                return "a tensor of this bucket has no memory (a null data pointer)"
+                return NO_MEMORY
             if self._overlap(table):
                 return f"{OVERLAPPING} (two parameters share storage, or a state is a view of one)"
             self.overlap_free = table
@@ -475,15 +494,9 @@ class Layout:
         if any(map(Tensor.is_inference, tensors["params"])):
             return "a parameter is an inference tensor (made under torch.inference_mode())"
         for key in ("params", *self.stateful):
+            where = "a parameter" if key == "params" else f"the state {key!r}"
             for t in tensors[key]:
-                end = (t.storage_offset() + t.numel()) * t.element_size()
-                if t.numel() and t.untyped_storage().nbytes() < end:
-                    where = "a parameter" if key == "params" else f"the state {key!r}"
-                    raise RuntimeError(
-                        f"adamkit: {where} is a view past the end of its storage (was the "
-                        "storage resized in place, storage.resize_()?); no path can step it "
-                        "safely"
-                    )
+                check_storage(t, where)
         return None
 
     def _hold(self, tensors: dict[str, list[Tensor]], table: array[int]) -> None:
@@ -501,7 +514,7 @@ class Layout:
     def _overlap(self, table: array[int]) -> bool:
         library = fused_library()
         if library is None:  # a GPU plan where the CPU library could not be built
-            return _overlapping(table, self.sizes, self.written)
+            return overlapping(table, self.sizes, self.written)
         found = library.adamkit_overlap(
             len(table), address(table), address(self.sizes), address(self.written)
         )
@@ -510,7 +523,7 @@ class Layout:
         return bool(found >= 0)
 
 
-def _overlapping(starts: Sequence[int], sizes: Sequence[int], written: Sequence[int]) -> bool:
+def overlapping(starts: Sequence[int], sizes: Sequence[int], written: Sequence[int]) -> bool:
     """Whether two of the byte ranges ``[start, start + size)`` overlap where at least one of
     them is written (adamkit_overlap's sweep, in Python, for when the CPU library is missing)."""
     written_end = read_end = 0

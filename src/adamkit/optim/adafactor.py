@@ -50,11 +50,11 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     # The relative step size scales with the parameter's RMS before the weight decay.
     alphas = [0.0] * len(params)
     if eager:
-        mine = select(params, eager)
-        for i, p, n in zip(eager, mine, ops.norms(mine), strict=True):
+        by_ops = select(params, eager)
+        for i, p, n in zip(eager, by_ops, ops.norms(by_ops), strict=True):
             alphas[i] = max(h.eps, n / p.numel() ** 0.5 if p.numel() else 0.0) * rhos[i]
         if h.weight_decay != 0:
-            ops.mul_(mine, 1 - h.lr * h.weight_decay)
+            ops.mul_(by_ops, 1 - h.lr * h.weight_decay)
     if "row_var" not in b.state:  # vectors and scalars: elementwise, bucket-wide
         variances = b.state["variance"]
         ops.lerp_(variances, ops.mul(grads, grads), decays)
@@ -126,22 +126,11 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
 
 def _native(b: Bucket, h: Hyper) -> list[bool]:
     """Which tensors of the bucket the C kernel steps: on the fused path, the matrices it can
-    take (with ``fused=True``, every one, or an error before any is stepped)."""
-    if h.tensor_kernel is None or "row_var" not in b.state:
+    take now (with ``fused=True`` that is every one: the base refused the step otherwise)."""
+    if not h.tensor_kernel or "row_var" not in b.state:
         return [False] * len(b.params)
-    rows, cols = b.state["row_var"], b.state["col_var"]
-    reasons = [
-        factored_unsupported(p, g, r, c) if p.numel() else "empty"
-        for p, g, r, c in zip(b.params, b.grads, rows, cols, strict=True)
-    ]
-    if h.tensor_kernel == "required":
-        reason = next((r for r in reasons if r not in (None, "empty")), None)
-        if reason is not None:
-            raise RuntimeError(
-                f"adamkit.Adafactor(fused=True): {reason}; leave fused=None to fall back to "
-                "the multi-tensor path"
-            )
-    return [r is None for r in reasons]
+    tensors = zip(b.params, b.grads, b.state["row_var"], b.state["col_var"], strict=True)
+    return [p.numel() > 0 and factored_unsupported(p, g, r, c) is None for p, g, r, c in tensors]
 
 
 def _rank_one_factors(
