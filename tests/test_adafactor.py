@@ -543,7 +543,7 @@ def test_the_kernel_steps_the_same_with_any_number_of_threads() -> None:
 
 
 def test_the_kernel_is_the_default_and_steps_every_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """By default (fused=None, foreach=None) CPU matrices of fp32 and fp64 take the kernel
+    """By default (fused=None, foreach=None) CPU matrices (fp32 here) take the kernel
     (counted by a spy around the real call), vectors the multi-tensor ops; the kernel's result
     is within rounding of the multi-tensor path's."""
     from adamkit.optim import adafactor

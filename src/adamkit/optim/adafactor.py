@@ -31,7 +31,7 @@ def adafactor_rule(ops: TensorOps, b: Bucket, h: Hyper) -> None:
     size of the bucket's largest: the peak memory is one matrix's (torch's multi-tensor step
     holds every tensor's at once); a bucket of vectors holds its vectors' temporaries together,
     as torch's does. On the fused path (``h.tensor_kernel``) the C kernel steps each matrix it
-    can take (``_factored.py``) in three passes over memory, 1.3-5x faster than these
+    can take (``_factored.py``) in three passes over memory, 1.3-5.4x faster than these
     operations (``benchmarks/bench_adafactor.py``); they step the rest.
     """
     # On the fused path, the C kernel steps each matrix it can take whole (its RMS and weight
@@ -249,15 +249,16 @@ class Adafactor(AdamFamily):
             :class:`adamkit.Adam`. The fused path (the default on the CPU) steps each CPU
             matrix (fp32, fp64, and bf16 or fp16 read into fp32, each result rounded to
             nearest once) with a C kernel that reads and writes it in three passes where
-            torch's operations take about ten, sums in double, and allocates at most a
-            sixteenth of an fp32 matrix's size (a batch of small matrices, a convolution's
-            3 x 3 kernels, only its threads' scratch): 3.8-13x torch's step on
+            torch's operations take about ten, sums in double, and allocates about a
+            sixteenth of the matrix at most (a batch of small matrices, a convolution's
+            3 x 3 kernels, only its threads' scratch): 3.5-14x torch's step on
             ``benchmarks/bench_adafactor.py``'s sets. Vectors, scalars and what the kernel
-            cannot take (other devices, non-contiguous or overlapping tensors) take torch's
-            operations, or, with ``fused=True``, are refused, naming the parameter, before
-            any group steps. ``foreach=True`` is the
-            multi-tensor path, which here holds one matrix's temporaries at a time (torch's
-            defaults to its for-loop because its multi-tensor step holds every tensor's).
+            cannot take (other devices, non-contiguous or overlapping tensors, a matrix of a
+            few rows and so many columns that its column sums would outgrow an eighth of it)
+            take torch's operations, or, with ``fused=True``, are refused, naming the
+            parameter, before any group steps. ``foreach=True`` is the multi-tensor path,
+            which here holds one matrix's temporaries at a time (torch's defaults to its
+            for-loop because its multi-tensor step holds every tensor's).
         state_precision: how a vector's ``variance`` is stored (``"fp32"``, ``"bf16"``,
             ``"8bit"``, as in :class:`adamkit.Adam`); a matrix's row and column statistics,
             already a sliver of the memory, stay in full precision.
