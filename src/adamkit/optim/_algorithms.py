@@ -129,7 +129,9 @@ class Algorithm:
                 f"{self.name}: some state must be a moment (neither copies nor reduced)"
             )
         if self.layout is not None and (self.kinds or self.amsgrad_state):
-            raise ValueError(f"{self.name}: a row with a layout has no kernels and no AMSGrad")
+            raise ValueError(
+                f"{self.name}: a row with a layout has no element loops (kinds) and no AMSGrad"
+            )
         kept = {*self.states, *([self.amsgrad_state] if self.amsgrad_state else [])}
         if not self.unsigned <= kept:
             raise ValueError(f"{self.name}: unsigned {set(self.unsigned - kept)} are not states")

@@ -334,7 +334,9 @@ class AdamFamily(Optimizer):
         (``optim/_device.py``); buckets no kernel can take (plain bf16 or fp16 parameters on the
         CPU, fp16 parameters with low-precision state, a GPU without Triton for RAdam, NAdam,
         Adamax or low-precision state, non-contiguous tensors) run on ``"foreach"``, unless
-        ``fused=True`` was asked for explicitly, which then raises and says why.
+        ``fused=True`` was asked for explicitly, which then raises and says why. A kernel of
+        whole tensors (the row's ``tensor_kernel``: Adafactor's, of CPU matrices in any
+        floating dtype) is the default only for a group with CPU parameters.
         """
         group = self.param_groups[0] if group is None else group
         if group.get("differentiable"):
