@@ -1389,6 +1389,30 @@ static inline double lane_sum(const double *acc, int64_t m) {
 /* Element c of the row's U. */
 #define FACTORED_U(T, LOAD, c)                                                                  \
     const T ab = ai * Bc[c], cap = (T)f->inv_eps1, u = LOAD(gi[c]) * (ab > cap ? cap : ab);
+/* BODY(T, LOAD, c, lane) for each column c of a row, in LANES independent lanes of partial
+ * sums (a vector loop without reassociation), the tail in lane 0. */
+#define FACTORED_LANES(m, BODY, T, LOAD)                                                        \
+    {                                                                                           \
+        int64_t c_ = 0;                                                                         \
+        for (; c_ + LANES <= (m); c_ += LANES)                                                  \
+            for (int k_ = 0; k_ < LANES; k_++) {                                                \
+                BODY(T, LOAD, c_ + k_, k_)                                                      \
+            }                                                                                   \
+        for (; c_ < (m); c_++) {                                                                \
+            BODY(T, LOAD, c_, 0)                                                                \
+        }                                                                                       \
+    }
+/* Pass A's element: g^2 into its column's, its row's lane's sums, p^2 into its lane's. */
+#define FACTORED_SQUARES(T, LOAD, c, lane)                                                      \
+    const T gv = LOAD(gi[c]), pv = LOAD(pi[c]);                                                 \
+    const double s = gv * gv;                                                                   \
+    cp[c] += s;                                                                                 \
+    racc[lane] += s;                                                                            \
+    pacc[lane] += pv * pv;
+/* Pass B's: U^2 into its lane's sum. */
+#define FACTORED_U_SQUARE(T, LOAD, c, lane)                                                     \
+    FACTORED_U(T, LOAD, c)                                                                      \
+    acc[lane] += u * u;
 
 #define DEFINE_FACTORED(SUFFIX, S, T, LOAD, STORE)                                              \
     /* torch's lerp: self + w (end - self) for w < 0.5, else end - (end - self) (1 - w). */     \
@@ -1430,22 +1454,7 @@ static inline double lane_sum(const double *acc, int64_t m) {
                 const S *gi = (const S *)f->g + (b * f->n + i) * m;                             \
                 const S *pi = (const S *)f->p + (b * f->n + i) * m;                             \
                 double racc[LANES] = {0}, pacc[LANES] = {0};                                    \
-                int64_t c = 0;                                                                  \
-                for (; c + LANES <= m; c += LANES)                                              \
-                    for (int k = 0; k < LANES; k++) {                                           \
-                        const T gv = LOAD(gi[c + k]), pv = LOAD(pi[c + k]);                     \
-                        const double s = gv * gv;                                               \
-                        cp[c + k] += s;                                                         \
-                        racc[k] += s;                                                           \
-                        pacc[k] += pv * pv;                                                     \
-                    }                                                                           \
-                for (; c < m; c++) {                                                            \
-                    const T gv = LOAD(gi[c]), pv = LOAD(pi[c]);                                 \
-                    const double s = gv * gv;                                                   \
-                    cp[c] += s;                                                                 \
-                    racc[0] += s;                                                               \
-                    pacc[0] += pv * pv;                                                         \
-                }                                                                               \
+                FACTORED_LANES(m, FACTORED_SQUARES, T, LOAD)                                    \
                 rs[i] = lane_sum(racc, m);                                                      \
                 ptotal += lane_sum(pacc, m);                                                    \
             }                                                                                   \
@@ -1463,16 +1472,7 @@ static inline double lane_sum(const double *acc, int64_t m) {
             for (int64_t i = r0; i < r1; i++) {                                                 \
                 FACTORED_ROW(S, T)                                                              \
                 double acc[LANES] = {0};                                                        \
-                int64_t c = 0;                                                                  \
-                for (; c + LANES <= m; c += LANES)                                              \
-                    for (int k = 0; k < LANES; k++) {                                           \
-                        FACTORED_U(T, LOAD, c + k)                                              \
-                        acc[k] += u * u;                                                        \
-                    }                                                                           \
-                for (; c < m; c++) {                                                            \
-                    FACTORED_U(T, LOAD, c)                                                      \
-                    acc[0] += u * u;                                                            \
-                }                                                                               \
+                FACTORED_LANES(m, FACTORED_U_SQUARE, T, LOAD)                                   \
                 total += lane_sum(acc, m);                                                      \
             }                                                                                   \
         }                                                                                       \
