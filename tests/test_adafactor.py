@@ -705,3 +705,17 @@ def test_parameters_on_no_cpu_do_not_report_the_fused_path() -> None:
     opt = adamkit.Adafactor([torch.nn.Parameter(torch.randn(3, 3, device="meta"))])
     assert opt.execution_path() == "foreach"
     assert adamkit.Adafactor([torch.nn.Parameter(torch.randn(3, 3))]).execution_path() == "fused"
+
+
+def test_an_expanded_state_tensor_is_not_taken_for_one_past_its_storage() -> None:
+    """A stride-0 (expanded) statistic ends where its strides say, inside its one-element
+    storage: torch's operations step it, and refuse it as torch does (an in-place write to
+    overlapping memory), not as a tensor past the end of its storage."""
+    p = torch.nn.Parameter(torch.randn(64, 48))
+    opt = adamkit.Adafactor([p])
+    p.grad = torch.randn(64, 48)
+    opt.step()
+    opt.state[p]["col_var"] = torch.rand(1, 1).expand(1, 48)
+    p.grad = torch.randn(64, 48)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        opt.step()

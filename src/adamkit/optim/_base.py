@@ -478,6 +478,8 @@ class AdamFamily(Optimizer):
         that the kernel takes each one."""
         row = self.algorithm
         name = f"adamkit.{type(self).__name__}"
+        kernel = row.tensor_kernel and self.execution_path(group) == "fused"
+        strict = bool(group.get("fused"))
         for i, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
@@ -498,19 +500,20 @@ class AdamFamily(Optimizer):
                         "state was created? Delete its state (optimizer.state.pop(p)) to start "
                         "it afresh"
                     )
-            if row.tensor_kernel and self.execution_path(group) == "fused":
-                # (it raises for storage freed under a tensor, as the kernel's own check would)
-                reason = self._kernel_refusal(p, state or {})
-                if reason is not None and group.get("fused"):
+            if kernel:  # (raises for storage freed under a tensor, as the rule's check would)
+                reason = self._kernel_refusal(p, state or {}, strict)
+                if reason is not None:
                     raise RuntimeError(
                         f"{name}(fused=True): {param_label(group, i)} of param group {index}: "
                         f"{reason}; leave fused=None to fall back to the multi-tensor path"
                     )
 
-    def _kernel_refusal(self, p: Tensor, state: dict[str, Any]) -> str | None:
+    def _kernel_refusal(self, p: Tensor, state: dict[str, Any], strict: bool) -> str | None:
         """Why the kernel of whole tensors (the row's ``tensor_kernel``) cannot take ``p``, its
-        gradient and ``state`` as they are (``None``: it can, or it does not step ``p``):
-        ``fused=True`` refuses it before any group steps. The row's class says."""
+        gradient and ``state`` as they are (``None``: it can, or it does not step ``p``), with
+        ``strict`` (``fused=True``, which refuses it before any group steps); without, only
+        an error no path can step past (a storage freed under a tensor), each step, the rule
+        asking the rest when it hands the tensors over. The row's class says."""
         return None
 
     def _by_layout(

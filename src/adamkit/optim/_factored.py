@@ -20,7 +20,7 @@ from ..kernels import _abi, fused_library, unavailable_reason
 from ._core import PLAIN_TENSORS
 from ._fused import NO_MEMORY, address, bump_versions, check_storage, overlapping
 
-__all__ = ["factored_step", "factored_unsupported"]
+__all__ = ["check_storages", "factored_step", "factored_unsupported"]
 
 _ELEMENT = {
     torch.float32: _abi.E_F32,
@@ -72,8 +72,7 @@ def factored_unsupported(
         return "a parameter or its state is an inference tensor (torch.inference_mode())"
     # (before the null address: a storage resized to nothing has one, and torch's operations,
     # the other paths, would write through it)
-    for t, role in zip(tensors, _ROLES, strict=False):
-        check_storage(t, role)
+    check_storages(*tensors)
     starts = [t.data_ptr() for t in tensors]
     if 0 in starts:
         return NO_MEMORY
@@ -88,6 +87,16 @@ def factored_unsupported(
             "memory than an eighth of it"
         )
     return None
+
+
+def check_storages(
+    p: Tensor, g: Tensor, row: Tensor | None = None, col: Tensor | None = None
+) -> None:
+    """Raise where one of a matrix's tensors (plain, strided, on the CPU: a sparse gradient
+    has no storage to ask, and is refused later, naming it) ends past its storage."""
+    for t, role in zip((p, g, row, col), _ROLES, strict=True):
+        if t is not None and type(t) in PLAIN_TENSORS and t.is_cpu and t.layout == torch.strided:
+            check_storage(t, role)
 
 
 def factored_step(

@@ -140,9 +140,12 @@ NO_MEMORY = "a tensor of this bucket has no memory (a null data pointer)"
 def check_storage(t: Tensor, where: str) -> None:
     """Raise where ``t`` ends past the end of its storage (``untyped_storage().resize_()``
     shrank it, or freed it: its address is then null): torch's operations would read and
-    write past it as well, so no path can step it. ``where``: how the message names it."""
-    end = (t.storage_offset() + t.numel()) * t.element_size()
-    if t.numel() and t.untyped_storage().nbytes() < end:
+    write past it as well, so no path can step it. ``where``: how the message names it. Its
+    last element by its strides (an expanded tensor's may be its first)."""
+    if not t.numel():
+        return
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    if t.untyped_storage().nbytes() < (last + 1) * t.element_size():
         raise RuntimeError(
             f"adamkit: {where} is a view past the end of its storage (was the storage resized "
             "in place, storage.resize_()?); no path can step it safely"

@@ -10,7 +10,7 @@ from torch import Tensor
 from ._algorithms import ALGORITHMS
 from ._base import AdamFamily, ParamsT, group_defaults
 from ._core import Bucket, Hyper, select
-from ._factored import factored_step, factored_unsupported
+from ._factored import check_storages, factored_step, factored_unsupported
 from ._paths import TensorOps
 from ._precision import decode
 
@@ -312,7 +312,11 @@ class Adafactor(AdamFamily):
     algorithm = ALGORITHMS["Adafactor"]
     _rule = adafactor_rule
 
-    def _kernel_refusal(self, p: Tensor, state: dict[str, Any]) -> str | None:
+    def _kernel_refusal(self, p: Tensor, state: dict[str, Any], strict: bool) -> str | None:
         if p.dim() < 2 or p.numel() == 0 or p.grad is None:  # (vectors: torch's ops)
             return None
-        return factored_unsupported(p, p.grad, state.get("row_var"), state.get("col_var"))
+        tensors = (p, p.grad, state.get("row_var"), state.get("col_var"))
+        if not strict:
+            check_storages(*tensors)
+            return None
+        return factored_unsupported(*tensors)
